@@ -1,0 +1,197 @@
+//! Reading and validating segment files.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{CorruptError, Corruption, IoContext, IoError, ReadError};
+use crate::format::{
+    decode_index, RunEntry, RunKind, SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN,
+    RUN_ENTRY_LEN,
+};
+use crate::sys;
+
+/// An open, structurally validated segment (header, footer and index
+/// checksums verified; run data not yet read).
+#[derive(Debug)]
+pub(crate) struct SegmentFile {
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
+    pub(crate) header: SegmentHeader,
+    pub(crate) footer_crc: u32,
+    pub(crate) file_len: u64,
+    pub(crate) runs: Vec<RunEntry>,
+}
+
+fn read_exact_at(
+    file: &File,
+    path: &Path,
+    buf: &mut [u8],
+    off: u64,
+    file_len: u64,
+) -> Result<(), ReadError> {
+    file.read_exact_at(buf, off).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ReadError::Corrupt(CorruptError::new(
+                path,
+                off,
+                Corruption::Truncated {
+                    needed: buf.len() as u64,
+                    file_len,
+                },
+            ))
+        } else {
+            ReadError::Io(IoError::new("read", path, e))
+        }
+    })
+}
+
+impl SegmentFile {
+    /// Opens and validates a segment's structure.
+    pub(crate) fn open(path: &Path) -> Result<SegmentFile, ReadError> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CorruptError::new(path, 0, Corruption::Missing).into())
+            }
+            Err(e) => return Err(IoError::new("open", path, e).into()),
+        };
+        let file_len = file.metadata().ctx("stat", path)?.len();
+        Self::from_file(path, file, file_len)
+    }
+
+    /// Validates a segment from an open file of known length.
+    pub(crate) fn from_file(
+        path: &Path,
+        file: File,
+        file_len: u64,
+    ) -> Result<SegmentFile, ReadError> {
+        let _ = sys::fadvise(&file, 0, 0, sys::Advice::Sequential);
+        let mut hbuf = [0u8; HEADER_LEN];
+        let hlen = (file_len.min(HEADER_LEN as u64)) as usize;
+        read_exact_at(&file, path, &mut hbuf[..hlen], 0, file_len)?;
+        let (header, header_crc) = SegmentHeader::decode(path, &hbuf[..hlen], file_len)?;
+        let min = (HEADER_LEN + FOOTER_LEN) as u64;
+        if file_len < min {
+            return Err(CorruptError::new(
+                path,
+                HEADER_LEN as u64,
+                Corruption::Truncated {
+                    needed: min,
+                    file_len,
+                },
+            )
+            .into());
+        }
+        let footer_off = file_len - FOOTER_LEN as u64;
+        let mut fbuf = [0u8; FOOTER_LEN];
+        read_exact_at(&file, path, &mut fbuf, footer_off, file_len)?;
+        let (footer, footer_crc) = SegmentFooter::decode(path, &fbuf, footer_off, file_len)?;
+        if footer.header_crc != header_crc {
+            return Err(CorruptError::new(
+                path,
+                footer_off + 48,
+                Corruption::Checksum {
+                    what: "header (copy in footer)",
+                    stored: footer.header_crc,
+                    computed: header_crc,
+                },
+            )
+            .into());
+        }
+        // Size checked against the file length by SegmentFooter::decode.
+        let index_len = (footer.run_count * RUN_ENTRY_LEN as u64) as usize;
+        let mut index = vec![0u8; index_len];
+        read_exact_at(&file, path, &mut index, footer.index_offset, file_len)?;
+        let computed = crc32c::crc32c(&index);
+        if computed != footer.index_crc {
+            return Err(CorruptError::new(
+                path,
+                footer.index_offset,
+                Corruption::Checksum {
+                    what: "index",
+                    stored: footer.index_crc,
+                    computed,
+                },
+            )
+            .into());
+        }
+        let runs = decode_index(path, &index, &header, &footer)?;
+        Ok(SegmentFile {
+            path: path.to_path_buf(),
+            file,
+            header,
+            footer_crc,
+            file_len,
+            runs,
+        })
+    }
+
+    pub(crate) fn page_size(&self) -> usize {
+        self.header.page_size as usize
+    }
+
+    /// Checks a run's stored bytes against its checksum.
+    pub(crate) fn check_crc(&self, run: &RunEntry, stored: &[u8]) -> Result<(), CorruptError> {
+        let computed = crc32c::crc32c(stored);
+        if computed != run.crc {
+            return Err(CorruptError::new(
+                &self.path,
+                run.data_offset,
+                Corruption::Checksum {
+                    what: "run data",
+                    stored: run.crc,
+                    computed,
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads run `run` (a data run), verifies it and returns its raw page
+    /// bytes (decompressed if needed). `scratch` and `out` are reused buffers.
+    pub(crate) fn read_run<'b>(
+        &self,
+        run: &RunEntry,
+        scratch: &'b mut Vec<u8>,
+        out: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8], ReadError> {
+        debug_assert!(run.kind != RunKind::Zero);
+        // stored_len was bounds-checked against the data area by decode_index.
+        scratch.resize(run.stored_len as usize, 0);
+        read_exact_at(
+            &self.file,
+            &self.path,
+            scratch,
+            run.data_offset,
+            self.file_len,
+        )?;
+        self.check_crc(run, scratch)?;
+        match run.kind {
+            RunKind::Lz4 => {
+                let raw_len = (run.page_count * u64::from(self.header.page_size)) as usize;
+                out.resize(raw_len, 0);
+                match lz4_flex::block::decompress_into(scratch, out) {
+                    Ok(n) if n == raw_len => Ok(&out[..]),
+                    Ok(n) => Err(CorruptError::new(
+                        &self.path,
+                        run.data_offset,
+                        Corruption::Decompress {
+                            message: format!("decompressed to {n} bytes, expected {raw_len}"),
+                        },
+                    )
+                    .into()),
+                    Err(e) => Err(CorruptError::new(
+                        &self.path,
+                        run.data_offset,
+                        Corruption::Decompress {
+                            message: e.to_string(),
+                        },
+                    )
+                    .into()),
+                }
+            }
+            _ => Ok(&scratch[..]),
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The only module with `unsafe` code: thin wrappers over `mmap`, `munmap`,
+//! `preadv`, `flock`, `posix_fadvise`, `sync_file_range`, and the raw-pointer
+//! restore entry point.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+
+use crate::error::RestoreError;
+use crate::store::Store;
+
+/// An owned private anonymous read-write mapping, unmapped on drop.
+pub(crate) struct AnonMap {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is exclusively owned memory (like a `Box<[u8]>`); no
+// thread-local state is involved, shared access only hands out `&[u8]`.
+unsafe impl Send for AnonMap {}
+// SAFETY: `&AnonMap` only gives `&[u8]` access, which is safe to share.
+unsafe impl Sync for AnonMap {}
+
+impl AnonMap {
+    /// Maps `len` (> 0) zeroed bytes anywhere.
+    pub(crate) fn new(len: usize) -> io::Result<AnonMap> {
+        Self::map(std::ptr::null_mut(), len, 0)
+    }
+
+    /// Maps `len` zeroed bytes exactly at `addr`, failing with `EEXIST` if
+    /// anything is already mapped there (`MAP_FIXED_NOREPLACE`).
+    pub(crate) fn new_fixed(addr: usize, len: usize) -> io::Result<AnonMap> {
+        let m = Self::map(addr as *mut libc::c_void, len, libc::MAP_FIXED_NOREPLACE)?;
+        if m.ptr.as_ptr() as usize != addr {
+            // Kernels before 4.17 treat the flag as a hint; `m` is dropped
+            // (unmapped) here.
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        Ok(m)
+    }
+
+    fn map(addr: *mut libc::c_void, len: usize, extra: libc::c_int) -> io::Result<AnonMap> {
+        if len == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: an anonymous private mapping with no fd; the kernel checks
+        // all arguments. With MAP_FIXED_NOREPLACE (never MAP_FIXED) no
+        // existing mapping can be replaced, so no live memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                addr,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | extra,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        Ok(AnonMap { ptr, len })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live mapping of `len` readable bytes owned by
+        // `self`; the borrow ties the slice's lifetime to `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` guarantees exclusivity.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Gives up ownership; the caller becomes responsible for `munmap`.
+    pub(crate) fn into_raw(self) -> (*mut u8, usize) {
+        let me = std::mem::ManuallyDrop::new(self);
+        (me.ptr.as_ptr(), me.len)
+    }
+}
+
+impl Drop for AnonMap {
+    fn drop(&mut self) {
+        // SAFETY: we own this mapping (created by `map`, not given away by
+        // `into_raw`), and no borrow of it outlives `self`.
+        let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        if rc != 0 {
+            tracing::warn!("munmap failed: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+/// `flock` on an open file. Returns `Ok(false)` if it would block.
+pub(crate) fn flock(file: &File, exclusive: bool) -> io::Result<bool> {
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
+    // SAFETY: plain syscall on a valid fd owned by `file`.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Access pattern hint for [`fadvise`].
+#[derive(Clone, Copy)]
+pub(crate) enum Advice {
+    /// Data will be read sequentially.
+    Sequential,
+}
+
+/// `posix_fadvise` on a range (0 length = to the end). Hints only.
+pub(crate) fn fadvise(file: &File, offset: u64, len: u64, advice: Advice) -> io::Result<()> {
+    let adv = match advice {
+        Advice::Sequential => libc::POSIX_FADV_SEQUENTIAL,
+    };
+    let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: plain syscall on a valid fd; it only affects caching.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), off, len, adv) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Starts asynchronous writeback of a range (`SYNC_FILE_RANGE_WRITE`), so the
+/// final `fdatasync` has less to do. Durability still comes from `fdatasync`.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: plain syscall on a valid fd; no memory is passed.
+    let rc =
+        unsafe { libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reads exactly the total length of `bufs` from `file` at `offset` into the
+/// buffers in order (`preadv`, retried on short reads and `EINTR`).
+/// A premature end of file is `UnexpectedEof`.
+pub(crate) fn preadv_exact(file: &File, mut offset: u64, bufs: &mut [&mut [u8]]) -> io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    let mut idx = 0usize; // first buffer not fully read
+    let mut skip = 0usize; // bytes already read into bufs[idx]
+    while idx < bufs.len() {
+        if bufs[idx].len() == skip {
+            idx += 1;
+            skip = 0;
+            continue;
+        }
+        let end = (idx + IOV_MAX).min(bufs.len());
+        let iov: Vec<libc::iovec> = bufs[idx..end]
+            .iter_mut()
+            .enumerate()
+            .map(|(i, b)| {
+                let s = if i == 0 { skip } else { 0 };
+                libc::iovec {
+                    iov_base: b[s..].as_mut_ptr().cast(),
+                    iov_len: b.len() - s,
+                }
+            })
+            .collect();
+        let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: every iovec points into a distinct `&mut [u8]` borrowed
+        // from `bufs` for the duration of the call, with its exact length;
+        // the count fits in c_int (<= IOV_MAX).
+        let n = unsafe {
+            libc::preadv(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                off,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file ended early",
+            ));
+        }
+        let mut n = n as usize;
+        offset += n as u64;
+        while n > 0 {
+            let left = bufs[idx].len() - skip;
+            if n >= left {
+                n -= left;
+                idx += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Restores epoch `epoch` into the memory at `ptr` of `len` bytes (which
+    /// must equal the region length). See [`Store::restore_into`].
+    ///
+    /// On error, the memory content is unspecified and the error is returned;
+    /// there is no partial success.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid for reads and writes of `len` bytes for the whole
+    /// call, and no other reference to that memory may be used concurrently
+    /// (the call writes to it as through a `&mut [u8]`).
+    pub unsafe fn restore_into_raw(
+        &self,
+        epoch: u64,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<(), RestoreError> {
+        if len == 0 || ptr.is_null() {
+            return Err(RestoreError::SizeMismatch {
+                expected: self.geometry().map_or(0, |g| g.region_len()),
+                got: 0,
+            });
+        }
+        // SAFETY: the caller guarantees `ptr..ptr+len` is valid, writable and
+        // exclusively ours for the duration of the call.
+        let dst = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+        self.restore_into(epoch, dst)
+    }
+}
