@@ -1,0 +1,228 @@
+//! Error types: one enum per operation, each keeping the errno and naming the fix.
+
+use nix::errno::Errno;
+
+/// Why a tracker can no longer serve requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// `shutdown()` was called or the last `Tracker` handle was dropped.
+    ShutDown,
+    /// The fault-service thread panicked; the tracker released every range (so no writer hangs)
+    /// and refuses all further work. Build a new tracker.
+    Poisoned,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unavailable::ShutDown => f.write_str("the tracker was shut down"),
+            Unavailable::Poisoned => f.write_str(
+                "the tracker is poisoned: its fault-service thread panicked and every range was released; build a new tracker",
+            ),
+        }
+    }
+}
+
+/// Why a region no longer answers dirty-set calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The application unmapped (part of) the range (`munmap`).
+    Unmapped,
+    /// The application moved (part of) the range with `mremap`.
+    Remapped,
+}
+
+impl std::fmt::Display for Invalidation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Invalidation::Unmapped => f.write_str("the range was unmapped by the application (munmap)"),
+            Invalidation::Remapped => f.write_str("the range was moved by the application (mremap)"),
+        }
+    }
+}
+
+/// Errors of [`TrackerBuilder::build`](crate::TrackerBuilder::build).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The process may not create a userfaultfd.
+    #[error(
+        "userfaultfd is not permitted for this process ({errno}): run as root, grant CAP_SYS_PTRACE, \
+         give the user read/write access to /dev/userfaultfd (kernel >= 6.1), or set \
+         `sysctl vm.unprivileged_userfaultfd=1`"
+    )]
+    PermissionDenied {
+        /// The errno returned by the kernel.
+        errno: Errno,
+    },
+    /// The kernel has no userfaultfd at all.
+    #[error("this kernel has no userfaultfd ({errno}): it needs CONFIG_USERFAULTFD=y, kernel >= 4.3 (write-protect: >= 5.7)")]
+    NoUserfaultfd {
+        /// The errno returned by the kernel.
+        errno: Errno,
+    },
+    /// A feature the tracker cannot work without is missing.
+    #[error("the kernel lacks userfaultfd feature {feature}: it needs {needs}")]
+    MissingFeature {
+        /// The feature's uapi name.
+        feature: &'static str,
+        /// What provides it.
+        needs: &'static str,
+    },
+    /// The `UFFDIO_API` handshake failed.
+    #[error("UFFDIO_API handshake failed ({errno})")]
+    Handshake {
+        /// The errno returned by the kernel.
+        errno: Errno,
+    },
+    /// Setting up the service thread's wake-up eventfd or `/proc/self/pagemap` failed.
+    #[error("setting up the fault-service thread failed: {what} ({errno})")]
+    Setup {
+        /// What was being set up.
+        what: &'static str,
+        /// The errno.
+        errno: Errno,
+    },
+    /// The fault-service thread could not be spawned.
+    #[error("spawning the fault-service thread failed: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Errors of [`Tracker::map_anonymous`](crate::Tracker::map_anonymous),
+/// [`Tracker::map_shared`](crate::Tracker::map_shared) and [`Tracker::adopt`](crate::Tracker::adopt).
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    /// A zero-length range.
+    #[error("the length is zero: a region needs at least one page")]
+    ZeroLength,
+    /// An address or length that is not a multiple of the page size.
+    #[error("{what} {value:#x} is not a multiple of the page size ({page_size} bytes)")]
+    Unaligned {
+        /// `"address"` or `"length"`.
+        what: &'static str,
+        /// The offending value.
+        value: usize,
+        /// The page size it must be a multiple of.
+        page_size: usize,
+    },
+    /// `ptr + len` overflows the address space.
+    #[error("the range {start:#x} + {len:#x} overflows the address space")]
+    Overflow {
+        /// Start address.
+        start: usize,
+        /// Length.
+        len: usize,
+    },
+    /// The range overlaps a range this tracker already tracks.
+    #[error("the range {start:#x}..{end:#x} overlaps a region this tracker already tracks ({existing_start:#x}..{existing_end:#x})")]
+    Overlap {
+        /// Requested start.
+        start: usize,
+        /// Requested end.
+        end: usize,
+        /// Existing region's start.
+        existing_start: usize,
+        /// Existing region's end.
+        existing_end: usize,
+    },
+    /// Part of the range is not mapped.
+    #[error("address {addr:#x} in the range is not mapped")]
+    NotMapped {
+        /// First unmapped address found.
+        addr: usize,
+    },
+    /// The range is backed by a kind of memory userfaultfd write-protect cannot track.
+    #[error(
+        "the mapping at {addr:#x} ({what}) cannot be write-protect tracked: userfaultfd-wp supports private \
+         anonymous memory (kernel >= 5.7), shmem/memfd and hugetlbfs (kernel >= 5.19); map it anonymous, or \
+         from a memfd, instead"
+    )]
+    UnsupportedMemory {
+        /// Start of the offending mapping.
+        addr: usize,
+        /// Its description (`/proc/self/maps` path or flags).
+        what: String,
+    },
+    /// The range mixes page sizes (e.g. hugetlb and normal pages).
+    #[error("the range mixes page sizes ({a} and {b} bytes): adopt each part separately")]
+    MixedPageSizes {
+        /// One page size.
+        a: usize,
+        /// The other.
+        b: usize,
+    },
+    /// The kernel lacks write-protect support for this kind of memory.
+    #[error("write-protect on {kind} memory is not supported by this kernel: it needs {needs}")]
+    KindUnsupported {
+        /// The memory kind.
+        kind: &'static str,
+        /// What provides it.
+        needs: &'static str,
+    },
+    /// A system call failed.
+    #[error("{op} failed ({errno}){hint}")]
+    Sys {
+        /// The operation.
+        op: &'static str,
+        /// The errno.
+        errno: Errno,
+        /// An explanation of the errno in this context (may be empty).
+        hint: &'static str,
+    },
+    /// The tracker is shut down or poisoned.
+    #[error("{0}")]
+    Unavailable(Unavailable),
+}
+
+/// Errors of [`Region::cut`](crate::Region::cut).
+#[derive(Debug, thiserror::Error)]
+pub enum CutError {
+    /// The region was invalidated by the application.
+    #[error("the region at {start:#x} is no longer tracked: {reason}")]
+    Invalidated {
+        /// Region start.
+        start: usize,
+        /// What happened to it.
+        reason: Invalidation,
+    },
+    /// Re-protecting the dirty pages failed; the dirty bits were put back, nothing is lost.
+    #[error("re-protecting the dirty pages failed ({errno}); the epoch stays open and no dirty page was lost")]
+    Protect {
+        /// The errno.
+        errno: Errno,
+    },
+    /// The tracker is shut down or poisoned.
+    #[error("{0}")]
+    Unavailable(Unavailable),
+}
+
+/// Errors of the read-only region queries ([`Region::dirty_pages`](crate::Region::dirty_pages)).
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// The region was invalidated by the application.
+    #[error("the region at {start:#x} is no longer tracked: {reason}")]
+    Invalidated {
+        /// Region start.
+        start: usize,
+        /// What happened to it.
+        reason: Invalidation,
+    },
+    /// The tracker is shut down or poisoned.
+    #[error("{0}")]
+    Unavailable(Unavailable),
+}
+
+impl From<Unavailable> for MapError {
+    fn from(u: Unavailable) -> Self {
+        MapError::Unavailable(u)
+    }
+}
+impl From<Unavailable> for CutError {
+    fn from(u: Unavailable) -> Self {
+        CutError::Unavailable(u)
+    }
+}
+impl From<Unavailable> for RegionError {
+    fn from(u: Unavailable) -> Self {
+        RegionError::Unavailable(u)
+    }
+}

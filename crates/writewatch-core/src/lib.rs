@@ -1,0 +1,42 @@
+//! # writewatch-core
+//!
+//! The engine of writewatch: memory ranges registered with Linux userfaultfd in write-protect
+//! mode, a fault-service thread that sees every first write to a page, and a dirty-set API that
+//! says which pages were written since the last epoch cut.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::atomic::Ordering;
+//! use writewatch_core::Tracker;
+//!
+//! let tracker = Tracker::builder().build()?;
+//! let region = tracker.map_anonymous(64 * 4096)?;      // tracked from birth
+//! let words = region.as_atomic_u64();
+//! words[0].store(1, Ordering::Relaxed);                   // page 0
+//! words[10 * 512].store(1, Ordering::Relaxed);            // page 10
+//! let epoch = region.cut()?;                              // close epoch 0, re-arm
+//! assert_eq!(epoch.dirty().iter().collect::<Vec<_>>(), vec![0, 10]);
+//! assert!(region.cut()?.dirty().is_empty());              // nothing written since
+//! # Ok(()) }
+//! ```
+//!
+//! See `docs/design.md` in the repository for the page state machine, the event loop and the
+//! invariants; [`probe()`] for what the running kernel offers.
+#![deny(unsafe_code)]
+
+mod bitmap;
+mod dirty;
+mod error;
+mod probe;
+mod region;
+mod service;
+mod stats;
+mod sys;
+mod tracker;
+
+pub use dirty::{DirtySet, Runs};
+pub use error::{BuildError, CutError, Invalidation, MapError, RegionError, Unavailable};
+pub use probe::{probe, Access, Feature, Probe};
+pub use region::{CutStats, Epoch, Region, RegionKind};
+pub use stats::{EpochStat, Histogram, RegionStats, ThreadFaults, TrackerStats};
+pub use tracker::{Features, Tracker, TrackerBuilder};

@@ -1,0 +1,483 @@
+//! Tracked regions, epochs, and the `/proc/self/smaps` classifier used by `adopt`.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bitmap::AtomicBitmap;
+use crate::dirty::DirtySet;
+use crate::error::{CutError, Invalidation, RegionError};
+use crate::stats::{RegionCounters, RegionStats};
+use crate::sys;
+use crate::tracker::{Command, Shared};
+
+/// The kind of memory behind a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionKind {
+    /// Private anonymous memory (write-protect needs kernel >= 5.7).
+    Anonymous,
+    /// Shared memory: memfd, `MAP_SHARED|MAP_ANONYMOUS`, SysV shm, tmpfs (kernel >= 5.19).
+    Shmem,
+    /// hugetlbfs memory; dirty granularity is the huge page size (kernel >= 5.19).
+    Hugetlb,
+}
+
+impl RegionKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            RegionKind::Anonymous => "private anonymous",
+            RegionKind::Shmem => "shmem",
+            RegionKind::Hugetlb => "hugetlbfs",
+        }
+    }
+}
+
+const LIVE: u8 = 0;
+const UNMAPPED: u8 = 1;
+const REMAPPED: u8 = 2;
+
+/// State shared by a [`Region`], the service thread and any [`Epoch`] that still reads it.
+#[derive(Debug)]
+pub(crate) struct RegionInner {
+    pub id: u64,
+    pub start: usize,
+    pub len: usize,
+    pub page_size: usize,
+    pub page_count: u64,
+    pub kind: RegionKind,
+    /// Dirty bits of the current (open) epoch. Invariant (sync backend): a page whose bit is
+    /// clear is write-protected, so its next write faults before it completes.
+    pub dirty: AtomicBitmap,
+    /// Number of the current (open) epoch.
+    pub epoch: AtomicU64,
+    status: AtomicU8,
+    pub counters: RegionCounters,
+    /// The memory (unmapped when the last reference goes, if owned). By then the service
+    /// thread has unregistered the range (Region::drop waits for it), so the munmap raises no
+    /// UNMAP event and never waits on the service thread.
+    pub mapping: sys::Mapping,
+}
+
+impl RegionInner {
+    pub(crate) fn new(id: u64, mapping: sys::Mapping, page_size: usize, kind: RegionKind) -> Self {
+        let (start, len) = (mapping.start(), mapping.len());
+        let page_count = (len / page_size) as u64;
+        Self {
+            id,
+            start,
+            len,
+            page_size,
+            page_count,
+            kind,
+            dirty: AtomicBitmap::new(page_count as usize),
+            epoch: AtomicU64::new(0),
+            status: AtomicU8::new(LIVE),
+            counters: RegionCounters::default(),
+            mapping,
+        }
+    }
+
+    pub(crate) fn end(&self) -> usize {
+        self.start + self.len
+    }
+
+    pub(crate) fn invalidation(&self) -> Option<Invalidation> {
+        match self.status.load(Ordering::Acquire) {
+            LIVE => None,
+            UNMAPPED => Some(Invalidation::Unmapped),
+            _ => Some(Invalidation::Remapped),
+        }
+    }
+
+    /// Marks the region dead because the application unmapped or moved it.
+    pub(crate) fn invalidate(&self, why: Invalidation) {
+        self.mapping.leak();
+        let v = match why {
+            Invalidation::Unmapped => UNMAPPED,
+            Invalidation::Remapped => REMAPPED,
+        };
+        let _ = self.status.compare_exchange(LIVE, v, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub(crate) fn page_of(&self, addr: usize) -> u64 {
+        ((addr - self.start) / self.page_size) as u64
+    }
+}
+
+/// A tracked memory range.
+///
+/// Created by [`Tracker::map_anonymous`](crate::Tracker::map_anonymous),
+/// [`Tracker::map_shared`](crate::Tracker::map_shared) or [`Tracker::adopt`](crate::Tracker::adopt).
+/// Dropping it stops tracking (unregisters the range) and, for an owned region, unmaps the
+/// memory once no [`Epoch`] reads it any more.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::atomic::Ordering;
+/// let tracker = writewatch_core::Tracker::builder().build()?;
+/// let region = tracker.map_anonymous(16 * 4096)?;
+/// let words = region.as_atomic_u64();
+/// words[512 * 3].store(7, Ordering::Relaxed); // page 3
+/// let epoch = region.cut()?;
+/// assert_eq!(epoch.dirty().iter().collect::<Vec<_>>(), vec![3]);
+/// # Ok(()) }
+/// ```
+pub struct Region {
+    pub(crate) inner: Arc<RegionInner>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("start", &format_args!("{:#x}", self.inner.start))
+            .field("len", &self.inner.len)
+            .field("page_size", &self.inner.page_size)
+            .field("kind", &self.inner.kind)
+            .field("epoch", &self.inner.epoch.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Region {
+    /// Start address.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.inner.start as *mut u8
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.inner.len
+    }
+
+    /// Always false: regions are at least one page long.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Page size of the region: the dirty-tracking granularity (4 KiB, or the huge page size
+    /// of a hugetlbfs region).
+    pub fn page_size(&self) -> usize {
+        self.inner.page_size
+    }
+
+    /// Number of pages.
+    pub fn page_count(&self) -> u64 {
+        self.inner.page_count
+    }
+
+    /// The kind of memory.
+    pub fn kind(&self) -> RegionKind {
+        self.inner.kind
+    }
+
+    /// Whether the tracker mapped this memory (and will unmap it).
+    pub fn is_owned(&self) -> bool {
+        self.inner.mapping.owned()
+    }
+
+    /// Number of the current (open) epoch: the number the next [`cut`](Self::cut) returns.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    /// Why the region is no longer tracked, if it is not.
+    pub fn invalidation(&self) -> Option<Invalidation> {
+        self.inner.invalidation()
+    }
+
+    /// The region as 64-bit atomics: a safe way to read and write tracked memory from any
+    /// thread (writes through it are tracked like any other write).
+    pub fn as_atomic_u64(&self) -> &[std::sync::atomic::AtomicU64] {
+        self.inner.mapping.atomic_words()
+    }
+
+    /// The region's bytes.
+    ///
+    /// # Safety
+    /// No thread may write the region while the slice is alive (writes from other threads
+    /// through raw pointers or [`as_atomic_u64`](Self::as_atomic_u64) would be data races).
+    #[allow(unsafe_code)] // a public unsafe contract, forwarded to `sys::Mapping::bytes`
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: the caller's contract is `Mapping::bytes`'s.
+        unsafe { self.inner.mapping.bytes() }
+    }
+
+    /// The region's bytes, mutably. Writes through the slice are tracked.
+    ///
+    /// # Safety
+    /// No other reference to the region's memory (another slice, atomics, raw pointers used by
+    /// other threads) may be used while the slice is alive.
+    #[allow(clippy::mut_from_ref)]
+    #[allow(unsafe_code)] // a public unsafe contract, forwarded to `sys::Mapping::bytes_mut`
+    pub unsafe fn as_mut_slice(&self) -> &mut [u8] {
+        // SAFETY: the caller's contract is `Mapping::bytes_mut`'s.
+        unsafe { self.inner.mapping.bytes_mut() }
+    }
+
+    fn check(&self) -> Result<(), RegionError> {
+        if let Some(reason) = self.inner.invalidation() {
+            return Err(RegionError::Invalidated { start: self.inner.start, reason });
+        }
+        self.shared.available()?;
+        Ok(())
+    }
+
+    /// The pages written so far in the current epoch (a peek: the epoch stays open).
+    ///
+    /// A write whose fault has been serviced is included; a write still waiting for the
+    /// service thread is not yet.
+    pub fn dirty_pages(&self) -> Result<DirtySet, RegionError> {
+        self.check()?;
+        Ok(DirtySet::from_words(self.inner.page_size, self.inner.page_count, self.inner.dirty.snapshot()))
+    }
+
+    /// Number of pages written so far in the current epoch.
+    pub fn dirty_count(&self) -> Result<usize, RegionError> {
+        self.check()?;
+        Ok(self.inner.dirty.count_ones())
+    }
+
+    /// Closes the current epoch: returns its dirty set and re-arms tracking for the next.
+    ///
+    /// Runs on the fault-service thread, which reads no fault while it re-protects, so a write
+    /// that faults during the cut is held until the cut is complete and lands in the next
+    /// epoch. The cost is one `UFFDIO_WRITEPROTECT` per coalesced dirty run (runs separated by
+    /// a small gap are merged), not per region page. A write racing with the cut is reported
+    /// in this epoch or the next, never in neither.
+    pub fn cut(&self) -> Result<Epoch, CutError> {
+        if let Some(reason) = self.inner.invalidation() {
+            return Err(CutError::Invalidated { start: self.inner.start, reason });
+        }
+        let id = self.inner.id;
+        self.shared.call(|reply| Command::Cut { id, reply })?
+    }
+
+    /// Counters of this region.
+    pub fn stats(&self) -> RegionStats {
+        let c = &self.inner.counters;
+        RegionStats {
+            faults: c.faults.load(Ordering::Relaxed),
+            remove_events: c.remove_events.load(Ordering::Relaxed),
+            last_tid: c.last_tid.load(Ordering::Relaxed) as i32,
+            epoch: self.epoch(),
+            history: c.history.lock().map(|h| h.iter().copied().collect()).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        let id = self.inner.id;
+        // Wait for the service thread to unregister the range before the memory can be
+        // unmapped (see RegionInner::drop). A shut-down tracker already unregistered it.
+        if let Ok(Err(e)) = self.shared.call(|reply| Command::Unregister { id, reply }) {
+            tracing::warn!(start = self.inner.start, %e, "unregistering a region failed");
+        }
+    }
+}
+
+/// Cost figures of one cut.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CutStats {
+    /// `UFFDIO_WRITEPROTECT` calls made to re-arm the dirty pages.
+    pub protect_ioctls: u64,
+    /// `PAGEMAP_SCAN` calls made (only for ranges the application `madvise`d away).
+    pub scan_ioctls: u64,
+    /// Time the service thread spent on the cut (faults arriving meanwhile were held).
+    pub duration: Duration,
+}
+
+/// A closed epoch: its number and the pages written during it.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let tracker = writewatch_core::Tracker::builder().build()?;
+/// let region = tracker.map_anonymous(8 * 4096)?;
+/// let e0 = region.cut()?;
+/// assert_eq!(e0.number(), 0);
+/// assert!(e0.dirty().is_empty());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Epoch {
+    pub(crate) number: u64,
+    pub(crate) dirty: DirtySet,
+    pub(crate) stats: CutStats,
+}
+
+impl Epoch {
+    /// The epoch's number (0 for the epoch that began at registration).
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Pages written during the epoch.
+    pub fn dirty(&self) -> &DirtySet {
+        &self.dirty
+    }
+
+    /// Takes the dirty set.
+    pub fn into_dirty(self) -> DirtySet {
+        self.dirty
+    }
+
+    /// What the cut cost.
+    pub fn stats(&self) -> CutStats {
+        self.stats
+    }
+}
+
+/// One mapping line of `/proc/self/smaps`, with the fields `adopt` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Vma {
+    pub start: usize,
+    pub end: usize,
+    pub shared: bool,
+    pub path: String,
+    pub kernel_page_size: usize,
+    pub hugetlb: bool,
+}
+
+/// Parses `/proc/self/smaps` text.
+pub(crate) fn parse_smaps(text: &str) -> Vec<Vma> {
+    let mut out: Vec<Vma> = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                let perms = fields.next().unwrap_or("");
+                let _offset = fields.next();
+                let _dev = fields.next();
+                let _inode = fields.next();
+                let path = fields.collect::<Vec<_>>().join(" ");
+                out.push(Vma {
+                    start,
+                    end,
+                    shared: perms.as_bytes().get(3) == Some(&b's'),
+                    path,
+                    kernel_page_size: 0,
+                    hugetlb: false,
+                });
+                continue;
+            }
+        }
+        let Some(v) = out.last_mut() else { continue };
+        match first {
+            "KernelPageSize:" => {
+                v.kernel_page_size = fields.next().and_then(|s| s.parse::<usize>().ok()).unwrap_or(0) * 1024;
+            }
+            "VmFlags:" => v.hugetlb = fields.any(|f| f == "ht"),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Why a VMA cannot be adopted, or its kind.
+pub(crate) fn classify(v: &Vma) -> Result<RegionKind, String> {
+    if v.hugetlb {
+        return Ok(RegionKind::Hugetlb);
+    }
+    let p = v.path.as_str();
+    if p.is_empty() || p == "[heap]" || p.starts_with("[stack") || p.starts_with("[anon:") {
+        return Ok(if v.shared { RegionKind::Shmem } else { RegionKind::Anonymous });
+    }
+    if p.starts_with("[anon_shmem:") || p.starts_with("/memfd:") || p.starts_with("/dev/zero") || p.starts_with("/SYSV") || p.starts_with("/dev/shm/") {
+        return Ok(RegionKind::Shmem);
+    }
+    if p.starts_with('[') {
+        return Err(format!("special mapping {p}"));
+    }
+    Err(format!("file-backed mapping of {p}"))
+}
+
+/// Checks that `[start, end)` is fully mapped by adoptable VMAs of one kind and page size.
+pub(crate) fn check_adoptable(vmas: &[Vma], start: usize, end: usize) -> Result<(RegionKind, usize), crate::MapError> {
+    use crate::MapError;
+    let mut cursor = start;
+    let mut found: Option<(RegionKind, usize)> = None;
+    for v in vmas.iter().filter(|v| v.end > start && v.start < end) {
+        if v.start > cursor {
+            return Err(MapError::NotMapped { addr: cursor });
+        }
+        let kind = classify(v).map_err(|what| MapError::UnsupportedMemory { addr: v.start, what })?;
+        let ps = if v.kernel_page_size == 0 { sys::base_page_size() } else { v.kernel_page_size };
+        match found {
+            None => found = Some((kind, ps)),
+            Some((_, ps0)) if ps0 != ps => return Err(MapError::MixedPageSizes { a: ps0, b: ps }),
+            Some((k0, _)) if k0 != kind => {
+                return Err(MapError::UnsupportedMemory {
+                    addr: v.start,
+                    what: format!("mixes {} and {} memory; adopt each part separately", k0.name(), kind.name()),
+                })
+            }
+            _ => {}
+        }
+        cursor = v.end;
+        if cursor >= end {
+            break;
+        }
+    }
+    if cursor < end {
+        return Err(MapError::NotMapped { addr: cursor });
+    }
+    found.ok_or(MapError::NotMapped { addr: start })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+7f0000000000-7f0000004000 rw-p 00000000 00:00 0 
+Size:                 16 kB
+KernelPageSize:        4 kB
+VmFlags: rd wr mr mw me ac sd 
+7f0000004000-7f0000008000 rw-s 00000000 00:01 1234                       /memfd:writewatch (deleted)
+KernelPageSize:        4 kB
+VmFlags: rd wr sh mr mw me ms sd 
+7f0000008000-7f0000408000 rw-s 00000000 00:0f 5678                       /anon_hugepage (deleted)
+KernelPageSize:     2048 kB
+VmFlags: rd wr sh mr mw me ms de ht sd 
+7f0000600000-7f0000601000 r--p 00000000 08:01 42                         /usr/lib/libc.so.6
+KernelPageSize:        4 kB
+VmFlags: rd mr mw me sd 
+";
+
+    #[test]
+    fn parses_and_classifies() {
+        let v = parse_smaps(SMAPS);
+        assert_eq!(v.len(), 4);
+        assert_eq!(v[0].start, 0x7f00_0000_0000);
+        assert_eq!(classify(&v[0]), Ok(RegionKind::Anonymous));
+        assert_eq!(classify(&v[1]), Ok(RegionKind::Shmem));
+        assert_eq!(v[2].kernel_page_size, 2 << 20);
+        assert_eq!(classify(&v[2]), Ok(RegionKind::Hugetlb));
+        assert!(classify(&v[3]).is_err());
+    }
+
+    #[test]
+    fn adoptable_ranges() {
+        let v = parse_smaps(SMAPS);
+        assert_eq!(check_adoptable(&v, 0x7f00_0000_0000, 0x7f00_0000_4000).unwrap(), (RegionKind::Anonymous, 4096));
+        assert!(matches!(
+            check_adoptable(&v, 0x7f00_0000_0000, 0x7f00_0000_8000),
+            Err(crate::MapError::UnsupportedMemory { .. })
+        ));
+        assert!(matches!(
+            check_adoptable(&v, 0x7f00_0040_8000, 0x7f00_0040_9000),
+            Err(crate::MapError::NotMapped { addr: 0x7f00_0040_8000 })
+        ));
+        assert!(matches!(
+            check_adoptable(&v, 0x7f00_0000_2000, 0x7f00_0000_5000),
+            Err(crate::MapError::UnsupportedMemory { .. })
+        ));
+        assert!(matches!(
+            check_adoptable(&v, 0x7f00_0060_0000, 0x7f00_0060_1000),
+            Err(crate::MapError::UnsupportedMemory { .. })
+        ));
+        assert_eq!(check_adoptable(&v, 0x7f00_0000_8000, 0x7f00_0040_8000).unwrap(), (RegionKind::Hugetlb, 2 << 20));
+    }
+}

@@ -1,0 +1,627 @@
+//! The fault-service thread.
+//!
+//! One thread per tracker. It waits in `poll(2)` on two fds: the userfaultfd (faults and
+//! non-cooperative events) and an eventfd that command senders write after queueing a
+//! [`Command`] on the crossbeam channel. Every change of page protection happens on this
+//! thread, so the protection state of a page is only ever changed by one thread (plus the
+//! kernel itself for `madvise(MADV_DONTNEED)` on anonymous memory, handled below).
+//!
+//! ```text
+//!            +-----------------------------------------------------------+
+//!            |  poll(uffd, eventfd)                                      |
+//!            |    eventfd -> drain commands: Register / Cut / Unregister |
+//!            |               / Shutdown  (a Cut reads no fault until done)|
+//!            |    uffd    -> read(2) a batch of up to N uffd_msg         |
+//!            |               PAGEFAULT(WP) -> pending                    |
+//!            |               REMOVE -> mark dirty + suspect range        |
+//!            |               UNMAP / REMAP -> invalidate region          |
+//!            |    pending -> sort, coalesce per region:                  |
+//!            |               set dirty bits, THEN un-protect + wake      |
+//!            +-----------------------------------------------------------+
+//! ```
+//!
+//! # Invariants relied on here
+//! - **The service thread never writes into tracked memory** (it would fault on itself and
+//!   deadlock). It only reads it (populate-read without `WP_UNPOPULATED`), issues ioctls on
+//!   its addresses, and writes its own heap. Reads never raise write-protect faults.
+//! - **The service thread never blocks on a lock that a faulting thread may hold**: the only
+//!   locks it takes are the per-thread fault map and the per-region history, which no code
+//!   holds while touching tracked memory.
+//! - **Dirty bit before un-protect**: a page's dirty bit is set before the ioctl that lets its
+//!   write proceed, so a page that is writable always has its bit set (sync backend
+//!   invariant: bit clear => write-protected).
+//! - **Cuts are atomic with respect to faults**: a cut runs inside a command handler; faults
+//!   read while it runs (to unblock an `EAGAIN`) are queued and serviced only after it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::{self, Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use userfaultfd::{Event, EventBuffer, RegisterMode, Uffd};
+
+use crate::dirty::{add_run, plan_ranges, DirtySet};
+use crate::error::{CutError, Invalidation, MapError};
+use crate::region::{CutStats, Epoch, RegionInner};
+use crate::stats::{EpochStat, HISTORY};
+use crate::sys::{self, pm, Addr, ScanArgs};
+use crate::tracker::{Command, CommandRx, Shared, POISONED};
+
+/// The errno inside a `userfaultfd` crate error (the crate uses an older `nix`).
+pub(crate) fn errno_of(e: &userfaultfd::Error) -> Errno {
+    match e {
+        userfaultfd::Error::SystemError(e) => Errno::from_raw(*e as i32),
+        _ => Errno::EIO,
+    }
+}
+
+/// Maximum number of distinct threads tracked in the per-thread fault map.
+const MAX_THREADS: usize = 256;
+/// Reads per loop iteration before commands get a turn again.
+const MAX_READS_PER_ROUND: usize = 16;
+
+pub(crate) fn spawn(
+    uffd: Uffd,
+    pagemap: Option<File>,
+    shared: Arc<Shared>,
+    rx: CommandRx,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let name = shared.config.thread_name.clone();
+    std::thread::Builder::new().name(name).spawn(move || {
+        let mut svc = Service::new(uffd, pagemap, shared, rx);
+        let r = catch_unwind(AssertUnwindSafe(|| svc.run()));
+        if r.is_err() {
+            svc.poison();
+        } else {
+            svc.drain_commands();
+        }
+        // Dropping `svc` closes the userfaultfd: the kernel releases any thread still waiting.
+    })
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Fault {
+    addr: usize,
+    tid: i32,
+    t: Instant,
+}
+
+enum Ev {
+    Fault(Fault),
+    Remove(usize, usize),
+    Unmap(usize, usize),
+    Remap(usize, usize, usize),
+    Other,
+}
+
+struct Entry {
+    inner: Arc<RegionInner>,
+    /// Page runs the application `madvise`d away. On anonymous memory the kernel zaps them
+    /// (dropping write protection) *after* we read the REMOVE event, possibly after a later
+    /// cut re-protected them; every cut therefore re-checks these runs with `PAGEMAP_SCAN`
+    /// for pages that are not write-protected. See docs/design.md, "madvise".
+    suspect: Vec<(u64, u64)>,
+}
+
+enum Flow {
+    Continue,
+    Exit,
+}
+
+struct Service {
+    uffd: Uffd,
+    pagemap: Option<File>,
+    shared: Arc<Shared>,
+    rx: CommandRx,
+    by_start: BTreeMap<usize, Entry>,
+    by_id: HashMap<u64, usize>,
+    buf: EventBuffer,
+    evs: Vec<Ev>,
+    /// Faults read but not yet serviced (held while a cut runs).
+    pending: Vec<Fault>,
+    scan_out: Vec<sys::PageRegion>,
+    tids: Vec<(i32, u64)>,
+}
+
+impl Service {
+    fn new(uffd: Uffd, pagemap: Option<File>, shared: Arc<Shared>, rx: CommandRx) -> Self {
+        let batch = shared.config.event_batch;
+        Self {
+            uffd,
+            pagemap,
+            shared,
+            rx,
+            by_start: BTreeMap::new(),
+            by_id: HashMap::new(),
+            buf: EventBuffer::new(batch),
+            evs: Vec::with_capacity(batch),
+            pending: Vec::with_capacity(batch * 4),
+            scan_out: vec![sys::EMPTY_PAGE_REGION; 512],
+            tids: Vec::with_capacity(16),
+        }
+    }
+
+    fn run(&mut self) {
+        loop {
+            let (uffd_ready, wake_ready) = self.wait();
+            if wake_ready {
+                let _ = self.shared.wake.read();
+            }
+            while let Ok(cmd) = self.rx.try_recv() {
+                if let Flow::Exit = self.command(cmd) {
+                    return;
+                }
+            }
+            if uffd_ready {
+                for _ in 0..MAX_READS_PER_ROUND {
+                    if self.read_batch() < self.shared.config.event_batch {
+                        break;
+                    }
+                }
+            }
+            if !self.pending.is_empty() {
+                self.service_pending();
+            }
+        }
+    }
+
+    /// Blocks until the uffd or the eventfd is readable (not at all if faults are pending).
+    fn wait(&self) -> (bool, bool) {
+        let timeout = if self.pending.is_empty() { PollTimeout::NONE } else { PollTimeout::ZERO };
+        loop {
+            let mut fds = [
+                PollFd::new(self.uffd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.shared.wake.as_fd(), PollFlags::POLLIN),
+            ];
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(_) => {
+                    let r = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                    return (r(&fds[0]), r(&fds[1]));
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(%e, "poll on the userfaultfd failed");
+                    return (true, true);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- events
+
+    /// Reads one batch of events. Faults are queued in `pending`; non-cooperative events are
+    /// handled at once (the application thread that caused them waits until we read them).
+    /// Returns the number of events read.
+    fn read_batch(&mut self) -> usize {
+        let t = Instant::now();
+        let mut evs = std::mem::take(&mut self.evs);
+        evs.clear();
+        match self.uffd.read_events(&mut self.buf) {
+            Ok(it) => {
+                for e in it {
+                    evs.push(match e {
+                        // Only write-protect faults can occur: ranges are registered in WP mode only.
+                        Ok(Event::Pagefault { addr, thread_id, .. }) => {
+                            Ev::Fault(Fault { addr: addr as usize, tid: thread_id.as_raw(), t })
+                        }
+                        Ok(Event::Remove { start, end }) => Ev::Remove(start as usize, end as usize),
+                        Ok(Event::Unmap { start, end }) => Ev::Unmap(start as usize, end as usize),
+                        Ok(Event::Remap { from, to, len }) => Ev::Remap(from as usize, to as usize, len),
+                        Ok(Event::Fork { .. }) | Err(_) => Ev::Other,
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(%e, "reading the userfaultfd failed"),
+        }
+        let n = evs.len();
+        if n > 0 {
+            self.shared.counters.reads.fetch_add(1, Relaxed);
+        }
+        for ev in evs.drain(..) {
+            match ev {
+                Ev::Fault(f) => {
+                    if self.shared.config.trace_faults {
+                        tracing::trace!(addr = format_args!("{:#x}", f.addr), tid = f.tid, "write-protect fault");
+                    }
+                    self.pending.push(f)
+                }
+                Ev::Remove(s, e) => self.on_remove(s, e),
+                Ev::Unmap(s, e) => self.on_unmap(s, e, Invalidation::Unmapped, None),
+                Ev::Remap(from, to, len) => self.on_unmap(from, from.saturating_add(len), Invalidation::Remapped, Some(to)),
+                Ev::Other => {
+                    self.shared.counters.other_events.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        self.evs = evs;
+        n
+    }
+
+    /// Regions overlapping `[start, end)`, by start address.
+    fn overlapping(&self, start: usize, end: usize) -> Vec<usize> {
+        let first = self.by_start.range(..=start).next_back().map(|(k, _)| *k).unwrap_or(start);
+        self.by_start.range(first..end).filter(|(_, e)| e.inner.end() > start).map(|(k, _)| *k).collect()
+    }
+
+    fn on_remove(&mut self, start: usize, end: usize) {
+        self.shared.counters.remove_events.fetch_add(1, Relaxed);
+        tracing::debug!(start = format_args!("{start:#x}"), end = format_args!("{end:#x}"), "REMOVE event");
+        for key in self.overlapping(start, end) {
+            let Some(entry) = self.by_start.get_mut(&key) else { continue };
+            let inner = &entry.inner;
+            let s = start.max(inner.start);
+            let e = end.min(inner.end());
+            let first = inner.page_of(s);
+            let last = inner.page_of(e - 1);
+            // The content of these pages becomes zero: a write, as far as the dirty set goes.
+            inner.dirty.set_range(first as usize, (last - first + 1) as usize);
+            inner.counters.remove_events.fetch_add(1, Relaxed);
+            add_run(&mut entry.suspect, first, last - first + 1);
+        }
+    }
+
+    fn on_unmap(&mut self, start: usize, end: usize, why: Invalidation, moved_to: Option<usize>) {
+        let c = &self.shared.counters;
+        match why {
+            Invalidation::Unmapped => c.unmap_events.fetch_add(1, Relaxed),
+            Invalidation::Remapped => c.remap_events.fetch_add(1, Relaxed),
+        };
+        tracing::debug!(start = format_args!("{start:#x}"), end = format_args!("{end:#x}"), ?why, "region invalidated");
+        for key in self.overlapping(start, end) {
+            let Some(entry) = self.by_start.remove(&key) else { continue };
+            let inner = entry.inner;
+            self.by_id.remove(&inner.id);
+            inner.invalidate(why);
+            // Stop tracking what is left of the range (and the moved part, for mremap), so the
+            // application's later writes there never wait for us.
+            let _ = self.uffd.unregister(Addr(inner.start).ptr(), inner.len);
+            if let Some(to) = moved_to {
+                let _ = self.uffd.unregister(Addr(to).ptr(), end - start);
+            }
+        }
+    }
+
+    /// Services every pending fault: per region, sorted and coalesced into runs of adjacent
+    /// pages; each run's dirty bits are set, then the run is un-protected (waking its writers).
+    fn service_pending(&mut self) {
+        let mut faults = std::mem::take(&mut self.pending);
+        faults.sort_unstable_by_key(|f| f.addr);
+        let shared = Arc::clone(&self.shared);
+        let counters = &shared.counters;
+        counters.faults.fetch_add(faults.len() as u64, Relaxed);
+        self.tids.clear();
+        let mut i = 0;
+        while i < faults.len() {
+            let f = faults[i];
+            let Some(inner) = self.region_at(f.addr) else {
+                // A fault on no live region: a stale event for a range that was just
+                // unregistered or invalidated. Wake the writer; it retries untracked.
+                let ps = sys::base_page_size();
+                let page = f.addr & !(ps - 1);
+                let _ = self.uffd.remove_write_protection(Addr(page).ptr(), ps, true);
+                let _ = self.uffd.wake(Addr(page).ptr(), ps);
+                counters.foreign_faults.fetch_add(1, Relaxed);
+                i += 1;
+                continue;
+            };
+            let first = inner.page_of(f.addr);
+            let mut last = first;
+            let mut j = i;
+            while j < faults.len() && faults[j].addr < inner.end() {
+                let p = inner.page_of(faults[j].addr);
+                if p > last + 1 {
+                    break;
+                }
+                last = p;
+                j += 1;
+            }
+            let count = last - first + 1;
+            // Dirty bit BEFORE un-protect: the write may proceed only once it is recorded.
+            inner.dirty.set_range(first as usize, count as usize);
+            inner.counters.faults.fetch_add((j - i) as u64, Relaxed);
+            inner.counters.last_tid.store(faults[j - 1].tid as u64, Relaxed);
+            counters.wp_faults.fetch_add((j - i) as u64, Relaxed);
+            let addr = inner.start + first as usize * inner.page_size;
+            self.unprotect(addr, count as usize * inner.page_size);
+            let done = Instant::now();
+            for f in &faults[i..j] {
+                counters.service_ns.record(done.duration_since(f.t).as_nanos() as u64);
+                match self.tids.iter_mut().find(|(t, _)| *t == f.tid) {
+                    Some((_, n)) => *n += 1,
+                    None => self.tids.push((f.tid, 1)),
+                }
+            }
+            i = j;
+        }
+        if !self.tids.is_empty() {
+            if let Ok(mut m) = self.shared.threads.lock() {
+                for &(tid, n) in &self.tids {
+                    if m.len() < MAX_THREADS || m.contains_key(&tid) {
+                        *m.entry(tid).or_insert(0) += n;
+                    }
+                }
+            }
+        }
+        faults.clear();
+        // Keep the larger allocation; anything queued meanwhile is appended.
+        faults.append(&mut self.pending);
+        self.pending = faults;
+    }
+
+    fn region_at(&self, addr: usize) -> Option<Arc<RegionInner>> {
+        let (_, e) = self.by_start.range(..=addr).next_back()?;
+        (addr < e.inner.end() && e.inner.invalidation().is_none()).then(|| Arc::clone(&e.inner))
+    }
+
+    /// Un-protects and wakes. On `EAGAIN` (a non-cooperative event is pending: the kernel
+    /// refuses protection changes until we read it) reads events and retries.
+    fn unprotect(&mut self, addr: usize, len: usize) {
+        for attempt in 0.. {
+            match self.uffd.remove_write_protection(Addr(addr).ptr(), len, true).map_err(|e| errno_of(&e)) {
+                Ok(()) => {
+                    self.shared.counters.unprotect_ioctls.fetch_add(1, Relaxed);
+                    return;
+                }
+                Err(Errno::EAGAIN) if attempt < 100_000 => self.pump(),
+                Err(e) => {
+                    // The range went away (munmap raced with the fault): wake the writer; the
+                    // kernel re-evaluates its access on retry.
+                    tracing::debug!(addr = format_args!("{addr:#x}"), %e, "un-protect failed; waking");
+                    let _ = self.uffd.wake(Addr(addr).ptr(), len);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Protects `[addr, addr+len)`, reading (and holding) events on `EAGAIN`.
+    fn protect(&mut self, addr: usize, len: usize) -> Result<(), Errno> {
+        for attempt in 0.. {
+            match self.uffd.write_protect(Addr(addr).ptr(), len).map_err(|e| errno_of(&e)) {
+                Ok(()) => {
+                    self.shared.counters.protect_ioctls.fetch_add(1, Relaxed);
+                    return Ok(());
+                }
+                Err(Errno::EAGAIN) if attempt < 100_000 => self.pump(),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Errno::EAGAIN)
+    }
+
+    /// Reads pending events without servicing faults (they stay in `pending`).
+    fn pump(&mut self) {
+        if self.read_batch() == 0 {
+            std::thread::yield_now();
+        }
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    fn command(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Register { region, all_dirty, reply } => {
+                let r = self.register(region, all_dirty);
+                let _ = reply.send(r);
+            }
+            Command::Unregister { id, reply } => {
+                let r = self.unregister(id);
+                let _ = reply.send(r);
+            }
+            Command::Cut { id, reply } => {
+                let r = self.cut(id);
+                let _ = reply.send(r);
+            }
+            Command::Shutdown { reply } => {
+                self.release_all();
+                let _ = reply.send(());
+                return Flow::Exit;
+            }
+            Command::InjectPanic => panic!("writewatch: injected service-thread panic (test hook)"),
+        }
+        Flow::Continue
+    }
+
+    fn register(&mut self, inner: Arc<RegionInner>, all_dirty: bool) -> Result<(), MapError> {
+        let (start, end) = (inner.start, inner.end());
+        if let Some((_, e)) = self.by_start.range(..end).next_back() {
+            if e.inner.end() > start {
+                return Err(MapError::Overlap { start, end, existing_start: e.inner.start, existing_end: e.inner.end() });
+            }
+        }
+        let ioctls = self.uffd.register_with_mode(Addr(start).ptr(), inner.len, RegisterMode::WRITE_PROTECT).map_err(
+            |e| {
+                let errno = errno_of(&e);
+                match errno {
+                    Errno::ENOMEM => MapError::NotMapped { addr: start },
+                    Errno::EBUSY => MapError::Sys {
+                        op: "UFFDIO_REGISTER",
+                        errno,
+                        hint: ": the range is already registered with another userfaultfd (another tracker or library)",
+                    },
+                    Errno::EINVAL => MapError::Sys {
+                        op: "UFFDIO_REGISTER",
+                        errno,
+                        hint: ": the kernel cannot write-protect this memory (anonymous needs >= 5.7, shmem/hugetlbfs >= 5.19)",
+                    },
+                    _ => MapError::Sys { op: "UFFDIO_REGISTER", errno, hint: "" },
+                }
+            },
+        )?;
+        if !ioctls.contains(userfaultfd::IoctlFlags::WRITE_PROTECT) {
+            let _ = self.uffd.unregister(Addr(start).ptr(), inner.len);
+            return Err(MapError::KindUnsupported { kind: inner.kind.name(), needs: "Linux >= 5.19 for shmem/hugetlbfs write-protect" });
+        }
+        if all_dirty {
+            inner.dirty.set_range(0, inner.page_count as usize);
+        }
+        let r = self.populate_if_needed(start, inner.len).and_then(|()| self.protect(start, inner.len));
+        if let Err(errno) = r {
+            let _ = self.uffd.unregister(Addr(start).ptr(), inner.len);
+            return Err(MapError::Sys { op: "UFFDIO_WRITEPROTECT", errno, hint: "" });
+        }
+        self.by_id.insert(inner.id, start);
+        self.by_start.insert(start, Entry { inner, suspect: Vec::new() });
+        Ok(())
+    }
+
+    /// Without `WP_UNPOPULATED`, protecting a never-touched page is silently skipped by the
+    /// kernel, so its first write would go unseen: map every page (read-only zero page) first.
+    fn populate_if_needed(&self, addr: usize, len: usize) -> Result<(), Errno> {
+        if self.shared.features.has(crate::Feature::WpUnpopulated) {
+            return Ok(());
+        }
+        match sys::madvise_nondestructive(addr as *mut u8, len, libc::MADV_POPULATE_READ) {
+            Ok(()) => Ok(()),
+            // Kernels before 5.14: touch each page (a read never raises a WP fault).
+            Err(Errno::EINVAL) => {
+                sys::touch_read(addr as *const u8, len, sys::base_page_size());
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn unregister(&mut self, id: u64) -> Result<(), Errno> {
+        let Some(start) = self.by_id.remove(&id) else { return Ok(()) };
+        let Some(entry) = self.by_start.remove(&start) else { return Ok(()) };
+        match self.uffd.unregister(Addr(start).ptr(), entry.inner.len) {
+            Ok(()) => Ok(()),
+            Err(e) if entry.inner.invalidation().is_none() => Err(errno_of(&e)),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn release_all(&mut self) {
+        for (start, entry) in std::mem::take(&mut self.by_start) {
+            // Unregistering wakes every thread waiting on a fault in the range; their writes
+            // then complete untracked.
+            let _ = self.uffd.unregister(Addr(start).ptr(), entry.inner.len);
+        }
+        self.by_id.clear();
+    }
+
+    fn cut(&mut self, id: u64) -> Result<Epoch, CutError> {
+        let t0 = Instant::now();
+        let Some(&start) = self.by_id.get(&id) else {
+            return Err(CutError::Invalidated { start: 0, reason: Invalidation::Unmapped });
+        };
+        let Some(entry) = self.by_start.get(&start) else {
+            return Err(CutError::Invalidated { start, reason: Invalidation::Unmapped });
+        };
+        let inner = Arc::clone(&entry.inner);
+        let suspect = entry.suspect.clone();
+        let span = tracing::debug_span!("cut", start = format_args!("{start:#x}"), epoch = inner.epoch.load(Relaxed));
+        let _g = span.enter();
+
+        // 1. Pages the kernel may have un-protected behind our back (madvise zaps).
+        let mut scan_ioctls = 0;
+        for (first, count) in suspect {
+            scan_ioctls += self.mark_unprotected(&inner, first, count);
+        }
+        // 2. Harvest: the epoch's dirty set; the bitmap starts the next epoch empty.
+        let words = inner.dirty.harvest();
+        let set = DirtySet::from_words(inner.page_size, inner.page_count, words);
+        // 3. Re-protect the dirty runs (faults read meanwhile stay pending until we return).
+        let plan = plan_ranges(set.runs(), self.shared.config.merge_gap_pages);
+        let mut protect_ioctls = 0;
+        for (first, count) in plan {
+            let addr = inner.start + first as usize * inner.page_size;
+            let len = count as usize * inner.page_size;
+            let r = self.populate_if_needed(addr, len).and_then(|()| self.protect(addr, len));
+            if let Err(errno) = r {
+                // Never lose dirty bits: put the whole harvest back (pages already re-protected
+                // are over-reported next time, which is allowed).
+                inner.dirty.restore(set.words());
+                if let Some(reason) = inner.invalidation() {
+                    return Err(CutError::Invalidated { start, reason });
+                }
+                return Err(CutError::Protect { errno });
+            }
+            protect_ioctls += 1;
+        }
+        let number = inner.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut h) = inner.counters.history.lock() {
+            if h.len() == HISTORY {
+                h.pop_front();
+            }
+            h.push_back(EpochStat { epoch: number, pages: set.len() as u64 });
+        }
+        self.shared.counters.cuts.fetch_add(1, Relaxed);
+        let duration = t0.elapsed();
+        tracing::debug!(pages = set.len(), protect_ioctls, scan_ioctls, ?duration, "cut");
+        Ok(Epoch { number, dirty: set, stats: CutStats { protect_ioctls, scan_ioctls, duration } })
+    }
+
+    /// Sets the dirty bit of every page in the run that is not write-protected: written
+    /// (present without the uffd-wp bit) or empty without a protection marker (zapped).
+    /// Returns the number of `PAGEMAP_SCAN` ioctls made. Without `PAGEMAP_SCAN`, marks the
+    /// whole run (over-report).
+    fn mark_unprotected(&mut self, inner: &RegionInner, first: u64, count: u64) -> u64 {
+        let start = inner.start + first as usize * inner.page_size;
+        let end = start + count as usize * inner.page_size;
+        let queries = [
+            // present or swapped, and not write-protected
+            ScanArgs { category_mask: pm::PAGE_IS_WRITTEN, return_mask: pm::PAGE_IS_WRITTEN, ..Default::default() },
+            // neither present nor a (marker) swap entry: an empty PTE that carries no protection
+            ScanArgs {
+                category_inverted: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
+                category_mask: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
+                return_mask: pm::PAGE_IS_PRESENT,
+                ..Default::default()
+            },
+        ];
+        let mut ioctls = 0;
+        let Some(pm_fd) = self.pagemap.as_ref().map(|f| f.as_raw_fd()) else {
+            inner.dirty.set_range(first as usize, count as usize);
+            return 0;
+        };
+        for q in queries {
+            let mut cursor = start;
+            while cursor < end {
+                let args = ScanArgs { start: cursor, end, ..q };
+                ioctls += 1;
+                self.shared.counters.scan_ioctls.fetch_add(1, Relaxed);
+                match sys::pagemap_scan(pm_fd, &args, &mut self.scan_out) {
+                    Ok((n, walk_end)) => {
+                        for r in &self.scan_out[..n] {
+                            let a = inner.page_of(r.start as usize);
+                            let b = inner.page_of((r.end as usize).max(r.start as usize + 1) - 1);
+                            inner.dirty.set_range(a as usize, (b - a + 1) as usize);
+                        }
+                        if walk_end <= cursor {
+                            break;
+                        }
+                        cursor = walk_end;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%e, "PAGEMAP_SCAN failed; marking the suspect run dirty");
+                        inner.dirty.set_range(first as usize, count as usize);
+                        return ioctls;
+                    }
+                }
+            }
+        }
+        ioctls
+    }
+
+    // ---------------------------------------------------------------- teardown
+
+    fn drain_commands(&mut self) {
+        // Dropping queued commands drops their reply senders: callers get `Unavailable`.
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    fn poison(&mut self) {
+        self.shared.state.store(POISONED, Ordering::Release);
+        tracing::error!("writewatch fault-service thread panicked; releasing every range and poisoning the tracker");
+        self.release_all();
+        self.drain_commands();
+    }
+}
+

@@ -1,0 +1,379 @@
+//! The only module of `writewatch-core` that contains `unsafe` code.
+//!
+//! Everything here is a thin, documented wrapper over one system call or one raw-memory
+//! operation. The rest of the crate is `#![forbid(unsafe_code)]`-clean by construction:
+//! `lib.rs` denies `unsafe_code` in every other module.
+//!
+//! Kernel ABI values come from `linux-raw-sys` (the `userfaultfd` crate's bindgen bindings are
+//! generated from the build machine's headers, which may predate `UFFD_FEATURE_WP_UNPOPULATED`
+//! or `PAGEMAP_SCAN`). The few values that `linux-raw-sys` does not export as constants are
+//! derived from its structs with `nix`'s ioctl-number macros, never typed in by hand.
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
+
+use linux_raw_sys::general as k;
+use nix::errno::Errno;
+
+/// `PAGEMAP_SCAN` = `_IOWR('f', 16, struct pm_scan_arg)`, derived from linux-raw-sys's struct.
+pub(crate) const PAGEMAP_SCAN: libc::c_ulong =
+    nix::request_code_readwrite!(b'f', 16, std::mem::size_of::<k::pm_scan_arg>()) as libc::c_ulong;
+
+// Compile-time checks: the ABI this crate relies on, cross-checked between linux-raw-sys and the
+// values the `userfaultfd` crate was built with (which come from the build machine's headers).
+const _: () = {
+    assert!(k::UFFD_FEATURE_WP_ASYNC == 1 << 15);
+    assert!(k::UFFD_FEATURE_WP_UNPOPULATED == 1 << 13);
+    assert!(k::UFFD_FEATURE_PAGEFAULT_FLAG_WP as u64 == userfaultfd::FeatureFlags::PAGEFAULT_FLAG_WP.bits());
+    assert!(k::UFFD_FEATURE_THREAD_ID as u64 == userfaultfd::FeatureFlags::THREAD_ID.bits());
+    assert!(k::UFFD_FEATURE_EVENT_REMOVE as u64 == userfaultfd::FeatureFlags::EVENT_REMOVE.bits());
+    assert!(k::UFFD_FEATURE_EVENT_UNMAP as u64 == userfaultfd::FeatureFlags::EVENT_UNMAP.bits());
+    assert!(k::UFFD_FEATURE_EVENT_REMAP as u64 == userfaultfd::FeatureFlags::EVENT_REMAP.bits());
+    assert!(std::mem::size_of::<k::pm_scan_arg>() == 96);
+    assert!(std::mem::size_of::<k::page_region>() == 24);
+};
+
+/// The system's base page size.
+pub(crate) fn base_page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v <= 0 {
+        4096
+    } else {
+        v as usize
+    }
+}
+
+/// The calling thread's kernel thread id.
+pub(crate) fn gettid() -> i32 {
+    nix::unistd::gettid().as_raw()
+}
+
+/// Maps `len` bytes of private anonymous, read-write memory.
+pub(crate) fn mmap_anonymous(len: usize, extra_flags: libc::c_int) -> Result<NonNull<u8>, Errno> {
+    // SAFETY: a new mapping at an address chosen by the kernel cannot alias any existing Rust
+    // object; a null hint with no MAP_FIXED never replaces existing mappings.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | extra_flags,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    NonNull::new(p.cast()).ok_or(Errno::EINVAL)
+}
+
+/// Maps `len` bytes of `fd` shared and read-write.
+pub(crate) fn mmap_shared(fd: &OwnedFd, len: usize) -> Result<NonNull<u8>, Errno> {
+    // SAFETY: as in `mmap_anonymous`; the fd is valid for the duration of the call.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    NonNull::new(p.cast()).ok_or(Errno::EINVAL)
+}
+
+/// Unmaps a mapping this crate created.
+///
+/// # Safety
+/// `[ptr, ptr+len)` must be a mapping owned by the caller that no live reference points into.
+pub(crate) unsafe fn munmap(ptr: *mut u8, len: usize) -> Result<(), Errno> {
+    // SAFETY: guaranteed by the caller.
+    Errno::result(unsafe { libc::munmap(ptr.cast(), len) }).map(drop)
+}
+
+/// `madvise(2)` with an advice that does not change memory contents (e.g. `MADV_NOHUGEPAGE`,
+/// `MADV_POPULATE_READ`).
+pub(crate) fn madvise_nondestructive(ptr: *mut u8, len: usize, advice: libc::c_int) -> Result<(), Errno> {
+    debug_assert!(matches!(
+        advice,
+        libc::MADV_NOHUGEPAGE | libc::MADV_HUGEPAGE | libc::MADV_POPULATE_READ
+    ));
+    // SAFETY: these advices never change the contents or validity of the range, so no Rust
+    // reference can observe a difference; the kernel validates the range itself.
+    Errno::result(unsafe { libc::madvise(ptr.cast(), len, advice) }).map(drop)
+}
+
+/// Opens a memfd of `len` bytes.
+pub(crate) fn memfd(name: &str, len: usize) -> Result<OwnedFd, Errno> {
+    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    nix::unistd::ftruncate(&fd, len as libc::off_t)?;
+    Ok(fd)
+}
+
+/// Opens a userfaultfd without the `userfaultfd` crate (used only when the crate's
+/// `/dev/userfaultfd`-first strategy fails with a permission error but the syscall may work).
+pub(crate) fn userfaultfd_syscall(flags: libc::c_int) -> Result<OwnedFd, Errno> {
+    // SAFETY: the syscall takes an int and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags as libc::c_long) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Opens `/dev/userfaultfd` and asks it for a userfaultfd (`USERFAULTFD_IOC_NEW`).
+pub(crate) fn userfaultfd_dev(flags: libc::c_int) -> Result<OwnedFd, Errno> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/userfaultfd")
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    // USERFAULTFD_IOC_NEW = _IO(0xAA, 0x00)
+    let req = nix::request_code_none!(0xAA, 0x00) as libc::c_ulong;
+    // SAFETY: USERFAULTFD_IOC_NEW takes its flags by value and returns a new fd.
+    let fd = unsafe { libc::ioctl(dev.as_raw_fd(), req as _, flags as libc::c_long) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `UFFDIO_API` handshake on a raw userfaultfd. Returns `(features, ioctls)` granted.
+pub(crate) fn uffdio_api(fd: RawFd, features: u64) -> Result<(u64, u64), Errno> {
+    let mut api = k::uffdio_api { api: k::UFFD_API as u64, features, ioctls: 0 };
+    // SAFETY: UFFDIO_API reads and writes exactly one `uffdio_api`, which lives on our stack.
+    let r = unsafe { libc::ioctl(fd, linux_raw_sys::ioctl::UFFDIO_API as _, &mut api as *mut k::uffdio_api) };
+    Errno::result(r).map(|_| (api.features, api.ioctls))
+}
+
+/// One output entry of `PAGEMAP_SCAN`: `[start, end)` with the categories it matched.
+pub(crate) type PageRegion = k::page_region;
+
+/// A zeroed `page_region`, for sizing output buffers.
+pub(crate) const EMPTY_PAGE_REGION: PageRegion = k::page_region { start: 0, end: 0, categories: 0 };
+
+/// The `PAGEMAP_SCAN` category bits used by this crate.
+pub(crate) mod pm {
+    use linux_raw_sys::general as k;
+    pub(crate) const PAGE_IS_WRITTEN: u64 = k::PAGE_IS_WRITTEN as u64;
+    pub(crate) const PAGE_IS_PRESENT: u64 = k::PAGE_IS_PRESENT as u64;
+    pub(crate) const PAGE_IS_SWAPPED: u64 = k::PAGE_IS_SWAPPED as u64;
+    pub(crate) const PM_SCAN_WP_MATCHING: u64 = k::PM_SCAN_WP_MATCHING as u64;
+    pub(crate) const PM_SCAN_CHECK_WPASYNC: u64 = k::PM_SCAN_CHECK_WPASYNC as u64;
+}
+
+/// Parameters of one `PAGEMAP_SCAN` call (the subset of `pm_scan_arg` this crate sets).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ScanArgs {
+    pub flags: u64,
+    pub start: usize,
+    pub end: usize,
+    pub category_inverted: u64,
+    pub category_mask: u64,
+    pub category_anyof_mask: u64,
+    pub return_mask: u64,
+}
+
+/// Runs one `PAGEMAP_SCAN` ioctl on an open `/proc/self/pagemap`.
+///
+/// Fills `out` and returns `(entries_filled, walk_end)`: the kernel stops early at `walk_end`
+/// when `out` is full, so callers loop from `walk_end` until it reaches `args.end`.
+pub(crate) fn pagemap_scan(pagemap: RawFd, args: &ScanArgs, out: &mut [PageRegion]) -> Result<(usize, usize), Errno> {
+    let mut arg = k::pm_scan_arg {
+        size: std::mem::size_of::<k::pm_scan_arg>() as u64,
+        flags: args.flags,
+        start: args.start as u64,
+        end: args.end as u64,
+        walk_end: 0,
+        vec: out.as_mut_ptr() as u64,
+        vec_len: out.len() as u64,
+        max_pages: 0,
+        category_inverted: args.category_inverted,
+        category_mask: args.category_mask,
+        category_anyof_mask: args.category_anyof_mask,
+        return_mask: args.return_mask,
+    };
+    // SAFETY: PAGEMAP_SCAN reads one `pm_scan_arg` on our stack and writes at most `vec_len`
+    // `page_region`s into `out`, which is a live, exclusively borrowed slice of that length.
+    // It reads page tables only, except with PM_SCAN_WP_MATCHING, where it changes page
+    // protection (never contents).
+    let r = unsafe { libc::ioctl(pagemap, PAGEMAP_SCAN as _, &mut arg as *mut k::pm_scan_arg) };
+    let n = Errno::result(r)?;
+    Ok((n as usize, arg.walk_end as usize))
+}
+
+/// A tracked mapping: either created here (and unmapped on drop) or the caller's (adopted,
+/// never unmapped by us).
+///
+/// Invariant: `[ptr, ptr+len)` is mapped readable and writable for the life of the value
+/// (owned: we unmap only in `drop`; adopted: the `adopted` caller's contract).
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    owned: bool,
+    leaked: std::sync::atomic::AtomicBool,
+    _memfd: Option<OwnedFd>,
+}
+
+// SAFETY: a Mapping is an address range; all access to the memory behind it goes through
+// atomics or through unsafe functions whose callers take responsibility for synchronisation.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` hands out only atomics or unsafe accessors.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// A new private anonymous mapping with THP disabled (4 KiB dirty granularity).
+    pub(crate) fn anonymous(len: usize) -> Result<Self, Errno> {
+        let ptr = mmap_anonymous(len, 0)?;
+        // Best effort: fails only on kernels without THP, where it does not matter.
+        let _ = madvise_nondestructive(ptr.as_ptr(), len, libc::MADV_NOHUGEPAGE);
+        Ok(Self { ptr, len, owned: true, leaked: false.into(), _memfd: None })
+    }
+
+    /// A new memfd of `len` bytes mapped shared.
+    pub(crate) fn shared(len: usize) -> Result<(Self, &'static str), (Errno, &'static str)> {
+        let fd = memfd("writewatch", len).map_err(|e| (e, "memfd_create"))?;
+        let ptr = mmap_shared(&fd, len).map_err(|e| (e, "mmap"))?;
+        Ok((Self { ptr, len, owned: true, leaked: false.into(), _memfd: Some(fd) }, "mmap"))
+    }
+
+    /// The caller's mapping.
+    ///
+    /// # Safety
+    /// `[ptr, ptr+len)` must be mapped read-write (ptr non-null) and stay mapped for the life
+    /// of the returned value.
+    pub(crate) unsafe fn adopted(ptr: *mut u8, len: usize) -> Option<Self> {
+        Some(Self { ptr: NonNull::new(ptr)?, len, owned: false, leaked: false.into(), _memfd: None })
+    }
+
+    pub(crate) fn start(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn owned(&self) -> bool {
+        self.owned
+    }
+
+    /// Never unmap: the application unmapped or moved the range, so something else may live
+    /// at these addresses now. Accessors must not be used after this (callers check the
+    /// region's status first).
+    pub(crate) fn leak(&self) {
+        self.leaked.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The memory as 64-bit atomics (always sound: see the type invariant).
+    pub(crate) fn atomic_words(&self) -> &[AtomicU64] {
+        // SAFETY: mapped read-write for our life (type invariant), page-aligned hence 8-byte
+        // aligned; every access through the view is atomic.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<AtomicU64>(), self.len / 8) }
+    }
+
+    /// The memory as bytes.
+    ///
+    /// # Safety
+    /// Nobody may write the memory while the slice is alive.
+    pub(crate) unsafe fn bytes(&self) -> &[u8] {
+        // SAFETY: mapped for our life (type invariant); the caller excludes writers.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The memory as mutable bytes.
+    ///
+    /// # Safety
+    /// No other access to the memory may happen while the slice is alive.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn bytes_mut(&self) -> &mut [u8] {
+        // SAFETY: mapped for our life (type invariant); the caller guarantees exclusivity.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Copies `dst.len()` bytes at `offset` out of the mapping.
+    ///
+    /// # Safety
+    /// The bytes must not be written during the copy (e.g. they are write-protected and the
+    /// service thread holds their faults).
+    pub(crate) unsafe fn copy_out(&self, offset: usize, dst: &mut [u8]) {
+        assert!(offset.checked_add(dst.len()).is_some_and(|e| e <= self.len));
+        // SAFETY: in bounds (checked above) and mapped (type invariant); the caller excludes
+        // writers; `dst` is a distinct Rust allocation.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.owned && !self.leaked.load(std::sync::atomic::Ordering::Acquire) {
+            // SAFETY: we created the mapping, and `drop` ends the last borrow of it.
+            if let Err(e) = unsafe { munmap(self.ptr.as_ptr(), self.len) } {
+                tracing::warn!(len = self.len, %e, "munmap of a tracked region failed");
+            }
+        }
+    }
+}
+
+/// Whether the kernel tracks soft-dirty bits: writes one private page and reads its pagemap
+/// entry (bit 55 = soft-dirty).
+pub(crate) fn soft_dirty_probe() -> bool {
+    use std::os::unix::fs::FileExt;
+    let ps = base_page_size();
+    let Ok(p) = mmap_anonymous(ps, 0) else { return false };
+    // SAFETY: `p` is a fresh private read-write page that nothing else references.
+    unsafe { p.as_ptr().write_volatile(1) };
+    let mut e = [0u8; 8];
+    let ok = std::fs::File::open("/proc/self/pagemap")
+        .and_then(|f| f.read_exact_at(&mut e, (p.as_ptr() as u64 / ps as u64) * 8))
+        .is_ok();
+    // SAFETY: we own the page and no reference into it exists.
+    let _ = unsafe { munmap(p.as_ptr(), ps) };
+    ok && u64::from_le_bytes(e) & (1 << 55) != 0
+}
+
+/// Wraps a userfaultfd opened and handshaken here into the `userfaultfd` crate's type.
+pub(crate) fn uffd_from_fd(fd: OwnedFd) -> userfaultfd::Uffd {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: `fd` is an open userfaultfd we own; ownership moves into the `Uffd`, which
+    // closes it on drop.
+    unsafe { userfaultfd::Uffd::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// Reads one byte of every `step` bytes of `[ptr, ptr+len)`, mapping each page (the zero page
+/// for untouched anonymous memory). Reads never raise write-protect faults, so the service
+/// thread may call this on tracked memory.
+pub(crate) fn touch_read(ptr: *const u8, len: usize, step: usize) {
+    let mut off = 0;
+    while off < len {
+        // SAFETY: the caller passes a range of a mapped, readable region; a volatile read of
+        // one byte has no other effect than mapping the page.
+        unsafe { std::ptr::read_volatile(ptr.add(off)) };
+        off += step;
+    }
+}
+
+/// A raw pointer that may be sent to the service thread. It is only ever used as an address
+/// (for ioctls and `/proc` lookups), never dereferenced by the service thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Addr(pub usize);
+
+impl Addr {
+    pub(crate) fn ptr(self) -> *mut c_void {
+        self.0 as *mut c_void
+    }
+}

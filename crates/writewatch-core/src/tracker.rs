@@ -1,0 +1,498 @@
+//! The tracker: builder, feature negotiation, the handle, and the command channel to the
+//! fault-service thread.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use linux_raw_sys::general as k;
+use nix::errno::Errno;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::error::{BuildError, CutError, MapError, Unavailable};
+use crate::probe::{self, Access, Feature};
+use crate::region::{self, Epoch, Region, RegionInner, RegionKind};
+use crate::stats::{Counters, ThreadFaults, TrackerStats};
+use crate::{service, sys};
+
+/// Features negotiated with the kernel for one tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// Raw `UFFD_FEATURE_*` bits granted.
+    pub bits: u64,
+    /// Whether the userfaultfd was opened with `UFFD_USER_MODE_ONLY`: if so, a system call that
+    /// writes tracked memory (e.g. `read(2)` into a tracked buffer) fails with `EFAULT`.
+    pub user_mode_only: bool,
+}
+
+impl Features {
+    /// Whether `f` was negotiated.
+    pub fn has(&self, f: Feature) -> bool {
+        match f {
+            Feature::KernelModeFaults => !self.user_mode_only,
+            Feature::PagemapScan => false,
+            other => other.bit().is_some_and(|b| self.bits & b != 0),
+        }
+    }
+}
+
+/// Tunables fixed at build time.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub merge_gap_pages: u64,
+    pub event_batch: usize,
+    pub thread_name: String,
+    pub trace_faults: bool,
+}
+
+/// Builds a [`Tracker`]; see [`Tracker::builder`].
+#[derive(Debug, Clone)]
+pub struct TrackerBuilder {
+    config: Config,
+    disabled: Vec<Feature>,
+    force_user_mode_only: bool,
+}
+
+impl Default for TrackerBuilder {
+    fn default() -> Self {
+        Self {
+            config: Config {
+                merge_gap_pages: 8,
+                event_batch: 64,
+                thread_name: "writewatch-svc".into(),
+                trace_faults: false,
+            },
+            disabled: Vec::new(),
+            force_user_mode_only: false,
+        }
+    }
+}
+
+impl TrackerBuilder {
+    /// Runs of dirty pages separated by at most this many clean pages are re-protected with
+    /// one ioctl at a cut (default 8; 0 disables merging).
+    pub fn merge_gap_pages(mut self, pages: u64) -> Self {
+        self.config.merge_gap_pages = pages;
+        self
+    }
+
+    /// Maximum number of events read from the userfaultfd per `read(2)` (default 64, min 1).
+    pub fn event_batch(mut self, events: usize) -> Self {
+        self.config.event_batch = events.clamp(1, 4096);
+        self
+    }
+
+    /// Name of the fault-service thread (default `writewatch-svc`).
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.config.thread_name = name.into();
+        self
+    }
+
+    /// Emit a `tracing` TRACE event per serviced fault (default off; costs a few ns per fault
+    /// even when filtered out by the subscriber).
+    pub fn trace_faults(mut self, on: bool) -> Self {
+        self.config.trace_faults = on;
+        self
+    }
+
+    /// Do not request `feature` even if the kernel offers it (for testing fallbacks, e.g. the
+    /// populate-before-protect path used without `WP_UNPOPULATED`).
+    pub fn without(mut self, feature: Feature) -> Self {
+        self.disabled.push(feature);
+        self
+    }
+
+    /// Open the userfaultfd with `UFFD_USER_MODE_ONLY` even when the process could do without
+    /// (then system calls writing tracked memory fail with `EFAULT`).
+    pub fn user_mode_only(mut self, on: bool) -> Self {
+        self.force_user_mode_only = on;
+        self
+    }
+
+    /// Opens the userfaultfd, negotiates features and starts the fault-service thread.
+    pub fn build(self) -> Result<Tracker, BuildError> {
+        let base = libc::O_CLOEXEC | libc::O_NONBLOCK;
+        // 1. Which kind of fd may we open, and what does the kernel offer on it?
+        let (access, probe_fd) = if self.force_user_mode_only {
+            match sys::userfaultfd_syscall(base | k::UFFD_USER_MODE_ONLY as libc::c_int) {
+                Ok(fd) => (Access::UserModeOnly, Some(fd)),
+                Err(e) => (Access::Denied(e), None),
+            }
+        } else {
+            probe::open_best(base)
+        };
+        let probe_fd = match (access, probe_fd) {
+            (_, Some(fd)) => fd,
+            (Access::Denied(errno), None) => return Err(BuildError::PermissionDenied { errno }),
+            (Access::Absent(errno), None) => return Err(BuildError::NoUserfaultfd { errno }),
+            (_, None) => return Err(BuildError::NoUserfaultfd { errno: Errno::ENOSYS }),
+        };
+        let (offered, _) =
+            sys::uffdio_api(probe_fd.as_raw_fd(), 0).map_err(|errno| BuildError::Handshake { errno })?;
+        drop(probe_fd);
+        if offered & k::UFFD_FEATURE_PAGEFAULT_FLAG_WP as u64 == 0 || self.disabled.contains(&Feature::PagefaultFlagWp) {
+            return Err(BuildError::MissingFeature {
+                feature: "UFFD_FEATURE_PAGEFAULT_FLAG_WP",
+                needs: "Linux >= 5.7 with CONFIG_HAVE_ARCH_USERFAULTFD_WP (x86_64, arm64 >= 6.10)",
+            });
+        }
+        let wanted = [
+            Feature::PagefaultFlagWp,
+            Feature::WpUnpopulated,
+            Feature::ThreadId,
+            Feature::EventRemove,
+            Feature::EventUnmap,
+            Feature::EventRemap,
+            Feature::WpHugetlbfsShmem,
+        ]
+        .iter()
+        .filter(|f| !self.disabled.contains(f))
+        .filter_map(|f| f.bit())
+        .fold(0u64, |a, b| a | b)
+            & offered;
+        let user_mode_only = access == Access::UserModeOnly;
+
+        // 2. The real fd, opened with the userfaultfd crate.
+        let uffd = userfaultfd::UffdBuilder::new()
+            .close_on_exec(true)
+            .non_blocking(true)
+            .user_mode_only(user_mode_only)
+            .require_features(userfaultfd::FeatureFlags::from_bits_retain(wanted))
+            .create();
+        let uffd = match uffd {
+            Ok(u) => u,
+            // The crate insists on /dev/userfaultfd when it exists; the syscall may still be
+            // allowed (vm.unprivileged_userfaultfd=1 with a root-only device node).
+            Err(userfaultfd::Error::OpenDevUserfaultfd(_)) => {
+                let flags = base | if user_mode_only { k::UFFD_USER_MODE_ONLY as libc::c_int } else { 0 };
+                let fd = sys::userfaultfd_syscall(flags).map_err(|errno| BuildError::PermissionDenied { errno })?;
+                sys::uffdio_api(fd.as_raw_fd(), wanted).map_err(|errno| BuildError::Handshake { errno })?;
+                sys::uffd_from_fd(fd)
+            }
+            Err(e) => {
+                return Err(match crate::service::errno_of(&e) {
+                    errno @ (Errno::EPERM | Errno::EACCES) => BuildError::PermissionDenied { errno },
+                    errno => BuildError::Handshake { errno },
+                })
+            }
+        };
+        let features = Features { bits: wanted, user_mode_only };
+
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|errno| BuildError::Setup { what: "eventfd", errno })?;
+        let pagemap = std::fs::File::open("/proc/self/pagemap").ok();
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            cmd_tx,
+            wake,
+            state: AtomicU8::new(RUNNING),
+            counters: Counters::default(),
+            threads: Mutex::new(HashMap::new()),
+            features,
+            config: self.config.clone(),
+            next_id: AtomicU64::new(1),
+            join: Mutex::new(None),
+        });
+        let handle = service::spawn(uffd, pagemap, Arc::clone(&shared), cmd_rx).map_err(BuildError::Spawn)?;
+        *shared.join.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        tracing::debug!(features = format_args!("{wanted:#x}"), user_mode_only, "tracker started");
+        Ok(Tracker { handle: Arc::new(TrackerHandle { shared }) })
+    }
+}
+
+pub(crate) const RUNNING: u8 = 0;
+pub(crate) const SHUT_DOWN: u8 = 1;
+pub(crate) const POISONED: u8 = 2;
+
+/// A control command for the service thread. Each carries a reply channel.
+pub(crate) enum Command {
+    Register {
+        region: Arc<RegionInner>,
+        /// Report every page dirty in the first epoch (adopted content is new to the tracker).
+        all_dirty: bool,
+        reply: Sender<Result<(), MapError>>,
+    },
+    Unregister {
+        id: u64,
+        reply: Sender<Result<(), Errno>>,
+    },
+    Cut {
+        id: u64,
+        reply: Sender<Result<Epoch, CutError>>,
+    },
+    Shutdown {
+        reply: Sender<()>,
+    },
+    /// Test hook: make the service thread panic (see `Tracker::debug_inject_panic`).
+    InjectPanic,
+}
+
+/// State shared between tracker handles, regions and the service thread.
+pub(crate) struct Shared {
+    pub cmd_tx: Sender<Command>,
+    /// Written by command senders, polled by the service thread together with the uffd.
+    pub wake: EventFd,
+    pub state: AtomicU8,
+    pub counters: Counters,
+    pub threads: Mutex<HashMap<i32, u64>>,
+    pub features: Features,
+    pub config: Config,
+    pub next_id: AtomicU64,
+    pub join: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Shared {
+    pub(crate) fn available(&self) -> Result<(), Unavailable> {
+        match self.state.load(Ordering::Acquire) {
+            RUNNING => Ok(()),
+            POISONED => Err(Unavailable::Poisoned),
+            _ => Err(Unavailable::ShutDown),
+        }
+    }
+
+    fn unavailable(&self) -> Unavailable {
+        match self.state.load(Ordering::Acquire) {
+            POISONED => Unavailable::Poisoned,
+            _ => Unavailable::ShutDown,
+        }
+    }
+
+    /// Sends a command and waits for its reply. If the service thread is gone (or goes away
+    /// before answering), the reply channel is disconnected and the caller gets `Unavailable`:
+    /// this never blocks forever.
+    pub(crate) fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, Unavailable> {
+        self.available()?;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.cmd_tx.send(make(tx)).map_err(|_| self.unavailable())?;
+        self.kick();
+        rx.recv().map_err(|_| self.unavailable())
+    }
+
+    pub(crate) fn kick(&self) {
+        // EAGAIN only when the counter is saturated, which still wakes the poller.
+        let _ = self.wake.write(1);
+    }
+
+    fn shutdown(&self) {
+        if self.state.compare_exchange(RUNNING, SHUT_DOWN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if self.cmd_tx.send(Command::Shutdown { reply: tx }).is_ok() {
+                self.kick();
+                let _ = rx.recv();
+            }
+        }
+        let handle = self.join.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// The owner of the service thread: dropping the last one shuts the tracker down.
+struct TrackerHandle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for TrackerHandle {
+    fn drop(&mut self) {
+        self.shared.shutdown();
+    }
+}
+
+/// A userfaultfd write-protect tracker: one userfaultfd, one fault-service thread, any number
+/// of regions.
+///
+/// Cloning gives another handle to the same tracker. The tracker shuts down when
+/// [`shutdown`](Self::shutdown) is called or the last handle is dropped: every range is
+/// unregistered (threads blocked on a fault are released and their writes complete
+/// untracked), the thread is joined and the userfaultfd closed. Regions outlive that: their
+/// memory stays valid, and their dirty-set calls return [`Unavailable::ShutDown`].
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use writewatch_core::Tracker;
+/// let tracker = Tracker::builder().merge_gap_pages(8).build()?;
+/// let region = tracker.map_anonymous(1 << 20)?;
+/// assert_eq!(region.page_count(), 256);
+/// tracker.shutdown();
+/// assert!(region.cut().is_err());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Tracker {
+    handle: Arc<TrackerHandle>,
+}
+
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker").field("features", &self.handle.shared.features).finish()
+    }
+}
+
+impl Tracker {
+    /// A builder with default settings.
+    pub fn builder() -> TrackerBuilder {
+        TrackerBuilder::default()
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
+    /// The features negotiated with the kernel.
+    pub fn features(&self) -> Features {
+        self.shared().features
+    }
+
+    /// Whether the tracker still serves requests.
+    pub fn is_running(&self) -> bool {
+        self.shared().available().is_ok()
+    }
+
+    /// Why the tracker no longer serves requests, if it does not.
+    pub fn unavailable(&self) -> Option<Unavailable> {
+        self.shared().available().err()
+    }
+
+    /// Maps `len` bytes of private anonymous memory, tracked from birth: a page is reported
+    /// dirty if and only if it was written. `len` must be a non-zero multiple of the page size.
+    /// Transparent huge pages are disabled on the range (`MADV_NOHUGEPAGE`) so the dirty
+    /// granularity stays 4 KiB.
+    pub fn map_anonymous(&self, len: usize) -> Result<Region, MapError> {
+        let ps = sys::base_page_size();
+        check_len(len, ps)?;
+        self.shared().available()?;
+        let map = sys::Mapping::anonymous(len).map_err(|errno| MapError::Sys { op: "mmap", errno, hint: mmap_hint(errno) })?;
+        let inner = self.new_inner(map, ps, RegionKind::Anonymous);
+        self.register(inner, false)
+    }
+
+    /// Maps `len` bytes of a new memfd, shared (`MAP_SHARED`), tracked from birth.
+    /// Write-protect on shmem needs kernel >= 5.19.
+    pub fn map_shared(&self, len: usize) -> Result<Region, MapError> {
+        let ps = sys::base_page_size();
+        check_len(len, ps)?;
+        self.shared().available()?;
+        if !self.features().has(Feature::WpHugetlbfsShmem) {
+            return Err(MapError::KindUnsupported { kind: "shmem", needs: "Linux >= 5.19 (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)" });
+        }
+        let (map, _) = sys::Mapping::shared(len).map_err(|(errno, op)| MapError::Sys { op, errno, hint: mmap_hint(errno) })?;
+        let inner = self.new_inner(map, ps, RegionKind::Shmem);
+        self.register(inner, false)
+    }
+
+    /// Starts tracking a mapping the caller already has (private anonymous, shmem/memfd, or
+    /// hugetlbfs). The first cut reports every page dirty: its content is new to the tracker.
+    /// Dropping the region stops tracking; the memory is never unmapped by the tracker.
+    ///
+    /// # Safety
+    /// `[ptr, ptr+len)` must stay mapped until the returned [`Region`] (and every
+    /// [`Epoch`] taken from it) is dropped, and the caller must not unmap or remap it while
+    /// tracked except as documented (such a change invalidates the region). The caller's other
+    /// accesses to the memory must follow the rules of [`Region::as_mut_slice`].
+    #[allow(unsafe_code)] // a public unsafe contract, forwarded to `sys::Mapping::adopted`
+    pub unsafe fn adopt(&self, ptr: *mut u8, len: usize) -> Result<Region, MapError> {
+        let start = ptr as usize;
+        let ps0 = sys::base_page_size();
+        if len == 0 {
+            return Err(MapError::ZeroLength);
+        }
+        if start % ps0 != 0 {
+            return Err(MapError::Unaligned { what: "address", value: start, page_size: ps0 });
+        }
+        let end = start.checked_add(len).ok_or(MapError::Overflow { start, len })?;
+        if len % ps0 != 0 {
+            return Err(MapError::Unaligned { what: "length", value: len, page_size: ps0 });
+        }
+        self.shared().available()?;
+        let smaps = std::fs::read_to_string("/proc/self/smaps")
+            .map_err(|e| MapError::Sys { op: "read /proc/self/smaps", errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)), hint: "" })?;
+        let (kind, ps) = region::check_adoptable(&region::parse_smaps(&smaps), start, end)?;
+        if start % ps != 0 {
+            return Err(MapError::Unaligned { what: "address", value: start, page_size: ps });
+        }
+        if len % ps != 0 {
+            return Err(MapError::Unaligned { what: "length", value: len, page_size: ps });
+        }
+        if kind != RegionKind::Anonymous && !self.features().has(Feature::WpHugetlbfsShmem) {
+            return Err(MapError::KindUnsupported { kind: kind.name(), needs: "Linux >= 5.19 (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)" });
+        }
+        // SAFETY: the caller's contract (see `# Safety`) is exactly `Mapping::adopted`'s.
+        let map = unsafe { sys::Mapping::adopted(ptr, len) }.ok_or(MapError::NotMapped { addr: 0 })?;
+        let inner = self.new_inner(map, ps, kind);
+        self.register(inner, true)
+    }
+
+    fn new_inner(&self, map: sys::Mapping, ps: usize, kind: RegionKind) -> Arc<RegionInner> {
+        let id = self.shared().next_id.fetch_add(1, Ordering::Relaxed);
+        Arc::new(RegionInner::new(id, map, ps, kind))
+    }
+
+    fn register(&self, inner: Arc<RegionInner>, all_dirty: bool) -> Result<Region, MapError> {
+        let span = tracing::debug_span!("register", start = format_args!("{:#x}", inner.start), len = inner.len);
+        let _g = span.enter();
+        let region = Arc::clone(&inner);
+        match self.shared().call(|reply| Command::Register { region, all_dirty, reply }) {
+            Ok(Ok(())) => Ok(Region { inner, shared: Arc::clone(self.shared()) }),
+            Ok(Err(e)) => Err(e),
+            Err(u) => Err(u.into()),
+        }
+    }
+
+    /// Shuts the tracker down now (see the type's documentation). Idempotent.
+    pub fn shutdown(&self) {
+        self.shared().shutdown();
+    }
+
+    /// A snapshot of the tracker's counters.
+    pub fn stats(&self) -> TrackerStats {
+        let s = self.shared();
+        let mut threads: Vec<ThreadFaults> = s
+            .threads
+            .lock()
+            .map(|m| m.iter().map(|(&tid, &faults)| ThreadFaults { tid, faults }).collect())
+            .unwrap_or_default();
+        threads.sort_by_key(|t| t.tid);
+        s.counters.load(threads)
+    }
+
+    /// Test hook: makes the fault-service thread panic, to exercise poisoning.
+    #[doc(hidden)]
+    pub fn debug_inject_panic(&self) {
+        let _ = self.shared().cmd_tx.send(Command::InjectPanic);
+        self.shared().kick();
+        let handle = self.shared().join.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+fn check_len(len: usize, ps: usize) -> Result<(), MapError> {
+    if len == 0 {
+        return Err(MapError::ZeroLength);
+    }
+    if len % ps != 0 {
+        return Err(MapError::Unaligned { what: "length", value: len, page_size: ps });
+    }
+    if len > isize::MAX as usize {
+        return Err(MapError::Overflow { start: 0, len });
+    }
+    Ok(())
+}
+
+fn mmap_hint(errno: Errno) -> &'static str {
+    match errno {
+        Errno::ENOMEM => ": not enough address space or memory (check vm.overcommit_memory, vm.max_map_count, ulimit -v)",
+        Errno::EMFILE | Errno::ENFILE => ": too many open files (raise ulimit -n)",
+        _ => "",
+    }
+}
+
+/// Receiver type used by the service thread.
+pub(crate) type CommandRx = Receiver<Command>;

@@ -1,0 +1,165 @@
+//! Shared test helpers: a deterministic RNG, a watchdog, and the dirty-set oracle suite that
+//! every backend must pass.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use writewatch_core::Region;
+
+pub const WORDS_PER_PAGE: usize = 4096 / 8;
+
+/// xorshift64*: deterministic, seedable, no dependency.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Runs `f` on a thread and fails the test if it does not finish within `secs`.
+pub fn watchdog<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(v) => v,
+        Err(_) => panic!("watchdog: {what} did not finish within {secs} s (hang)"),
+    }
+}
+
+/// Writes one word of `page` (volatile-equivalent: an atomic store the compiler cannot move).
+pub fn touch(region: &Region, page: u64, value: u64) {
+    region.as_atomic_u64()[page as usize * (region.page_size() / 8)].store(value, SeqCst);
+}
+
+/// Exactness in lock-step: writers write random pages, then the main thread cuts while they
+/// wait at a barrier. Every epoch's dirty set must equal exactly the pages written in it.
+pub fn lockstep_exact(region: Arc<Region>, threads: usize, cuts: usize, writes_per_round: usize, exact: bool) {
+    let pages = region.page_count();
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let written: Arc<Vec<std::sync::Mutex<Vec<u64>>>> =
+        Arc::new((0..threads).map(|_| std::sync::Mutex::new(Vec::new())).collect());
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let (region, barrier, written) = (Arc::clone(&region), Arc::clone(&barrier), Arc::clone(&written));
+        handles.push(std::thread::spawn(move || {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1) * 0x1234_5678);
+            for _ in 0..cuts {
+                let mut mine = Vec::with_capacity(writes_per_round);
+                for _ in 0..writes_per_round {
+                    let p = rng.below(pages);
+                    touch(&region, p, rng.next());
+                    mine.push(p);
+                }
+                *written[t].lock().unwrap() = mine;
+                barrier.wait(); // round written
+                barrier.wait(); // cut taken
+            }
+        }));
+    }
+    // Epoch 0 may contain setup writes: close it first.
+    for round in 0..cuts {
+        barrier.wait();
+        let epoch = region.cut().expect("cut");
+        let mut expect = std::collections::BTreeSet::new();
+        for w in written.iter() {
+            expect.extend(w.lock().unwrap().iter().copied());
+        }
+        let got: std::collections::BTreeSet<u64> = epoch.dirty().iter().collect();
+        let missed: Vec<_> = expect.difference(&got).take(10).collect();
+        assert!(missed.is_empty(), "round {round}: {} written pages not reported, e.g. {missed:?}", expect.difference(&got).count());
+        if exact {
+            let extra: Vec<_> = got.difference(&expect).take(10).collect();
+            assert!(extra.is_empty(), "round {round}: {} unwritten pages reported, e.g. {extra:?}", got.difference(&expect).count());
+        }
+        barrier.wait();
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+/// The racing oracle: writers write continuously while the main thread cuts `cuts` times.
+/// Each write W records (page, cuts completed before W, cuts started after W); W must be in
+/// the dirty set of some epoch in that interval (a write racing a cut may land in either
+/// adjacent epoch, never in neither). With `exact`, every reported page must be explained by
+/// a write in the same window. Returns (writes, misses, over-reports).
+pub fn racing_oracle(region: Arc<Region>, threads: usize, cuts: usize, exact: bool) -> (u64, u64, u64) {
+    let pages = region.page_count();
+    let started = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Epoch numbers are relative to the first cut of this test.
+    let base = region.epoch();
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let (region, started, done, stop) = (Arc::clone(&region), Arc::clone(&started), Arc::clone(&done), Arc::clone(&stop));
+        handles.push(std::thread::spawn(move || {
+            let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (t as u64 + 7) * 0x9E37_79B9);
+            let mut log: Vec<(u64, u64, u64)> = Vec::new();
+            while !stop.load(SeqCst) {
+                let p = rng.below(pages);
+                let d0 = done.load(SeqCst);
+                touch(&region, p, rng.next());
+                let s1 = started.load(SeqCst);
+                log.push((p, d0, s1));
+                if log.len() % 64 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            log
+        }));
+    }
+    let mut sets = Vec::new();
+    let t0 = Instant::now();
+    for _ in 0..cuts {
+        std::thread::sleep(Duration::from_millis(2));
+        started.fetch_add(1, SeqCst);
+        let e = region.cut().expect("cut");
+        done.fetch_add(1, SeqCst);
+        assert_eq!(e.number() - base, sets.len() as u64);
+        sets.push(e.into_dirty());
+    }
+    stop.store(true, SeqCst);
+    let logs: Vec<Vec<(u64, u64, u64)>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    // A final cut catches writes after the last timed cut.
+    started.fetch_add(1, SeqCst);
+    sets.push(region.cut().expect("final cut").into_dirty());
+    let _ = t0;
+    let mut writes = 0;
+    let mut misses = 0;
+    // written[e] = pages with at least one write whose window includes e.
+    let mut explained: Vec<std::collections::HashSet<u64>> = vec![Default::default(); sets.len()];
+    for log in &logs {
+        for &(p, d0, s1) in log {
+            writes += 1;
+            let hi = (s1 as usize).min(sets.len() - 1);
+            if !(d0 as usize..=hi).any(|e| sets[e].contains(p)) {
+                misses += 1;
+            }
+            if exact {
+                for e in explained.iter_mut().take(hi + 1).skip(d0 as usize) {
+                    e.insert(p);
+                }
+            }
+        }
+    }
+    let mut over = 0;
+    if exact {
+        for (e, set) in sets.iter().enumerate() {
+            over += set.iter().filter(|p| !explained[e].contains(p)).count() as u64;
+        }
+    }
+    (writes, misses, over)
+}
