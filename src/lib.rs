@@ -1,1 +1,24 @@
-//! x
+//! # writewatch
+//!
+//! Track writes to memory with Linux userfaultfd write-protect mode: which pages were written
+//! since time T (dirty sets), what they contained at T (fork-less snapshots), and incremental
+//! checkpoints on disk built from both.
+//!
+//! This crate is a facade: the engine is [`writewatch_core`] (re-exported at the top level),
+//! the on-disk store is [`checkpoint`].
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::atomic::Ordering;
+//! use writewatch::Tracker;
+//!
+//! let tracker = Tracker::builder().build()?;
+//! let region = tracker.map_anonymous(256 * 4096)?;
+//! region.as_atomic_u64()[3 * 512].store(42, Ordering::Relaxed); // write page 3
+//! let epoch = region.cut()?;
+//! assert_eq!(epoch.dirty().iter().collect::<Vec<_>>(), vec![3]);
+//! # Ok(()) }
+//! ```
+
+pub use writewatch_checkpoint as checkpoint;
+pub use writewatch_core::*;

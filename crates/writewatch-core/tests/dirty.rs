@@ -184,22 +184,16 @@ fn shutdown_while_threads_write_adopted_range() {
                 // SAFETY: the mapping lives until after this thread is joined; all accesses are atomic.
                 let w = unsafe { std::slice::from_raw_parts(words as *const std::sync::atomic::AtomicU64, len / 8) };
                 let mut rng = Rng(th + 11);
-                let mut n = 0u64;
-                let mut last = Vec::new();
+                // Word indices with low bits == th: no two threads write the same word.
+                let mut n = 1u64;
+                let mut last = std::collections::HashMap::new();
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let i = (rng.below((len / 8) as u64) as usize) & !3 | th as usize;
                     w[i].store(n, std::sync::atomic::Ordering::SeqCst);
-                    last.push((i, n));
-                    if last.len() > 1000 {
-                        last.remove(0);
-                    }
+                    last.insert(i, n);
                     n += 1;
                 }
-                // The writes completed: they are visible.
-                for (i, v) in last.iter().rev().take(100) {
-                    let _ = (i, v);
-                }
-                (n, last.last().copied())
+                (n, last)
             }));
         }
         std::thread::sleep(std::time::Duration::from_millis(150));
@@ -217,10 +211,10 @@ fn shutdown_while_threads_write_adopted_range() {
         // SAFETY: every writer joined; reading the mapping is race-free now.
         let w = unsafe { std::slice::from_raw_parts(words as *const u64, len / 8) };
         for (n, last) in results {
-            assert!(n > 0);
-            if let Some((i, v)) = last {
-                assert_eq!(w[i] & 0, v & 0); // the word exists and is readable
-                assert!(w[i] <= v || true);
+            assert!(n > 100, "each writer made progress across the shutdown");
+            // Every write completed: each word holds its thread's last value.
+            for (i, v) in last {
+                assert_eq!(w[i], v, "word {i}");
             }
         }
         assert!(region.cut().is_err(), "a shut-down tracker refuses cuts");
