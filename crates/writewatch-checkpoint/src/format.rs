@@ -807,6 +807,110 @@ impl Manifest {
     }
 }
 
+/// A segment fully decoded from memory by [`decode_segment`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedSegment {
+    /// The header.
+    pub header: SegmentHeader,
+    /// The footer.
+    pub footer: SegmentFooter,
+    /// The page index.
+    pub runs: Vec<RunEntry>,
+}
+
+/// Decodes and fully verifies a segment held in memory: header, footer,
+/// index, every run's checksum and every compressed run's decoding. `path`
+/// only names the file in errors. Never panics, whatever the bytes.
+///
+/// ```
+/// use std::path::Path;
+/// use writewatch_checkpoint::format::decode_segment;
+/// assert!(decode_segment(Path::new("junk"), b"not a segment").is_err());
+/// ```
+pub fn decode_segment(path: &Path, bytes: &[u8]) -> Result<DecodedSegment, CorruptError> {
+    let file_len = bytes.len() as u64;
+    let (header, header_crc) =
+        SegmentHeader::decode(path, &bytes[..bytes.len().min(HEADER_LEN)], file_len)?;
+    let min = HEADER_LEN + FOOTER_LEN;
+    if bytes.len() < min {
+        return Err(CorruptError::new(
+            path,
+            HEADER_LEN as u64,
+            Corruption::Truncated {
+                needed: min as u64,
+                file_len,
+            },
+        ));
+    }
+    let footer_off = bytes.len() - FOOTER_LEN;
+    let mut fb = [0u8; FOOTER_LEN];
+    fb.copy_from_slice(&bytes[footer_off..]);
+    let (footer, _) = SegmentFooter::decode(path, &fb, footer_off as u64, file_len)?;
+    if footer.header_crc != header_crc {
+        return Err(CorruptError::new(
+            path,
+            footer_off as u64 + 48,
+            Corruption::Checksum {
+                what: "header (copy in footer)",
+                stored: footer.header_crc,
+                computed: header_crc,
+            },
+        ));
+    }
+    // Bounds established by SegmentFooter::decode (index ends at the footer).
+    let index = &bytes[footer.index_offset as usize..footer_off];
+    let computed = crc32c::crc32c(index);
+    if computed != footer.index_crc {
+        return Err(CorruptError::new(
+            path,
+            footer.index_offset,
+            Corruption::Checksum {
+                what: "index",
+                stored: footer.index_crc,
+                computed,
+            },
+        ));
+    }
+    let runs = decode_index(path, index, &header, &footer)?;
+    let mut out = Vec::new();
+    for r in runs.iter().filter(|r| r.kind != RunKind::Zero) {
+        let data = &bytes[r.data_offset as usize..(r.data_offset + r.stored_len) as usize];
+        let computed = crc32c::crc32c(data);
+        if computed != r.crc {
+            return Err(CorruptError::new(
+                path,
+                r.data_offset,
+                Corruption::Checksum {
+                    what: "run data",
+                    stored: r.crc,
+                    computed,
+                },
+            ));
+        }
+        if r.kind == RunKind::Lz4 {
+            let raw_len = (r.page_count * u64::from(header.page_size)) as usize;
+            out.resize(raw_len, 0);
+            match lz4_flex::block::decompress_into(data, &mut out) {
+                Ok(n) if n == raw_len => {}
+                other => {
+                    return Err(CorruptError::new(
+                        path,
+                        r.data_offset,
+                        Corruption::Decompress {
+                            message: format!("{other:?}"),
+                        },
+                    ))
+                }
+            }
+        }
+    }
+    Ok(DecodedSegment {
+        header,
+        footer,
+        runs,
+    })
+}
+
 /// Fast all-zero check (u64 lanes, which the compiler vectorizes).
 pub fn is_zero(buf: &[u8]) -> bool {
     let mut chunks = buf.chunks_exact(64);
