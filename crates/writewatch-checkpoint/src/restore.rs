@@ -286,10 +286,10 @@ impl Plan {
 
     /// Calls `sink(page_index, page_bytes)` for every page with data in
     /// ascending page order (for compaction). Runs are verified when read.
-    pub(crate) fn for_each_page_in_order(
+    pub(crate) fn for_each_page_in_order<E: From<RestoreError>>(
         &self,
-        mut sink: impl FnMut(u64, &[u8]) -> Result<(), RestoreError>,
-    ) -> Result<(), RestoreError> {
+        mut sink: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let ps = self.page_size;
         let mut by_page: Vec<&Piece> = self.pieces.iter().collect();
         by_page.sort_unstable_by_key(|p| p.first_page);
@@ -302,7 +302,7 @@ impl Plan {
             if cached != Some((p.seg, p.run)) {
                 let raw = seg
                     .read_run(run, &mut scratch, &mut out)
-                    .map_err(RestoreError::from)?;
+                    .map_err(|e| E::from(RestoreError::from(e)))?;
                 raw_copy.clear();
                 raw_copy.extend_from_slice(raw);
                 cached = Some((p.seg, p.run));

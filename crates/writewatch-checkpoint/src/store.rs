@@ -950,21 +950,12 @@ impl Store {
             page_count: plan.page_count,
         };
         let mut builder = self.builder(head.epoch, geometry, true, Some(plan.data_pages()))?;
-        let mut werr = None;
-        plan.for_each_page_in_order(|page, bytes| {
-            builder
-                .push_with(page, |buf| {
-                    buf.copy_from_slice(bytes);
-                    Ok(())
-                })
-                .map_err(|e| {
-                    werr = Some(e);
-                    RestoreError::Empty // placeholder, replaced below
-                })
-        })
-        .map_err(|e| match werr.take() {
-            Some(w) => CompactError::Write(w),
-            None => CompactError::Read(e),
+        plan.for_each_page_in_order(|page, bytes| -> Result<(), CompactError> {
+            builder.push_with(page, |buf| {
+                buf.copy_from_slice(bytes);
+                Ok(())
+            })?;
+            Ok(())
         })?;
         let fin = builder.finish()?;
         let info = self.commit_segment(fin, base_idx)?;
