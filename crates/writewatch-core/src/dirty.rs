@@ -123,6 +123,11 @@ impl DirtySet {
         self.bits.iter_ones().map(|i| i as u64)
     }
 
+    /// The first page in the set at or after `page`.
+    pub fn iter_from(&self, page: u64) -> Option<u64> {
+        next_bit(self.bits.as_raw_slice(), self.bits.len(), page as usize, true).map(|p| p as u64)
+    }
+
     /// Coalesced runs `(first_page, count)`, ascending and non-adjacent.
     pub fn runs(&self) -> Runs<'_> {
         Runs { words: self.bits.as_raw_slice(), nbits: self.bits.len(), pos: 0 }

@@ -1,12 +1,13 @@
 //! Tracked regions, epochs, and the `/proc/self/smaps` classifier used by `adopt`.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::bitmap::AtomicBitmap;
 use crate::dirty::DirtySet;
 use crate::error::{CutError, Invalidation, RegionError};
+use crate::snapshot::{Snapshot, SnapshotError, View};
 use crate::stats::{RegionCounters, RegionStats};
 use crate::sys;
 use crate::tracker::{Command, Shared};
@@ -51,6 +52,12 @@ pub(crate) struct RegionInner {
     /// Number of the current (open) epoch.
     pub epoch: AtomicU64,
     status: AtomicU8,
+    /// Page runs the application `madvise`d away. On anonymous memory the kernel zaps them
+    /// (dropping write protection) *after* the REMOVE event is read, possibly after a later
+    /// cut re-protected them; cuts and snapshot copies therefore re-check these runs with
+    /// `PAGEMAP_SCAN`. Written by the service thread, read by cuts and snapshot readers.
+    suspect: Mutex<Vec<(u64, u64)>>,
+    has_suspect: AtomicBool,
     pub counters: RegionCounters,
     /// The memory (unmapped when the last reference goes, if owned). By then the service
     /// thread has unregistered the range (Region::drop waits for it), so the munmap raises no
@@ -72,6 +79,8 @@ impl RegionInner {
             dirty: AtomicBitmap::new(page_count as usize),
             epoch: AtomicU64::new(0),
             status: AtomicU8::new(LIVE),
+            suspect: Mutex::new(Vec::new()),
+            has_suspect: AtomicBool::new(false),
             counters: RegionCounters::default(),
             mapping,
         }
@@ -101,6 +110,52 @@ impl RegionInner {
 
     pub(crate) fn page_of(&self, addr: usize) -> u64 {
         ((addr - self.start) / self.page_size) as u64
+    }
+
+    pub(crate) fn add_suspect(&self, first: u64, count: u64) {
+        let mut s = self.suspect.lock().unwrap_or_else(|e| e.into_inner());
+        crate::dirty::add_run(&mut s, first, count);
+        self.has_suspect.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn suspect_runs(&self) -> Vec<(u64, u64)> {
+        if !self.has_suspect.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.suspect.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the page lies in a range that ever received a REMOVE event.
+    pub(crate) fn is_suspect(&self, page: u64) -> bool {
+        if !self.has_suspect.load(Ordering::Acquire) {
+            return false;
+        }
+        let s = self.suspect.lock().unwrap_or_else(|e| e.into_inner());
+        let i = s.partition_point(|&(a, _)| a <= page);
+        i > 0 && page < s[i - 1].0 + s[i - 1].1
+    }
+
+    /// Copies page `page` into `buf` with atomic 8-byte loads (sound even if the page were
+    /// written concurrently; callers copy only pages the protocol keeps write-protected).
+    pub(crate) fn copy_page(&self, page: u64, buf: &mut [u8]) {
+        let wpp = self.page_size / 8;
+        let words = &self.mapping.atomic_words()[page as usize * wpp..(page as usize + 1) * wpp];
+        for (w, out) in words.iter().zip(buf.chunks_exact_mut(8)) {
+            out.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+        }
+    }
+
+    /// Writes `data` over page `page` with atomic 8-byte stores (rollback). The stores are
+    /// ordinary tracked writes: they fault if the page is protected.
+    pub(crate) fn write_page(&self, page: u64, data: &[u8]) {
+        let wpp = self.page_size / 8;
+        let words = &self.mapping.atomic_words()[page as usize * wpp..(page as usize + 1) * wpp];
+        for (w, v) in words.iter().zip(data.chunks_exact(8)) {
+            let v = u64::from_ne_bytes(v.try_into().unwrap_or([0; 8]));
+            if w.load(Ordering::Relaxed) != v {
+                w.store(v, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -253,6 +308,32 @@ impl Region {
         self.shared.call(|reply| Command::Cut { id, reply })?
     }
 
+    /// Takes a whole-region point-in-time snapshot without pausing writers and without
+    /// closing the current epoch. From now on, the first write to any page copies the page
+    /// first; see [`Snapshot`].
+    pub fn snapshot(&self) -> Result<Snapshot, CutError> {
+        if let Some(reason) = self.inner.invalidation() {
+            return Err(CutError::Invalidated { start: self.inner.start, reason });
+        }
+        let id = self.inner.id;
+        self.shared.call(|reply| Command::Snapshot { id, reply })?
+    }
+
+    /// Restores the region to `snapshot`'s content by rewriting only the pages written since
+    /// the snapshot; returns how many. The caller must quiesce the region's writers for the
+    /// duration (concurrent writes would be overwritten or interleave). The snapshot stays
+    /// valid: roll back as often as needed.
+    pub fn rollback(&self, snapshot: &Snapshot) -> Result<u64, SnapshotError> {
+        if !Arc::ptr_eq(&snapshot.view.region, &self.inner) {
+            return Err(SnapshotError::WrongRegion);
+        }
+        if let Some(why) = self.inner.invalidation() {
+            return Err(SnapshotError::Invalidated(why));
+        }
+        self.shared.available().map_err(SnapshotError::Unavailable)?;
+        snapshot.view.write_back()
+    }
+
     /// Counters of this region.
     pub fn stats(&self) -> RegionStats {
         let c = &self.inner.counters;
@@ -288,22 +369,37 @@ pub struct CutStats {
     pub duration: Duration,
 }
 
-/// A closed epoch: its number and the pages written during it.
+/// A closed epoch: its number, the pages written during it, and their content as it was at
+/// the cut.
+///
+/// While the epoch is alive, the tracker preserves the content its dirty pages had at the cut:
+/// the first write to such a page after the cut copies it first (copy-before-write). Read the
+/// pages with [`read_page`](Self::read_page) or the streaming [`reader`](Self::reader); each
+/// page is released as it is read, and dropping the epoch releases everything. If you only
+/// need the dirty set, take it with [`into_dirty`](Self::into_dirty) (or drop the epoch) so no
+/// copies are made.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::atomic::Ordering::SeqCst;
 /// let tracker = writewatch_core::Tracker::builder().build()?;
 /// let region = tracker.map_anonymous(8 * 4096)?;
-/// let e0 = region.cut()?;
-/// assert_eq!(e0.number(), 0);
-/// assert!(e0.dirty().is_empty());
+/// let w = region.as_atomic_u64();
+/// w[0].store(1, SeqCst);
+/// let epoch = region.cut()?;
+/// w[0].store(2, SeqCst); // after the cut: page 0 is copied first
+/// let mut reader = epoch.reader();
+/// let (page, bytes) = reader.next_page().unwrap()?;
+/// assert_eq!((page, bytes[0]), (0, 1));
+/// assert!(reader.next_page().is_none());
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Epoch {
     pub(crate) number: u64,
     pub(crate) dirty: DirtySet,
     pub(crate) stats: CutStats,
+    pub(crate) view: Option<Arc<View>>,
 }
 
 impl Epoch {
@@ -317,7 +413,7 @@ impl Epoch {
         &self.dirty
     }
 
-    /// Takes the dirty set.
+    /// Takes the dirty set and releases the epoch's content (no more copies are made for it).
     pub fn into_dirty(self) -> DirtySet {
         self.dirty
     }
@@ -325,6 +421,50 @@ impl Epoch {
     /// What the cut cost.
     pub fn stats(&self) -> CutStats {
         self.stats
+    }
+
+    /// Reads dirty page `page` as it was at the cut into `buf` (one page long) and releases
+    /// it: a page can be read once.
+    pub fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        match &self.view {
+            Some(v) => v.read(page, buf),
+            None if page >= self.dirty.page_count() => {
+                Err(SnapshotError::OutOfRange { page, pages: self.dirty.page_count() })
+            }
+            None => Err(SnapshotError::NotInEpoch { page }),
+        }
+    }
+
+    /// Releases a dirty page without reading it.
+    pub fn release_page(&self, page: u64) {
+        if let Some(v) = &self.view {
+            v.release(page);
+        }
+    }
+
+    /// A streaming reader over the dirty pages, ascending, each as it was at the cut.
+    pub fn reader(&self) -> EpochReader<'_> {
+        EpochReader { epoch: self, next: 0, buf: vec![0; self.dirty.page_size()] }
+    }
+}
+
+/// Streams an epoch's dirty pages in ascending order; see [`Epoch::reader`].
+#[derive(Debug)]
+pub struct EpochReader<'a> {
+    epoch: &'a Epoch,
+    next: u64,
+    buf: Vec<u8>,
+}
+
+impl EpochReader<'_> {
+    /// The next page index and its content at the cut (valid until the next call), or `None`
+    /// at the end. An error for one page does not end the stream.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next_page(&mut self) -> Option<Result<(u64, &[u8]), SnapshotError>> {
+        let dirty = &self.epoch.dirty;
+        let p = dirty.iter_from(self.next)?;
+        self.next = p + 1;
+        Some(self.epoch.read_page(p, &mut self.buf).map(|()| (p, &self.buf[..])))
     }
 }
 

@@ -34,22 +34,23 @@
 //!   read while it runs (to unblock an `EAGAIN`) are queued and serviced only after it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{self, Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use userfaultfd::{Event, EventBuffer, RegisterMode, Uffd};
 
-use crate::dirty::{add_run, plan_ranges, DirtySet};
+use crate::dirty::{plan_ranges, DirtySet};
 use crate::error::{CutError, Invalidation, MapError};
 use crate::region::{CutStats, Epoch, RegionInner};
 use crate::stats::{EpochStat, HISTORY};
-use crate::sys::{self, pm, Addr, ScanArgs};
+use crate::scan;
+use crate::snapshot::{Mode, View};
+use crate::sys::{self, Addr};
 use crate::tracker::{Command, CommandRx, Shared, POISONED};
 
 /// The errno inside a `userfaultfd` crate error (the crate uses an older `nix`).
@@ -65,15 +66,10 @@ const MAX_THREADS: usize = 256;
 /// Reads per loop iteration before commands get a turn again.
 const MAX_READS_PER_ROUND: usize = 16;
 
-pub(crate) fn spawn(
-    uffd: Uffd,
-    pagemap: Option<File>,
-    shared: Arc<Shared>,
-    rx: CommandRx,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub(crate) fn spawn(uffd: Uffd, shared: Arc<Shared>, rx: CommandRx) -> std::io::Result<std::thread::JoinHandle<()>> {
     let name = shared.config.thread_name.clone();
     std::thread::Builder::new().name(name).spawn(move || {
-        let mut svc = Service::new(uffd, pagemap, shared, rx);
+        let mut svc = Service::new(uffd, shared, rx);
         let r = catch_unwind(AssertUnwindSafe(|| svc.run()));
         if r.is_err() {
             svc.poison();
@@ -101,11 +97,22 @@ enum Ev {
 
 struct Entry {
     inner: Arc<RegionInner>,
-    /// Page runs the application `madvise`d away. On anonymous memory the kernel zaps them
-    /// (dropping write protection) *after* we read the REMOVE event, possibly after a later
-    /// cut re-protected them; every cut therefore re-checks these runs with `PAGEMAP_SCAN`
-    /// for pages that are not write-protected. See docs/design.md, "madvise".
-    suspect: Vec<(u64, u64)>,
+    /// Copy-before-write views of this region still alive (epochs being read, snapshots).
+    views: Vec<Weak<View>>,
+    /// Fault-around state: the page after the last serviced run, and the current run-ahead.
+    next_expected: u64,
+    ahead: u64,
+}
+
+impl Entry {
+    fn new(inner: Arc<RegionInner>) -> Self {
+        Self { inner, views: Vec::new(), next_expected: u64::MAX, ahead: 0 }
+    }
+
+    fn live_views(&mut self) -> Vec<Arc<View>> {
+        self.views.retain(|w| w.strong_count() > 0);
+        self.views.iter().filter_map(Weak::upgrade).collect()
+    }
 }
 
 enum Flow {
@@ -115,7 +122,6 @@ enum Flow {
 
 struct Service {
     uffd: Uffd,
-    pagemap: Option<File>,
     shared: Arc<Shared>,
     rx: CommandRx,
     by_start: BTreeMap<usize, Entry>,
@@ -124,16 +130,20 @@ struct Service {
     evs: Vec<Ev>,
     /// Faults read but not yet serviced (held while a cut runs).
     pending: Vec<Fault>,
+    /// Faults whose page must be preserved but the copy budget is full: their writers stay
+    /// blocked until readers free budget (back-pressure).
+    deferred: Vec<Fault>,
+    /// Budget in use when faults were last deferred.
+    deferred_used: usize,
     scan_out: Vec<sys::PageRegion>,
     tids: Vec<(i32, u64)>,
 }
 
 impl Service {
-    fn new(uffd: Uffd, pagemap: Option<File>, shared: Arc<Shared>, rx: CommandRx) -> Self {
+    fn new(uffd: Uffd, shared: Arc<Shared>, rx: CommandRx) -> Self {
         let batch = shared.config.event_batch;
         Self {
             uffd,
-            pagemap,
             shared,
             rx,
             by_start: BTreeMap::new(),
@@ -141,6 +151,8 @@ impl Service {
             buf: EventBuffer::new(batch),
             evs: Vec::with_capacity(batch),
             pending: Vec::with_capacity(batch * 4),
+            deferred: Vec::new(),
+            deferred_used: 0,
             scan_out: vec![sys::EMPTY_PAGE_REGION; 512],
             tids: Vec::with_capacity(16),
         }
@@ -151,6 +163,9 @@ impl Service {
             let (uffd_ready, wake_ready) = self.wait();
             if wake_ready {
                 let _ = self.shared.wake.read();
+                if !self.deferred.is_empty() {
+                    self.retry_deferred(true);
+                }
             }
             while let Ok(cmd) = self.rx.try_recv() {
                 if let Flow::Exit = self.command(cmd) {
@@ -167,20 +182,53 @@ impl Service {
             if !self.pending.is_empty() {
                 self.service_pending();
             }
+            if !self.deferred.is_empty() {
+                self.retry_deferred(false);
+            }
+        }
+    }
+
+    /// Moves deferred faults back to `pending` if budget was freed since they were deferred
+    /// (or a view was dropped: `woken`). The `waiting` flag was raised (SeqCst) when they were
+    /// deferred and this check loads the budget (SeqCst) before the thread blocks; freeing
+    /// sides return budget before lowering the flag and kicking. So a free can never slip
+    /// between this check and the sleep.
+    fn retry_deferred(&mut self, woken: bool) {
+        let used = self.shared.budget.used.load(Ordering::SeqCst);
+        if woken || used < self.deferred_used {
+            self.pending.append(&mut self.deferred);
         }
     }
 
     /// Blocks until the uffd or the eventfd is readable (not at all if faults are pending).
+    /// With `spin` configured, busy-polls that long first.
     fn wait(&self) -> (bool, bool) {
-        let timeout = if self.pending.is_empty() { PollTimeout::NONE } else { PollTimeout::ZERO };
+        let mut timeout = if self.pending.is_empty() { PollTimeout::NONE } else { PollTimeout::ZERO };
+        let spin_until = (!self.shared.config.spin.is_zero() && self.pending.is_empty())
+            .then(|| Instant::now() + self.shared.config.spin);
+        if spin_until.is_some() {
+            timeout = PollTimeout::ZERO;
+        }
         loop {
             let mut fds = [
                 PollFd::new(self.uffd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.shared.wake.as_fd(), PollFlags::POLLIN),
             ];
             match nix::poll::poll(&mut fds, timeout) {
-                Ok(_) => {
+                Ok(n) => {
                     let r = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                    if n == 0 && timeout == PollTimeout::ZERO && self.pending.is_empty() {
+                        match spin_until {
+                            Some(t) if Instant::now() < t => {
+                                std::hint::spin_loop();
+                                continue;
+                            }
+                            _ => {
+                                timeout = PollTimeout::NONE;
+                                continue;
+                            }
+                        }
+                    }
                     return (r(&fds[0]), r(&fds[1]));
                 }
                 Err(Errno::EINTR) => continue,
@@ -201,6 +249,10 @@ impl Service {
         let t = Instant::now();
         let mut evs = std::mem::take(&mut self.evs);
         evs.clear();
+        // Odd while a read's non-cooperative events are not yet processed: snapshot readers
+        // whose copy overlapped this window re-validate (a madvise zap may start the moment
+        // the REMOVE event is read). See snapshot.rs.
+        self.shared.read_seq.fetch_add(1, Ordering::SeqCst);
         match self.uffd.read_events(&mut self.buf) {
             Ok(it) => {
                 for e in it {
@@ -239,6 +291,7 @@ impl Service {
             }
         }
         self.evs = evs;
+        self.shared.read_seq.fetch_add(1, Ordering::SeqCst);
         n
     }
 
@@ -253,6 +306,7 @@ impl Service {
         tracing::debug!(start = format_args!("{start:#x}"), end = format_args!("{end:#x}"), "REMOVE event");
         for key in self.overlapping(start, end) {
             let Some(entry) = self.by_start.get_mut(&key) else { continue };
+            let views = entry.live_views();
             let inner = &entry.inner;
             let s = start.max(inner.start);
             let e = end.min(inner.end());
@@ -261,7 +315,14 @@ impl Service {
             // The content of these pages becomes zero: a write, as far as the dirty set goes.
             inner.dirty.set_range(first as usize, (last - first + 1) as usize);
             inner.counters.remove_events.fetch_add(1, Relaxed);
-            add_run(&mut entry.suspect, first, last - first + 1);
+            inner.add_suspect(first, last - first + 1);
+            // Content at earlier cuts that was not preserved yet is gone (the zap may already
+            // be running): readers get `Discarded`, never zeros.
+            for v in &views {
+                for p in first..=last {
+                    v.mark_lost(p);
+                }
+            }
         }
     }
 
@@ -298,7 +359,7 @@ impl Service {
         let mut i = 0;
         while i < faults.len() {
             let f = faults[i];
-            let Some(inner) = self.region_at(f.addr) else {
+            let Some(key) = self.region_key(f.addr) else {
                 // A fault on no live region: a stale event for a range that was just
                 // unregistered or invalidated. Wake the writer; it retries untracked.
                 let ps = sys::base_page_size();
@@ -309,6 +370,8 @@ impl Service {
                 i += 1;
                 continue;
             };
+            let entry = self.by_start.get_mut(&key).expect("region_key returned a live key");
+            let inner = Arc::clone(&entry.inner);
             let first = inner.page_of(f.addr);
             let mut last = first;
             let mut j = i;
@@ -319,6 +382,44 @@ impl Service {
                 }
                 last = p;
                 j += 1;
+            }
+            // Fault-around (opt-in): a writer walking pages in order gets a growing run
+            // un-protected ahead of it (preserved first for every view that needs them).
+            let around = shared.config.fault_around;
+            if around > 0 {
+                entry.ahead = if first == entry.next_expected { (entry.ahead * 2).clamp(1, around) } else { 0 };
+                let mut ext = 0;
+                // (A set dirty bit does not mean writable: a snapshot re-protects dirty pages
+                // without clearing their bits. Un-protecting a writable page is a no-op.)
+                while ext + 1 < entry.ahead && last + 1 < inner.page_count {
+                    last += 1;
+                    ext += 1;
+                }
+                entry.next_expected = last + 1;
+            }
+            // Copy-before-write for every view that still needs these pages. The pages are
+            // still protected (their writers blocked), so the copies are their content at the cut.
+            let views = entry.live_views();
+            if !views.is_empty() {
+                let verify = |p: u64| !inner.is_suspect(p) || shared.verify_protected(&inner, p);
+                let mut ok = true;
+                'pages: for p in first..=last {
+                    for v in &views {
+                        if !v.preserve(p, verify) {
+                            ok = false;
+                            break 'pages;
+                        }
+                    }
+                }
+                if !ok {
+                    // Budget full: keep the writers blocked; retried when readers free budget.
+                    shared.counters.deferred.fetch_add(1, Relaxed);
+                    shared.budget.waiting.store(true, Ordering::SeqCst);
+                    self.deferred_used = shared.budget.used.load(Ordering::SeqCst);
+                    self.deferred.extend_from_slice(&faults[i..j]);
+                    i = j;
+                    continue;
+                }
             }
             let count = last - first + 1;
             // Dirty bit BEFORE un-protect: the write may proceed only once it is recorded.
@@ -353,9 +454,9 @@ impl Service {
         self.pending = faults;
     }
 
-    fn region_at(&self, addr: usize) -> Option<Arc<RegionInner>> {
-        let (_, e) = self.by_start.range(..=addr).next_back()?;
-        (addr < e.inner.end() && e.inner.invalidation().is_none()).then(|| Arc::clone(&e.inner))
+    fn region_key(&self, addr: usize) -> Option<usize> {
+        let (k, e) = self.by_start.range(..=addr).next_back()?;
+        (addr < e.inner.end() && e.inner.invalidation().is_none()).then_some(*k)
     }
 
     /// Un-protects and wakes. On `EAGAIN` (a non-cooperative event is pending: the kernel
@@ -417,6 +518,10 @@ impl Service {
                 let r = self.cut(id);
                 let _ = reply.send(r);
             }
+            Command::Snapshot { id, reply } => {
+                let r = self.snapshot(id);
+                let _ = reply.send(r);
+            }
             Command::Shutdown { reply } => {
                 self.release_all();
                 let _ = reply.send(());
@@ -466,7 +571,7 @@ impl Service {
             return Err(MapError::Sys { op: "UFFDIO_WRITEPROTECT", errno, hint: "" });
         }
         self.by_id.insert(inner.id, start);
-        self.by_start.insert(start, Entry { inner, suspect: Vec::new() });
+        self.by_start.insert(start, Entry::new(inner));
         Ok(())
     }
 
@@ -515,7 +620,7 @@ impl Service {
             return Err(CutError::Invalidated { start, reason: Invalidation::Unmapped });
         };
         let inner = Arc::clone(&entry.inner);
-        let suspect = entry.suspect.clone();
+        let suspect = inner.suspect_runs();
         let span = tracing::debug_span!("cut", start = format_args!("{start:#x}"), epoch = inner.epoch.load(Relaxed));
         let _g = span.enter();
 
@@ -546,6 +651,16 @@ impl Service {
             protect_ioctls += 1;
         }
         let number = inner.epoch.fetch_add(1, Ordering::AcqRel);
+        // The epoch's pages can be read as they were at this instant until consumed.
+        let view = if set.is_empty() {
+            None
+        } else {
+            let v = Arc::new(View::new(Arc::clone(&inner), Arc::clone(&self.shared), &set, Mode::Consume));
+            if let Some(e) = self.by_start.get_mut(&start) {
+                e.views.push(Arc::downgrade(&v));
+            }
+            Some(v)
+        };
         if let Ok(mut h) = inner.counters.history.lock() {
             if h.len() == HISTORY {
                 h.pop_front();
@@ -555,59 +670,65 @@ impl Service {
         self.shared.counters.cuts.fetch_add(1, Relaxed);
         let duration = t0.elapsed();
         tracing::debug!(pages = set.len(), protect_ioctls, scan_ioctls, ?duration, "cut");
-        Ok(Epoch { number, dirty: set, stats: CutStats { protect_ioctls, scan_ioctls, duration } })
+        Ok(Epoch { number, dirty: set, stats: CutStats { protect_ioctls, scan_ioctls, duration }, view })
     }
 
-    /// Sets the dirty bit of every page in the run that is not write-protected: written
-    /// (present without the uffd-wp bit) or empty without a protection marker (zapped).
-    /// Returns the number of `PAGEMAP_SCAN` ioctls made. Without `PAGEMAP_SCAN`, marks the
-    /// whole run (over-report).
+    /// A whole-region snapshot: re-protects the pages written in the current epoch without
+    /// closing it (their dirty bits stay), then every page is needed by a retain-mode view.
+    fn snapshot(&mut self, id: u64) -> Result<crate::Snapshot, CutError> {
+        let Some(&start) = self.by_id.get(&id) else {
+            return Err(CutError::Invalidated { start: 0, reason: Invalidation::Unmapped });
+        };
+        let Some(entry) = self.by_start.get(&start) else {
+            return Err(CutError::Invalidated { start, reason: Invalidation::Unmapped });
+        };
+        let inner = Arc::clone(&entry.inner);
+        let _g = tracing::debug_span!("snapshot", start = format_args!("{start:#x}")).entered();
+        let dirty = DirtySet::from_words(inner.page_size, inner.page_count, inner.dirty.snapshot());
+        for (first, count) in plan_ranges(dirty.runs(), self.shared.config.merge_gap_pages) {
+            let addr = inner.start + first as usize * inner.page_size;
+            let len = count as usize * inner.page_size;
+            if let Err(errno) = self.populate_if_needed(addr, len).and_then(|()| self.protect(addr, len)) {
+                if let Some(reason) = inner.invalidation() {
+                    return Err(CutError::Invalidated { start, reason });
+                }
+                return Err(CutError::Protect { errno });
+            }
+        }
+        let all = DirtySet::full(inner.page_size, inner.page_count);
+        let v = Arc::new(View::new(Arc::clone(&inner), Arc::clone(&self.shared), &all, Mode::Retain));
+        if let Some(e) = self.by_start.get_mut(&start) {
+            e.views.push(Arc::downgrade(&v));
+        }
+        Ok(crate::Snapshot { view: v })
+    }
+
+    /// Sets the dirty bit of every page in the run that is not write-protected (see
+    /// `scan::unprotected`). Returns the number of `PAGEMAP_SCAN` ioctls made. Without
+    /// `PAGEMAP_SCAN`, marks the whole run (over-report).
     fn mark_unprotected(&mut self, inner: &RegionInner, first: u64, count: u64) -> u64 {
         let start = inner.start + first as usize * inner.page_size;
         let end = start + count as usize * inner.page_size;
-        let queries = [
-            // present or swapped, and not write-protected
-            ScanArgs { category_mask: pm::PAGE_IS_WRITTEN, return_mask: pm::PAGE_IS_WRITTEN, ..Default::default() },
-            // neither present nor a (marker) swap entry: an empty PTE that carries no protection
-            ScanArgs {
-                category_inverted: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
-                category_mask: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
-                return_mask: pm::PAGE_IS_PRESENT,
-                ..Default::default()
-            },
-        ];
-        let mut ioctls = 0;
-        let Some(pm_fd) = self.pagemap.as_ref().map(|f| f.as_raw_fd()) else {
+        let Some(pm_fd) = self.shared.pagemap.as_ref().map(|f| f.as_raw_fd()) else {
             inner.dirty.set_range(first as usize, count as usize);
             return 0;
         };
-        for q in queries {
-            let mut cursor = start;
-            while cursor < end {
-                let args = ScanArgs { start: cursor, end, ..q };
-                ioctls += 1;
-                self.shared.counters.scan_ioctls.fetch_add(1, Relaxed);
-                match sys::pagemap_scan(pm_fd, &args, &mut self.scan_out) {
-                    Ok((n, walk_end)) => {
-                        for r in &self.scan_out[..n] {
-                            let a = inner.page_of(r.start as usize);
-                            let b = inner.page_of((r.end as usize).max(r.start as usize + 1) - 1);
-                            inner.dirty.set_range(a as usize, (b - a + 1) as usize);
-                        }
-                        if walk_end <= cursor {
-                            break;
-                        }
-                        cursor = walk_end;
-                    }
-                    Err(e) => {
-                        tracing::debug!(%e, "PAGEMAP_SCAN failed; marking the suspect run dirty");
-                        inner.dirty.set_range(first as usize, count as usize);
-                        return ioctls;
-                    }
-                }
+        let r = scan::unprotected(pm_fd, start, end, &mut self.scan_out, |a, b| {
+            let pa = inner.page_of(a);
+            let pb = inner.page_of(b.max(a + 1) - 1);
+            inner.dirty.set_range(pa as usize, (pb - pa + 1) as usize);
+        });
+        match r {
+            Ok(n) => {
+                self.shared.counters.scan_ioctls.fetch_add(n, Relaxed);
+                n
+            }
+            Err(e) => {
+                tracing::debug!(%e, "PAGEMAP_SCAN failed; marking the suspect run dirty");
+                inner.dirty.set_range(first as usize, count as usize);
+                1
             }
         }
-        ioctls
     }
 
     // ---------------------------------------------------------------- teardown

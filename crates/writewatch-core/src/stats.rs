@@ -110,6 +110,8 @@ pub(crate) struct Counters {
     pub protect_ioctls: AtomicU64,
     pub scan_ioctls: AtomicU64,
     pub cuts: AtomicU64,
+    pub preserved: AtomicU64,
+    pub deferred: AtomicU64,
     pub service_ns: AtomicHistogram,
 }
 
@@ -161,6 +163,10 @@ pub struct TrackerStats {
     pub scan_ioctls: u64,
     /// Cuts completed.
     pub cuts: u64,
+    /// Pages copied before a write (copy-before-write for epochs and snapshots).
+    pub preserved: u64,
+    /// Times a fault had to wait because the copy budget was full (back-pressure).
+    pub deferred: u64,
     /// Time from reading a fault to having un-protected its page, in ns.
     pub service_ns: Histogram,
     /// Faults per faulting thread (up to 256 threads; the rest are counted in `faults` only).
@@ -206,6 +212,8 @@ impl Counters {
             protect_ioctls: self.protect_ioctls.load(Relaxed),
             scan_ioctls: self.scan_ioctls.load(Relaxed),
             cuts: self.cuts.load(Relaxed),
+            preserved: self.preserved.load(Relaxed),
+            deferred: self.deferred.load(Relaxed),
             service_ns: self.service_ns.load(),
             threads,
         }

@@ -46,6 +46,8 @@ pub(crate) struct Config {
     pub event_batch: usize,
     pub thread_name: String,
     pub trace_faults: bool,
+    pub fault_around: u64,
+    pub spin: std::time::Duration,
 }
 
 /// Builds a [`Tracker`]; see [`Tracker::builder`].
@@ -54,6 +56,7 @@ pub struct TrackerBuilder {
     config: Config,
     disabled: Vec<Feature>,
     force_user_mode_only: bool,
+    copy_budget: usize,
 }
 
 impl Default for TrackerBuilder {
@@ -64,9 +67,12 @@ impl Default for TrackerBuilder {
                 event_batch: 64,
                 thread_name: "writewatch-svc".into(),
                 trace_faults: false,
+                fault_around: 0,
+                spin: std::time::Duration::ZERO,
             },
             disabled: Vec::new(),
             force_user_mode_only: false,
+            copy_budget: 64 << 20,
         }
     }
 }
@@ -95,6 +101,32 @@ impl TrackerBuilder {
     /// even when filtered out by the subscriber).
     pub fn trace_faults(mut self, on: bool) -> Self {
         self.config.trace_faults = on;
+        self
+    }
+
+    /// Memory for pages preserved by copy-before-write (snapshots and epochs being read),
+    /// default 64 MiB. When it is full, a writer whose page must be preserved waits until a
+    /// reader consumes (or drops) preserved pages: nothing is dropped. Readers must therefore
+    /// not be the threads that write the region.
+    pub fn copy_budget(mut self, bytes: usize) -> Self {
+        self.copy_budget = bytes.max(1);
+        self
+    }
+
+    /// Adaptive locality batching for sequential writers: after consecutive faults on
+    /// consecutive pages, the service thread also un-protects a growing run of up to
+    /// `max_pages` following pages (doubling per consecutive fault, like readahead), copying
+    /// them first if a snapshot needs them. Those pages count as written in the current epoch:
+    /// an over-report of at most `max_pages - 1` pages per fault. Default 0 (off).
+    pub fn fault_around(mut self, max_pages: u64) -> Self {
+        self.config.fault_around = max_pages.min(1024);
+        self
+    }
+
+    /// Busy-poll the userfaultfd for this long before blocking in `poll(2)` (default 0).
+    /// Cuts the wake-up latency of the next fault at the cost of a spinning core.
+    pub fn spin(mut self, d: std::time::Duration) -> Self {
+        self.config.spin = d;
         self
     }
 
@@ -195,8 +227,11 @@ impl TrackerBuilder {
             config: self.config.clone(),
             next_id: AtomicU64::new(1),
             join: Mutex::new(None),
+            pagemap,
+            budget: crate::snapshot::Budget::new(self.copy_budget),
+            read_seq: AtomicU64::new(0),
         });
-        let handle = service::spawn(uffd, pagemap, Arc::clone(&shared), cmd_rx).map_err(BuildError::Spawn)?;
+        let handle = service::spawn(uffd, Arc::clone(&shared), cmd_rx).map_err(BuildError::Spawn)?;
         *shared.join.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         tracing::debug!(features = format_args!("{wanted:#x}"), user_mode_only, "tracker started");
         Ok(Tracker { handle: Arc::new(TrackerHandle { shared }) })
@@ -223,6 +258,10 @@ pub(crate) enum Command {
         id: u64,
         reply: Sender<Result<Epoch, CutError>>,
     },
+    Snapshot {
+        id: u64,
+        reply: Sender<Result<crate::Snapshot, CutError>>,
+    },
     Shutdown {
         reply: Sender<()>,
     },
@@ -242,6 +281,13 @@ pub(crate) struct Shared {
     pub config: Config,
     pub next_id: AtomicU64,
     pub join: Mutex<Option<JoinHandle<()>>>,
+    /// `/proc/self/pagemap`, for `PAGEMAP_SCAN` (None if it cannot be opened).
+    pub pagemap: Option<std::fs::File>,
+    /// Memory for preserved (copy-before-write) pages.
+    pub budget: crate::snapshot::Budget,
+    /// Incremented before and after each userfaultfd read's events are processed (odd while
+    /// in progress); see `snapshot::View::read`.
+    pub read_seq: AtomicU64,
 }
 
 impl Shared {
@@ -269,6 +315,19 @@ impl Shared {
         self.cmd_tx.send(make(tx)).map_err(|_| self.unavailable())?;
         self.kick();
         rx.recv().map_err(|_| self.unavailable())
+    }
+
+    /// Whether page `page` of `region` is still write-protected (present with the uffd-wp bit,
+    /// or a protection marker). False when it cannot be determined.
+    pub(crate) fn verify_protected(&self, region: &RegionInner, page: u64) -> bool {
+        let Some(pm) = &self.pagemap else { return false };
+        let start = region.start + page as usize * region.page_size;
+        let mut out = [crate::sys::EMPTY_PAGE_REGION; 4];
+        let mut unprotected = false;
+        match crate::scan::unprotected(pm.as_raw_fd(), start, start + region.page_size, &mut out, |_, _| unprotected = true) {
+            Ok(_) => !unprotected,
+            Err(_) => false,
+        }
     }
 
     pub(crate) fn kick(&self) {

@@ -1,0 +1,400 @@
+//! Point-in-time content: copy-before-write views, the epoch reader, snapshots, rollback.
+//!
+//! A *view* is created by a cut (the epoch's dirty pages) or by [`Region::snapshot`] (every
+//! page). It records, per page, where the content "as at the cut" lives:
+//!
+//! ```text
+//!                 saver reads live page                 saver done (consume mode)
+//!     PENDING ---------------------------> COPYING ---------------------------> RELEASED
+//!       |   ^                                 |      (retain mode: back to PENDING)
+//!       |   +---------------------------------+
+//!       | first write after the cut: the service thread copies the page
+//!       | (the writer is blocked on its fault) ...
+//!       v
+//!   PRESERVING ----------------------> PRESERVED ----- saver takes the copy -----> RELEASED
+//!                                                     (retain mode: stays)
+//!   any of PENDING / COPYING / PRESERVING  --- madvise(DONTNEED) on the page ---> LOST
+//! ```
+//!
+//! Invariants:
+//! - While a page is PENDING or COPYING, the live page still holds its content at the cut:
+//!   it is write-protected, and the service thread un-protects it only after moving it out of
+//!   PENDING (to PRESERVED) — never while it is COPYING (the service thread waits; the saver
+//!   only reads and never blocks on the service thread while COPYING).
+//! - A preserved copy lives in memory the tracker allocated (never tracked memory).
+//! - The kernel itself may remove content without a fault (`madvise(MADV_DONTNEED)` on
+//!   anonymous memory zaps pages *after* delivering the REMOVE event). Such pages are marked
+//!   LOST when the event is read, and every copy of a live page in a range that ever received
+//!   REMOVE is verified afterwards with `PAGEMAP_SCAN` (the page must still be write-protected),
+//!   so a zap racing with a copy is an error, never silently wrong data.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::dirty::DirtySet;
+use crate::error::{Invalidation, Unavailable};
+use crate::region::RegionInner;
+use crate::tracker::Shared;
+
+pub(crate) const NOT_NEEDED: u8 = 0;
+pub(crate) const PENDING: u8 = 1;
+pub(crate) const COPYING: u8 = 2;
+pub(crate) const PRESERVING: u8 = 3;
+pub(crate) const PRESERVED: u8 = 4;
+pub(crate) const RELEASED: u8 = 5;
+pub(crate) const LOST: u8 = 6;
+
+/// Errors of reading a page of an [`Epoch`](crate::Epoch) or [`Snapshot`], and of rollback.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// The page is not part of this epoch (it was not written in it).
+    #[error("page {page} is not in this epoch's dirty set")]
+    NotInEpoch {
+        /// The page index.
+        page: u64,
+    },
+    /// The page was already read (epoch pages are released as they are consumed).
+    #[error("page {page} was already consumed from this epoch")]
+    AlreadyConsumed {
+        /// The page index.
+        page: u64,
+    },
+    /// The application discarded the page's content (`madvise(MADV_DONTNEED)`) after the cut,
+    /// before it was preserved: its content at the cut is gone.
+    #[error("page {page} was discarded by the application (madvise) after the cut; its content at the cut is lost")]
+    Discarded {
+        /// The page index.
+        page: u64,
+    },
+    /// The page index is past the end of the region.
+    #[error("page {page} is out of range (the region has {pages} pages)")]
+    OutOfRange {
+        /// The page index.
+        page: u64,
+        /// Pages in the region.
+        pages: u64,
+    },
+    /// The buffer is not exactly one page long.
+    #[error("the buffer is {len} bytes; a page is {page_size}")]
+    BadBuffer {
+        /// The buffer's length.
+        len: usize,
+        /// The page size.
+        page_size: usize,
+    },
+    /// The region was unmapped or moved by the application.
+    #[error("the region is no longer tracked: {0}")]
+    Invalidated(Invalidation),
+    /// The tracker is shut down or poisoned (live pages can no longer be trusted to be
+    /// unchanged).
+    #[error("{0}")]
+    Unavailable(Unavailable),
+    /// The snapshot belongs to another region.
+    #[error("the snapshot was taken of another region")]
+    WrongRegion,
+}
+
+/// The preserved-copy budget shared by every view of a tracker.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    pub used: AtomicUsize,
+    pub limit: usize,
+    /// Set by the service thread while a fault waits for budget; the freeing side then wakes it.
+    pub waiting: AtomicBool,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self { used: AtomicUsize::new(0), limit, waiting: AtomicBool::new(false) }
+    }
+
+    pub(crate) fn try_take(&self, bytes: usize) -> bool {
+        let prev = self.used.fetch_add(bytes, Ordering::AcqRel);
+        if prev + bytes > self.limit && prev != 0 {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn give(&self, bytes: usize, shared: &Shared) {
+        self.used.fetch_sub(bytes, Ordering::SeqCst);
+        if self.waiting.swap(false, Ordering::SeqCst) {
+            shared.kick();
+        }
+    }
+}
+
+/// Whether reading a page releases it (epochs) or keeps it (snapshots, for rollback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Consume,
+    Retain,
+}
+
+/// A copy-before-write view of a region at one cut.
+pub(crate) struct View {
+    pub region: Arc<RegionInner>,
+    pub shared: Arc<Shared>,
+    pub state: Box<[AtomicU8]>,
+    copies: Mutex<HashMap<u64, Box<[u8]>>>,
+    pub mode: Mode,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View").field("mode", &self.mode).field("pages", &self.state.len()).finish()
+    }
+}
+
+impl View {
+    pub(crate) fn new(region: Arc<RegionInner>, shared: Arc<Shared>, needed: &DirtySet, mode: Mode) -> Self {
+        let state: Box<[AtomicU8]> = (0..region.page_count).map(|_| AtomicU8::new(NOT_NEEDED)).collect();
+        for p in needed.iter() {
+            state[p as usize].store(PENDING, Ordering::Relaxed);
+        }
+        Self { region, shared, state, copies: Mutex::new(HashMap::new()), mode }
+    }
+
+    fn copies(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Box<[u8]>>> {
+        self.copies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Service thread: the page is about to be un-protected. Preserve its content if this
+    /// view still needs it. Returns false when the budget is exhausted (the caller must keep
+    /// the page protected and retry later).
+    ///
+    /// Runs on the service thread only: the copy reads tracked memory, never writes it.
+    pub(crate) fn preserve(&self, page: u64, verify: impl Fn(u64) -> bool) -> bool {
+        let st = &self.state[page as usize];
+        let ps = self.region.page_size;
+        let mut spins = 0u32;
+        loop {
+            match st.load(Ordering::Acquire) {
+                PENDING => {
+                    if !self.shared.budget.try_take(ps) {
+                        return false;
+                    }
+                    if st.compare_exchange(PENDING, PRESERVING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                        self.shared.budget.give(ps, &self.shared);
+                        continue;
+                    }
+                    let mut buf = vec![0u8; ps].into_boxed_slice();
+                    self.region.copy_page(page, &mut buf);
+                    if !verify(page) {
+                        self.shared.budget.give(ps, &self.shared);
+                        st.store(LOST, Ordering::Release);
+                        return true;
+                    }
+                    self.copies().insert(page, buf);
+                    st.store(PRESERVED, Ordering::Release);
+                    self.shared.counters.preserved.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                // The saver is reading the live page: wait (it only reads, for ~1 us).
+                COPYING => {
+                    spins += 1;
+                    if spins < 64 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+                _ => return true,
+            }
+        }
+    }
+
+    /// Service thread: the application discarded this page's content (REMOVE event).
+    pub(crate) fn mark_lost(&self, page: u64) {
+        let st = &self.state[page as usize];
+        loop {
+            let s = st.load(Ordering::Acquire);
+            if !matches!(s, PENDING | COPYING) {
+                return;
+            }
+            if st.compare_exchange(s, LOST, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                return;
+            }
+        }
+    }
+
+    /// Reads page `page` as it was at the cut into `buf`.
+    pub(crate) fn read(&self, page: u64, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        let pages = self.region.page_count;
+        if page >= pages {
+            return Err(SnapshotError::OutOfRange { page, pages });
+        }
+        if buf.len() != self.region.page_size {
+            return Err(SnapshotError::BadBuffer { len: buf.len(), page_size: self.region.page_size });
+        }
+        let st = &self.state[page as usize];
+        let after_read = if self.mode == Mode::Consume { RELEASED } else { PENDING };
+        loop {
+            match st.load(Ordering::Acquire) {
+                NOT_NEEDED => return Err(SnapshotError::NotInEpoch { page }),
+                RELEASED => return Err(SnapshotError::AlreadyConsumed { page }),
+                LOST => return Err(SnapshotError::Discarded { page }),
+                PENDING => {
+                    // Live pages are only unchanged while the tracker holds their faults.
+                    if let Some(why) = self.region.invalidation() {
+                        return Err(SnapshotError::Invalidated(why));
+                    }
+                    self.shared.available().map_err(SnapshotError::Unavailable)?;
+                    if st.compare_exchange(PENDING, COPYING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                        continue;
+                    }
+                    let s1 = self.shared.read_seq.load(Ordering::SeqCst);
+                    self.region.copy_page(page, buf);
+                    // If the service thread read events during the copy, a REMOVE (madvise)
+                    // may have been delivered and its zap may have raced with the copy: wait
+                    // until that batch is processed (it marks such pages LOST and suspect).
+                    let mut s2 = self.shared.read_seq.load(Ordering::SeqCst);
+                    if s2 != s1 || s1 % 2 == 1 {
+                        while s2 % 2 == 1 {
+                            std::thread::yield_now();
+                            s2 = self.shared.read_seq.load(Ordering::SeqCst);
+                        }
+                    }
+                    // A zap of a page in a range that ever got REMOVE can also come late:
+                    // verify that the page is still write-protected after the copy.
+                    let ok = !self.region.is_suspect(page) || self.shared.verify_protected(&self.region, page);
+                    let next = if ok { after_read } else { LOST };
+                    if st.compare_exchange(COPYING, next, Ordering::AcqRel, Ordering::Acquire).is_err() || !ok {
+                        // Marked LOST by a REMOVE event while we copied.
+                        st.store(LOST, Ordering::Release);
+                        return Err(SnapshotError::Discarded { page });
+                    }
+                    return Ok(());
+                }
+                PRESERVED => {
+                    if self.mode == Mode::Retain {
+                        let copies = self.copies();
+                        if let Some(c) = copies.get(&page) {
+                            buf.copy_from_slice(c);
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    let copy = self.copies().remove(&page);
+                    match copy {
+                        Some(c) => {
+                            buf.copy_from_slice(&c);
+                            drop(c);
+                            st.store(RELEASED, Ordering::Release);
+                            self.shared.budget.give(self.region.page_size, &self.shared);
+                            return Ok(());
+                        }
+                        None => continue,
+                    }
+                }
+                // PRESERVING / COPYING by someone else: brief.
+                _ => std::thread::yield_now(),
+            }
+        }
+    }
+
+    /// Releases a page without reading it (consume mode).
+    pub(crate) fn release(&self, page: u64) {
+        let Some(st) = self.state.get(page as usize) else { return };
+        loop {
+            match st.load(Ordering::Acquire) {
+                PENDING => {
+                    if st.compare_exchange(PENDING, RELEASED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        return;
+                    }
+                }
+                PRESERVED => {
+                    if self.copies().remove(&page).is_some() {
+                        st.store(RELEASED, Ordering::Release);
+                        self.shared.budget.give(self.region.page_size, &self.shared);
+                    }
+                    return;
+                }
+                COPYING | PRESERVING => std::thread::yield_now(),
+                _ => return,
+            }
+        }
+    }
+
+    /// Pages whose content was preserved (written since the cut), ascending.
+    pub(crate) fn preserved_pages(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.copies().keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Writes every preserved page back into the live region (rollback). Returns the number
+    /// of pages rewritten, or the first LOST page.
+    pub(crate) fn write_back(&self) -> Result<u64, SnapshotError> {
+        if let Some((p, _)) = self.state.iter().enumerate().find(|(_, s)| s.load(Ordering::Acquire) == LOST) {
+            return Err(SnapshotError::Discarded { page: p as u64 });
+        }
+        let copies = self.copies();
+        let mut pages: Vec<&u64> = copies.keys().collect();
+        pages.sort_unstable();
+        for &p in pages {
+            self.region.write_page(p, &copies[&p]);
+        }
+        Ok(copies.len() as u64)
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        let n = self.copies().len();
+        // Also wakes deferred writers whose only reason to wait was this view's need.
+        self.shared.budget.give(n * self.region.page_size, &self.shared);
+    }
+}
+
+/// A whole-region, point-in-time snapshot taken by [`Region::snapshot`](crate::Region::snapshot).
+///
+/// Every page reads as it was at the snapshot instant, however the application writes the
+/// region afterwards: the first write to each page after the snapshot copies the page first.
+/// Copies are kept until the snapshot is dropped, so [`Region::rollback`](crate::Region::rollback)
+/// can be applied any number of times (the fuzzing / transaction reset).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::atomic::Ordering::SeqCst;
+/// let tracker = writewatch_core::Tracker::builder().build()?;
+/// let region = tracker.map_anonymous(4 * 4096)?;
+/// let w = region.as_atomic_u64();
+/// w[0].store(1, SeqCst);
+/// let snap = region.snapshot()?;
+/// w[0].store(2, SeqCst);                     // copied before it lands
+/// let mut page = vec![0u8; 4096];
+/// snap.read_page(0, &mut page)?;
+/// assert_eq!(page[0], 1);
+/// assert_eq!(region.rollback(&snap)?, 1);    // one page was written since
+/// assert_eq!(w[0].load(SeqCst), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Snapshot {
+    pub(crate) view: Arc<View>,
+}
+
+impl Snapshot {
+    /// Reads page `page` as it was at the snapshot into `buf` (one page long).
+    pub fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        self.view.read(page, buf)
+    }
+
+    /// Pages written since the snapshot (those with a preserved copy), ascending.
+    pub fn written_pages(&self) -> Vec<u64> {
+        self.view.preserved_pages()
+    }
+
+    /// Number of pages in the region.
+    pub fn page_count(&self) -> u64 {
+        self.view.region.page_count
+    }
+
+    /// Page size.
+    pub fn page_size(&self) -> usize {
+        self.view.region.page_size
+    }
+}

@@ -1,0 +1,312 @@
+//! Acceptance tests of live snapshots (issue: consistent live snapshots).
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use writewatch_core::{Region, SnapshotError, Tracker};
+
+const MIB: usize = 1 << 20;
+const SLOTS: usize = 4; // word slot t of every page belongs to writer thread t
+
+fn stamp(t: usize, seq: u64) -> u64 {
+    ((t as u64 + 1) << 40) | seq
+}
+
+/// The full oracle, checking every cut's image against the replay of each thread's prefix.
+fn oracle_every_cut(tracker: &Tracker, len: usize, threads: usize, cuts: usize, slow_reader: bool) -> u64 {
+    assert!(threads <= SLOTS);
+    let region = Arc::new(tracker.map_anonymous(len).unwrap());
+    let pages = region.page_count() as usize;
+    region.cut().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Shared logs so the checker can replay while writers run: log[t] grows append-only; the
+    // writer publishes how far it has written with `published[t]` AFTER each store.
+    let logs: Arc<Vec<std::sync::Mutex<Vec<u32>>>> = Arc::new((0..threads).map(|_| std::sync::Mutex::new(vec![u32::MAX])).collect());
+    let published: Arc<Vec<AtomicU64>> = Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
+    let mut hs = Vec::new();
+    for t in 0..threads {
+        let (region, stop, logs, published) = (Arc::clone(&region), Arc::clone(&stop), Arc::clone(&logs), Arc::clone(&published));
+        hs.push(std::thread::spawn(move || {
+            let words = region.as_atomic_u64();
+            let mut rng = Rng(0xABCD_EF01 + t as u64 * 7919);
+            let mut seq = 1u64;
+            let mut local = Vec::with_capacity(256);
+            while !stop.load(SeqCst) {
+                let p = rng.below(pages as u64) as usize;
+                local.push(p as u32);
+                words[p * WORDS_PER_PAGE + t].store(stamp(t, seq), SeqCst);
+                if local.len() == 256 || stop.load(SeqCst) {
+                    logs[t].lock().unwrap().extend(local.drain(..));
+                    published[t].store(seq, SeqCst);
+                    // Pace the writers: rewrites of already-writable pages cost nothing, and
+                    // the log (4 bytes per write) must stay small.
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                seq += 1;
+            }
+            logs[t].lock().unwrap().extend(local.drain(..));
+            published[t].store(seq - 1, SeqCst);
+        }));
+    }
+    let mut image = vec![[0u64; SLOTS]; pages];
+    let mut expect = vec![[0u64; SLOTS]; pages];
+    let mut replayed = vec![0u64; threads];
+    let mut touched: Vec<usize> = Vec::new();
+    let mut violations = 0u64;
+    let mut total_cuts = 0;
+    for k in 0..cuts {
+        std::thread::sleep(Duration::from_millis(1));
+        let epoch = region.cut().unwrap();
+        touched.clear();
+        let mut reader = epoch.reader();
+        while let Some(r) = reader.next_page() {
+            let (p, bytes) = r.expect("epoch page readable");
+            for t in 0..SLOTS {
+                image[p as usize][t] = u64::from_ne_bytes(bytes[t * 8..t * 8 + 8].try_into().unwrap());
+            }
+            if bytes[SLOTS * 8..].iter().any(|b| *b != 0) {
+                violations += 1;
+            }
+            touched.push(p as usize);
+            if slow_reader {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        drop(epoch);
+        total_cuts += 1;
+        for t in 0..threads {
+            // The prefix of thread t included in this cut.
+            let l = image.iter().map(|w| w[t] & ((1 << 40) - 1)).max().unwrap_or(0);
+            if l < replayed[t] {
+                violations += 1; // a later cut lost writes of an earlier one
+                continue;
+            }
+            // Wait until the writer has published its log that far (it is past the cut).
+            while published[t].load(SeqCst) < l && !hs[t].is_finished() {
+                std::thread::yield_now();
+            }
+            let log = logs[t].lock().unwrap();
+            for seq in replayed[t] + 1..=l {
+                let p = log[seq as usize] as usize;
+                expect[p][t] = stamp(t, seq);
+                touched.push(p);
+            }
+            replayed[t] = l;
+        }
+        // Every page either side changed must agree: the cut is exactly the prefixes.
+        for &p in &touched {
+            for t in 0..threads {
+                if image[p][t] != expect[p][t] {
+                    if violations < 5 {
+                        eprintln!("cut {k}: page {p} slot {t}: snapshot {:#x} != replay {:#x}", image[p][t], expect[p][t]);
+                    }
+                    violations += 1;
+                }
+            }
+        }
+    }
+    stop.store(true, SeqCst);
+    for h in hs {
+        h.join().unwrap();
+    }
+    let writes: u64 = published.iter().map(|p| p.load(SeqCst)).sum();
+    println!("oracle: {threads} threads, {total_cuts} cuts, {writes} writes, {violations} violations, stats {:?}", tracker.stats());
+    assert_eq!(violations, 0, "consistency violations");
+    writes
+}
+
+#[test]
+fn consistency_oracle_4_threads_100_cuts() {
+    let t = Tracker::builder().build().unwrap();
+    let writes = oracle_every_cut(&t, 64 * MIB, 4, 100, false);
+    assert!(writes > 10_000, "writers made progress: {writes}");
+}
+
+#[test]
+fn saver_and_service_race_with_tiny_budget() {
+    // 16 pages of copy budget, 4 writers, a reader that sleeps between pages: the service
+    // thread must defer writers (back-pressure) and the result must still be exact.
+    let t = Tracker::builder().copy_budget(16 * 4096).build().unwrap();
+    let writes = oracle_every_cut(&t, 4 * MIB, 4, 30, true);
+    assert!(writes > 0);
+    let s = t.stats();
+    assert!(s.preserved > 0, "copy-before-write happened: {s:?}");
+}
+
+#[test]
+fn budget_back_pressure_blocks_writers_until_reader_drains() {
+    let t = Tracker::builder().copy_budget(8 * 4096).build().unwrap();
+    let region = Arc::new(t.map_anonymous(MIB).unwrap());
+    for p in 0..256u64 {
+        touch(&region, p, p + 1000);
+    }
+    let epoch = region.cut().unwrap();
+    assert_eq!(epoch.dirty().len(), 256);
+    // A writer now rewrites every page: each first write needs a copy, 8 fit in the budget.
+    let progress = Arc::new(AtomicU64::new(0));
+    let (r2, pr) = (Arc::clone(&region), Arc::clone(&progress));
+    let writer = std::thread::spawn(move || {
+        for p in 0..256u64 {
+            touch(&r2, p, 7);
+            pr.store(p + 1, SeqCst);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let stalled_at = progress.load(SeqCst);
+    assert!(stalled_at < 256, "the writer must be held by back-pressure, got to {stalled_at}");
+    assert!(t.stats().deferred > 0);
+    // Drain: every page reads as it was at the cut.
+    let mut buf = vec![0u8; 4096];
+    for p in 0..256u64 {
+        epoch.read_page(p, &mut buf).unwrap();
+        assert_eq!(u64::from_ne_bytes(buf[..8].try_into().unwrap()), p + 1000, "page {p}");
+    }
+    watchdog(20, "writer after drain", move || writer.join().unwrap());
+    assert_eq!(progress.load(SeqCst), 256);
+    assert_eq!(epoch.read_page(3, &mut buf), Err(SnapshotError::AlreadyConsumed { page: 3 }));
+}
+
+#[test]
+fn snapshot_under_a_writer_rewriting_every_page() {
+    let t = Tracker::builder().build().unwrap();
+    let region = Arc::new(t.map_anonymous(16 * MIB).unwrap());
+    let pages = region.page_count();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let (r2, s2, rd) = (Arc::clone(&region), Arc::clone(&stop), Arc::clone(&rounds));
+    let writer = std::thread::spawn(move || {
+        let w = r2.as_atomic_u64();
+        let mut round = 1u64;
+        while !s2.load(SeqCst) {
+            for p in 0..pages as usize {
+                // The whole first cache line carries the round: a torn copy would mix values.
+                for k in 0..8 {
+                    w[p * WORDS_PER_PAGE + k].store(round, SeqCst);
+                }
+            }
+            rd.store(round, SeqCst);
+            round += 1;
+        }
+    });
+    while rounds.load(SeqCst) < 2 {
+        std::thread::yield_now();
+    }
+    let snap = region.snapshot().unwrap();
+    let at = rounds.load(SeqCst);
+    while rounds.load(SeqCst) < at + 3 {
+        std::thread::yield_now();
+    }
+    stop.store(true, SeqCst);
+    writer.join().unwrap();
+    // At the snapshot instant the writer was in round r: pages [0, i) hold r, [i, n) hold r-1
+    // (the page being written at T may hold a prefix of its words: a consistent cut of one
+    // thread's program order).
+    let mut buf = vec![0u8; 4096];
+    let mut vals = Vec::new();
+    for p in 0..pages {
+        snap.read_page(p, &mut buf).unwrap();
+        let words: Vec<u64> = (0..8).map(|k| u64::from_ne_bytes(buf[k * 8..k * 8 + 8].try_into().unwrap())).collect();
+        vals.push(words);
+    }
+    let flat: Vec<u64> = vals.iter().flatten().copied().collect();
+    let descents = flat.windows(2).filter(|w| w[1] != w[0]).count();
+    assert!(descents <= 1, "snapshot is not a single point in the writer's order: {descents} changes");
+    assert!(flat.windows(2).all(|w| w[1] == w[0] || w[1] + 1 == w[0]), "values form r..r, r-1..r-1");
+    assert!(flat[0] >= at - 1 && flat[0] <= at + 1);
+    assert!(snap.written_pages().len() as u64 == pages, "every page was rewritten after the snapshot and preserved");
+}
+
+#[test]
+fn rollback_restores_exactly_and_touches_only_written_pages() {
+    let t = Tracker::builder().build().unwrap();
+    let region = t.map_anonymous(8 * MIB).unwrap();
+    let pages = region.page_count();
+    let w = region.as_atomic_u64();
+    for i in 0..w.len() {
+        w[i].store(i as u64 * 31, SeqCst);
+    }
+    // SAFETY: no other thread touches the region in this test.
+    let reference = unsafe { region.as_slice() }.to_vec();
+    let snap = region.snapshot().unwrap();
+    let mut rng = Rng(42);
+    for round in 0..3 {
+        let mut written = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            let p = rng.below(pages);
+            written.insert(p);
+            touch(&region, p, 0xDEAD_0000 + round);
+        }
+        let restored = region.rollback(&snap).unwrap();
+        // Pages with a preserved copy = pages written since the snapshot (all rounds so far).
+        assert_eq!(restored as usize, snap.written_pages().len());
+        assert!(written.iter().all(|p| snap.written_pages().contains(p)));
+        // SAFETY: as above.
+        assert!(unsafe { region.as_slice() } == &reference[..], "round {round}: byte-exact rollback");
+    }
+    let other = t.map_anonymous(4096).unwrap();
+    assert_eq!(other.rollback(&snap), Err(SnapshotError::WrongRegion));
+}
+
+#[test]
+fn epoch_read_errors_are_typed() {
+    let t = Tracker::builder().build().unwrap();
+    let region = t.map_anonymous(8 * 4096).unwrap();
+    touch(&region, 2, 1);
+    let e = region.cut().unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(e.read_page(3, &mut buf), Err(SnapshotError::NotInEpoch { page: 3 }));
+    assert_eq!(e.read_page(99, &mut buf), Err(SnapshotError::OutOfRange { page: 99, pages: 8 }));
+    assert!(matches!(e.read_page(2, &mut [0u8; 10]), Err(SnapshotError::BadBuffer { .. })));
+    e.read_page(2, &mut buf).unwrap();
+    assert_eq!(e.read_page(2, &mut buf), Err(SnapshotError::AlreadyConsumed { page: 2 }));
+}
+
+#[test]
+fn madvise_after_cut_is_an_error_not_zeros() {
+    let t = Tracker::builder().build().unwrap();
+    let region = t.map_anonymous(16 * 4096).unwrap();
+    for p in 0..16 {
+        touch(&region, p, 5);
+    }
+    let e = region.cut().unwrap();
+    // SAFETY: pages 4..8 of the region; no references into them are held.
+    assert_eq!(unsafe { libc::madvise(region.as_ptr().add(4 * 4096).cast(), 4 * 4096, libc::MADV_DONTNEED) }, 0);
+    let mut buf = vec![0u8; 4096];
+    for p in 0..16u64 {
+        let r = e.read_page(p, &mut buf);
+        if (4..8).contains(&p) {
+            assert_eq!(r, Err(SnapshotError::Discarded { page: p }));
+        } else {
+            r.unwrap();
+            assert_eq!(buf[0], 5);
+        }
+    }
+    // Dirty tracking still covers the removed pages.
+    assert!((4..8).all(|p| region.dirty_pages().unwrap().contains(p)));
+}
+
+#[test]
+fn snapshot_of_shared_region_and_sequential_fault_around() {
+    let t = Tracker::builder().fault_around(16).build().unwrap();
+    let region = t.map_shared(4 * MIB).unwrap();
+    let pages = region.page_count();
+    for p in 0..pages {
+        touch(&region, p, p);
+    }
+    let snap = region.snapshot().unwrap();
+    let faults_before = t.stats().wp_faults;
+    for p in 0..pages {
+        touch(&region, p, 1_000_000 + p);
+    }
+    let faults = t.stats().wp_faults - faults_before;
+    assert!(faults < pages / 4, "fault-around cut faults for a sequential writer: {faults} for {pages} pages");
+    let mut buf = vec![0u8; 4096];
+    for p in 0..pages {
+        snap.read_page(p, &mut buf).unwrap();
+        assert_eq!(u64::from_ne_bytes(buf[..8].try_into().unwrap()), p, "page {p} as at the snapshot");
+    }
+    let _: &Region = &region;
+}
