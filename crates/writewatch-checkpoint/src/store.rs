@@ -252,6 +252,22 @@ fn fsync_dir(dir: &Path) -> Result<(), IoError> {
         .ctx("fsync directory", dir)
 }
 
+/// Writes `m` to a new temporary file in `dir` and `fdatasync`s it.
+fn write_manifest_temp(dir: &Path, m: &Manifest) -> Result<crate::writer::TempFile, IoError> {
+    let bytes = m.encode();
+    let temp_path = dir.join(format!("{TEMP_PREFIX}manifest-{:016x}", fresh_nonce()));
+    let temp = crate::writer::TempFile::new(temp_path.clone());
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp_path)
+        .ctx("create", &temp_path)?;
+    f.write_all(&bytes).ctx("write", &temp_path)?;
+    f.sync_data().ctx("fdatasync", &temp_path)?;
+    Ok(temp)
+}
+
 fn read_manifest(dir: &Path) -> Result<Option<Manifest>, ReadError> {
     let path = dir.join(MANIFEST_NAME);
     let mut f = match File::open(&path) {
@@ -661,8 +677,16 @@ impl Store {
         w.commit()
     }
 
-    /// Renames a finished segment into place and commits the manifest with
+    /// Makes a finished segment durable and commits the manifest with
     /// entries `[..replace_from]` followed by the new one.
+    ///
+    /// The segment is renamed to its final name *before* it is synced: the
+    /// name means nothing until the manifest references it (unreferenced
+    /// segment files are garbage to a read-write open), and this way one
+    /// journal commit covers data and rename. The new manifest's temporary
+    /// file is written and synced concurrently. Only then (segment data and
+    /// directory entry durable, manifest content durable) is the manifest
+    /// renamed into place, followed by a directory fsync.
     fn commit_segment(
         &mut self,
         mut fin: FinishedSegment,
@@ -673,10 +697,8 @@ impl Store {
         let final_path = self.dir.join(&name);
         fs::rename(&fin.temp.path, &final_path).ctx("rename", &fin.temp.path)?;
         fin.temp.disarm();
-        // From here the file has its final name; remove it if we do not
-        // manage to reference it from the manifest.
+        // Removes the segment unless the manifest ends up referencing it.
         let mut guard = crate::writer::TempFile::new(final_path.clone());
-        fsync_dir(&self.dir)?;
         let entry = ManifestEntry {
             epoch: fin.header.epoch,
             parent_epoch: fin.header.parent_epoch,
@@ -694,7 +716,25 @@ impl Store {
         next.page_size = fin.header.page_size;
         next.region_len = fin.header.region_len;
         next.generation += 1;
-        let r = self.commit_manifest(next);
+        let dir = &self.dir;
+        let (seg_synced, manifest_temp) = std::thread::scope(|s| {
+            let prepared = s.spawn(|| write_manifest_temp(dir, &next));
+            let synced = fin
+                .file
+                .sync_data()
+                .ctx("fdatasync", &final_path)
+                .and_then(|()| fsync_dir(dir));
+            (synced, prepared.join())
+        });
+        let manifest_temp = manifest_temp.unwrap_or_else(|_| {
+            Err(IoError::new(
+                "write manifest",
+                dir.join(MANIFEST_NAME),
+                io::Error::other("thread panicked"),
+            ))
+        })?;
+        seg_synced?;
+        let r = self.install_manifest(manifest_temp, next);
         if self.manifest.entries.last() == Some(&entry) {
             // The manifest was renamed into place: the segment is referenced.
             guard.disarm();
@@ -709,25 +749,22 @@ impl Store {
         Ok(info)
     }
 
-    /// Atomically replaces the manifest (temp file, fsync, rename, fsync dir).
-    /// The in-memory manifest follows the rename.
+    /// Atomically replaces the manifest (temp file, fdatasync, rename, fsync
+    /// dir). The in-memory manifest follows the rename.
     fn commit_manifest(&mut self, next: Manifest) -> Result<(), IoError> {
-        let bytes = next.encode();
-        let temp_path = self
-            .dir
-            .join(format!("{TEMP_PREFIX}manifest-{:016x}", fresh_nonce()));
-        let mut temp = crate::writer::TempFile::new(temp_path.clone());
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp_path)
-            .ctx("create", &temp_path)?;
-        f.write_all(&bytes).ctx("write", &temp_path)?;
-        f.sync_data().ctx("fdatasync", &temp_path)?;
-        drop(f);
+        let temp = write_manifest_temp(&self.dir, &next)?;
+        self.install_manifest(temp, next)
+    }
+
+    /// Renames a durable manifest temp file over `MANIFEST` and fsyncs the
+    /// directory. The in-memory manifest follows the rename.
+    fn install_manifest(
+        &mut self,
+        mut temp: crate::writer::TempFile,
+        next: Manifest,
+    ) -> Result<(), IoError> {
         let target = self.dir.join(MANIFEST_NAME);
-        fs::rename(&temp_path, &target).ctx("rename", &temp_path)?;
+        fs::rename(&temp.path, &target).ctx("rename", &temp.path)?;
         temp.disarm();
         self.manifest = next;
         fsync_dir(&self.dir)
@@ -862,6 +899,25 @@ impl Store {
         file.sync_all().ctx("fsync", &temp_path)?;
         fs::rename(&temp_path, path).ctx("rename", &temp_path)?;
         temp.disarm();
+        Ok(())
+    }
+
+    /// Asks the kernel to drop the cached pages of the store's files
+    /// (`POSIX_FADV_DONTNEED`; clean pages only, a hint). Useful after a
+    /// restore, whose segment data is not needed in the page cache any more,
+    /// and to measure cold reads.
+    pub fn drop_page_cache(&self) -> Result<(), IoError> {
+        let names = self
+            .manifest
+            .entries
+            .iter()
+            .map(|e| e.file_name())
+            .chain(std::iter::once(MANIFEST_NAME.to_string()));
+        for name in names {
+            let path = self.dir.join(name);
+            let f = File::open(&path).ctx("open", &path)?;
+            sys::fadvise(&f, 0, 0, sys::Advice::DontNeed).ctx("posix_fadvise", &path)?;
+        }
         Ok(())
     }
 

@@ -127,12 +127,15 @@ pub(crate) fn flock(file: &File, exclusive: bool) -> io::Result<bool> {
 pub(crate) enum Advice {
     /// Data will be read sequentially.
     Sequential,
+    /// Cached pages of this range are not needed any more.
+    DontNeed,
 }
 
 /// `posix_fadvise` on a range (0 length = to the end). Hints only.
 pub(crate) fn fadvise(file: &File, offset: u64, len: u64, advice: Advice) -> io::Result<()> {
     let adv = match advice {
         Advice::Sequential => libc::POSIX_FADV_SEQUENTIAL,
+        Advice::DontNeed => libc::POSIX_FADV_DONTNEED,
     };
     let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));

@@ -125,10 +125,11 @@ fn write_chunk(file: &mut File, pos: u64, data: &[u8], writeback: bool) -> io::R
     Ok(())
 }
 
-/// Segment data of a finished, fsynced temporary file.
+/// A finished temporary segment file: all bytes written, not yet synced.
 #[derive(Debug)]
 pub(crate) struct FinishedSegment {
     pub(crate) temp: TempFile,
+    pub(crate) file: File,
     pub(crate) header: SegmentHeader,
     pub(crate) footer: SegmentFooter,
     pub(crate) footer_crc: u32,
@@ -578,7 +579,7 @@ impl SegmentBuilder {
         });
     }
 
-    /// Writes index and footer, waits for all writes, `fdatasync`s.
+    /// Writes index and footer and waits for all writes (the caller syncs).
     pub(crate) fn finish(mut self) -> Result<FinishedSegment, WriteError> {
         if self.failed {
             return Err(WriteError::InvalidInput("writer failed earlier".into()));
@@ -644,7 +645,6 @@ impl SegmentBuilder {
                 return Err(self.io_err("write", io::Error::other("segment already finished")))
             }
         };
-        file.sync_data().ctx("fdatasync", &self.temp.path)?;
         if let Some(p) = &self.progress {
             p(Progress {
                 pages_done: self.pages_done,
@@ -656,6 +656,7 @@ impl SegmentBuilder {
         self.temp.disarm();
         Ok(FinishedSegment {
             temp,
+            file,
             header: self.header,
             footer,
             footer_crc,

@@ -118,6 +118,7 @@ fn progress_is_reported() {
     assert_eq!(p.pages_done, 4096);
     assert_eq!(p.pages_total, Some(4096));
     calls.store(0, Ordering::Relaxed);
+    store.drop_page_cache().unwrap();
     store.restore(0).unwrap();
     let p = *last.lock().unwrap();
     assert_eq!((p.pages_done, p.pages_total), (4095, Some(4095)));
