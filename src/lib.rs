@@ -22,3 +22,8 @@
 
 pub use writewatch_checkpoint as checkpoint;
 pub use writewatch_core::*;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
