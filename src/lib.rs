@@ -20,6 +20,9 @@
 //! # Ok(()) }
 //! ```
 
+mod pipeline;
+
+pub use pipeline::{save_epoch, SaveError};
 pub use writewatch_checkpoint as checkpoint;
 pub use writewatch_core::*;
 

@@ -1,0 +1,382 @@
+//! `uffd-demo`: the whole writewatch pipeline on one region, measured beside fork().
+//!
+//! Writer threads keep writing a tracked region (skewed: a few hot pages, many cold ones).
+//! Every epoch the demo takes a live cut (the library needs no pause) and streams the epoch,
+//! read as it was at the cut while the writers continue, into an incremental checkpoint store.
+//! At the end it restores every epoch from disk and compares it with a reference taken at each
+//! cut. To take that reference (a CRC of every page) the demo briefly quiesces its *own*
+//! writers around the cut: the library does not need it, the comparison does.
+//!
+//! ```text
+//! cargo run --release --example uffd-demo -- [--size 1G] [--threads 2] [--epochs 5]
+//!     [--epoch-ms 2000] [--pattern random|seq|zipf] [--backend sync|async|mprotect|auto]
+//!     [--dir DIR] [--keep] [--json]
+//! ```
+//! Logging: `RUST_LOG=writewatch_core=debug`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use writewatch::checkpoint::Store;
+use writewatch::{save_epoch, Region, Tracker};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Pattern {
+    /// 99.9% of writes to 1% hot pages, 0.1% uniformly random.
+    Random,
+    /// Each thread sweeps its part of the region sequentially.
+    Seq,
+    /// Power-law skew over the whole region.
+    Zipf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    Sync,
+    Async,
+    Mprotect,
+    Auto,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "writewatch end-to-end demo: live cuts -> incremental checkpoints -> verified restores, beside fork()")]
+struct Args {
+    /// Region size (K/M/G suffixes). Default: 1G, or a quarter of RAM if smaller.
+    #[arg(long)]
+    size: Option<String>,
+    /// Writer threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Epochs (cuts) to take.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Length of an epoch in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    epoch_ms: u64,
+    /// Write pattern.
+    #[arg(long, value_enum, default_value_t = Pattern::Random)]
+    pattern: Pattern,
+    /// Tracking backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// Checkpoint store directory (default: a temporary directory, removed unless --keep).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Keep the store.
+    #[arg(long)]
+    keep: bool,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mul) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&s[..s.len() - 1], 1usize << 10),
+        Some('M') => (&s[..s.len() - 1], 1 << 20),
+        Some('G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}: use e.g. 256M or 1G"))?;
+    let bytes = (n * mul as f64) as usize;
+    Ok(bytes / 4096 * 4096)
+}
+
+fn default_size() -> usize {
+    let ram = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok()))
+        .map(|kib| kib * 1024)
+        .unwrap_or(usize::MAX);
+    (1usize << 30).min(ram / 4) / 4096 * 4096
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Writers: pause on request (to let the demo take its reference), otherwise write forever.
+struct Control {
+    stop: AtomicBool,
+    pause: AtomicBool,
+    paused: AtomicUsize,
+    writes: AtomicU64,
+}
+
+fn writer(region: Arc<Region>, ctl: Arc<Control>, t: usize, threads: usize, pattern: Pattern) {
+    let words = region.as_atomic_u64();
+    let pages = region.page_count();
+    let wpp = (region.page_size() / 8) as u64;
+    let hot = (pages / 100).max(1);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1) * 0xA24B_AED4_963E_E407);
+    let share = pages / threads as u64;
+    let mut cursor = share * t as u64;
+    let mut seq = 0u64;
+    let mut n = 0u64;
+    while !ctl.stop.load(SeqCst) {
+        if ctl.pause.load(SeqCst) {
+            ctl.paused.fetch_add(1, SeqCst);
+            while ctl.pause.load(SeqCst) && !ctl.stop.load(SeqCst) {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            ctl.paused.fetch_sub(1, SeqCst);
+            continue;
+        }
+        let page = match pattern {
+            Pattern::Random => {
+                if rng.next() % 1000 != 0 {
+                    rng.next() % hot * 97 % pages
+                } else {
+                    rng.next() % pages
+                }
+            }
+            Pattern::Seq => {
+                cursor += 1;
+                if cursor >= share * (t as u64 + 1) {
+                    cursor = share * t as u64;
+                }
+                cursor
+            }
+            Pattern::Zipf => ((rng.unit().powi(4)) * pages as f64) as u64 % pages,
+        };
+        seq += 1;
+        let word = page * wpp + rng.next() % wpp;
+        words[word as usize].store((t as u64) << 56 | seq, SeqCst);
+        n += 1;
+        if n % 4096 == 0 {
+            ctl.writes.fetch_add(4096, SeqCst);
+        }
+    }
+}
+
+fn page_crcs(region: &Region) -> Vec<u32> {
+    // SAFETY: the demo's writers are paused (quiesced) while the reference is taken.
+    let bytes = unsafe { region.as_slice() };
+    bytes.chunks_exact(region.page_size()).map(crc32c::crc32c).collect()
+}
+
+fn fork_ms() -> f64 {
+    let t = Instant::now();
+    // SAFETY: the child exits immediately with _exit (async-signal-safe).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: in the forked child.
+        unsafe { libc::_exit(0) };
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if pid > 0 {
+        let mut st = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+    }
+    ms
+}
+
+fn human(bytes: f64) -> String {
+    if bytes >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
+    } else if bytes >= (1u64 << 20) as f64 {
+        format!("{:.1} MiB", bytes / (1u64 << 20) as f64)
+    } else {
+        format!("{:.0} KiB", bytes / 1024.0)
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("uffd-demo: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let size = match &args.size {
+        Some(s) => parse_size(s)?,
+        None => default_size(),
+    };
+    if size < 4096 * args.threads.max(1) * 4 {
+        return Err(format!("--size {size} is too small for {} threads", args.threads).into());
+    }
+    let backend = match args.backend {
+        BackendArg::Sync | BackendArg::Auto => "sync",
+        other => {
+            return Err(format!(
+                "--backend {other:?} is not available in this build yet: the sync userfaultfd backend is (use --backend sync or auto)"
+            )
+            .into())
+        }
+    };
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = std::env::temp_dir().join(format!("uffd-demo-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
+            tmp
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut store = Store::create(&dir)?;
+
+    let tracker = Tracker::builder().copy_budget(256 << 20).build()?;
+    let region = Arc::new(tracker.map_anonymous(size)?);
+    let ctl = Arc::new(Control { stop: AtomicBool::new(false), pause: AtomicBool::new(false), paused: AtomicUsize::new(0), writes: AtomicU64::new(0) });
+    let handles: Vec<_> = (0..args.threads)
+        .map(|t| {
+            let (r, c) = (Arc::clone(&region), Arc::clone(&ctl));
+            let (threads, pattern) = (args.threads, args.pattern);
+            std::thread::Builder::new().name(format!("demo-writer-{t}")).spawn(move || writer(r, c, t, threads, pattern)).unwrap()
+        })
+        .collect();
+
+    let pb = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let pb = indicatif::ProgressBar::new(args.epochs as u64);
+        pb.set_style(indicatif::ProgressStyle::with_template("{spinner} epoch {pos}/{len} {wide_msg}").unwrap());
+        pb.enable_steady_tick(Duration::from_millis(200));
+        pb
+    };
+    if !args.json {
+        eprintln!(
+            "uffd-demo: {} region, {} writer threads ({:?}), {} epochs of {} ms, backend {backend}, store {}",
+            human(size as f64),
+            args.threads,
+            args.pattern,
+            args.epochs,
+            args.epoch_ms,
+            dir.display()
+        );
+        eprintln!("note: the demo quiesces its own writers for a moment at each cut to take a reference CRC of every page; the cut itself needs no pause.");
+    }
+
+    let mut refs: Vec<Vec<u32>> = Vec::new();
+    let mut cut_ms = Vec::new();
+    let mut ckpt_bytes = Vec::new();
+    let mut dirty_pages = Vec::new();
+    let mut ckpt_secs = 0.0f64;
+    let t_run = Instant::now();
+    for k in 0..args.epochs {
+        let t_epoch = Instant::now();
+        let f0 = tracker.stats().wp_faults;
+        while t_epoch.elapsed() < Duration::from_millis(args.epoch_ms) {
+            std::thread::sleep(Duration::from_millis(200));
+            let s = tracker.stats();
+            let secs = t_epoch.elapsed().as_secs_f64();
+            pb.set_message(format!(
+                "faults/s {:>8.0}  dirty {:>7}  last cut {:>6.2} ms  ckpt {:>7.1} MB/s  preserved {:>7}",
+                (s.wp_faults - f0) as f64 / secs,
+                region.dirty_count().unwrap_or(0),
+                cut_ms.last().copied().unwrap_or(0.0),
+                ckpt_bytes.iter().sum::<u64>() as f64 / 1e6 / ckpt_secs.max(1e-9),
+                s.preserved
+            ));
+        }
+        // Quiesce the demo's writers (for the reference only), cut, take the reference.
+        ctl.pause.store(true, SeqCst);
+        while ctl.paused.load(SeqCst) < args.threads {
+            std::thread::yield_now();
+        }
+        let epoch = region.cut()?;
+        cut_ms.push(epoch.stats().duration.as_secs_f64() * 1e3);
+        refs.push(page_crcs(&region));
+        ctl.pause.store(false, SeqCst);
+        // Stream the epoch while the writers run again: pages are read as at the cut.
+        let t_ck = Instant::now();
+        let info = save_epoch(&mut store, &epoch)?;
+        ckpt_secs += t_ck.elapsed().as_secs_f64();
+        ckpt_bytes.push(info.file_len);
+        dirty_pages.push(epoch.dirty().len() as u64);
+        drop(epoch);
+        pb.inc(1);
+        let _ = k;
+    }
+    ctl.stop.store(true, SeqCst);
+    for h in handles {
+        let _ = h.join();
+    }
+    pb.finish_and_clear();
+    let stats = tracker.stats();
+    let fork = (0..3).map(|_| fork_ms()).fold(f64::MAX, f64::min);
+
+    // Restore every epoch from disk and compare with the reference.
+    let mut verified = true;
+    let mut mismatches = Vec::new();
+    let t_restore = Instant::now();
+    let mut restored_bytes = 0u64;
+    for (k, reference) in refs.iter().enumerate() {
+        let m = store.restore(k as u64)?;
+        restored_bytes += m.len() as u64;
+        let bad = m.as_slice().chunks_exact(region.page_size()).zip(reference).filter(|(p, c)| crc32c::crc32c(p) != **c).count();
+        if bad > 0 {
+            verified = false;
+            mismatches.push((k, bad));
+        }
+    }
+    let restore_secs = t_restore.elapsed().as_secs_f64();
+    let verify = store.verify()?;
+    verified &= verify.is_ok();
+    let checkpoint_mb_s = ckpt_bytes.iter().sum::<u64>() as f64 / 1e6 / ckpt_secs.max(1e-9);
+    let restore_mb_s = restored_bytes as f64 / 1e6 / restore_secs.max(1e-9);
+    let p50 = stats.service_ns.percentile(0.5);
+    let p99 = stats.service_ns.percentile(0.99);
+
+    if args.json {
+        let list = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(",");
+        let ulist = |v: &[u64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        println!(
+            "{{\"verified\":{verified},\"epochs\":{},\"region_bytes\":{size},\"backend\":\"{backend}\",\"threads\":{},\"pattern\":\"{:?}\",\"faults\":{},\"preserved_pages\":{},\"dirty_pages\":[{}],\"cut_ms\":[{}],\"fork_ms\":{fork:.3},\"checkpoint_bytes\":[{}],\"checkpoint_mb_s\":{checkpoint_mb_s:.1},\"restore_mb_s\":{restore_mb_s:.1},\"fault_ns_p50\":{p50},\"fault_ns_p99\":{p99},\"writes\":{},\"seconds\":{:.2}}}",
+            args.epochs,
+            args.threads,
+            args.pattern,
+            stats.wp_faults,
+            stats.preserved,
+            ulist(&dirty_pages),
+            list(&cut_ms),
+            ulist(&ckpt_bytes),
+            ctl.writes.load(SeqCst),
+            t_run.elapsed().as_secs_f64()
+        );
+    } else {
+        let mut o = std::io::stdout().lock();
+        writeln!(o, "\nepoch  dirty pages   cut ms   cut/fork   checkpoint")?;
+        for k in 0..args.epochs {
+            writeln!(o, "{k:>5}  {:>11}  {:>7.2}  {:>8.3}x   {}", dirty_pages[k], cut_ms[k], cut_ms[k] / fork, human(ckpt_bytes[k] as f64))?;
+        }
+        writeln!(o, "\nfork() of this process now ({} resident): {fork:.2} ms", human(size as f64))?;
+        writeln!(o, "faults serviced: {} ({} pages copied before write), service time p50 {p50} ns, p99 {p99} ns", stats.wp_faults, stats.preserved)?;
+        writeln!(o, "writes: {} in {:.1} s", ctl.writes.load(SeqCst), t_run.elapsed().as_secs_f64())?;
+        writeln!(o, "checkpoint write {checkpoint_mb_s:.0} MB/s, restore {restore_mb_s:.0} MB/s")?;
+        if verified {
+            writeln!(o, "verified: every epoch restored from disk equals the reference taken at its cut ({} epochs)", args.epochs)?;
+        } else {
+            writeln!(o, "NOT VERIFIED: mismatching pages per epoch {mismatches:?}; store verify: {:?}", verify.problems)?;
+        }
+    }
+    drop(store);
+    if !args.keep && args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if !verified {
+        std::process::exit(1);
+    }
+    Ok(())
+}
