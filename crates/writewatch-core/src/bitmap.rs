@@ -27,9 +27,9 @@ impl AtomicBitmap {
         Self { words, bits }
     }
 
-    /// Number of bits.
-    pub(crate) fn len(&self) -> usize {
-        self.bits
+    /// The words (for the mprotect backend's signal handler, which sets bits itself).
+    pub(crate) fn words(&self) -> &[AtomicU64] {
+        &self.words
     }
 
     /// Sets bit `i`; returns whether it was already set.

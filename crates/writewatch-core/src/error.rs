@@ -184,6 +184,14 @@ pub enum CutError {
         /// What happened to it.
         reason: Invalidation,
     },
+    /// The operation needs copy-before-write, which this backend cannot do.
+    #[error("{what} needs copy-before-write, which the {backend} backend cannot do: build the tracker with Backend::SyncUffd (or Backend::Auto with Purpose::Snapshots)")]
+    Unsupported {
+        /// The operation.
+        what: &'static str,
+        /// The backend in use.
+        backend: &'static str,
+    },
     /// Re-protecting the dirty pages failed; the dirty bits were put back, nothing is lost.
     #[error("re-protecting the dirty pages failed ({errno}); the epoch stays open and no dirty page was lost")]
     Protect {
@@ -226,3 +234,26 @@ impl From<Unavailable> for RegionError {
         RegionError::Unavailable(u)
     }
 }
+
+/// Errors of [`Region::cut_and_copy`](crate::Region::cut_and_copy).
+#[derive(Debug)]
+pub enum CutAndCopyError<E> {
+    /// The cut failed.
+    Cut(CutError),
+    /// A page could not be read as it was at the cut.
+    Read(crate::SnapshotError),
+    /// The sink failed.
+    Sink(E),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for CutAndCopyError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CutAndCopyError::Cut(e) => write!(f, "cut failed: {e}"),
+            CutAndCopyError::Read(e) => write!(f, "reading a page failed: {e}"),
+            CutAndCopyError::Sink(e) => write!(f, "the sink failed: {e}"),
+        }
+    }
+}
+
+impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for CutAndCopyError<E> {}

@@ -248,7 +248,7 @@ fn read_trimmed(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
 }
 
-fn pagemap_scan_available() -> bool {
+pub(crate) fn pagemap_scan_available() -> bool {
     let Ok(pm) = std::fs::File::open("/proc/self/pagemap") else { return false };
     let mut out = [sys::EMPTY_PAGE_REGION; 1];
     // An empty range: a kernel with PAGEMAP_SCAN answers 0 entries; one without answers ENOTTY.

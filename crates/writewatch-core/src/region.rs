@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::bitmap::AtomicBitmap;
 use crate::dirty::DirtySet;
-use crate::error::{CutError, Invalidation, RegionError};
+use crate::error::{CutAndCopyError, CutError, Invalidation, RegionError};
 use crate::snapshot::{Snapshot, SnapshotError, View};
 use crate::stats::{RegionCounters, RegionStats};
 use crate::sys;
@@ -284,11 +284,32 @@ impl Region {
     /// service thread is not yet.
     pub fn dirty_pages(&self) -> Result<DirtySet, RegionError> {
         self.check()?;
-        Ok(DirtySet::from_words(self.inner.page_size, self.inner.page_count, self.inner.dirty.snapshot()))
+        let mut words = self.inner.dirty.snapshot();
+        if self.shared.backend == crate::Backend::AsyncUffd {
+            // The kernel resolved the writes: read (without re-arming) which pages are written.
+            let inner = &self.inner;
+            let mut out = vec![sys::EMPTY_PAGE_REGION; 1024];
+            let fd = self.shared.pagemap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+            let scanned = fd.map(|fd| {
+                crate::scan::unprotected(fd, inner.start, inner.end(), &mut out, |a, b| {
+                    for p in inner.page_of(a)..=inner.page_of(b.max(a + 1) - 1) {
+                        words[p as usize / 64] |= 1 << (p % 64);
+                    }
+                })
+            });
+            if !matches!(scanned, Some(Ok(_))) {
+                // Cannot tell: report everything (over-report, never under-report).
+                words.iter_mut().for_each(|w| *w = u64::MAX);
+            }
+        }
+        Ok(DirtySet::from_words(self.inner.page_size, self.inner.page_count, words))
     }
 
     /// Number of pages written so far in the current epoch.
     pub fn dirty_count(&self) -> Result<usize, RegionError> {
+        if self.shared.backend == crate::Backend::AsyncUffd {
+            return self.dirty_pages().map(|d| d.len());
+        }
         self.check()?;
         Ok(self.inner.dirty.count_ones())
     }
@@ -306,6 +327,42 @@ impl Region {
         }
         let id = self.inner.id;
         self.shared.call(|reply| Command::Cut { id, reply })?
+    }
+
+    /// Cuts, then hands every dirty page of the closed epoch to `sink` in ascending order, as
+    /// it was at the cut.
+    ///
+    /// On the sync backend the pages are read through copy-before-write, so writers may keep
+    /// running. On the async and mprotect backends nothing preserves a page before it is
+    /// written again: **the caller must quiesce the region's writers** from before the cut
+    /// until this returns, and then each page is copied straight from the region (one copy
+    /// per page).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::atomic::Ordering::SeqCst;
+    /// use writewatch_core::{Backend, Tracker};
+    /// let t = Tracker::builder().backend(Backend::Mprotect).build()?;
+    /// let r = t.map_anonymous(4 * 4096)?;
+    /// r.as_atomic_u64()[512].store(9, SeqCst);
+    /// let mut seen = Vec::new();
+    /// let epoch = r.cut_and_copy(|page, bytes| { seen.push((page, bytes[0])); Ok::<(), ()>(()) })?;
+    /// assert_eq!(seen, vec![(1, 9)]);
+    /// assert_eq!(epoch.dirty().len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn cut_and_copy<E>(&self, mut sink: impl FnMut(u64, &[u8]) -> Result<(), E>) -> Result<Epoch, CutAndCopyError<E>> {
+        let epoch = self.cut().map_err(CutAndCopyError::Cut)?;
+        let mut buf = vec![0u8; self.inner.page_size];
+        for page in epoch.dirty().iter() {
+            if epoch.view.is_some() {
+                epoch.read_page(page, &mut buf).map_err(CutAndCopyError::Read)?;
+            } else {
+                self.inner.copy_page(page, &mut buf);
+            }
+            sink(page, &buf).map_err(CutAndCopyError::Sink)?;
+        }
+        Ok(epoch)
     }
 
     /// Takes a whole-region point-in-time snapshot without pausing writers and without
@@ -400,6 +457,7 @@ pub struct Epoch {
     pub(crate) dirty: DirtySet,
     pub(crate) stats: CutStats,
     pub(crate) view: Option<Arc<View>>,
+    pub(crate) backend: crate::Backend,
 }
 
 impl Epoch {
@@ -428,6 +486,7 @@ impl Epoch {
     pub fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), SnapshotError> {
         match &self.view {
             Some(v) => v.read(page, buf),
+            None if !self.backend.copies_before_write() => Err(SnapshotError::Unsupported { backend: self.backend.name() }),
             None if page >= self.dirty.page_count() => {
                 Err(SnapshotError::OutOfRange { page, pages: self.dirty.page_count() })
             }

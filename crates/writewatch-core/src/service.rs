@@ -51,7 +51,7 @@ use crate::stats::{EpochStat, HISTORY};
 use crate::scan;
 use crate::snapshot::{Mode, View};
 use crate::sys::{self, Addr};
-use crate::tracker::{Command, CommandRx, Shared, POISONED};
+use crate::tracker::{Backend, Command, CommandRx, Shared, POISONED};
 
 /// The errno inside a `userfaultfd` crate error (the crate uses an older `nix`).
 pub(crate) fn errno_of(e: &userfaultfd::Error) -> Errno {
@@ -66,7 +66,7 @@ const MAX_THREADS: usize = 256;
 /// Reads per loop iteration before commands get a turn again.
 const MAX_READS_PER_ROUND: usize = 16;
 
-pub(crate) fn spawn(uffd: Uffd, shared: Arc<Shared>, rx: CommandRx) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub(crate) fn spawn(uffd: Option<Uffd>, shared: Arc<Shared>, rx: CommandRx) -> std::io::Result<std::thread::JoinHandle<()>> {
     let name = shared.config.thread_name.clone();
     std::thread::Builder::new().name(name).spawn(move || {
         let mut svc = Service::new(uffd, shared, rx);
@@ -102,11 +102,13 @@ struct Entry {
     /// Fault-around state: the page after the last serviced run, and the current run-ahead.
     next_expected: u64,
     ahead: u64,
+    /// The mprotect backend's signal-handler slot.
+    slot: Option<usize>,
 }
 
 impl Entry {
     fn new(inner: Arc<RegionInner>) -> Self {
-        Self { inner, views: Vec::new(), next_expected: u64::MAX, ahead: 0 }
+        Self { inner, views: Vec::new(), next_expected: u64::MAX, ahead: 0, slot: None }
     }
 
     fn live_views(&mut self) -> Vec<Arc<View>> {
@@ -121,7 +123,9 @@ enum Flow {
 }
 
 struct Service {
-    uffd: Uffd,
+    /// The userfaultfd (None for the mprotect backend).
+    uffd: Option<Uffd>,
+    backend: Backend,
     shared: Arc<Shared>,
     rx: CommandRx,
     by_start: BTreeMap<usize, Entry>,
@@ -136,14 +140,18 @@ struct Service {
     /// Budget in use when faults were last deferred.
     deferred_used: usize,
     scan_out: Vec<sys::PageRegion>,
+    /// Output buffer of the async backend's harvest (grown when a pass fills it).
+    async_out: Vec<sys::PageRegion>,
     tids: Vec<(i32, u64)>,
 }
 
 impl Service {
-    fn new(uffd: Uffd, shared: Arc<Shared>, rx: CommandRx) -> Self {
+    fn new(uffd: Option<Uffd>, shared: Arc<Shared>, rx: CommandRx) -> Self {
         let batch = shared.config.event_batch;
         Self {
             uffd,
+            backend: shared.backend,
+            async_out: vec![sys::EMPTY_PAGE_REGION; 8192],
             shared,
             rx,
             by_start: BTreeMap::new(),
@@ -156,6 +164,12 @@ impl Service {
             scan_out: vec![sys::EMPTY_PAGE_REGION; 512],
             tids: Vec::with_capacity(16),
         }
+    }
+
+    /// The userfaultfd. Only called on paths of the uffd backends (faults and events never
+    /// arrive without one).
+    fn u(&self) -> &Uffd {
+        self.uffd.as_ref().expect("a userfaultfd backend")
     }
 
     fn run(&mut self) {
@@ -210,13 +224,15 @@ impl Service {
             timeout = PollTimeout::ZERO;
         }
         loop {
-            let mut fds = [
-                PollFd::new(self.uffd.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.shared.wake.as_fd(), PollFlags::POLLIN),
-            ];
+            let wake = PollFd::new(self.shared.wake.as_fd(), PollFlags::POLLIN);
+            let mut fds = match &self.uffd {
+                Some(u) => vec![wake, PollFd::new(u.as_fd(), PollFlags::POLLIN)],
+                None => vec![wake],
+            };
             match nix::poll::poll(&mut fds, timeout) {
                 Ok(n) => {
                     let r = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                    let (uffd_ready, wake_ready) = (fds.get(1).is_some_and(r), r(&fds[0]));
                     if n == 0 && timeout == PollTimeout::ZERO && self.pending.is_empty() {
                         match spin_until {
                             Some(t) if Instant::now() < t => {
@@ -229,7 +245,7 @@ impl Service {
                             }
                         }
                     }
-                    return (r(&fds[0]), r(&fds[1]));
+                    return (uffd_ready, wake_ready);
                 }
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -253,7 +269,8 @@ impl Service {
         // whose copy overlapped this window re-validate (a madvise zap may start the moment
         // the REMOVE event is read). See snapshot.rs.
         self.shared.read_seq.fetch_add(1, Ordering::SeqCst);
-        match self.uffd.read_events(&mut self.buf) {
+        let uffd = self.uffd.as_ref().expect("a userfaultfd backend");
+        match uffd.read_events(&mut self.buf) {
             Ok(it) => {
                 for e in it {
                     evs.push(match e {
@@ -340,9 +357,9 @@ impl Service {
             inner.invalidate(why);
             // Stop tracking what is left of the range (and the moved part, for mremap), so the
             // application's later writes there never wait for us.
-            let _ = self.uffd.unregister(Addr(inner.start).ptr(), inner.len);
+            let _ = self.u().unregister(Addr(inner.start).ptr(), inner.len);
             if let Some(to) = moved_to {
-                let _ = self.uffd.unregister(Addr(to).ptr(), end - start);
+                let _ = self.u().unregister(Addr(to).ptr(), end - start);
             }
         }
     }
@@ -364,8 +381,8 @@ impl Service {
                 // unregistered or invalidated. Wake the writer; it retries untracked.
                 let ps = sys::base_page_size();
                 let page = f.addr & !(ps - 1);
-                let _ = self.uffd.remove_write_protection(Addr(page).ptr(), ps, true);
-                let _ = self.uffd.wake(Addr(page).ptr(), ps);
+                let _ = self.u().remove_write_protection(Addr(page).ptr(), ps, true);
+                let _ = self.u().wake(Addr(page).ptr(), ps);
                 counters.foreign_faults.fetch_add(1, Relaxed);
                 i += 1;
                 continue;
@@ -463,7 +480,7 @@ impl Service {
     /// refuses protection changes until we read it) reads events and retries.
     fn unprotect(&mut self, addr: usize, len: usize) {
         for attempt in 0.. {
-            match self.uffd.remove_write_protection(Addr(addr).ptr(), len, true).map_err(|e| errno_of(&e)) {
+            match self.u().remove_write_protection(Addr(addr).ptr(), len, true).map_err(|e| errno_of(&e)) {
                 Ok(()) => {
                     self.shared.counters.unprotect_ioctls.fetch_add(1, Relaxed);
                     return;
@@ -473,7 +490,7 @@ impl Service {
                     // The range went away (munmap raced with the fault): wake the writer; the
                     // kernel re-evaluates its access on retry.
                     tracing::debug!(addr = format_args!("{addr:#x}"), %e, "un-protect failed; waking");
-                    let _ = self.uffd.wake(Addr(addr).ptr(), len);
+                    let _ = self.u().wake(Addr(addr).ptr(), len);
                     return;
                 }
             }
@@ -482,8 +499,13 @@ impl Service {
 
     /// Protects `[addr, addr+len)`, reading (and holding) events on `EAGAIN`.
     fn protect(&mut self, addr: usize, len: usize) -> Result<(), Errno> {
+        if self.backend == Backend::Mprotect {
+            sys::mprotect(addr, len, false)?;
+            self.shared.counters.protect_ioctls.fetch_add(1, Relaxed);
+            return Ok(());
+        }
         for attempt in 0.. {
-            match self.uffd.write_protect(Addr(addr).ptr(), len).map_err(|e| errno_of(&e)) {
+            match self.u().write_protect(Addr(addr).ptr(), len).map_err(|e| errno_of(&e)) {
                 Ok(()) => {
                     self.shared.counters.protect_ioctls.fetch_add(1, Relaxed);
                     return Ok(());
@@ -539,7 +561,10 @@ impl Service {
                 return Err(MapError::Overlap { start, end, existing_start: e.inner.start, existing_end: e.inner.end() });
             }
         }
-        let ioctls = self.uffd.register_with_mode(Addr(start).ptr(), inner.len, RegisterMode::WRITE_PROTECT).map_err(
+        if self.backend == Backend::Mprotect {
+            return self.register_mprotect(inner, all_dirty);
+        }
+        let ioctls = self.u().register_with_mode(Addr(start).ptr(), inner.len, RegisterMode::WRITE_PROTECT).map_err(
             |e| {
                 let errno = errno_of(&e);
                 match errno {
@@ -559,7 +584,7 @@ impl Service {
             },
         )?;
         if !ioctls.contains(userfaultfd::IoctlFlags::WRITE_PROTECT) {
-            let _ = self.uffd.unregister(Addr(start).ptr(), inner.len);
+            let _ = self.u().unregister(Addr(start).ptr(), inner.len);
             return Err(MapError::KindUnsupported { kind: inner.kind.name(), needs: "Linux >= 5.19 for shmem/hugetlbfs write-protect" });
         }
         if all_dirty {
@@ -567,7 +592,7 @@ impl Service {
         }
         let r = self.populate_if_needed(start, inner.len).and_then(|()| self.protect(start, inner.len));
         if let Err(errno) = r {
-            let _ = self.uffd.unregister(Addr(start).ptr(), inner.len);
+            let _ = self.u().unregister(Addr(start).ptr(), inner.len);
             return Err(MapError::Sys { op: "UFFDIO_WRITEPROTECT", errno, hint: "" });
         }
         self.by_id.insert(inner.id, start);
@@ -575,10 +600,44 @@ impl Service {
         Ok(())
     }
 
+    fn register_mprotect(&mut self, inner: Arc<RegionInner>, all_dirty: bool) -> Result<(), MapError> {
+        let start = inner.start;
+        let shift = inner.page_size.trailing_zeros();
+        let slot = sys::segv::register(start, inner.len, shift, inner.dirty.words(), inner.page_count as usize).ok_or(
+            MapError::Sys { op: "register", errno: Errno::ENOSPC, hint: ": the mprotect backend tracks at most 4096 regions per process" },
+        )?;
+        if all_dirty {
+            inner.dirty.set_range(0, inner.page_count as usize);
+        }
+        if let Err(errno) = sys::mprotect(start, inner.len, false) {
+            sys::segv::unregister(slot);
+            return Err(MapError::Sys { op: "mprotect", errno, hint: "" });
+        }
+        self.shared.counters.protect_ioctls.fetch_add(1, Relaxed);
+        self.by_id.insert(inner.id, start);
+        let mut e = Entry::new(inner);
+        e.slot = Some(slot);
+        self.by_start.insert(start, e);
+        Ok(())
+    }
+
+    /// Stops tracking one range: uffd unregister, or (mprotect) make it writable first, then
+    /// retire the handler slot (in that order, so no write can fault with nobody to serve it).
+    fn release(&self, start: usize, entry: &Entry) -> Result<(), Errno> {
+        match entry.slot {
+            Some(slot) => {
+                let r = sys::mprotect(start, entry.inner.len, true);
+                sys::segv::unregister(slot);
+                r
+            }
+            None => self.u().unregister(Addr(start).ptr(), entry.inner.len).map_err(|e| errno_of(&e)),
+        }
+    }
+
     /// Without `WP_UNPOPULATED`, protecting a never-touched page is silently skipped by the
     /// kernel, so its first write would go unseen: map every page (read-only zero page) first.
     fn populate_if_needed(&self, addr: usize, len: usize) -> Result<(), Errno> {
-        if self.shared.features.has(crate::Feature::WpUnpopulated) {
+        if self.backend == Backend::Mprotect || self.shared.features.has(crate::Feature::WpUnpopulated) {
             return Ok(());
         }
         match sys::madvise_nondestructive(addr as *mut u8, len, libc::MADV_POPULATE_READ) {
@@ -595,9 +654,9 @@ impl Service {
     fn unregister(&mut self, id: u64) -> Result<(), Errno> {
         let Some(start) = self.by_id.remove(&id) else { return Ok(()) };
         let Some(entry) = self.by_start.remove(&start) else { return Ok(()) };
-        match self.uffd.unregister(Addr(start).ptr(), entry.inner.len) {
+        match self.release(start, &entry) {
             Ok(()) => Ok(()),
-            Err(e) if entry.inner.invalidation().is_none() => Err(errno_of(&e)),
+            Err(e) if entry.inner.invalidation().is_none() => Err(e),
             Err(_) => Ok(()),
         }
     }
@@ -606,7 +665,7 @@ impl Service {
         for (start, entry) in std::mem::take(&mut self.by_start) {
             // Unregistering wakes every thread waiting on a fault in the range; their writes
             // then complete untracked.
-            let _ = self.uffd.unregister(Addr(start).ptr(), entry.inner.len);
+            let _ = self.release(start, &entry);
         }
         self.by_id.clear();
     }
@@ -630,10 +689,30 @@ impl Service {
             scan_ioctls += self.mark_unprotected(&inner, first, count);
         }
         // 2. Harvest: the epoch's dirty set; the bitmap starts the next epoch empty.
-        let words = inner.dirty.harvest();
+        let mut words = inner.dirty.harvest();
+        if self.backend == Backend::Mprotect {
+            // Signal handlers that set a bit we just harvested must finish their un-protect
+            // before we re-protect, or a page could end up writable with its bit clear.
+            sys::segv::synchronize();
+        }
+        if self.backend == Backend::AsyncUffd {
+            // The kernel resolved the writes itself: one PAGEMAP_SCAN walk reports and
+            // re-protects (atomically per page) every written page.
+            match self.async_harvest(&inner, &mut words) {
+                Ok(n) => scan_ioctls += n,
+                Err(errno) => {
+                    inner.dirty.restore(&words);
+                    return Err(CutError::Protect { errno });
+                }
+            }
+        }
         let set = DirtySet::from_words(inner.page_size, inner.page_count, words);
         // 3. Re-protect the dirty runs (faults read meanwhile stay pending until we return).
-        let plan = plan_ranges(set.runs(), self.shared.config.merge_gap_pages);
+        let plan = if self.backend == Backend::AsyncUffd {
+            Vec::new()
+        } else {
+            plan_ranges(set.runs(), self.shared.config.merge_gap_pages)
+        };
         let mut protect_ioctls = 0;
         for (first, count) in plan {
             let addr = inner.start + first as usize * inner.page_size;
@@ -652,7 +731,7 @@ impl Service {
         }
         let number = inner.epoch.fetch_add(1, Ordering::AcqRel);
         // The epoch's pages can be read as they were at this instant until consumed.
-        let view = if set.is_empty() {
+        let view = if set.is_empty() || self.backend != Backend::SyncUffd {
             None
         } else {
             let v = Arc::new(View::new(Arc::clone(&inner), Arc::clone(&self.shared), &set, Mode::Consume));
@@ -670,12 +749,15 @@ impl Service {
         self.shared.counters.cuts.fetch_add(1, Relaxed);
         let duration = t0.elapsed();
         tracing::debug!(pages = set.len(), protect_ioctls, scan_ioctls, ?duration, "cut");
-        Ok(Epoch { number, dirty: set, stats: CutStats { protect_ioctls, scan_ioctls, duration }, view })
+        Ok(Epoch { number, dirty: set, stats: CutStats { protect_ioctls, scan_ioctls, duration }, view, backend: self.backend })
     }
 
     /// A whole-region snapshot: re-protects the pages written in the current epoch without
     /// closing it (their dirty bits stay), then every page is needed by a retain-mode view.
     fn snapshot(&mut self, id: u64) -> Result<crate::Snapshot, CutError> {
+        if self.backend != Backend::SyncUffd {
+            return Err(CutError::Unsupported { what: "snapshot", backend: self.backend.name() });
+        }
         let Some(&start) = self.by_id.get(&id) else {
             return Err(CutError::Invalidated { start: 0, reason: Invalidation::Unmapped });
         };
@@ -701,6 +783,42 @@ impl Service {
             e.views.push(Arc::downgrade(&v));
         }
         Ok(crate::Snapshot { view: v })
+    }
+
+    /// The async backend's harvest: `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING` over the whole
+    /// region reports every written page and write-protects it again in the same walk. Loops
+    /// on `walk_end` when the output vector fills up (and grows it for the next cut).
+    fn async_harvest(&mut self, inner: &RegionInner, words: &mut [u64]) -> Result<u64, Errno> {
+        let fd = self.shared.pagemap.as_ref().map(|f| f.as_raw_fd()).ok_or(Errno::ENOTTY)?;
+        let (mut cursor, end) = (inner.start, inner.end());
+        let mut ioctls = 0;
+        loop {
+            let args = sys::ScanArgs {
+                flags: sys::pm::PM_SCAN_WP_MATCHING | sys::pm::PM_SCAN_CHECK_WPASYNC,
+                start: cursor,
+                end,
+                category_mask: sys::pm::PAGE_IS_WRITTEN,
+                return_mask: sys::pm::PAGE_IS_WRITTEN,
+                ..Default::default()
+            };
+            ioctls += 1;
+            self.shared.counters.scan_ioctls.fetch_add(1, Relaxed);
+            let (n, walk_end) = sys::pagemap_scan(fd, &args, &mut self.async_out)?;
+            for r in &self.async_out[..n] {
+                let a = inner.page_of(r.start as usize);
+                let b = inner.page_of((r.end as usize).max(r.start as usize + 1) - 1);
+                for p in a..=b {
+                    words[p as usize / 64] |= 1 << (p % 64);
+                }
+            }
+            if n < self.async_out.len() || walk_end >= end || walk_end <= cursor {
+                break;
+            }
+            cursor = walk_end;
+            let grown = self.async_out.len() * 2;
+            self.async_out.resize(grown.min(1 << 20), sys::EMPTY_PAGE_REGION);
+        }
+        Ok(ioctls)
     }
 
     /// Sets the dirty bit of every page in the run that is not write-protected (see

@@ -90,6 +90,13 @@ pub enum SnapshotError {
     /// unchanged).
     #[error("{0}")]
     Unavailable(Unavailable),
+    /// The backend cannot preserve content while writers run (async, mprotect): read pages
+    /// with `Region::cut_and_copy` while the writers are quiesced instead.
+    #[error("the {backend} backend cannot read an epoch's pages as they were at the cut (no copy-before-write): use Region::cut_and_copy with the writers quiesced, or Backend::SyncUffd")]
+    Unsupported {
+        /// The backend in use.
+        backend: &'static str,
+    },
     /// The snapshot belongs to another region.
     #[error("the snapshot was taken of another region")]
     WrongRegion,

@@ -377,3 +377,197 @@ impl Addr {
         self.0 as *mut c_void
     }
 }
+
+/// `mprotect(2)` on tracked memory.
+///
+/// Changing protection never invalidates memory or references: a write to a read-only page
+/// raises SIGSEGV, which the handler below (installed before any range is protected)
+/// resolves. The kernel validates the range.
+pub(crate) fn mprotect(addr: usize, len: usize, writable: bool) -> Result<(), Errno> {
+    let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+    // SAFETY: see above; no Rust-visible memory changes.
+    Errno::result(unsafe { libc::mprotect(addr as *mut c_void, len, prot) }).map(drop)
+}
+
+/// The process-wide SIGSEGV handler of the mprotect backend.
+///
+/// Async-signal-safe by construction: the handler touches only atomics in static storage and
+/// the dirty bitmaps they point to, and calls only `mprotect(2)` and `sigaction(2)`. It never
+/// allocates or takes a lock. Faults on addresses it does not own, or that are not
+/// permission faults, go to the previous handler (Rust's stack-overflow guard keeps working).
+///
+/// Registration protocol: a slot is published by storing its `start` last (Release); the
+/// handler reads `start` first (Acquire). A slot is retired by clearing `start` and then
+/// waiting for a grace period (`synchronize`): two generation flips, each waiting for the
+/// handlers counted under the previous parity to finish. After that no handler can still
+/// hold the slot's bitmap pointer.
+pub(crate) mod segv {
+    use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+    use std::sync::OnceLock;
+
+    use nix::errno::Errno;
+
+    const MAX_SLOTS: usize = 4096;
+
+    struct Slot {
+        start: AtomicUsize,
+        end: AtomicUsize,
+        shift: AtomicU32,
+        words: AtomicPtr<AtomicU64>,
+        nbits: AtomicUsize,
+    }
+
+    #[allow(clippy::declare_interior_mutable_const)]
+    const EMPTY: Slot = Slot {
+        start: AtomicUsize::new(0),
+        end: AtomicUsize::new(0),
+        shift: AtomicU32::new(12),
+        words: AtomicPtr::new(std::ptr::null_mut()),
+        nbits: AtomicUsize::new(0),
+    };
+    static SLOTS: [Slot; MAX_SLOTS] = [EMPTY; MAX_SLOTS];
+    static NSLOTS: AtomicUsize = AtomicUsize::new(0);
+    static GEN: AtomicUsize = AtomicUsize::new(0);
+    static INFLIGHT: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    static OLD: OnceLock<libc::sigaction> = OnceLock::new();
+    /// Faults resolved by the handler (for stats).
+    pub(crate) static FAULTS: AtomicU64 = AtomicU64::new(0);
+
+    /// Installs the handler once per process, remembering the previous one.
+    pub(crate) fn install() -> Result<(), Errno> {
+        let mut err = Ok(());
+        OLD.get_or_init(|| {
+            // SAFETY: zeroed sigaction structs are valid; we fill the fields we use.
+            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+            sa.sa_sigaction = handler as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+            // SAFETY: sa_mask is a valid sigset_t owned by `sa`.
+            unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+            // SAFETY: as above.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: both pointers are to live sigaction structs on our stack.
+            if unsafe { libc::sigaction(libc::SIGSEGV, &sa, &mut old) } != 0 {
+                err = Err(Errno::last());
+            }
+            old
+        });
+        err
+    }
+
+    /// Publishes a tracked range. `words` must stay valid until `unregister` returns.
+    pub(crate) fn register(start: usize, len: usize, shift: u32, words: &[AtomicU64], nbits: usize) -> Option<usize> {
+        let n = NSLOTS.load(Acquire);
+        let idx = (0..n).find(|&i| SLOTS[i].start.load(Acquire) == 0).or_else(|| (n < MAX_SLOTS).then_some(n))?;
+        let s = &SLOTS[idx];
+        s.end.store(start + len, Release);
+        s.shift.store(shift, Release);
+        s.words.store(words.as_ptr() as *mut AtomicU64, Release);
+        s.nbits.store(nbits, Release);
+        s.start.store(start, Release);
+        if idx == n {
+            NSLOTS.store(n + 1, Release);
+        }
+        Some(idx)
+    }
+
+    /// Retires a slot and waits until no handler can still use it.
+    pub(crate) fn unregister(idx: usize) {
+        SLOTS[idx].start.store(0, Release);
+        synchronize();
+    }
+
+    /// Waits until every handler that started before this call has finished.
+    pub(crate) fn synchronize() {
+        for _ in 0..2 {
+            let g = GEN.fetch_add(1, SeqCst);
+            let mut spins = 0u32;
+            while INFLIGHT[g & 1].load(SeqCst) != 0 {
+                spins += 1;
+                if spins < 128 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        // SAFETY: errno is thread-local; saved and restored so the interrupted code never
+        // sees our mprotect's errno.
+        let errno_ptr = unsafe { libc::__errno_location() };
+        // SAFETY: as above.
+        let saved = unsafe { *errno_ptr };
+        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+        let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
+        let g = GEN.load(SeqCst);
+        INFLIGHT[g & 1].fetch_add(1, SeqCst);
+        let mut handled = false;
+        if code == linux_raw_sys::general::SEGV_ACCERR as libc::c_int {
+            let n = NSLOTS.load(Acquire);
+            for s in &SLOTS[..n] {
+                let start = s.start.load(Acquire);
+                if start == 0 || addr < start || addr >= s.end.load(Acquire) {
+                    continue;
+                }
+                let shift = s.shift.load(Acquire);
+                let page = (addr - start) >> shift;
+                let words = s.words.load(Acquire);
+                // SAFETY: the slot is published, so `words` points to at least
+                // ceil(nbits/64) live atomics until the slot is retired, and retirement
+                // waits for this handler (INFLIGHT). `page < nbits` since addr < end.
+                unsafe { (*words.add(page / 64)).fetch_or(1 << (page % 64), SeqCst) };
+                let pstart = start + (page << shift);
+                // SAFETY: changing protection of a tracked page; see `mprotect` above.
+                let r = unsafe { libc::mprotect(pstart as *mut libc::c_void, 1 << shift, libc::PROT_READ | libc::PROT_WRITE) };
+                if r != 0 {
+                    // Too many VMAs (vm.max_map_count): un-protect the whole range and
+                    // report all of it (over-report, never a lost write or a fault loop).
+                    let nbits = s.nbits.load(Acquire);
+                    for w in 0..nbits.div_ceil(64) {
+                        // SAFETY: as above, within ceil(nbits/64) words.
+                        unsafe { (*words.add(w)).store(u64::MAX, SeqCst) };
+                    }
+                    // SAFETY: as above.
+                    unsafe { libc::mprotect(start as *mut libc::c_void, s.end.load(Acquire) - start, libc::PROT_READ | libc::PROT_WRITE) };
+                }
+                FAULTS.fetch_add(1, Relaxed);
+                handled = true;
+                break;
+            }
+        }
+        INFLIGHT[g & 1].fetch_sub(1, SeqCst);
+        // SAFETY: restoring the saved errno.
+        unsafe { *errno_ptr = saved };
+        if handled {
+            return;
+        }
+        chain(sig, info, ctx);
+    }
+
+    fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        let Some(old) = OLD.get() else { return };
+        match old.sa_sigaction {
+            libc::SIG_DFL | libc::SIG_IGN => {
+                // Restore the default action; returning re-executes the faulting access,
+                // which now terminates the process as it would have without us.
+                // SAFETY: zeroed sigaction = SIG_DFL with an empty mask.
+                let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+                dfl.sa_sigaction = libc::SIG_DFL;
+                // SAFETY: valid pointer to a sigaction on our stack.
+                unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
+            }
+            f if old.sa_flags & libc::SA_SIGINFO != 0 => {
+                // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this
+                // signature; we pass through the kernel's arguments unchanged.
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { std::mem::transmute(f) };
+                f(sig, info, ctx);
+            }
+            f => {
+                // SAFETY: a plain (non-SA_SIGINFO) handler takes only the signal number.
+                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(f) };
+                f(sig);
+            }
+        }
+    }
+}

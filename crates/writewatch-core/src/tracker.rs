@@ -18,6 +18,55 @@ use crate::region::{self, Epoch, Region, RegionInner, RegionKind};
 use crate::stats::{Counters, ThreadFaults, TrackerStats};
 use crate::{service, sys};
 
+/// How writes are tracked. Chosen at build time; the same [`Region`] / `cut()` /
+/// [`DirtySet`](crate::DirtySet) API on all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// userfaultfd write-protect with a fault-service thread: every first write round-trips
+    /// through the service thread (~10-15 us), which allows copy-before-write: consistent live
+    /// cuts whose content can be read while writers continue, snapshots, rollback.
+    SyncUffd,
+    /// userfaultfd `WP_ASYNC`: the kernel resolves write faults itself (~1 us); a cut is one
+    /// `PAGEMAP_SCAN` walk that harvests and re-arms. No copy-before-write: capturing content
+    /// needs the caller's writers quiesced ([`Region::cut_and_copy`]). Linux >= 6.7.
+    AsyncUffd,
+    /// `mprotect(PROT_READ)` + a SIGSEGV handler: works without userfaultfd. Splits VMAs per
+    /// written page; system calls that write tracked memory fail with `EFAULT`; `madvise`
+    /// zaps are not observed. No copy-before-write.
+    Mprotect,
+    /// Probe at build time: for [`Purpose::DirtyTracking`], async > sync > mprotect; for
+    /// [`Purpose::Snapshots`] (the default), sync > mprotect.
+    Auto,
+}
+
+impl Backend {
+    /// A short name (`sync`, `async`, `mprotect`, `auto`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::SyncUffd => "sync",
+            Backend::AsyncUffd => "async",
+            Backend::Mprotect => "mprotect",
+            Backend::Auto => "auto",
+        }
+    }
+
+    /// Whether the backend can preserve page content before a write (epochs readable while
+    /// writers run, snapshots, rollback).
+    pub fn copies_before_write(self) -> bool {
+        self == Backend::SyncUffd
+    }
+}
+
+/// What `Backend::Auto` optimises for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Purpose {
+    /// Dirty sets only: the cheapest tracking available.
+    DirtyTracking,
+    /// Content at a cut while writers run: needs copy-before-write (the sync backend).
+    #[default]
+    Snapshots,
+}
+
 /// Features negotiated with the kernel for one tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Features {
@@ -57,6 +106,8 @@ pub struct TrackerBuilder {
     disabled: Vec<Feature>,
     force_user_mode_only: bool,
     copy_budget: usize,
+    backend: Backend,
+    purpose: Purpose,
 }
 
 impl Default for TrackerBuilder {
@@ -73,6 +124,8 @@ impl Default for TrackerBuilder {
             disabled: Vec::new(),
             force_user_mode_only: false,
             copy_budget: 64 << 20,
+            backend: Backend::Auto,
+            purpose: Purpose::Snapshots,
         }
     }
 }
@@ -101,6 +154,18 @@ impl TrackerBuilder {
     /// even when filtered out by the subscriber).
     pub fn trace_faults(mut self, on: bool) -> Self {
         self.config.trace_faults = on;
+        self
+    }
+
+    /// The tracking backend (default [`Backend::Auto`]).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// What [`Backend::Auto`] optimises for (default [`Purpose::Snapshots`]).
+    pub fn purpose(mut self, purpose: Purpose) -> Self {
+        self.purpose = purpose;
         self
     }
 
@@ -146,6 +211,47 @@ impl TrackerBuilder {
 
     /// Opens the userfaultfd, negotiates features and starts the fault-service thread.
     pub fn build(self) -> Result<Tracker, BuildError> {
+        let (backend, uffd, features) = match self.backend {
+            Backend::Mprotect => (Backend::Mprotect, None, Features { bits: 0, user_mode_only: false }),
+            requested => match self.open_uffd(requested) {
+                Ok((b, u, f)) => (b, Some(u), f),
+                Err(e) if requested == Backend::Auto => {
+                    tracing::warn!(%e, "userfaultfd unavailable; falling back to the mprotect backend");
+                    (Backend::Mprotect, None, Features { bits: 0, user_mode_only: false })
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        if backend == Backend::Mprotect {
+            sys::segv::install().map_err(|errno| BuildError::Setup { what: "SIGSEGV handler", errno })?;
+        }
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|errno| BuildError::Setup { what: "eventfd", errno })?;
+        let pagemap = std::fs::File::open("/proc/self/pagemap").ok();
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            cmd_tx,
+            wake,
+            state: AtomicU8::new(RUNNING),
+            counters: Counters::default(),
+            threads: Mutex::new(HashMap::new()),
+            features,
+            backend,
+            config: self.config.clone(),
+            next_id: AtomicU64::new(1),
+            join: Mutex::new(None),
+            pagemap,
+            budget: crate::snapshot::Budget::new(self.copy_budget),
+            read_seq: AtomicU64::new(0),
+        });
+        let handle = service::spawn(uffd, Arc::clone(&shared), cmd_rx).map_err(BuildError::Spawn)?;
+        *shared.join.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        tracing::debug!(backend = backend.name(), features = format_args!("{:#x}", features.bits), "tracker started");
+        Ok(Tracker { handle: Arc::new(TrackerHandle { shared }) })
+    }
+
+    /// Opens and negotiates the userfaultfd for a uffd backend (or `Auto`).
+    fn open_uffd(&self, requested: Backend) -> Result<(Backend, userfaultfd::Uffd, Features), BuildError> {
         let base = libc::O_CLOEXEC | libc::O_NONBLOCK;
         // 1. Which kind of fd may we open, and what does the kernel offer on it?
         let (access, probe_fd) = if self.force_user_mode_only {
@@ -171,7 +277,23 @@ impl TrackerBuilder {
                 needs: "Linux >= 5.7 with CONFIG_HAVE_ARCH_USERFAULTFD_WP (x86_64, arm64 >= 6.10)",
             });
         }
-        let wanted = [
+        let async_ok = offered & k::UFFD_FEATURE_WP_ASYNC as u64 != 0
+            && offered & k::UFFD_FEATURE_WP_UNPOPULATED as u64 != 0
+            && !self.disabled.contains(&Feature::WpAsync)
+            && !self.disabled.contains(&Feature::WpUnpopulated)
+            && probe::pagemap_scan_available();
+        let backend = match requested {
+            Backend::AsyncUffd if !async_ok => {
+                return Err(BuildError::MissingFeature {
+                    feature: "UFFD_FEATURE_WP_ASYNC + WP_UNPOPULATED + PAGEMAP_SCAN",
+                    needs: "Linux >= 6.7 (or use Backend::SyncUffd)",
+                })
+            }
+            Backend::Auto if async_ok && self.purpose == Purpose::DirtyTracking => Backend::AsyncUffd,
+            Backend::Auto => Backend::SyncUffd,
+            b => b,
+        };
+        let mut wanted = [
             Feature::PagefaultFlagWp,
             Feature::WpUnpopulated,
             Feature::ThreadId,
@@ -185,6 +307,9 @@ impl TrackerBuilder {
         .filter_map(|f| f.bit())
         .fold(0u64, |a, b| a | b)
             & offered;
+        if backend == Backend::AsyncUffd {
+            wanted |= k::UFFD_FEATURE_WP_ASYNC as u64;
+        }
         let user_mode_only = access == Access::UserModeOnly;
 
         // 2. The real fd, opened with the userfaultfd crate.
@@ -211,30 +336,7 @@ impl TrackerBuilder {
                 })
             }
         };
-        let features = Features { bits: wanted, user_mode_only };
-
-        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(|errno| BuildError::Setup { what: "eventfd", errno })?;
-        let pagemap = std::fs::File::open("/proc/self/pagemap").ok();
-        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared {
-            cmd_tx,
-            wake,
-            state: AtomicU8::new(RUNNING),
-            counters: Counters::default(),
-            threads: Mutex::new(HashMap::new()),
-            features,
-            config: self.config.clone(),
-            next_id: AtomicU64::new(1),
-            join: Mutex::new(None),
-            pagemap,
-            budget: crate::snapshot::Budget::new(self.copy_budget),
-            read_seq: AtomicU64::new(0),
-        });
-        let handle = service::spawn(uffd, Arc::clone(&shared), cmd_rx).map_err(BuildError::Spawn)?;
-        *shared.join.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-        tracing::debug!(features = format_args!("{wanted:#x}"), user_mode_only, "tracker started");
-        Ok(Tracker { handle: Arc::new(TrackerHandle { shared }) })
+        Ok((backend, uffd, Features { bits: wanted, user_mode_only }))
     }
 }
 
@@ -278,6 +380,7 @@ pub(crate) struct Shared {
     pub counters: Counters,
     pub threads: Mutex<HashMap<i32, u64>>,
     pub features: Features,
+    pub backend: Backend,
     pub config: Config,
     pub next_id: AtomicU64,
     pub join: Mutex<Option<JoinHandle<()>>>,
@@ -408,6 +511,11 @@ impl Tracker {
         self.shared().features
     }
 
+    /// The backend in use (never `Auto`: resolved at build time).
+    pub fn backend(&self) -> Backend {
+        self.shared().backend
+    }
+
     /// Whether the tracker still serves requests.
     pub fn is_running(&self) -> bool {
         self.shared().available().is_ok()
@@ -437,7 +545,7 @@ impl Tracker {
         let ps = sys::base_page_size();
         check_len(len, ps)?;
         self.shared().available()?;
-        if !self.features().has(Feature::WpHugetlbfsShmem) {
+        if self.backend() != Backend::Mprotect && !self.features().has(Feature::WpHugetlbfsShmem) {
             return Err(MapError::KindUnsupported { kind: "shmem", needs: "Linux >= 5.19 (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)" });
         }
         let (map, _) = sys::Mapping::shared(len).map_err(|(errno, op)| MapError::Sys { op, errno, hint: mmap_hint(errno) })?;
@@ -478,7 +586,7 @@ impl Tracker {
         if len % ps != 0 {
             return Err(MapError::Unaligned { what: "length", value: len, page_size: ps });
         }
-        if kind != RegionKind::Anonymous && !self.features().has(Feature::WpHugetlbfsShmem) {
+        if kind != RegionKind::Anonymous && self.backend() != Backend::Mprotect && !self.features().has(Feature::WpHugetlbfsShmem) {
             return Err(MapError::KindUnsupported { kind: kind.name(), needs: "Linux >= 5.19 (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)" });
         }
         // SAFETY: the caller's contract (see `# Safety`) is exactly `Mapping::adopted`'s.
@@ -508,7 +616,8 @@ impl Tracker {
         self.shared().shutdown();
     }
 
-    /// A snapshot of the tracker's counters.
+    /// A snapshot of the tracker's counters. (Mprotect backend: fault counts are
+    /// process-wide, summed over every mprotect tracker.)
     pub fn stats(&self) -> TrackerStats {
         let s = self.shared();
         let mut threads: Vec<ThreadFaults> = s
@@ -517,7 +626,13 @@ impl Tracker {
             .map(|m| m.iter().map(|(&tid, &faults)| ThreadFaults { tid, faults }).collect())
             .unwrap_or_default();
         threads.sort_by_key(|t| t.tid);
-        s.counters.load(threads)
+        let mut stats = s.counters.load(threads);
+        if s.backend == Backend::Mprotect {
+            // Faults are resolved by the signal handler, which counts them process-wide.
+            stats.wp_faults = sys::segv::FAULTS.load(Ordering::Relaxed);
+            stats.faults = stats.wp_faults;
+        }
+        stats
     }
 
     /// Test hook: makes the fault-service thread panic, to exercise poisoning.

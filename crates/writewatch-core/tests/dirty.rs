@@ -4,42 +4,67 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use writewatch_core::{Feature, Tracker};
+use writewatch_core::{Backend, Feature, Tracker};
 
 const MIB: usize = 1 << 20;
 
 fn tracker() -> Tracker {
-    Tracker::builder().build().expect("build tracker (needs userfaultfd: run as root or see the error)")
+    Tracker::builder().backend(Backend::SyncUffd).build().expect("build tracker (needs userfaultfd: run as root or see the error)")
+}
+
+/// One tracker per backend this machine supports. A backend the probe says this kernel
+/// should have but that fails to build is a test failure, never a silent skip.
+fn all_backends() -> Vec<Tracker> {
+    let probe = writewatch_core::probe();
+    let mut v = Vec::new();
+    for b in [Backend::SyncUffd, Backend::AsyncUffd, Backend::Mprotect] {
+        match Tracker::builder().backend(b).build() {
+            Ok(t) => v.push(t),
+            Err(e) => {
+                let expected = match b {
+                    Backend::AsyncUffd => probe.kernel_version >= (6, 7, 0) && probe.usable(),
+                    Backend::SyncUffd => probe.kernel_version >= (5, 7, 0) && probe.usable(),
+                    _ => true,
+                };
+                assert!(!expected, "backend {} should work on kernel {}: {e}", b.name(), probe.kernel_release);
+                println!("skipped: backend {}: {e}", b.name());
+            }
+        }
+    }
+    v
 }
 
 #[test]
 fn lockstep_exact_1_2_4_threads() {
-    let t = tracker();
+    for t in all_backends() {
+    println!("backend {}", t.backend().name());
     for threads in [1, 2, 4] {
         let region = Arc::new(t.map_anonymous(64 * MIB).unwrap());
         assert!(region.cut().unwrap().dirty().is_empty(), "a fresh owned region is clean");
         lockstep_exact(Arc::clone(&region), threads, 50, 200, true);
     }
+    }
 }
 
 #[test]
 fn racing_writers_1_2_4_threads_50_cuts() {
-    let t = tracker();
+    for t in all_backends() {
     for threads in [1, 2, 4] {
         let region = Arc::new(t.map_anonymous(64 * MIB).unwrap());
         region.cut().unwrap();
         let (writes, misses, over) = racing_oracle(Arc::clone(&region), threads, 50, true);
-        println!("threads {threads}: {writes} writes, {misses} misses, {over} over-reports");
+        println!("{}: threads {threads}: {writes} writes, {misses} misses, {over} over-reports", t.backend().name());
         assert!(writes > 1000, "writers made progress");
-        assert_eq!(misses, 0, "under-report");
-        assert_eq!(over, 0, "over-report on an owned anonymous region");
+        assert_eq!(misses, 0, "under-report ({})", t.backend().name());
+        assert_eq!(over, 0, "over-report on an owned anonymous region ({})", t.backend().name());
+    }
     }
 }
 
 #[test]
 fn shared_region_is_exact() {
-    let t = tracker();
-    if !t.features().has(Feature::WpHugetlbfsShmem) {
+    for t in all_backends() {
+    if t.backend() != Backend::Mprotect && !t.features().has(Feature::WpHugetlbfsShmem) {
         println!("skipped: kernel lacks UFFD_FEATURE_WP_HUGETLBFS_SHMEM (needs >= 5.19)");
         return;
     }
@@ -48,7 +73,8 @@ fn shared_region_is_exact() {
     lockstep_exact(Arc::clone(&region), 2, 20, 100, true);
     let (w, m, o) = racing_oracle(region, 2, 20, true);
     assert!(w > 0);
-    assert_eq!((m, o), (0, 0));
+    assert_eq!((m, o), (0, 0), "{}", t.backend().name());
+    }
 }
 
 #[test]
@@ -62,7 +88,7 @@ fn without_wp_unpopulated_populates_first() {
 
 #[test]
 fn reads_do_not_dirty() {
-    let t = tracker();
+    for t in all_backends() {
     let region = t.map_anonymous(MIB).unwrap();
     touch(&region, 3, 1);
     region.cut().unwrap();
@@ -74,6 +100,7 @@ fn reads_do_not_dirty() {
     assert_eq!(sum, 1);
     assert!(region.dirty_pages().unwrap().is_empty());
     assert!(region.cut().unwrap().dirty().is_empty(), "reading pages left them clean");
+    }
 }
 
 #[test]
@@ -111,7 +138,12 @@ fn kernel_mode_write_by_read_syscall_is_tracked() {
 
 #[test]
 fn madvise_dontneed_marks_dirty_and_tracking_continues() {
-    let t = tracker();
+    for t in all_backends() {
+    if t.backend() == Backend::Mprotect {
+        // Documented limitation: without userfaultfd events a zap is not observed.
+        println!("skipped for the mprotect backend: madvise(DONTNEED) is not observable without userfaultfd (documented)");
+        continue;
+    }
     let region = t.map_anonymous(64 * 4096).unwrap();
     for p in 0..32 {
         touch(&region, p, 0xAB);
@@ -130,7 +162,8 @@ fn madvise_dontneed_marks_dirty_and_tracking_continues() {
         touch(&region, p, epoch + 1);
         touch(&region, 40, epoch + 1);
         let e = region.cut().unwrap();
-        assert_eq!(e.dirty().iter().collect::<Vec<_>>(), vec![p, 40], "epoch {epoch} after DONTNEED");
+        assert_eq!(e.dirty().iter().collect::<Vec<_>>(), vec![p, 40], "epoch {epoch} after DONTNEED ({})", t.backend().name());
+    }
     }
 }
 
@@ -309,7 +342,8 @@ fn bad_input_gets_typed_errors() {
 
 #[test]
 fn cut_cost_is_proportional_to_dirty_runs() {
-    let t = Tracker::builder().merge_gap_pages(8).build().unwrap();
+    for b in [Backend::SyncUffd, Backend::Mprotect] {
+    let t = Tracker::builder().backend(b).merge_gap_pages(8).build().unwrap();
     let region = t.map_anonymous(64 * MIB).unwrap();
     region.cut().unwrap();
     // k scattered pages, 100 pages apart (more than the merge gap).
@@ -337,6 +371,7 @@ fn cut_cost_is_proportional_to_dirty_runs() {
     assert_eq!(e.stats().protect_ioctls, 1);
     // An empty epoch costs nothing.
     assert_eq!(region.cut().unwrap().stats().protect_ioctls, 0);
+    }
 }
 
 #[test]
