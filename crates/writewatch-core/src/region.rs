@@ -346,7 +346,7 @@ impl Region {
     /// let r = t.map_anonymous(4 * 4096)?;
     /// r.as_atomic_u64()[512].store(9, SeqCst);
     /// let mut seen = Vec::new();
-    /// let epoch = r.cut_and_copy(|page, bytes| { seen.push((page, bytes[0])); Ok::<(), ()>(()) })?;
+    /// let epoch = r.cut_and_copy(|page, bytes| { seen.push((page, bytes[0])); Ok::<(), std::io::Error>(()) })?;
     /// assert_eq!(seen, vec![(1, 9)]);
     /// assert_eq!(epoch.dirty().len(), 1);
     /// # Ok(()) }
