@@ -1,0 +1,143 @@
+//! Cost of closing an epoch (`Region::cut`) on a resident region with scattered dirty pages,
+//! beside `fork()` of the same process state and a whole-range re-protect, in one run.
+//!
+//! Criterion groups `cut_256MiB`, `cut_1GiB`, `cut_4GiB` (quick mode, `WW_BENCH_QUICK=1`:
+//! the first two only). In each group:
+//! * `fork` - `fork()` in the parent (the child `_exit`s at once; reaping is not timed), with
+//!   the tracked region resident: what a fork-based snapshot pays up front;
+//! * `ww_cut_0.1pct`, `ww_cut_1pct`, `ww_cut_10pct` - wall time of `region.cut()` (command
+//!   round trip included) after writing every 1000th / 100th / 10th page (a regular stride,
+//!   as in `shared/reference/cut.c`; the writes are tracked faults and are not timed);
+//! * `raw_wp_whole` - one `UFFDIO_WRITEPROTECT` over the whole populated range on a raw uffd
+//!   (a separate mapping of the same size, registered on our own uffd), un-protected again
+//!   between iterations (not timed).
+//!
+//! The region is mapped and populated with plain writes, then handed to the tracker with
+//! `Tracker::adopt` and cut once (so every page is resident and protected), which keeps the
+//! set-up of the 4 GiB case short. Per-cut figures from `Epoch::stats()` (service-thread
+//! duration, protect ioctls) go to `<criterion dir>/writewatch-stats/`.
+
+// criterion_group!/criterion_main! generate undocumented public items.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{Mmap, RawUffd, Value, PS};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
+use writewatch::Tracker;
+
+fn sizes() -> Vec<(&'static str, usize)> {
+    let mut v = vec![("256MiB", 256usize << 20), ("1GiB", 1 << 30)];
+    if !common::quick() {
+        v.push(("4GiB", 4 << 30));
+    }
+    v
+}
+
+const FRACTIONS: [(&str, usize); 3] = [("0.1pct", 1000), ("1pct", 100), ("10pct", 10)];
+
+fn cut(c: &mut Criterion) {
+    common::write_meta(
+        "cut",
+        &[(
+            "sizes",
+            Value::S(sizes().iter().map(|s| s.0).collect::<Vec<_>>().join(",")),
+        )],
+    );
+    for (label, len) in sizes() {
+        let pages = len / PS;
+        let mut g = c.benchmark_group(format!("cut_{label}"));
+        g.sampling_mode(SamplingMode::Flat);
+        if common::quick() {
+            g.warm_up_time(Duration::from_millis(200))
+                .measurement_time(Duration::from_millis(500));
+        } else {
+            g.warm_up_time(Duration::from_millis(500))
+                .measurement_time(Duration::from_secs(2));
+        }
+
+        let tracker = Tracker::builder().build().expect("Tracker::build");
+        let mem = Mmap::populated(len);
+        // SAFETY: `mem` outlives `region` (dropped after it, below) and is not unmapped or
+        // remapped while tracked; we access it only through the region.
+        let region = unsafe { tracker.adopt(mem.ptr, len) }.expect("adopt");
+        drop(region.cut().expect("first cut").into_dirty()); // all pages resident + protected
+
+        g.bench_function("fork", |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| common::fork_exit()).sum())
+        });
+
+        for (fname, stride) in FRACTIONS {
+            let words = region.as_atomic_u64();
+            let expect = pages.div_ceil(stride);
+            let mut svc = Vec::new();
+            let mut ioctls = 0;
+            g.bench_function(format!("ww_cut_{fname}"), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for i in 0..iters {
+                        for p in (0..pages).step_by(stride) {
+                            words[p * (PS / 8) + 1].store(i, Ordering::Relaxed);
+                        }
+                        let t = Instant::now();
+                        let e = region.cut().expect("cut");
+                        total += t.elapsed();
+                        assert_eq!(e.dirty().len(), expect, "dirty pages reported by the cut");
+                        svc.push(e.stats().duration);
+                        ioctls = e.stats().protect_ioctls;
+                        drop(e.into_dirty());
+                    }
+                    total
+                })
+            });
+            svc.sort();
+            let med = svc.get(svc.len() / 2).copied().unwrap_or_default();
+            eprintln!("  [cut_{label}-ww_cut_{fname}] dirty {expect} protect_ioctls {ioctls} service-thread duration median {med:?} over {} cuts", svc.len());
+            common::write_side_file(
+                &format!("cut_{label}-ww_cut_{fname}"),
+                &[
+                    ("dirty_pages", Value::U(expect as u64)),
+                    ("protect_ioctls", Value::U(ioctls)),
+                    (
+                        "service_duration_median_ns",
+                        Value::U(med.as_nanos() as u64),
+                    ),
+                    ("cuts", Value::U(svc.len() as u64)),
+                ],
+            );
+        }
+        drop(region);
+        drop(tracker);
+        drop(mem);
+
+        {
+            let m = Mmap::populated(len);
+            let uffd = RawUffd::new();
+            uffd.register_wp(m.ptr, len);
+            g.bench_function("raw_wp_whole", |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        uffd.wp(m.ptr as usize, len, false).expect("un-protect");
+                        let t = Instant::now();
+                        uffd.wp(m.ptr as usize, len, true).expect("protect");
+                        total += t.elapsed();
+                    }
+                    total
+                })
+            });
+            drop(uffd);
+        }
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = cut
+}
+criterion_main!(benches);
