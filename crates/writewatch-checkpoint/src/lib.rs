@@ -9,10 +9,12 @@
 //! * Writing streams pages in ascending order through two fixed-size buffers
 //!   (a few MiB, independent of the region size) with large sequential
 //!   writes, optionally on a background thread ([`WriterOptions`]).
-//! * Every commit is atomic: temporary file, `fdatasync`, rename, directory
-//!   `fsync`, then the manifest is replaced the same way. A crash at any
-//!   instant leaves the previous chain intact; leftovers are removed on the
-//!   next read-write [`Store::open`].
+//! * Every commit is atomic: the segment is written under a temporary name,
+//!   renamed, `fdatasync`ed and its directory `fsync`ed; then the manifest is
+//!   replaced (temporary file, `fdatasync`, rename, directory `fsync`). The
+//!   manifest rename is the commit point: a crash at any instant leaves the
+//!   previous chain intact; leftovers are removed on the next read-write
+//!   [`Store::open`].
 //! * Restoring reads each page once, from the newest segment of the chain
 //!   that holds it, and verifies every checksum before returning success.
 //!
