@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use writewatch::checkpoint::Store;
-use writewatch::{save_epoch, Region, Tracker};
+use writewatch::checkpoint::{Geometry, Store};
+use writewatch::{save_epoch, Backend, Region, Tracker};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Pattern {
@@ -217,13 +217,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("--size {size} is too small for {} threads", args.threads).into());
     }
     let backend = match args.backend {
-        BackendArg::Sync | BackendArg::Auto => "sync",
-        other => {
-            return Err(format!(
-                "--backend {other:?} is not available in this build yet: the sync userfaultfd backend is (use --backend sync or auto)"
-            )
-            .into())
-        }
+        BackendArg::Sync => Backend::SyncUffd,
+        BackendArg::Async => Backend::AsyncUffd,
+        BackendArg::Mprotect => Backend::Mprotect,
+        BackendArg::Auto => Backend::Auto,
     };
     let tmp;
     let dir = match &args.dir {
@@ -236,7 +233,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(&dir);
     let mut store = Store::create(&dir)?;
 
-    let tracker = Tracker::builder().copy_budget(256 << 20).build()?;
+    let tracker = Tracker::builder().backend(backend).copy_budget(256 << 20).build()?;
+    let live = tracker.backend().copies_before_write();
+    let backend = tracker.backend().name();
     let region = Arc::new(tracker.map_anonymous(size)?);
     let ctl = Arc::new(Control { stop: AtomicBool::new(false), pause: AtomicBool::new(false), paused: AtomicUsize::new(0), writes: AtomicU64::new(0) });
     let handles: Vec<_> = (0..args.threads)
@@ -266,6 +265,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             dir.display()
         );
         eprintln!("note: the demo quiesces its own writers for a moment at each cut to take a reference CRC of every page; the cut itself needs no pause.");
+        if !live {
+            eprintln!("note: the {backend} backend cannot copy pages before writes, so the writers also stay quiesced while each epoch is written to the store (cut_and_copy).");
+        }
     }
 
     let mut refs: Vec<Vec<u32>> = Vec::new();
@@ -295,14 +297,29 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         while ctl.paused.load(SeqCst) < args.threads {
             std::thread::yield_now();
         }
-        let epoch = region.cut()?;
+        let (epoch, info) = if live {
+            let epoch = region.cut()?;
+            refs.push(page_crcs(&region));
+            ctl.pause.store(false, SeqCst);
+            // Stream the epoch while the writers run again: pages are read as at the cut.
+            let t_ck = Instant::now();
+            let info = save_epoch(&mut store, &epoch)?;
+            ckpt_secs += t_ck.elapsed().as_secs_f64();
+            (epoch, info)
+        } else {
+            // No copy-before-write: copy the dirty pages while the writers stay quiesced.
+            refs.push(page_crcs(&region));
+            let t_ck = Instant::now();
+            let geometry = Geometry { page_size: region.page_size(), page_count: region.page_count() };
+            let number = region.epoch();
+            let mut w = if store.head().is_none() { store.begin_base(number, geometry)? } else { store.begin_delta(number, geometry)? };
+            let epoch = region.cut_and_copy(|page, bytes| w.push_page(page, bytes)).map_err(|e| e.to_string())?;
+            let info = w.commit()?;
+            ckpt_secs += t_ck.elapsed().as_secs_f64();
+            ctl.pause.store(false, SeqCst);
+            (epoch, info)
+        };
         cut_ms.push(epoch.stats().duration.as_secs_f64() * 1e3);
-        refs.push(page_crcs(&region));
-        ctl.pause.store(false, SeqCst);
-        // Stream the epoch while the writers run again: pages are read as at the cut.
-        let t_ck = Instant::now();
-        let info = save_epoch(&mut store, &epoch)?;
-        ckpt_secs += t_ck.elapsed().as_secs_f64();
         ckpt_bytes.push(info.file_len);
         dirty_pages.push(epoch.dirty().len() as u64);
         drop(epoch);
