@@ -28,6 +28,7 @@ demo: setup
 # All set-up and all tests. Fails if the probe says this kernel should support a feature
 # that it does not (so no test can be skipped silently on a capable machine).
 test: setup
+	$(CARGO) run -q -p writewatch-cli -- probe --require-expected
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps -q

@@ -1,7 +1,7 @@
 //! `writewatch`: command-line tool for writewatch checkpoint stores.
 //!
-//! Subcommands: `inspect`, `verify`, `restore`, `compact` (and `probe`, added
-//! separately). Human-readable output by default, `--json` for scripts.
+//! Subcommands: `probe`, `inspect`, `verify`, `restore`, `compact`. Human-readable output by
+//! default, `--json` for scripts.
 //!
 //! Exit codes: 0 success, 1 verification failure or corruption, 2 usage or
 //! any other error.
@@ -57,10 +57,13 @@ enum Command {
         /// Store directory.
         dir: PathBuf,
     },
-    // ---------------------------------------------------------------------
-    // Slot for the `probe` subcommand (added by the core side; kernel feature
-    // probe). Not implemented here on purpose.
-    // ---------------------------------------------------------------------
+    /// Show what this kernel and process can do: userfaultfd access, each feature, and which
+    /// tracking backend works here.
+    Probe {
+        /// Exit 1 if the kernel's version says a feature should be present but it is not.
+        #[arg(long)]
+        require_expected: bool,
+    },
 }
 
 /// Exit status: 0 ok, 1 corruption / verification failure, 2 other errors.
@@ -161,7 +164,70 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Verify { dir } => verify(&dir, cli.json),
         Command::Restore { dir, to, epoch } => restore(&dir, &to, epoch, cli.json),
         Command::Compact { dir } => compact(&dir, cli.json),
+        Command::Probe { require_expected } => probe(require_expected, cli.json),
     }
+}
+
+fn probe(require_expected: bool, json: bool) -> Result<u8, Failure> {
+    use writewatch_core::{Backend, Feature, Purpose, Tracker};
+    let p = writewatch_core::probe();
+    let missing = p.expected_but_missing();
+    let backends: Vec<(Backend, Result<(), String>)> = [Backend::SyncUffd, Backend::AsyncUffd, Backend::Mprotect]
+        .into_iter()
+        .map(|b| (b, Tracker::builder().backend(b).build().map(drop).map_err(|e| e.to_string())))
+        .collect();
+    let auto_dirty = Tracker::builder().purpose(Purpose::DirtyTracking).build().map(|t| t.backend().name());
+    let auto_snap = Tracker::builder().purpose(Purpose::Snapshots).build().map(|t| t.backend().name());
+    if json {
+        let features: serde_json::Map<String, Value> = Feature::ALL
+            .iter()
+            .map(|f| (f.name().to_string(), json!({ "present": p.has(*f), "min_kernel": format!("{}.{}", f.min_kernel().0, f.min_kernel().1) })))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "kernel": p.kernel_release,
+                "access": format!("{:?}", p.access),
+                "usable": p.usable(),
+                "features_bits": p.features,
+                "features": features,
+                "pagemap_scan": p.pagemap_scan,
+                "soft_dirty": p.soft_dirty,
+                "unprivileged_userfaultfd": p.unprivileged_userfaultfd,
+                "thp": p.thp,
+                "backends": backends.iter().map(|(b, r)| (b.name().to_string(), json!({ "works": r.is_ok(), "error": r.as_ref().err() }))).collect::<serde_json::Map<_, _>>(),
+                "auto": { "dirty_tracking": auto_dirty.as_ref().ok(), "snapshots": auto_snap.as_ref().ok() },
+                "expected_but_missing": missing.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        print!("{p}");
+        println!("backends:");
+        for (b, r) in &backends {
+            let need = match b {
+                Backend::SyncUffd => "userfaultfd + UFFD_FEATURE_PAGEFAULT_FLAG_WP (Linux >= 5.7); copy-before-write snapshots",
+                Backend::AsyncUffd => "UFFD_FEATURE_WP_ASYNC + WP_UNPOPULATED + PAGEMAP_SCAN (Linux >= 6.7); dirty sets only",
+                _ => "nothing (mprotect + SIGSEGV); dirty sets only, syscalls writing tracked memory get EFAULT",
+            };
+            match r {
+                Ok(()) => println!("  {:<9} works   needs {need}", b.name()),
+                Err(e) => println!("  {:<9} NO      {e}", b.name()),
+            }
+        }
+        println!(
+            "auto picks: {} for dirty tracking, {} for snapshots",
+            auto_dirty.as_deref().unwrap_or("none"),
+            auto_snap.as_deref().unwrap_or("none")
+        );
+        if !missing.is_empty() {
+            println!(
+                "MISSING although kernel {} should have them: {}",
+                p.kernel_release,
+                missing.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    Ok(if require_expected && !missing.is_empty() { EXIT_CORRUPT } else { 0 })
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal.

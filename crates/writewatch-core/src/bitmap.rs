@@ -33,6 +33,7 @@ impl AtomicBitmap {
     }
 
     /// Sets bit `i`; returns whether it was already set.
+    #[cfg(test)]
     pub(crate) fn set(&self, i: usize) -> bool {
         debug_assert!(i < self.bits);
         let m = 1u64 << (i % 64);
@@ -54,6 +55,7 @@ impl AtomicBitmap {
     }
 
     /// Whether bit `i` is set.
+    #[cfg(test)]
     pub(crate) fn get(&self, i: usize) -> bool {
         i < self.bits && self.words[i / 64].load(Ordering::Acquire) & (1u64 << (i % 64)) != 0
     }

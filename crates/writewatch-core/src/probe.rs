@@ -228,9 +228,8 @@ pub(crate) fn parse_kernel_version(release: &str) -> (u32, u32, u32) {
 /// Which way of opening a userfaultfd works for this process, trying the most capable first.
 /// Returns the access kind and, when one could be opened, the fd.
 pub(crate) fn open_best(flags: libc::c_int) -> (Access, Option<std::os::fd::OwnedFd>) {
-    match sys::userfaultfd_dev(flags) {
-        Ok(fd) => return (Access::DevUserfaultfd, Some(fd)),
-        Err(_) => {}
+    if let Ok(fd) = sys::userfaultfd_dev(flags) {
+        return (Access::DevUserfaultfd, Some(fd));
     }
     match sys::userfaultfd_syscall(flags) {
         Ok(fd) => return (Access::Syscall, Some(fd)),

@@ -47,11 +47,6 @@ pub(crate) fn base_page_size() -> usize {
     }
 }
 
-/// The calling thread's kernel thread id.
-pub(crate) fn gettid() -> i32 {
-    nix::unistd::gettid().as_raw()
-}
-
 /// Maps `len` bytes of private anonymous, read-write memory.
 pub(crate) fn mmap_anonymous(len: usize, extra_flags: libc::c_int) -> Result<NonNull<u8>, Errno> {
     // SAFETY: a new mapping at an address chosen by the kernel cannot alias any existing Rust
@@ -305,17 +300,6 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
-    /// Copies `dst.len()` bytes at `offset` out of the mapping.
-    ///
-    /// # Safety
-    /// The bytes must not be written during the copy (e.g. they are write-protected and the
-    /// service thread holds their faults).
-    pub(crate) unsafe fn copy_out(&self, offset: usize, dst: &mut [u8]) {
-        assert!(offset.checked_add(dst.len()).is_some_and(|e| e <= self.len));
-        // SAFETY: in bounds (checked above) and mapped (type invariant); the caller excludes
-        // writers; `dst` is a distinct Rust allocation.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) }
-    }
 }
 
 impl Drop for Mapping {
@@ -439,7 +423,7 @@ pub(crate) mod segv {
         OLD.get_or_init(|| {
             // SAFETY: zeroed sigaction structs are valid; we fill the fields we use.
             let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-            sa.sa_sigaction = handler as usize;
+            sa.sa_sigaction = handler as *const () as usize;
             sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
             // SAFETY: sa_mask is a valid sigset_t owned by `sa`.
             unsafe { libc::sigemptyset(&mut sa.sa_mask) };

@@ -120,7 +120,7 @@ fn mprotect_write_from_a_signal_handler_is_tracked() {
     // SAFETY: installing a handler that only performs a volatile store.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = usr1 as usize;
+        sa.sa_sigaction = usr1 as *const () as usize;
         libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
         libc::raise(libc::SIGUSR1);
     }
@@ -134,6 +134,7 @@ fn mprotect_keeps_rusts_stack_overflow_message() {
         let t = Tracker::builder().backend(Backend::Mprotect).build().unwrap();
         let region = t.map_anonymous(4 * 4096).unwrap();
         touch(&region, 0, 1);
+        #[allow(unconditional_recursion)]
         fn recurse(n: u64) -> u64 {
             let buf = [n; 512];
             std::hint::black_box(&buf);

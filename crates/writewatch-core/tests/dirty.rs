@@ -299,7 +299,7 @@ fn bad_input_gets_typed_errors() {
     assert!(matches!(t.map_anonymous(100), Err(MapError::Unaligned { what: "length", .. })));
     assert!(matches!(t.map_shared(0), Err(MapError::ZeroLength)));
     let region = t.map_anonymous(16 * 4096).unwrap();
-    // SAFETY (all adopt calls below): each is expected to be rejected before registering.
+    // SAFETY: (all adopt calls below) each is expected to be rejected before registering.
     unsafe {
         assert!(matches!(t.adopt(region.as_ptr().add(1), 4096), Err(MapError::Unaligned { what: "address", .. })));
         assert!(matches!(t.adopt(region.as_ptr(), 100), Err(MapError::Unaligned { what: "length", .. })));

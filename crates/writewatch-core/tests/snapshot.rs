@@ -225,8 +225,8 @@ fn rollback_restores_exactly_and_touches_only_written_pages() {
     let region = t.map_anonymous(8 * MIB).unwrap();
     let pages = region.page_count();
     let w = region.as_atomic_u64();
-    for i in 0..w.len() {
-        w[i].store(i as u64 * 31, SeqCst);
+    for (i, word) in w.iter().enumerate() {
+        word.store(i as u64 * 31, SeqCst);
     }
     // SAFETY: no other thread touches the region in this test.
     let reference = unsafe { region.as_slice() }.to_vec();

@@ -54,7 +54,7 @@ pub fn lockstep_exact(region: Arc<Region>, threads: usize, cuts: usize, writes_p
     for t in 0..threads {
         let (region, barrier, written) = (Arc::clone(&region), Arc::clone(&barrier), Arc::clone(&written));
         handles.push(std::thread::spawn(move || {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1) * 0x1234_5678);
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0x1234_5678));
             for _ in 0..cuts {
                 let mut mine = Vec::with_capacity(writes_per_round);
                 for _ in 0..writes_per_round {
@@ -106,7 +106,7 @@ pub fn racing_oracle(region: Arc<Region>, threads: usize, cuts: usize, exact: bo
     for t in 0..threads {
         let (region, started, done, stop) = (Arc::clone(&region), Arc::clone(&started), Arc::clone(&done), Arc::clone(&stop));
         handles.push(std::thread::spawn(move || {
-            let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (t as u64 + 7) * 0x9E37_79B9);
+            let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ ((t as u64 + 7) * 0x9E37_79B9));
             let mut log: Vec<(u64, u64, u64)> = Vec::new();
             while !stop.load(SeqCst) {
                 let p = rng.below(pages);
