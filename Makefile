@@ -51,3 +51,19 @@ bench: setup
 
 clean:
 	$(CARGO) clean
+
+# ---------------------------------------------------------------- benchmark report
+# `make bench-report`: the fault_latency and cut benches in quick mode (WW_BENCH_QUICK=1,
+# under 10 minutes on a 2-vCPU VM), then docs/benchmarks.md + docs/benchmarks-first-write.svg
+# from criterion's results. Honours CARGO_TARGET_DIR (default: target).
+BENCH_TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)
+BENCH_CRITERION = $(BENCH_TARGET_DIR)/criterion
+
+bench-report: setup
+	rm -rf $(BENCH_CRITERION)/first_write_seq $(BENCH_CRITERION)/first_write_rand \
+	  $(BENCH_CRITERION)/cut_256MiB $(BENCH_CRITERION)/cut_1GiB $(BENCH_CRITERION)/cut_4GiB \
+	  $(BENCH_CRITERION)/writewatch-stats
+	start=$$(date +%s); \
+	WW_BENCH_QUICK=1 CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) $(CARGO) bench -p writewatch --bench fault_latency --bench cut \
+	  && python3 scripts/bench-report.py --criterion $(BENCH_CRITERION) --out docs/benchmarks.md \
+	       --svg docs/benchmarks-first-write.svg --runtime $$(( $$(date +%s) - start ))

@@ -52,8 +52,8 @@ fn cut(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("cut_{label}"));
         g.sampling_mode(SamplingMode::Flat);
         if common::quick() {
-            g.warm_up_time(Duration::from_millis(200))
-                .measurement_time(Duration::from_millis(500));
+            g.warm_up_time(Duration::from_millis(300))
+                .measurement_time(Duration::from_millis(1500));
         } else {
             g.warm_up_time(Duration::from_millis(500))
                 .measurement_time(Duration::from_secs(2));
@@ -133,6 +133,7 @@ fn cut(c: &mut Criterion) {
         }
         g.finish();
     }
+    common::write_meta("cut-end", &[]);
 }
 
 criterion_group! {

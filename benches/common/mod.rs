@@ -18,9 +18,9 @@ pub fn quick() -> bool {
 pub fn criterion() -> criterion::Criterion {
     let c = criterion::Criterion::default().without_plots();
     if quick() {
-        c.sample_size(10)
+        c.sample_size(20)
             .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2))
+            .measurement_time(Duration::from_secs(3))
     } else {
         c.sample_size(20)
             .warm_up_time(Duration::from_secs(2))
@@ -463,9 +463,28 @@ pub fn fork_exit() -> Duration {
     d
 }
 
-/// Machine line for the side files.
+/// `/proc/loadavg`'s first three fields (a noise indicator for the report).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Run metadata for the report (`meta-<bench>.json`): mode, load average, bench specifics.
 pub fn write_meta(bench: &str, fields: &[(&str, Value)]) {
-    let mut all: Vec<(&str, Value)> = vec![("quick", Value::U(quick() as u64))];
+    let mut all: Vec<(&str, Value)> = vec![
+        ("quick", Value::U(quick() as u64)),
+        ("loadavg", Value::S(loadavg())),
+        (
+            "unix_time",
+            Value::U(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            ),
+        ),
+    ];
     for (k, v) in fields {
         all.push((
             k,
