@@ -43,7 +43,9 @@ enum BackendArg {
 }
 
 #[derive(Parser, Debug)]
-#[command(about = "writewatch end-to-end demo: live cuts -> incremental checkpoints -> verified restores, beside fork()")]
+#[command(
+    about = "writewatch end-to-end demo: live cuts -> incremental checkpoints -> verified restores, beside fork()"
+)]
 struct Args {
     /// Region size (K/M/G suffixes). Default: 1G, or a quarter of RAM if smaller.
     #[arg(long)]
@@ -82,7 +84,9 @@ fn parse_size(s: &str) -> Result<usize, String> {
         Some('G') => (&s[..s.len() - 1], 1 << 30),
         _ => (s, 1),
     };
-    let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}: use e.g. 256M or 1G"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: use e.g. 256M or 1G"))?;
     let bytes = (n * mul as f64) as usize;
     Ok(bytes / 4096 * 4096)
 }
@@ -90,7 +94,11 @@ fn parse_size(s: &str) -> Result<usize, String> {
 fn default_size() -> usize {
     let ram = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+        })
         .map(|kib| kib * 1024)
         .unwrap_or(usize::MAX);
     (1usize << 30).min(ram / 4) / 4096 * 4096
@@ -122,7 +130,7 @@ fn writer(region: Arc<Region>, ctl: Arc<Control>, t: usize, threads: usize, patt
     let pages = region.page_count();
     let wpp = (region.page_size() / 8) as u64;
     let hot = (pages / 100).max(1);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1) * 0xA24B_AED4_963E_E407);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0xA24B_AED4_963E_E407));
     let share = pages / threads as u64;
     let mut cursor = share * t as u64;
     let mut seq = 0u64;
@@ -155,7 +163,7 @@ fn writer(region: Arc<Region>, ctl: Arc<Control>, t: usize, threads: usize, patt
         };
         seq += 1;
         let word = page * wpp + rng.next() % wpp;
-        words[word as usize].store((t as u64) << 56 | seq, SeqCst);
+        words[word as usize].store(((t as u64) << 56) | seq, SeqCst);
         n += 1;
         if n % 4096 == 0 {
             ctl.writes.fetch_add(4096, SeqCst);
@@ -166,7 +174,10 @@ fn writer(region: Arc<Region>, ctl: Arc<Control>, t: usize, threads: usize, patt
 fn page_crcs(region: &Region) -> Vec<u32> {
     // SAFETY: the demo's writers are paused (quiesced) while the reference is taken.
     let bytes = unsafe { region.as_slice() };
-    bytes.chunks_exact(region.page_size()).map(crc32c::crc32c).collect()
+    bytes
+        .chunks_exact(region.page_size())
+        .map(crc32c::crc32c)
+        .collect()
 }
 
 fn fork_ms() -> f64 {
@@ -206,7 +217,9 @@ fn main() {
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let size = match &args.size {
@@ -226,23 +239,38 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let dir = match &args.dir {
         Some(d) => d.clone(),
         None => {
-            tmp = std::env::temp_dir().join(format!("uffd-demo-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
+            tmp = std::env::temp_dir().join(format!(
+                "uffd-demo-{}-{}",
+                std::process::id(),
+                Instant::now().elapsed().as_nanos()
+            ));
             tmp
         }
     };
     let _ = std::fs::remove_dir_all(&dir);
     let mut store = Store::create(&dir)?;
 
-    let tracker = Tracker::builder().backend(backend).copy_budget(256 << 20).build()?;
+    let tracker = Tracker::builder()
+        .backend(backend)
+        .copy_budget(256 << 20)
+        .build()?;
     let live = tracker.backend().copies_before_write();
     let backend = tracker.backend().name();
     let region = Arc::new(tracker.map_anonymous(size)?);
-    let ctl = Arc::new(Control { stop: AtomicBool::new(false), pause: AtomicBool::new(false), paused: AtomicUsize::new(0), writes: AtomicU64::new(0) });
+    let ctl = Arc::new(Control {
+        stop: AtomicBool::new(false),
+        pause: AtomicBool::new(false),
+        paused: AtomicUsize::new(0),
+        writes: AtomicU64::new(0),
+    });
     let handles: Vec<_> = (0..args.threads)
         .map(|t| {
             let (r, c) = (Arc::clone(&region), Arc::clone(&ctl));
             let (threads, pattern) = (args.threads, args.pattern);
-            std::thread::Builder::new().name(format!("demo-writer-{t}")).spawn(move || writer(r, c, t, threads, pattern)).unwrap()
+            std::thread::Builder::new()
+                .name(format!("demo-writer-{t}"))
+                .spawn(move || writer(r, c, t, threads, pattern))
+                .unwrap()
         })
         .collect();
 
@@ -250,7 +278,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         indicatif::ProgressBar::hidden()
     } else {
         let pb = indicatif::ProgressBar::new(args.epochs as u64);
-        pb.set_style(indicatif::ProgressStyle::with_template("{spinner} epoch {pos}/{len} {wide_msg}").unwrap());
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} epoch {pos}/{len} {wide_msg}")
+                .unwrap(),
+        );
         pb.enable_steady_tick(Duration::from_millis(200));
         pb
     };
@@ -310,10 +341,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             // No copy-before-write: copy the dirty pages while the writers stay quiesced.
             refs.push(page_crcs(&region));
             let t_ck = Instant::now();
-            let geometry = Geometry { page_size: region.page_size(), page_count: region.page_count() };
+            let geometry = Geometry {
+                page_size: region.page_size(),
+                page_count: region.page_count(),
+            };
             let number = region.epoch();
-            let mut w = if store.head().is_none() { store.begin_base(number, geometry)? } else { store.begin_delta(number, geometry)? };
-            let epoch = region.cut_and_copy(|page, bytes| w.push_page(page, bytes)).map_err(|e| e.to_string())?;
+            let mut w = if store.head().is_none() {
+                store.begin_base(number, geometry)?
+            } else {
+                store.begin_delta(number, geometry)?
+            };
+            let epoch = region
+                .cut_and_copy(|page, bytes| w.push_page(page, bytes))
+                .map_err(|e| e.to_string())?;
             let info = w.commit()?;
             ckpt_secs += t_ck.elapsed().as_secs_f64();
             ctl.pause.store(false, SeqCst);
@@ -342,7 +382,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for (k, reference) in refs.iter().enumerate() {
         let m = store.restore(k as u64)?;
         restored_bytes += m.len() as u64;
-        let bad = m.as_slice().chunks_exact(region.page_size()).zip(reference).filter(|(p, c)| crc32c::crc32c(p) != **c).count();
+        let bad = m
+            .as_slice()
+            .chunks_exact(region.page_size())
+            .zip(reference)
+            .filter(|(p, c)| crc32c::crc32c(p) != **c)
+            .count();
         if bad > 0 {
             verified = false;
             mismatches.push((k, bad));
@@ -357,8 +402,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let p99 = stats.service_ns.percentile(0.99);
 
     if args.json {
-        let list = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(",");
-        let ulist = |v: &[u64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.3}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let ulist = |v: &[u64]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         println!(
             "{{\"verified\":{verified},\"epochs\":{},\"region_bytes\":{size},\"backend\":\"{backend}\",\"threads\":{},\"pattern\":\"{:?}\",\"faults\":{},\"preserved_pages\":{},\"dirty_pages\":[{}],\"cut_ms\":[{}],\"fork_ms\":{fork:.3},\"checkpoint_bytes\":[{}],\"checkpoint_mb_s\":{checkpoint_mb_s:.1},\"restore_mb_s\":{restore_mb_s:.1},\"fault_ns_p50\":{p50},\"fault_ns_p99\":{p99},\"writes\":{},\"seconds\":{:.2}}}",
             args.epochs,
@@ -376,16 +431,39 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let mut o = std::io::stdout().lock();
         writeln!(o, "\nepoch  dirty pages   cut ms   cut/fork   checkpoint")?;
         for k in 0..args.epochs {
-            writeln!(o, "{k:>5}  {:>11}  {:>7.2}  {:>8.3}x   {}", dirty_pages[k], cut_ms[k], cut_ms[k] / fork, human(ckpt_bytes[k] as f64))?;
+            writeln!(
+                o,
+                "{k:>5}  {:>11}  {:>7.2}  {:>8.3}x   {}",
+                dirty_pages[k],
+                cut_ms[k],
+                cut_ms[k] / fork,
+                human(ckpt_bytes[k] as f64)
+            )?;
         }
-        writeln!(o, "\nfork() of this process now ({} resident): {fork:.2} ms", human(size as f64))?;
+        writeln!(
+            o,
+            "\nfork() of this process now ({} resident): {fork:.2} ms",
+            human(size as f64)
+        )?;
         writeln!(o, "faults serviced: {} ({} pages copied before write), service time p50 {p50} ns, p99 {p99} ns", stats.wp_faults, stats.preserved)?;
-        writeln!(o, "writes: {} in {:.1} s", ctl.writes.load(SeqCst), t_run.elapsed().as_secs_f64())?;
-        writeln!(o, "checkpoint write {checkpoint_mb_s:.0} MB/s, restore {restore_mb_s:.0} MB/s")?;
+        writeln!(
+            o,
+            "writes: {} in {:.1} s",
+            ctl.writes.load(SeqCst),
+            t_run.elapsed().as_secs_f64()
+        )?;
+        writeln!(
+            o,
+            "checkpoint write {checkpoint_mb_s:.0} MB/s, restore {restore_mb_s:.0} MB/s"
+        )?;
         if verified {
             writeln!(o, "verified: every epoch restored from disk equals the reference taken at its cut ({} epochs)", args.epochs)?;
         } else {
-            writeln!(o, "NOT VERIFIED: mismatching pages per epoch {mismatches:?}; store verify: {:?}", verify.problems)?;
+            writeln!(
+                o,
+                "NOT VERIFIED: mismatching pages per epoch {mismatches:?}; store verify: {:?}",
+                verify.problems
+            )?;
         }
     }
     drop(store);

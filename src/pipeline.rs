@@ -46,17 +46,30 @@ pub enum SaveError {
 /// ```
 pub fn save_epoch(store: &mut Store, epoch: &Epoch) -> Result<SegmentInfo, SaveError> {
     let dirty = epoch.dirty();
-    let geometry = Geometry { page_size: dirty.page_size(), page_count: dirty.page_count() };
+    let geometry = Geometry {
+        page_size: dirty.page_size(),
+        page_count: dirty.page_count(),
+    };
     let number = epoch.number();
-    let mut w = if store.head().is_none() { store.begin_base(number, geometry)? } else { store.begin_delta(number, geometry)? };
+    let mut w = if store.head().is_none() {
+        store.begin_base(number, geometry)?
+    } else {
+        store.begin_delta(number, geometry)?
+    };
     let mut reader = epoch.reader();
     while let Some(r) = reader.next_page() {
         let (page, bytes) = r.map_err(|e| {
             let page = match &e {
-                SnapshotError::Discarded { page } | SnapshotError::NotInEpoch { page } | SnapshotError::AlreadyConsumed { page } => *page,
+                SnapshotError::Discarded { page }
+                | SnapshotError::NotInEpoch { page }
+                | SnapshotError::AlreadyConsumed { page } => *page,
                 _ => 0,
             };
-            SaveError::Page { epoch: number, page, source: e }
+            SaveError::Page {
+                epoch: number,
+                page,
+                source: e,
+            }
         })?;
         w.push_page(page, bytes)?;
     }

@@ -172,12 +172,28 @@ fn probe(require_expected: bool, json: bool) -> Result<u8, Failure> {
     use writewatch_core::{Backend, Feature, Purpose, Tracker};
     let p = writewatch_core::probe();
     let missing = p.expected_but_missing();
-    let backends: Vec<(Backend, Result<(), String>)> = [Backend::SyncUffd, Backend::AsyncUffd, Backend::Mprotect]
-        .into_iter()
-        .map(|b| (b, Tracker::builder().backend(b).build().map(drop).map_err(|e| e.to_string())))
-        .collect();
-    let auto_dirty = Tracker::builder().purpose(Purpose::DirtyTracking).build().map(|t| t.backend().name());
-    let auto_snap = Tracker::builder().purpose(Purpose::Snapshots).build().map(|t| t.backend().name());
+    let backends: Vec<(Backend, Result<(), String>)> =
+        [Backend::SyncUffd, Backend::AsyncUffd, Backend::Mprotect]
+            .into_iter()
+            .map(|b| {
+                (
+                    b,
+                    Tracker::builder()
+                        .backend(b)
+                        .build()
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
+                )
+            })
+            .collect();
+    let auto_dirty = Tracker::builder()
+        .purpose(Purpose::DirtyTracking)
+        .build()
+        .map(|t| t.backend().name());
+    let auto_snap = Tracker::builder()
+        .purpose(Purpose::Snapshots)
+        .build()
+        .map(|t| t.backend().name());
     if json {
         let features: serde_json::Map<String, Value> = Feature::ALL
             .iter()
@@ -223,11 +239,19 @@ fn probe(require_expected: bool, json: bool) -> Result<u8, Failure> {
             println!(
                 "MISSING although kernel {} should have them: {}",
                 p.kernel_release,
-                missing.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+                missing
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
-    Ok(if require_expected && !missing.is_empty() { EXIT_CORRUPT } else { 0 })
+    Ok(if require_expected && !missing.is_empty() {
+        EXIT_CORRUPT
+    } else {
+        0
+    })
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal.

@@ -48,7 +48,11 @@ impl AtomicBitmap {
             let w = i / 64;
             let lo = i % 64;
             let hi = (end - w * 64).min(64);
-            let mask = if hi - lo == 64 { u64::MAX } else { ((1u64 << (hi - lo)) - 1) << lo };
+            let mask = if hi - lo == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
             self.words[w].fetch_or(mask, Ordering::AcqRel);
             i = w * 64 + hi;
         }
@@ -62,12 +66,18 @@ impl AtomicBitmap {
 
     /// A copy of the words (peek; the bitmap is unchanged).
     pub(crate) fn snapshot(&self) -> Vec<u64> {
-        self.words.iter().map(|w| w.load(Ordering::Acquire)).collect()
+        self.words
+            .iter()
+            .map(|w| w.load(Ordering::Acquire))
+            .collect()
     }
 
     /// Takes every set bit out of the bitmap: one atomic swap per word.
     pub(crate) fn harvest(&self) -> Vec<u64> {
-        self.words.iter().map(|w| w.swap(0, Ordering::AcqRel)).collect()
+        self.words
+            .iter()
+            .map(|w| w.swap(0, Ordering::AcqRel))
+            .collect()
     }
 
     /// ORs `words` (as returned by `harvest`) back in. Used to undo a harvest whose cut failed,
@@ -82,7 +92,10 @@ impl AtomicBitmap {
 
     /// Number of set bits.
     pub(crate) fn count_ones(&self) -> usize {
-        self.words.iter().map(|w| w.load(Ordering::Acquire).count_ones() as usize).sum()
+        self.words
+            .iter()
+            .map(|w| w.load(Ordering::Acquire).count_ones() as usize)
+            .sum()
     }
 }
 

@@ -44,16 +44,28 @@ impl std::fmt::Debug for DirtySet {
 impl DirtySet {
     /// An empty set over a region of `page_count` pages of `page_size` bytes.
     pub fn empty(page_size: usize, page_count: u64) -> Self {
-        Self { bits: BitVec::repeat(false, page_count as usize), page_size, count: 0 }
+        Self {
+            bits: BitVec::repeat(false, page_count as usize),
+            page_size,
+            count: 0,
+        }
     }
 
     /// A set with every page of the region in it.
     pub fn full(page_size: usize, page_count: u64) -> Self {
-        Self { bits: BitVec::repeat(true, page_count as usize), page_size, count: page_count as usize }
+        Self {
+            bits: BitVec::repeat(true, page_count as usize),
+            page_size,
+            count: page_count as usize,
+        }
     }
 
     /// A set holding `pages` (indices at or past `page_count` are ignored).
-    pub fn from_pages(page_size: usize, page_count: u64, pages: impl IntoIterator<Item = u64>) -> Self {
+    pub fn from_pages(
+        page_size: usize,
+        page_count: u64,
+        pages: impl IntoIterator<Item = u64>,
+    ) -> Self {
         let mut s = Self::empty(page_size, page_count);
         for p in pages {
             s.insert(p);
@@ -73,7 +85,11 @@ impl DirtySet {
         let count = words.iter().map(|w| w.count_ones() as usize).sum();
         let mut bits = BitVec::from_vec(words);
         bits.truncate(n);
-        Self { bits, page_size, count }
+        Self {
+            bits,
+            page_size,
+            count,
+        }
     }
 
     /// The underlying bitmap words (bit `i` of word `i / 64` = page `i`).
@@ -125,12 +141,22 @@ impl DirtySet {
 
     /// The first page in the set at or after `page`.
     pub fn iter_from(&self, page: u64) -> Option<u64> {
-        next_bit(self.bits.as_raw_slice(), self.bits.len(), page as usize, true).map(|p| p as u64)
+        next_bit(
+            self.bits.as_raw_slice(),
+            self.bits.len(),
+            page as usize,
+            true,
+        )
+        .map(|p| p as u64)
     }
 
     /// Coalesced runs `(first_page, count)`, ascending and non-adjacent.
     pub fn runs(&self) -> Runs<'_> {
-        Runs { words: self.bits.as_raw_slice(), nbits: self.bits.len(), pos: 0 }
+        Runs {
+            words: self.bits.as_raw_slice(),
+            nbits: self.bits.len(),
+            pos: 0,
+        }
     }
 
     /// Bytes covered by the set (`len() * page_size()`).
@@ -203,7 +229,9 @@ pub(crate) fn plan_ranges(runs: impl Iterator<Item = (u64, u64)>, max_gap: u64) 
             continue;
         }
         match out.last_mut() {
-            Some((s, c)) if start >= *s + *c && start - (*s + *c) <= max_gap => *c = start + count - *s,
+            Some((s, c)) if start >= *s + *c && start - (*s + *c) <= max_gap => {
+                *c = start + count - *s
+            }
             _ => out.push((start, count)),
         }
     }
@@ -295,8 +323,14 @@ mod tests {
     fn plan_merges_small_gaps_only() {
         let runs = vec![(0, 1), (2, 1), (20, 3), (32, 1)];
         assert_eq!(plan_ranges(runs.clone().into_iter(), 0), runs);
-        assert_eq!(plan_ranges(runs.clone().into_iter(), 1), vec![(0, 3), (20, 3), (32, 1)]);
-        assert_eq!(plan_ranges(runs.clone().into_iter(), 9), vec![(0, 3), (20, 13)]);
+        assert_eq!(
+            plan_ranges(runs.clone().into_iter(), 1),
+            vec![(0, 3), (20, 3), (32, 1)]
+        );
+        assert_eq!(
+            plan_ranges(runs.clone().into_iter(), 9),
+            vec![(0, 3), (20, 13)]
+        );
         assert_eq!(plan_ranges(runs.into_iter(), 100), vec![(0, 33)]);
     }
 
@@ -306,7 +340,9 @@ mod tests {
         for _ in 0..200 {
             let mut pages = Vec::new();
             for p in 0..500u64 {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 if (seed >> 33) % 7 == 0 {
                     pages.push(p);
                 }

@@ -35,8 +35,12 @@ pub enum Invalidation {
 impl std::fmt::Display for Invalidation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Invalidation::Unmapped => f.write_str("the range was unmapped by the application (munmap)"),
-            Invalidation::Remapped => f.write_str("the range was moved by the application (mremap)"),
+            Invalidation::Unmapped => {
+                f.write_str("the range was unmapped by the application (munmap)")
+            }
+            Invalidation::Remapped => {
+                f.write_str("the range was moved by the application (mremap)")
+            }
         }
     }
 }

@@ -37,7 +37,9 @@ mod sys;
 mod tracker;
 
 pub use dirty::{DirtySet, Runs};
-pub use error::{BuildError, CutAndCopyError, CutError, Invalidation, MapError, RegionError, Unavailable};
+pub use error::{
+    BuildError, CutAndCopyError, CutError, Invalidation, MapError, RegionError, Unavailable,
+};
 pub use probe::{probe, Access, Feature, Probe};
 pub use region::{CutStats, Epoch, EpochReader, Region, RegionKind};
 pub use snapshot::{Snapshot, SnapshotError};

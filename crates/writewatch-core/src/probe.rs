@@ -162,14 +162,19 @@ impl Probe {
     pub fn has(&self, f: Feature) -> bool {
         match f {
             Feature::PagemapScan => self.pagemap_scan,
-            Feature::KernelModeFaults => matches!(self.access, Access::DevUserfaultfd | Access::Syscall),
+            Feature::KernelModeFaults => {
+                matches!(self.access, Access::DevUserfaultfd | Access::Syscall)
+            }
             other => other.bit().is_some_and(|b| self.features & b != 0),
         }
     }
 
     /// Whether a userfaultfd can be opened at all.
     pub fn usable(&self) -> bool {
-        matches!(self.access, Access::DevUserfaultfd | Access::Syscall | Access::UserModeOnly)
+        matches!(
+            self.access,
+            Access::DevUserfaultfd | Access::Syscall | Access::UserModeOnly
+        )
     }
 
     /// Features this kernel's version should have but the probe did not find.
@@ -191,7 +196,14 @@ impl Probe {
 
 impl fmt::Display for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "kernel            {} ({}.{}.{})", self.kernel_release, self.kernel_version.0, self.kernel_version.1, self.kernel_version.2)?;
+        writeln!(
+            f,
+            "kernel            {} ({}.{}.{})",
+            self.kernel_release,
+            self.kernel_version.0,
+            self.kernel_version.1,
+            self.kernel_version.2
+        )?;
         let access = match self.access {
             Access::DevUserfaultfd => "/dev/userfaultfd (kernel-mode faults serviced)".to_string(),
             Access::Syscall => "userfaultfd(2) (kernel-mode faults serviced)".to_string(),
@@ -210,10 +222,23 @@ impl fmt::Display for Probe {
         if let Some(t) = &self.thp {
             writeln!(f, "THP               {t}")?;
         }
-        writeln!(f, "soft-dirty        {}", if self.soft_dirty { "yes" } else { "no (not used by writewatch)" })?;
+        writeln!(
+            f,
+            "soft-dirty        {}",
+            if self.soft_dirty {
+                "yes"
+            } else {
+                "no (not used by writewatch)"
+            }
+        )?;
         for feat in Feature::ALL {
             let (a, b) = feat.min_kernel();
-            writeln!(f, "  {:<3} {:<48} (mainline >= {a}.{b})", if self.has(*feat) { "yes" } else { "no" }, feat.name())?;
+            writeln!(
+                f,
+                "  {:<3} {:<48} (mainline >= {a}.{b})",
+                if self.has(*feat) { "yes" } else { "no" },
+                feat.name()
+            )?;
         }
         Ok(())
     }
@@ -221,8 +246,15 @@ impl fmt::Display for Probe {
 
 /// Parses `"6.18.44-fc-v769"` into `(6, 18, 44)`.
 pub(crate) fn parse_kernel_version(release: &str) -> (u32, u32, u32) {
-    let mut it = release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap_or(0));
-    (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0))
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap_or(0));
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    )
 }
 
 /// Which way of opening a userfaultfd works for this process, trying the most capable first.
@@ -244,14 +276,22 @@ pub(crate) fn open_best(flags: libc::c_int) -> (Access, Option<std::os::fd::Owne
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 pub(crate) fn pagemap_scan_available() -> bool {
-    let Ok(pm) = std::fs::File::open("/proc/self/pagemap") else { return false };
+    let Ok(pm) = std::fs::File::open("/proc/self/pagemap") else {
+        return false;
+    };
     let mut out = [sys::EMPTY_PAGE_REGION; 1];
     // An empty range: a kernel with PAGEMAP_SCAN answers 0 entries; one without answers ENOTTY.
-    let args = sys::ScanArgs { start: 0x10000, end: 0x10000, ..Default::default() };
+    let args = sys::ScanArgs {
+        start: 0x10000,
+        end: 0x10000,
+        ..Default::default()
+    };
     sys::pagemap_scan(pm.as_raw_fd(), &args, &mut out).is_ok()
 }
 
@@ -263,7 +303,10 @@ pub fn probe() -> Probe {
         .unwrap_or_default();
     let kernel_version = parse_kernel_version(&kernel_release);
     let (access, fd) = open_best(libc::O_CLOEXEC | libc::O_NONBLOCK);
-    let (features, ioctls) = fd.as_ref().and_then(|fd| sys::uffdio_api(fd.as_raw_fd(), 0).ok()).unwrap_or((0, 0));
+    let (features, ioctls) = fd
+        .as_ref()
+        .and_then(|fd| sys::uffdio_api(fd.as_raw_fd(), 0).ok())
+        .unwrap_or((0, 0));
     Probe {
         kernel_release,
         kernel_version,
@@ -272,7 +315,8 @@ pub fn probe() -> Probe {
         ioctls,
         pagemap_scan: pagemap_scan_available(),
         soft_dirty: sys::soft_dirty_probe(),
-        unprivileged_userfaultfd: read_trimmed("/proc/sys/vm/unprivileged_userfaultfd").and_then(|s| s.parse().ok()),
+        unprivileged_userfaultfd: read_trimmed("/proc/sys/vm/unprivileged_userfaultfd")
+            .and_then(|s| s.parse().ok()),
         thp: read_trimmed("/sys/kernel/mm/transparent_hugepage/enabled"),
     }
 }

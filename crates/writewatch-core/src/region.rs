@@ -105,7 +105,9 @@ impl RegionInner {
             Invalidation::Unmapped => UNMAPPED,
             Invalidation::Remapped => REMAPPED,
         };
-        let _ = self.status.compare_exchange(LIVE, v, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self
+            .status
+            .compare_exchange(LIVE, v, Ordering::AcqRel, Ordering::Acquire);
     }
 
     pub(crate) fn page_of(&self, addr: usize) -> u64 {
@@ -122,7 +124,10 @@ impl RegionInner {
         if !self.has_suspect.load(Ordering::Acquire) {
             return Vec::new();
         }
-        self.suspect.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.suspect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the page lies in a range that ever received a REMOVE event.
@@ -272,7 +277,10 @@ impl Region {
 
     fn check(&self) -> Result<(), RegionError> {
         if let Some(reason) = self.inner.invalidation() {
-            return Err(RegionError::Invalidated { start: self.inner.start, reason });
+            return Err(RegionError::Invalidated {
+                start: self.inner.start,
+                reason,
+            });
         }
         self.shared.available()?;
         Ok(())
@@ -289,7 +297,11 @@ impl Region {
             // The kernel resolved the writes: read (without re-arming) which pages are written.
             let inner = &self.inner;
             let mut out = vec![sys::EMPTY_PAGE_REGION; 1024];
-            let fd = self.shared.pagemap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+            let fd = self
+                .shared
+                .pagemap
+                .as_ref()
+                .map(std::os::fd::AsRawFd::as_raw_fd);
             let scanned = fd.map(|fd| {
                 crate::scan::unprotected(fd, inner.start, inner.end(), &mut out, |a, b| {
                     for p in inner.page_of(a)..=inner.page_of(b.max(a + 1) - 1) {
@@ -302,7 +314,11 @@ impl Region {
                 words.iter_mut().for_each(|w| *w = u64::MAX);
             }
         }
-        Ok(DirtySet::from_words(self.inner.page_size, self.inner.page_count, words))
+        Ok(DirtySet::from_words(
+            self.inner.page_size,
+            self.inner.page_count,
+            words,
+        ))
     }
 
     /// Number of pages written so far in the current epoch.
@@ -323,7 +339,10 @@ impl Region {
     /// in this epoch or the next, never in neither.
     pub fn cut(&self) -> Result<Epoch, CutError> {
         if let Some(reason) = self.inner.invalidation() {
-            return Err(CutError::Invalidated { start: self.inner.start, reason });
+            return Err(CutError::Invalidated {
+                start: self.inner.start,
+                reason,
+            });
         }
         let id = self.inner.id;
         self.shared.call(|reply| Command::Cut { id, reply })?
@@ -351,12 +370,17 @@ impl Region {
     /// assert_eq!(epoch.dirty().len(), 1);
     /// # Ok(()) }
     /// ```
-    pub fn cut_and_copy<E>(&self, mut sink: impl FnMut(u64, &[u8]) -> Result<(), E>) -> Result<Epoch, CutAndCopyError<E>> {
+    pub fn cut_and_copy<E>(
+        &self,
+        mut sink: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<Epoch, CutAndCopyError<E>> {
         let epoch = self.cut().map_err(CutAndCopyError::Cut)?;
         let mut buf = vec![0u8; self.inner.page_size];
         for page in epoch.dirty().iter() {
             if epoch.view.is_some() {
-                epoch.read_page(page, &mut buf).map_err(CutAndCopyError::Read)?;
+                epoch
+                    .read_page(page, &mut buf)
+                    .map_err(CutAndCopyError::Read)?;
             } else {
                 self.inner.copy_page(page, &mut buf);
             }
@@ -370,7 +394,10 @@ impl Region {
     /// first; see [`Snapshot`].
     pub fn snapshot(&self) -> Result<Snapshot, CutError> {
         if let Some(reason) = self.inner.invalidation() {
-            return Err(CutError::Invalidated { start: self.inner.start, reason });
+            return Err(CutError::Invalidated {
+                start: self.inner.start,
+                reason,
+            });
         }
         let id = self.inner.id;
         self.shared.call(|reply| Command::Snapshot { id, reply })?
@@ -387,7 +414,9 @@ impl Region {
         if let Some(why) = self.inner.invalidation() {
             return Err(SnapshotError::Invalidated(why));
         }
-        self.shared.available().map_err(SnapshotError::Unavailable)?;
+        self.shared
+            .available()
+            .map_err(SnapshotError::Unavailable)?;
         snapshot.view.write_back()
     }
 
@@ -399,7 +428,11 @@ impl Region {
             remove_events: c.remove_events.load(Ordering::Relaxed),
             last_tid: c.last_tid.load(Ordering::Relaxed) as i32,
             epoch: self.epoch(),
-            history: c.history.lock().map(|h| h.iter().copied().collect()).unwrap_or_default(),
+            history: c
+                .history
+                .lock()
+                .map(|h| h.iter().copied().collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -486,10 +519,13 @@ impl Epoch {
     pub fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), SnapshotError> {
         match &self.view {
             Some(v) => v.read(page, buf),
-            None if !self.backend.copies_before_write() => Err(SnapshotError::Unsupported { backend: self.backend.name() }),
-            None if page >= self.dirty.page_count() => {
-                Err(SnapshotError::OutOfRange { page, pages: self.dirty.page_count() })
-            }
+            None if !self.backend.copies_before_write() => Err(SnapshotError::Unsupported {
+                backend: self.backend.name(),
+            }),
+            None if page >= self.dirty.page_count() => Err(SnapshotError::OutOfRange {
+                page,
+                pages: self.dirty.page_count(),
+            }),
             None => Err(SnapshotError::NotInEpoch { page }),
         }
     }
@@ -503,7 +539,11 @@ impl Epoch {
 
     /// A streaming reader over the dirty pages, ascending, each as it was at the cut.
     pub fn reader(&self) -> EpochReader<'_> {
-        EpochReader { epoch: self, next: 0, buf: vec![0; self.dirty.page_size()] }
+        EpochReader {
+            epoch: self,
+            next: 0,
+            buf: vec![0; self.dirty.page_size()],
+        }
     }
 }
 
@@ -523,7 +563,11 @@ impl EpochReader<'_> {
         let dirty = &self.epoch.dirty;
         let p = dirty.iter_from(self.next)?;
         self.next = p + 1;
-        Some(self.epoch.read_page(p, &mut self.buf).map(|()| (p, &self.buf[..])))
+        Some(
+            self.epoch
+                .read_page(p, &mut self.buf)
+                .map(|()| (p, &self.buf[..])),
+        )
     }
 }
 
@@ -545,7 +589,9 @@ pub(crate) fn parse_smaps(text: &str) -> Vec<Vma> {
         let mut fields = line.split_whitespace();
         let Some(first) = fields.next() else { continue };
         if let Some((a, b)) = first.split_once('-') {
-            if let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+            if let (Ok(start), Ok(end)) =
+                (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
                 let perms = fields.next().unwrap_or("");
                 let _offset = fields.next();
                 let _dev = fields.next();
@@ -565,7 +611,11 @@ pub(crate) fn parse_smaps(text: &str) -> Vec<Vma> {
         let Some(v) = out.last_mut() else { continue };
         match first {
             "KernelPageSize:" => {
-                v.kernel_page_size = fields.next().and_then(|s| s.parse::<usize>().ok()).unwrap_or(0) * 1024;
+                v.kernel_page_size = fields
+                    .next()
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .unwrap_or(0)
+                    * 1024;
             }
             "VmFlags:" => v.hugetlb = fields.any(|f| f == "ht"),
             _ => {}
@@ -581,9 +631,18 @@ pub(crate) fn classify(v: &Vma) -> Result<RegionKind, String> {
     }
     let p = v.path.as_str();
     if p.is_empty() || p == "[heap]" || p.starts_with("[stack") || p.starts_with("[anon:") {
-        return Ok(if v.shared { RegionKind::Shmem } else { RegionKind::Anonymous });
+        return Ok(if v.shared {
+            RegionKind::Shmem
+        } else {
+            RegionKind::Anonymous
+        });
     }
-    if p.starts_with("[anon_shmem:") || p.starts_with("/memfd:") || p.starts_with("/dev/zero") || p.starts_with("/SYSV") || p.starts_with("/dev/shm/") {
+    if p.starts_with("[anon_shmem:")
+        || p.starts_with("/memfd:")
+        || p.starts_with("/dev/zero")
+        || p.starts_with("/SYSV")
+        || p.starts_with("/dev/shm/")
+    {
         return Ok(RegionKind::Shmem);
     }
     if p.starts_with('[') {
@@ -593,7 +652,11 @@ pub(crate) fn classify(v: &Vma) -> Result<RegionKind, String> {
 }
 
 /// Checks that `[start, end)` is fully mapped by adoptable VMAs of one kind and page size.
-pub(crate) fn check_adoptable(vmas: &[Vma], start: usize, end: usize) -> Result<(RegionKind, usize), crate::MapError> {
+pub(crate) fn check_adoptable(
+    vmas: &[Vma],
+    start: usize,
+    end: usize,
+) -> Result<(RegionKind, usize), crate::MapError> {
     use crate::MapError;
     let mut cursor = start;
     let mut found: Option<(RegionKind, usize)> = None;
@@ -601,15 +664,26 @@ pub(crate) fn check_adoptable(vmas: &[Vma], start: usize, end: usize) -> Result<
         if v.start > cursor {
             return Err(MapError::NotMapped { addr: cursor });
         }
-        let kind = classify(v).map_err(|what| MapError::UnsupportedMemory { addr: v.start, what })?;
-        let ps = if v.kernel_page_size == 0 { sys::base_page_size() } else { v.kernel_page_size };
+        let kind = classify(v).map_err(|what| MapError::UnsupportedMemory {
+            addr: v.start,
+            what,
+        })?;
+        let ps = if v.kernel_page_size == 0 {
+            sys::base_page_size()
+        } else {
+            v.kernel_page_size
+        };
         match found {
             None => found = Some((kind, ps)),
             Some((_, ps0)) if ps0 != ps => return Err(MapError::MixedPageSizes { a: ps0, b: ps }),
             Some((k0, _)) if k0 != kind => {
                 return Err(MapError::UnsupportedMemory {
                     addr: v.start,
-                    what: format!("mixes {} and {} memory; adopt each part separately", k0.name(), kind.name()),
+                    what: format!(
+                        "mixes {} and {} memory; adopt each part separately",
+                        k0.name(),
+                        kind.name()
+                    ),
                 })
             }
             _ => {}
@@ -660,14 +734,19 @@ VmFlags: rd mr mw me sd
     #[test]
     fn adoptable_ranges() {
         let v = parse_smaps(SMAPS);
-        assert_eq!(check_adoptable(&v, 0x7f00_0000_0000, 0x7f00_0000_4000).unwrap(), (RegionKind::Anonymous, 4096));
+        assert_eq!(
+            check_adoptable(&v, 0x7f00_0000_0000, 0x7f00_0000_4000).unwrap(),
+            (RegionKind::Anonymous, 4096)
+        );
         assert!(matches!(
             check_adoptable(&v, 0x7f00_0000_0000, 0x7f00_0000_8000),
             Err(crate::MapError::UnsupportedMemory { .. })
         ));
         assert!(matches!(
             check_adoptable(&v, 0x7f00_0040_8000, 0x7f00_0040_9000),
-            Err(crate::MapError::NotMapped { addr: 0x7f00_0040_8000 })
+            Err(crate::MapError::NotMapped {
+                addr: 0x7f00_0040_8000
+            })
         ));
         assert!(matches!(
             check_adoptable(&v, 0x7f00_0000_2000, 0x7f00_0000_5000),
@@ -677,6 +756,9 @@ VmFlags: rd mr mw me sd
             check_adoptable(&v, 0x7f00_0060_0000, 0x7f00_0060_1000),
             Err(crate::MapError::UnsupportedMemory { .. })
         ));
-        assert_eq!(check_adoptable(&v, 0x7f00_0000_8000, 0x7f00_0040_8000).unwrap(), (RegionKind::Hugetlb, 2 << 20));
+        assert_eq!(
+            check_adoptable(&v, 0x7f00_0000_8000, 0x7f00_0040_8000).unwrap(),
+            (RegionKind::Hugetlb, 2 << 20)
+        );
     }
 }

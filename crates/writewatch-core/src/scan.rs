@@ -20,7 +20,11 @@ pub(crate) fn unprotected(
     mut f: impl FnMut(usize, usize),
 ) -> Result<u64, Errno> {
     let queries = [
-        ScanArgs { category_mask: pm::PAGE_IS_WRITTEN, return_mask: pm::PAGE_IS_WRITTEN, ..Default::default() },
+        ScanArgs {
+            category_mask: pm::PAGE_IS_WRITTEN,
+            return_mask: pm::PAGE_IS_WRITTEN,
+            ..Default::default()
+        },
         ScanArgs {
             category_inverted: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
             category_mask: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
@@ -32,7 +36,11 @@ pub(crate) fn unprotected(
     for q in queries {
         let mut cursor = start;
         while cursor < end {
-            let args = ScanArgs { start: cursor, end, ..q };
+            let args = ScanArgs {
+                start: cursor,
+                end,
+                ..q
+            };
             ioctls += 1;
             let (n, walk_end) = sys::pagemap_scan(fd, &args, out)?;
             for r in &out[..n] {

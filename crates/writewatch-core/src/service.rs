@@ -47,9 +47,9 @@ use userfaultfd::{Event, EventBuffer, RegisterMode, Uffd};
 use crate::dirty::{plan_ranges, DirtySet};
 use crate::error::{CutError, Invalidation, MapError};
 use crate::region::{CutStats, Epoch, RegionInner};
-use crate::stats::{EpochStat, HISTORY};
 use crate::scan;
 use crate::snapshot::{Mode, View};
+use crate::stats::{EpochStat, HISTORY};
 use crate::sys::{self, Addr};
 use crate::tracker::{Backend, Command, CommandRx, Shared, POISONED};
 
@@ -66,7 +66,11 @@ const MAX_THREADS: usize = 256;
 /// Reads per loop iteration before commands get a turn again.
 const MAX_READS_PER_ROUND: usize = 16;
 
-pub(crate) fn spawn(uffd: Option<Uffd>, shared: Arc<Shared>, rx: CommandRx) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub(crate) fn spawn(
+    uffd: Option<Uffd>,
+    shared: Arc<Shared>,
+    rx: CommandRx,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     let name = shared.config.thread_name.clone();
     std::thread::Builder::new().name(name).spawn(move || {
         let mut svc = Service::new(uffd, shared, rx);
@@ -108,7 +112,13 @@ struct Entry {
 
 impl Entry {
     fn new(inner: Arc<RegionInner>) -> Self {
-        Self { inner, views: Vec::new(), next_expected: u64::MAX, ahead: 0, slot: None }
+        Self {
+            inner,
+            views: Vec::new(),
+            next_expected: u64::MAX,
+            ahead: 0,
+            slot: None,
+        }
     }
 
     fn live_views(&mut self) -> Vec<Arc<View>> {
@@ -217,7 +227,11 @@ impl Service {
     /// Blocks until the uffd or the eventfd is readable (not at all if faults are pending).
     /// With `spin` configured, busy-polls that long first.
     fn wait(&self) -> (bool, bool) {
-        let mut timeout = if self.pending.is_empty() { PollTimeout::NONE } else { PollTimeout::ZERO };
+        let mut timeout = if self.pending.is_empty() {
+            PollTimeout::NONE
+        } else {
+            PollTimeout::ZERO
+        };
         let spin_until = (!self.shared.config.spin.is_zero() && self.pending.is_empty())
             .then(|| Instant::now() + self.shared.config.spin);
         if spin_until.is_some() {
@@ -275,12 +289,20 @@ impl Service {
                 for e in it {
                     evs.push(match e {
                         // Only write-protect faults can occur: ranges are registered in WP mode only.
-                        Ok(Event::Pagefault { addr, thread_id, .. }) => {
-                            Ev::Fault(Fault { addr: addr as usize, tid: thread_id.as_raw(), t })
+                        Ok(Event::Pagefault {
+                            addr, thread_id, ..
+                        }) => Ev::Fault(Fault {
+                            addr: addr as usize,
+                            tid: thread_id.as_raw(),
+                            t,
+                        }),
+                        Ok(Event::Remove { start, end }) => {
+                            Ev::Remove(start as usize, end as usize)
                         }
-                        Ok(Event::Remove { start, end }) => Ev::Remove(start as usize, end as usize),
                         Ok(Event::Unmap { start, end }) => Ev::Unmap(start as usize, end as usize),
-                        Ok(Event::Remap { from, to, len }) => Ev::Remap(from as usize, to as usize, len),
+                        Ok(Event::Remap { from, to, len }) => {
+                            Ev::Remap(from as usize, to as usize, len)
+                        }
                         Ok(Event::Fork { .. }) | Err(_) => Ev::Other,
                     });
                 }
@@ -295,13 +317,22 @@ impl Service {
             match ev {
                 Ev::Fault(f) => {
                     if self.shared.config.trace_faults {
-                        tracing::trace!(addr = format_args!("{:#x}", f.addr), tid = f.tid, "write-protect fault");
+                        tracing::trace!(
+                            addr = format_args!("{:#x}", f.addr),
+                            tid = f.tid,
+                            "write-protect fault"
+                        );
                     }
                     self.pending.push(f)
                 }
                 Ev::Remove(s, e) => self.on_remove(s, e),
                 Ev::Unmap(s, e) => self.on_unmap(s, e, Invalidation::Unmapped, None),
-                Ev::Remap(from, to, len) => self.on_unmap(from, from.saturating_add(len), Invalidation::Remapped, Some(to)),
+                Ev::Remap(from, to, len) => self.on_unmap(
+                    from,
+                    from.saturating_add(len),
+                    Invalidation::Remapped,
+                    Some(to),
+                ),
                 Ev::Other => {
                     self.shared.counters.other_events.fetch_add(1, Relaxed);
                 }
@@ -314,15 +345,30 @@ impl Service {
 
     /// Regions overlapping `[start, end)`, by start address.
     fn overlapping(&self, start: usize, end: usize) -> Vec<usize> {
-        let first = self.by_start.range(..=start).next_back().map(|(k, _)| *k).unwrap_or(start);
-        self.by_start.range(first..end).filter(|(_, e)| e.inner.end() > start).map(|(k, _)| *k).collect()
+        let first = self
+            .by_start
+            .range(..=start)
+            .next_back()
+            .map(|(k, _)| *k)
+            .unwrap_or(start);
+        self.by_start
+            .range(first..end)
+            .filter(|(_, e)| e.inner.end() > start)
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     fn on_remove(&mut self, start: usize, end: usize) {
         self.shared.counters.remove_events.fetch_add(1, Relaxed);
-        tracing::debug!(start = format_args!("{start:#x}"), end = format_args!("{end:#x}"), "REMOVE event");
+        tracing::debug!(
+            start = format_args!("{start:#x}"),
+            end = format_args!("{end:#x}"),
+            "REMOVE event"
+        );
         for key in self.overlapping(start, end) {
-            let Some(entry) = self.by_start.get_mut(&key) else { continue };
+            let Some(entry) = self.by_start.get_mut(&key) else {
+                continue;
+            };
             let views = entry.live_views();
             let inner = &entry.inner;
             let s = start.max(inner.start);
@@ -330,7 +376,9 @@ impl Service {
             let first = inner.page_of(s);
             let last = inner.page_of(e - 1);
             // The content of these pages becomes zero: a write, as far as the dirty set goes.
-            inner.dirty.set_range(first as usize, (last - first + 1) as usize);
+            inner
+                .dirty
+                .set_range(first as usize, (last - first + 1) as usize);
             inner.counters.remove_events.fetch_add(1, Relaxed);
             inner.add_suspect(first, last - first + 1);
             // Content at earlier cuts that was not preserved yet is gone (the zap may already
@@ -349,9 +397,16 @@ impl Service {
             Invalidation::Unmapped => c.unmap_events.fetch_add(1, Relaxed),
             Invalidation::Remapped => c.remap_events.fetch_add(1, Relaxed),
         };
-        tracing::debug!(start = format_args!("{start:#x}"), end = format_args!("{end:#x}"), ?why, "region invalidated");
+        tracing::debug!(
+            start = format_args!("{start:#x}"),
+            end = format_args!("{end:#x}"),
+            ?why,
+            "region invalidated"
+        );
         for key in self.overlapping(start, end) {
-            let Some(entry) = self.by_start.remove(&key) else { continue };
+            let Some(entry) = self.by_start.remove(&key) else {
+                continue;
+            };
             let inner = entry.inner;
             self.by_id.remove(&inner.id);
             inner.invalidate(why);
@@ -387,7 +442,10 @@ impl Service {
                 i += 1;
                 continue;
             };
-            let entry = self.by_start.get_mut(&key).expect("region_key returned a live key");
+            let entry = self
+                .by_start
+                .get_mut(&key)
+                .expect("region_key returned a live key");
             let inner = Arc::clone(&entry.inner);
             let first = inner.page_of(f.addr);
             let mut last = first;
@@ -404,7 +462,11 @@ impl Service {
             // un-protected ahead of it (preserved first for every view that needs them).
             let around = shared.config.fault_around;
             if around > 0 {
-                entry.ahead = if first == entry.next_expected { (entry.ahead * 2).clamp(1, around) } else { 0 };
+                entry.ahead = if first == entry.next_expected {
+                    (entry.ahead * 2).clamp(1, around)
+                } else {
+                    0
+                };
                 let mut ext = 0;
                 // (A set dirty bit does not mean writable: a snapshot re-protects dirty pages
                 // without clearing their bits. Un-protecting a writable page is a no-op.)
@@ -442,13 +504,18 @@ impl Service {
             // Dirty bit BEFORE un-protect: the write may proceed only once it is recorded.
             inner.dirty.set_range(first as usize, count as usize);
             inner.counters.faults.fetch_add((j - i) as u64, Relaxed);
-            inner.counters.last_tid.store(faults[j - 1].tid as u64, Relaxed);
+            inner
+                .counters
+                .last_tid
+                .store(faults[j - 1].tid as u64, Relaxed);
             counters.wp_faults.fetch_add((j - i) as u64, Relaxed);
             let addr = inner.start + first as usize * inner.page_size;
             self.unprotect(addr, count as usize * inner.page_size);
             let done = Instant::now();
             for f in &faults[i..j] {
-                counters.service_ns.record(done.duration_since(f.t).as_nanos() as u64);
+                counters
+                    .service_ns
+                    .record(done.duration_since(f.t).as_nanos() as u64);
                 match self.tids.iter_mut().find(|(t, _)| *t == f.tid) {
                     Some((_, n)) => *n += 1,
                     None => self.tids.push((f.tid, 1)),
@@ -480,7 +547,11 @@ impl Service {
     /// refuses protection changes until we read it) reads events and retries.
     fn unprotect(&mut self, addr: usize, len: usize) {
         for attempt in 0.. {
-            match self.u().remove_write_protection(Addr(addr).ptr(), len, true).map_err(|e| errno_of(&e)) {
+            match self
+                .u()
+                .remove_write_protection(Addr(addr).ptr(), len, true)
+                .map_err(|e| errno_of(&e))
+            {
                 Ok(()) => {
                     self.shared.counters.unprotect_ioctls.fetch_add(1, Relaxed);
                     return;
@@ -505,7 +576,11 @@ impl Service {
             return Ok(());
         }
         for attempt in 0.. {
-            match self.u().write_protect(Addr(addr).ptr(), len).map_err(|e| errno_of(&e)) {
+            match self
+                .u()
+                .write_protect(Addr(addr).ptr(), len)
+                .map_err(|e| errno_of(&e))
+            {
                 Ok(()) => {
                     self.shared.counters.protect_ioctls.fetch_add(1, Relaxed);
                     return Ok(());
@@ -528,7 +603,11 @@ impl Service {
 
     fn command(&mut self, cmd: Command) -> Flow {
         match cmd {
-            Command::Register { region, all_dirty, reply } => {
+            Command::Register {
+                region,
+                all_dirty,
+                reply,
+            } => {
                 let r = self.register(region, all_dirty);
                 let _ = reply.send(r);
             }
@@ -558,7 +637,12 @@ impl Service {
         let (start, end) = (inner.start, inner.end());
         if let Some((_, e)) = self.by_start.range(..end).next_back() {
             if e.inner.end() > start {
-                return Err(MapError::Overlap { start, end, existing_start: e.inner.start, existing_end: e.inner.end() });
+                return Err(MapError::Overlap {
+                    start,
+                    end,
+                    existing_start: e.inner.start,
+                    existing_end: e.inner.end(),
+                });
             }
         }
         if self.backend == Backend::Mprotect {
@@ -585,33 +669,59 @@ impl Service {
         )?;
         if !ioctls.contains(userfaultfd::IoctlFlags::WRITE_PROTECT) {
             let _ = self.u().unregister(Addr(start).ptr(), inner.len);
-            return Err(MapError::KindUnsupported { kind: inner.kind.name(), needs: "Linux >= 5.19 for shmem/hugetlbfs write-protect" });
+            return Err(MapError::KindUnsupported {
+                kind: inner.kind.name(),
+                needs: "Linux >= 5.19 for shmem/hugetlbfs write-protect",
+            });
         }
         if all_dirty {
             inner.dirty.set_range(0, inner.page_count as usize);
         }
-        let r = self.populate_if_needed(start, inner.len).and_then(|()| self.protect(start, inner.len));
+        let r = self
+            .populate_if_needed(start, inner.len)
+            .and_then(|()| self.protect(start, inner.len));
         if let Err(errno) = r {
             let _ = self.u().unregister(Addr(start).ptr(), inner.len);
-            return Err(MapError::Sys { op: "UFFDIO_WRITEPROTECT", errno, hint: "" });
+            return Err(MapError::Sys {
+                op: "UFFDIO_WRITEPROTECT",
+                errno,
+                hint: "",
+            });
         }
         self.by_id.insert(inner.id, start);
         self.by_start.insert(start, Entry::new(inner));
         Ok(())
     }
 
-    fn register_mprotect(&mut self, inner: Arc<RegionInner>, all_dirty: bool) -> Result<(), MapError> {
+    fn register_mprotect(
+        &mut self,
+        inner: Arc<RegionInner>,
+        all_dirty: bool,
+    ) -> Result<(), MapError> {
         let start = inner.start;
         let shift = inner.page_size.trailing_zeros();
-        let slot = sys::segv::register(start, inner.len, shift, inner.dirty.words(), inner.page_count as usize).ok_or(
-            MapError::Sys { op: "register", errno: Errno::ENOSPC, hint: ": the mprotect backend tracks at most 4096 regions per process" },
-        )?;
+        let slot = sys::segv::register(
+            start,
+            inner.len,
+            shift,
+            inner.dirty.words(),
+            inner.page_count as usize,
+        )
+        .ok_or(MapError::Sys {
+            op: "register",
+            errno: Errno::ENOSPC,
+            hint: ": the mprotect backend tracks at most 4096 regions per process",
+        })?;
         if all_dirty {
             inner.dirty.set_range(0, inner.page_count as usize);
         }
         if let Err(errno) = sys::mprotect(start, inner.len, false) {
             sys::segv::unregister(slot);
-            return Err(MapError::Sys { op: "mprotect", errno, hint: "" });
+            return Err(MapError::Sys {
+                op: "mprotect",
+                errno,
+                hint: "",
+            });
         }
         self.shared.counters.protect_ioctls.fetch_add(1, Relaxed);
         self.by_id.insert(inner.id, start);
@@ -630,14 +740,19 @@ impl Service {
                 sys::segv::unregister(slot);
                 r
             }
-            None => self.u().unregister(Addr(start).ptr(), entry.inner.len).map_err(|e| errno_of(&e)),
+            None => self
+                .u()
+                .unregister(Addr(start).ptr(), entry.inner.len)
+                .map_err(|e| errno_of(&e)),
         }
     }
 
     /// Without `WP_UNPOPULATED`, protecting a never-touched page is silently skipped by the
     /// kernel, so its first write would go unseen: map every page (read-only zero page) first.
     fn populate_if_needed(&self, addr: usize, len: usize) -> Result<(), Errno> {
-        if self.backend == Backend::Mprotect || self.shared.features.has(crate::Feature::WpUnpopulated) {
+        if self.backend == Backend::Mprotect
+            || self.shared.features.has(crate::Feature::WpUnpopulated)
+        {
             return Ok(());
         }
         match sys::madvise_nondestructive(addr as *mut u8, len, libc::MADV_POPULATE_READ) {
@@ -652,8 +767,12 @@ impl Service {
     }
 
     fn unregister(&mut self, id: u64) -> Result<(), Errno> {
-        let Some(start) = self.by_id.remove(&id) else { return Ok(()) };
-        let Some(entry) = self.by_start.remove(&start) else { return Ok(()) };
+        let Some(start) = self.by_id.remove(&id) else {
+            return Ok(());
+        };
+        let Some(entry) = self.by_start.remove(&start) else {
+            return Ok(());
+        };
         match self.release(start, &entry) {
             Ok(()) => Ok(()),
             Err(e) if entry.inner.invalidation().is_none() => Err(e),
@@ -673,14 +792,24 @@ impl Service {
     fn cut(&mut self, id: u64) -> Result<Epoch, CutError> {
         let t0 = Instant::now();
         let Some(&start) = self.by_id.get(&id) else {
-            return Err(CutError::Invalidated { start: 0, reason: Invalidation::Unmapped });
+            return Err(CutError::Invalidated {
+                start: 0,
+                reason: Invalidation::Unmapped,
+            });
         };
         let Some(entry) = self.by_start.get(&start) else {
-            return Err(CutError::Invalidated { start, reason: Invalidation::Unmapped });
+            return Err(CutError::Invalidated {
+                start,
+                reason: Invalidation::Unmapped,
+            });
         };
         let inner = Arc::clone(&entry.inner);
         let suspect = inner.suspect_runs();
-        let span = tracing::debug_span!("cut", start = format_args!("{start:#x}"), epoch = inner.epoch.load(Relaxed));
+        let span = tracing::debug_span!(
+            "cut",
+            start = format_args!("{start:#x}"),
+            epoch = inner.epoch.load(Relaxed)
+        );
         let _g = span.enter();
 
         // 1. Pages the kernel may have un-protected behind our back (madvise zaps).
@@ -717,7 +846,9 @@ impl Service {
         for (first, count) in plan {
             let addr = inner.start + first as usize * inner.page_size;
             let len = count as usize * inner.page_size;
-            let r = self.populate_if_needed(addr, len).and_then(|()| self.protect(addr, len));
+            let r = self
+                .populate_if_needed(addr, len)
+                .and_then(|()| self.protect(addr, len));
             if let Err(errno) = r {
                 // Never lose dirty bits: put the whole harvest back (pages already re-protected
                 // are over-reported next time, which is allowed).
@@ -734,7 +865,12 @@ impl Service {
         let view = if set.is_empty() || self.backend != Backend::SyncUffd {
             None
         } else {
-            let v = Arc::new(View::new(Arc::clone(&inner), Arc::clone(&self.shared), &set, Mode::Consume));
+            let v = Arc::new(View::new(
+                Arc::clone(&inner),
+                Arc::clone(&self.shared),
+                &set,
+                Mode::Consume,
+            ));
             if let Some(e) = self.by_start.get_mut(&start) {
                 e.views.push(Arc::downgrade(&v));
             }
@@ -744,25 +880,53 @@ impl Service {
             if h.len() == HISTORY {
                 h.pop_front();
             }
-            h.push_back(EpochStat { epoch: number, pages: set.len() as u64 });
+            h.push_back(EpochStat {
+                epoch: number,
+                pages: set.len() as u64,
+            });
         }
         self.shared.counters.cuts.fetch_add(1, Relaxed);
         let duration = t0.elapsed();
-        tracing::debug!(pages = set.len(), protect_ioctls, scan_ioctls, ?duration, "cut");
-        Ok(Epoch { number, dirty: set, stats: CutStats { protect_ioctls, scan_ioctls, duration }, view, backend: self.backend })
+        tracing::debug!(
+            pages = set.len(),
+            protect_ioctls,
+            scan_ioctls,
+            ?duration,
+            "cut"
+        );
+        Ok(Epoch {
+            number,
+            dirty: set,
+            stats: CutStats {
+                protect_ioctls,
+                scan_ioctls,
+                duration,
+            },
+            view,
+            backend: self.backend,
+        })
     }
 
     /// A whole-region snapshot: re-protects the pages written in the current epoch without
     /// closing it (their dirty bits stay), then every page is needed by a retain-mode view.
     fn snapshot(&mut self, id: u64) -> Result<crate::Snapshot, CutError> {
         if self.backend != Backend::SyncUffd {
-            return Err(CutError::Unsupported { what: "snapshot", backend: self.backend.name() });
+            return Err(CutError::Unsupported {
+                what: "snapshot",
+                backend: self.backend.name(),
+            });
         }
         let Some(&start) = self.by_id.get(&id) else {
-            return Err(CutError::Invalidated { start: 0, reason: Invalidation::Unmapped });
+            return Err(CutError::Invalidated {
+                start: 0,
+                reason: Invalidation::Unmapped,
+            });
         };
         let Some(entry) = self.by_start.get(&start) else {
-            return Err(CutError::Invalidated { start, reason: Invalidation::Unmapped });
+            return Err(CutError::Invalidated {
+                start,
+                reason: Invalidation::Unmapped,
+            });
         };
         let inner = Arc::clone(&entry.inner);
         let _g = tracing::debug_span!("snapshot", start = format_args!("{start:#x}")).entered();
@@ -770,7 +934,10 @@ impl Service {
         for (first, count) in plan_ranges(dirty.runs(), self.shared.config.merge_gap_pages) {
             let addr = inner.start + first as usize * inner.page_size;
             let len = count as usize * inner.page_size;
-            if let Err(errno) = self.populate_if_needed(addr, len).and_then(|()| self.protect(addr, len)) {
+            if let Err(errno) = self
+                .populate_if_needed(addr, len)
+                .and_then(|()| self.protect(addr, len))
+            {
                 if let Some(reason) = inner.invalidation() {
                     return Err(CutError::Invalidated { start, reason });
                 }
@@ -778,7 +945,12 @@ impl Service {
             }
         }
         let all = DirtySet::full(inner.page_size, inner.page_count);
-        let v = Arc::new(View::new(Arc::clone(&inner), Arc::clone(&self.shared), &all, Mode::Retain));
+        let v = Arc::new(View::new(
+            Arc::clone(&inner),
+            Arc::clone(&self.shared),
+            &all,
+            Mode::Retain,
+        ));
         if let Some(e) = self.by_start.get_mut(&start) {
             e.views.push(Arc::downgrade(&v));
         }
@@ -789,7 +961,12 @@ impl Service {
     /// region reports every written page and write-protects it again in the same walk. Loops
     /// on `walk_end` when the output vector fills up (and grows it for the next cut).
     fn async_harvest(&mut self, inner: &RegionInner, words: &mut [u64]) -> Result<u64, Errno> {
-        let fd = self.shared.pagemap.as_ref().map(|f| f.as_raw_fd()).ok_or(Errno::ENOTTY)?;
+        let fd = self
+            .shared
+            .pagemap
+            .as_ref()
+            .map(|f| f.as_raw_fd())
+            .ok_or(Errno::ENOTTY)?;
         let (mut cursor, end) = (inner.start, inner.end());
         let mut ioctls = 0;
         loop {
@@ -816,7 +993,8 @@ impl Service {
             }
             cursor = walk_end;
             let grown = self.async_out.len() * 2;
-            self.async_out.resize(grown.min(1 << 20), sys::EMPTY_PAGE_REGION);
+            self.async_out
+                .resize(grown.min(1 << 20), sys::EMPTY_PAGE_REGION);
         }
         Ok(ioctls)
     }
@@ -863,4 +1041,3 @@ impl Service {
         self.drain_commands();
     }
 }
-

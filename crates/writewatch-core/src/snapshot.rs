@@ -113,7 +113,11 @@ pub(crate) struct Budget {
 
 impl Budget {
     pub(crate) fn new(limit: usize) -> Self {
-        Self { used: AtomicUsize::new(0), limit, waiting: AtomicBool::new(false) }
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+            waiting: AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn try_take(&self, bytes: usize) -> bool {
@@ -151,17 +155,33 @@ pub(crate) struct View {
 
 impl std::fmt::Debug for View {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("View").field("mode", &self.mode).field("pages", &self.state.len()).finish()
+        f.debug_struct("View")
+            .field("mode", &self.mode)
+            .field("pages", &self.state.len())
+            .finish()
     }
 }
 
 impl View {
-    pub(crate) fn new(region: Arc<RegionInner>, shared: Arc<Shared>, needed: &DirtySet, mode: Mode) -> Self {
-        let state: Box<[AtomicU8]> = (0..region.page_count).map(|_| AtomicU8::new(NOT_NEEDED)).collect();
+    pub(crate) fn new(
+        region: Arc<RegionInner>,
+        shared: Arc<Shared>,
+        needed: &DirtySet,
+        mode: Mode,
+    ) -> Self {
+        let state: Box<[AtomicU8]> = (0..region.page_count)
+            .map(|_| AtomicU8::new(NOT_NEEDED))
+            .collect();
         for p in needed.iter() {
             state[p as usize].store(PENDING, Ordering::Relaxed);
         }
-        Self { region, shared, state, copies: Mutex::new(HashMap::new()), mode }
+        Self {
+            region,
+            shared,
+            state,
+            copies: Mutex::new(HashMap::new()),
+            mode,
+        }
     }
 
     fn copies(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Box<[u8]>>> {
@@ -183,7 +203,10 @@ impl View {
                     if !self.shared.budget.try_take(ps) {
                         return false;
                     }
-                    if st.compare_exchange(PENDING, PRESERVING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                    if st
+                        .compare_exchange(PENDING, PRESERVING, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                    {
                         self.shared.budget.give(ps, &self.shared);
                         continue;
                     }
@@ -196,7 +219,10 @@ impl View {
                     }
                     self.copies().insert(page, buf);
                     st.store(PRESERVED, Ordering::Release);
-                    self.shared.counters.preserved.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .counters
+                        .preserved
+                        .fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
                 // The saver is reading the live page: wait (it only reads, for ~1 us).
@@ -221,7 +247,10 @@ impl View {
             if !matches!(s, PENDING | COPYING) {
                 return;
             }
-            if st.compare_exchange(s, LOST, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            if st
+                .compare_exchange(s, LOST, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
                 return;
             }
         }
@@ -234,10 +263,17 @@ impl View {
             return Err(SnapshotError::OutOfRange { page, pages });
         }
         if buf.len() != self.region.page_size {
-            return Err(SnapshotError::BadBuffer { len: buf.len(), page_size: self.region.page_size });
+            return Err(SnapshotError::BadBuffer {
+                len: buf.len(),
+                page_size: self.region.page_size,
+            });
         }
         let st = &self.state[page as usize];
-        let after_read = if self.mode == Mode::Consume { RELEASED } else { PENDING };
+        let after_read = if self.mode == Mode::Consume {
+            RELEASED
+        } else {
+            PENDING
+        };
         loop {
             match st.load(Ordering::Acquire) {
                 NOT_NEEDED => return Err(SnapshotError::NotInEpoch { page }),
@@ -248,8 +284,13 @@ impl View {
                     if let Some(why) = self.region.invalidation() {
                         return Err(SnapshotError::Invalidated(why));
                     }
-                    self.shared.available().map_err(SnapshotError::Unavailable)?;
-                    if st.compare_exchange(PENDING, COPYING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                    self.shared
+                        .available()
+                        .map_err(SnapshotError::Unavailable)?;
+                    if st
+                        .compare_exchange(PENDING, COPYING, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                    {
                         continue;
                     }
                     let s1 = self.shared.read_seq.load(Ordering::SeqCst);
@@ -266,9 +307,14 @@ impl View {
                     }
                     // A zap of a page in a range that ever got REMOVE can also come late:
                     // verify that the page is still write-protected after the copy.
-                    let ok = !self.region.is_suspect(page) || self.shared.verify_protected(&self.region, page);
+                    let ok = !self.region.is_suspect(page)
+                        || self.shared.verify_protected(&self.region, page);
                     let next = if ok { after_read } else { LOST };
-                    if st.compare_exchange(COPYING, next, Ordering::AcqRel, Ordering::Acquire).is_err() || !ok {
+                    if st
+                        .compare_exchange(COPYING, next, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                        || !ok
+                    {
                         // Marked LOST by a REMOVE event while we copied.
                         st.store(LOST, Ordering::Release);
                         return Err(SnapshotError::Discarded { page });
@@ -304,11 +350,16 @@ impl View {
 
     /// Releases a page without reading it (consume mode).
     pub(crate) fn release(&self, page: u64) {
-        let Some(st) = self.state.get(page as usize) else { return };
+        let Some(st) = self.state.get(page as usize) else {
+            return;
+        };
         loop {
             match st.load(Ordering::Acquire) {
                 PENDING => {
-                    if st.compare_exchange(PENDING, RELEASED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    if st
+                        .compare_exchange(PENDING, RELEASED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
                         return;
                     }
                 }
@@ -335,7 +386,12 @@ impl View {
     /// Writes every preserved page back into the live region (rollback). Returns the number
     /// of pages rewritten, or the first LOST page.
     pub(crate) fn write_back(&self) -> Result<u64, SnapshotError> {
-        if let Some((p, _)) = self.state.iter().enumerate().find(|(_, s)| s.load(Ordering::Acquire) == LOST) {
+        if let Some((p, _)) = self
+            .state
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.load(Ordering::Acquire) == LOST)
+        {
             return Err(SnapshotError::Discarded { page: p as u64 });
         }
         let copies = self.copies();
@@ -352,7 +408,9 @@ impl Drop for View {
     fn drop(&mut self) {
         let n = self.copies().len();
         // Also wakes deferred writers whose only reason to wait was this view's need.
-        self.shared.budget.give(n * self.region.page_size, &self.shared);
+        self.shared
+            .budget
+            .give(n * self.region.page_size, &self.shared);
     }
 }
 

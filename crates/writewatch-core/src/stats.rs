@@ -70,7 +70,11 @@ impl Histogram {
 
     /// Non-empty buckets as `(lower_bound_ns, count)`.
     pub fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (if i == 0 { 0 } else { 1u64 << i }, *c))
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| (if i == 0 { 0 } else { 1u64 << i }, *c))
     }
 }
 
@@ -82,7 +86,9 @@ pub(crate) struct AtomicHistogram {
 
 impl Default for AtomicHistogram {
     fn default() -> Self {
-        Self { counts: std::array::from_fn(|_| AtomicU64::new(0)) }
+        Self {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
 }
 
@@ -91,7 +97,9 @@ impl AtomicHistogram {
         self.counts[bucket(ns)].fetch_add(1, Relaxed);
     }
     pub(crate) fn load(&self) -> Histogram {
-        Histogram { counts: std::array::from_fn(|i| self.counts[i].load(Relaxed)) }
+        Histogram {
+            counts: std::array::from_fn(|i| self.counts[i].load(Relaxed)),
+        }
     }
 }
 

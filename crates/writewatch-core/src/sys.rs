@@ -27,7 +27,10 @@ pub(crate) const PAGEMAP_SCAN: libc::c_ulong =
 const _: () = {
     assert!(k::UFFD_FEATURE_WP_ASYNC == 1 << 15);
     assert!(k::UFFD_FEATURE_WP_UNPOPULATED == 1 << 13);
-    assert!(k::UFFD_FEATURE_PAGEFAULT_FLAG_WP as u64 == userfaultfd::FeatureFlags::PAGEFAULT_FLAG_WP.bits());
+    assert!(
+        k::UFFD_FEATURE_PAGEFAULT_FLAG_WP as u64
+            == userfaultfd::FeatureFlags::PAGEFAULT_FLAG_WP.bits()
+    );
     assert!(k::UFFD_FEATURE_THREAD_ID as u64 == userfaultfd::FeatureFlags::THREAD_ID.bits());
     assert!(k::UFFD_FEATURE_EVENT_REMOVE as u64 == userfaultfd::FeatureFlags::EVENT_REMOVE.bits());
     assert!(k::UFFD_FEATURE_EVENT_UNMAP as u64 == userfaultfd::FeatureFlags::EVENT_UNMAP.bits());
@@ -97,7 +100,11 @@ pub(crate) unsafe fn munmap(ptr: *mut u8, len: usize) -> Result<(), Errno> {
 
 /// `madvise(2)` with an advice that does not change memory contents (e.g. `MADV_NOHUGEPAGE`,
 /// `MADV_POPULATE_READ`).
-pub(crate) fn madvise_nondestructive(ptr: *mut u8, len: usize, advice: libc::c_int) -> Result<(), Errno> {
+pub(crate) fn madvise_nondestructive(
+    ptr: *mut u8,
+    len: usize,
+    advice: libc::c_int,
+) -> Result<(), Errno> {
     debug_assert!(matches!(
         advice,
         libc::MADV_NOHUGEPAGE | libc::MADV_HUGEPAGE | libc::MADV_POPULATE_READ
@@ -148,9 +155,19 @@ pub(crate) fn userfaultfd_dev(flags: libc::c_int) -> Result<OwnedFd, Errno> {
 
 /// `UFFDIO_API` handshake on a raw userfaultfd. Returns `(features, ioctls)` granted.
 pub(crate) fn uffdio_api(fd: RawFd, features: u64) -> Result<(u64, u64), Errno> {
-    let mut api = k::uffdio_api { api: k::UFFD_API as u64, features, ioctls: 0 };
+    let mut api = k::uffdio_api {
+        api: k::UFFD_API as u64,
+        features,
+        ioctls: 0,
+    };
     // SAFETY: UFFDIO_API reads and writes exactly one `uffdio_api`, which lives on our stack.
-    let r = unsafe { libc::ioctl(fd, linux_raw_sys::ioctl::UFFDIO_API as _, &mut api as *mut k::uffdio_api) };
+    let r = unsafe {
+        libc::ioctl(
+            fd,
+            linux_raw_sys::ioctl::UFFDIO_API as _,
+            &mut api as *mut k::uffdio_api,
+        )
+    };
     Errno::result(r).map(|_| (api.features, api.ioctls))
 }
 
@@ -158,7 +175,11 @@ pub(crate) fn uffdio_api(fd: RawFd, features: u64) -> Result<(u64, u64), Errno> 
 pub(crate) type PageRegion = k::page_region;
 
 /// A zeroed `page_region`, for sizing output buffers.
-pub(crate) const EMPTY_PAGE_REGION: PageRegion = k::page_region { start: 0, end: 0, categories: 0 };
+pub(crate) const EMPTY_PAGE_REGION: PageRegion = k::page_region {
+    start: 0,
+    end: 0,
+    categories: 0,
+};
 
 /// The `PAGEMAP_SCAN` category bits used by this crate.
 pub(crate) mod pm {
@@ -186,7 +207,11 @@ pub(crate) struct ScanArgs {
 ///
 /// Fills `out` and returns `(entries_filled, walk_end)`: the kernel stops early at `walk_end`
 /// when `out` is full, so callers loop from `walk_end` until it reaches `args.end`.
-pub(crate) fn pagemap_scan(pagemap: RawFd, args: &ScanArgs, out: &mut [PageRegion]) -> Result<(usize, usize), Errno> {
+pub(crate) fn pagemap_scan(
+    pagemap: RawFd,
+    args: &ScanArgs,
+    out: &mut [PageRegion],
+) -> Result<(usize, usize), Errno> {
     let mut arg = k::pm_scan_arg {
         size: std::mem::size_of::<k::pm_scan_arg>() as u64,
         flags: args.flags,
@@ -236,14 +261,29 @@ impl Mapping {
         let ptr = mmap_anonymous(len, 0)?;
         // Best effort: fails only on kernels without THP, where it does not matter.
         let _ = madvise_nondestructive(ptr.as_ptr(), len, libc::MADV_NOHUGEPAGE);
-        Ok(Self { ptr, len, owned: true, leaked: false.into(), _memfd: None })
+        Ok(Self {
+            ptr,
+            len,
+            owned: true,
+            leaked: false.into(),
+            _memfd: None,
+        })
     }
 
     /// A new memfd of `len` bytes mapped shared.
     pub(crate) fn shared(len: usize) -> Result<(Self, &'static str), (Errno, &'static str)> {
         let fd = memfd("writewatch", len).map_err(|e| (e, "memfd_create"))?;
         let ptr = mmap_shared(&fd, len).map_err(|e| (e, "mmap"))?;
-        Ok((Self { ptr, len, owned: true, leaked: false.into(), _memfd: Some(fd) }, "mmap"))
+        Ok((
+            Self {
+                ptr,
+                len,
+                owned: true,
+                leaked: false.into(),
+                _memfd: Some(fd),
+            },
+            "mmap",
+        ))
     }
 
     /// The caller's mapping.
@@ -252,7 +292,13 @@ impl Mapping {
     /// `[ptr, ptr+len)` must be mapped read-write (ptr non-null) and stay mapped for the life
     /// of the returned value.
     pub(crate) unsafe fn adopted(ptr: *mut u8, len: usize) -> Option<Self> {
-        Some(Self { ptr: NonNull::new(ptr)?, len, owned: false, leaked: false.into(), _memfd: None })
+        Some(Self {
+            ptr: NonNull::new(ptr)?,
+            len,
+            owned: false,
+            leaked: false.into(),
+            _memfd: None,
+        })
     }
 
     pub(crate) fn start(&self) -> usize {
@@ -271,7 +317,8 @@ impl Mapping {
     /// at these addresses now. Accessors must not be used after this (callers check the
     /// region's status first).
     pub(crate) fn leak(&self) {
-        self.leaked.store(true, std::sync::atomic::Ordering::Release);
+        self.leaked
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The memory as 64-bit atomics (always sound: see the type invariant).
@@ -299,7 +346,6 @@ impl Mapping {
         // SAFETY: mapped for our life (type invariant); the caller guarantees exclusivity.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
-
 }
 
 impl Drop for Mapping {
@@ -318,7 +364,9 @@ impl Drop for Mapping {
 pub(crate) fn soft_dirty_probe() -> bool {
     use std::os::unix::fs::FileExt;
     let ps = base_page_size();
-    let Ok(p) = mmap_anonymous(ps, 0) else { return false };
+    let Ok(p) = mmap_anonymous(ps, 0) else {
+        return false;
+    };
     // SAFETY: `p` is a fresh private read-write page that nothing else references.
     unsafe { p.as_ptr().write_volatile(1) };
     let mut e = [0u8; 8];
@@ -368,7 +416,11 @@ impl Addr {
 /// raises SIGSEGV, which the handler below (installed before any range is protected)
 /// resolves. The kernel validates the range.
 pub(crate) fn mprotect(addr: usize, len: usize, writable: bool) -> Result<(), Errno> {
-    let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
     // SAFETY: see above; no Rust-visible memory changes.
     Errno::result(unsafe { libc::mprotect(addr as *mut c_void, len, prot) }).map(drop)
 }
@@ -439,9 +491,17 @@ pub(crate) mod segv {
     }
 
     /// Publishes a tracked range. `words` must stay valid until `unregister` returns.
-    pub(crate) fn register(start: usize, len: usize, shift: u32, words: &[AtomicU64], nbits: usize) -> Option<usize> {
+    pub(crate) fn register(
+        start: usize,
+        len: usize,
+        shift: u32,
+        words: &[AtomicU64],
+        nbits: usize,
+    ) -> Option<usize> {
         let n = NSLOTS.load(Acquire);
-        let idx = (0..n).find(|&i| SLOTS[i].start.load(Acquire) == 0).or_else(|| (n < MAX_SLOTS).then_some(n))?;
+        let idx = (0..n)
+            .find(|&i| SLOTS[i].start.load(Acquire) == 0)
+            .or_else(|| (n < MAX_SLOTS).then_some(n))?;
         let s = &SLOTS[idx];
         s.end.store(start + len, Release);
         s.shift.store(shift, Release);
@@ -503,7 +563,13 @@ pub(crate) mod segv {
                 unsafe { (*words.add(page / 64)).fetch_or(1 << (page % 64), SeqCst) };
                 let pstart = start + (page << shift);
                 // SAFETY: changing protection of a tracked page; see `mprotect` above.
-                let r = unsafe { libc::mprotect(pstart as *mut libc::c_void, 1 << shift, libc::PROT_READ | libc::PROT_WRITE) };
+                let r = unsafe {
+                    libc::mprotect(
+                        pstart as *mut libc::c_void,
+                        1 << shift,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                    )
+                };
                 if r != 0 {
                     // Too many VMAs (vm.max_map_count): un-protect the whole range and
                     // report all of it (over-report, never a lost write or a fault loop).
@@ -513,7 +579,13 @@ pub(crate) mod segv {
                         unsafe { (*words.add(w)).store(u64::MAX, SeqCst) };
                     }
                     // SAFETY: as above.
-                    unsafe { libc::mprotect(start as *mut libc::c_void, s.end.load(Acquire) - start, libc::PROT_READ | libc::PROT_WRITE) };
+                    unsafe {
+                        libc::mprotect(
+                            start as *mut libc::c_void,
+                            s.end.load(Acquire) - start,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                        )
+                    };
                 }
                 FAULTS.fetch_add(1, Relaxed);
                 handled = true;
@@ -544,7 +616,8 @@ pub(crate) mod segv {
             f if old.sa_flags & libc::SA_SIGINFO != 0 => {
                 // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this
                 // signature; we pass through the kernel's arguments unchanged.
-                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { std::mem::transmute(f) };
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    unsafe { std::mem::transmute(f) };
                 f(sig, info, ctx);
             }
             f => {

@@ -212,21 +212,42 @@ impl TrackerBuilder {
     /// Opens the userfaultfd, negotiates features and starts the fault-service thread.
     pub fn build(self) -> Result<Tracker, BuildError> {
         let (backend, uffd, features) = match self.backend {
-            Backend::Mprotect => (Backend::Mprotect, None, Features { bits: 0, user_mode_only: false }),
+            Backend::Mprotect => (
+                Backend::Mprotect,
+                None,
+                Features {
+                    bits: 0,
+                    user_mode_only: false,
+                },
+            ),
             requested => match self.open_uffd(requested) {
                 Ok((b, u, f)) => (b, Some(u), f),
                 Err(e) if requested == Backend::Auto => {
                     tracing::warn!(%e, "userfaultfd unavailable; falling back to the mprotect backend");
-                    (Backend::Mprotect, None, Features { bits: 0, user_mode_only: false })
+                    (
+                        Backend::Mprotect,
+                        None,
+                        Features {
+                            bits: 0,
+                            user_mode_only: false,
+                        },
+                    )
                 }
                 Err(e) => return Err(e),
             },
         };
         if backend == Backend::Mprotect {
-            sys::segv::install().map_err(|errno| BuildError::Setup { what: "SIGSEGV handler", errno })?;
+            sys::segv::install().map_err(|errno| BuildError::Setup {
+                what: "SIGSEGV handler",
+                errno,
+            })?;
         }
-        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(|errno| BuildError::Setup { what: "eventfd", errno })?;
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(
+            |errno| BuildError::Setup {
+                what: "eventfd",
+                errno,
+            },
+        )?;
         let pagemap = std::fs::File::open("/proc/self/pagemap").ok();
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
@@ -244,14 +265,24 @@ impl TrackerBuilder {
             budget: crate::snapshot::Budget::new(self.copy_budget),
             read_seq: AtomicU64::new(0),
         });
-        let handle = service::spawn(uffd, Arc::clone(&shared), cmd_rx).map_err(BuildError::Spawn)?;
+        let handle =
+            service::spawn(uffd, Arc::clone(&shared), cmd_rx).map_err(BuildError::Spawn)?;
         *shared.join.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-        tracing::debug!(backend = backend.name(), features = format_args!("{:#x}", features.bits), "tracker started");
-        Ok(Tracker { handle: Arc::new(TrackerHandle { shared }) })
+        tracing::debug!(
+            backend = backend.name(),
+            features = format_args!("{:#x}", features.bits),
+            "tracker started"
+        );
+        Ok(Tracker {
+            handle: Arc::new(TrackerHandle { shared }),
+        })
     }
 
     /// Opens and negotiates the userfaultfd for a uffd backend (or `Auto`).
-    fn open_uffd(&self, requested: Backend) -> Result<(Backend, userfaultfd::Uffd, Features), BuildError> {
+    fn open_uffd(
+        &self,
+        requested: Backend,
+    ) -> Result<(Backend, userfaultfd::Uffd, Features), BuildError> {
         let base = libc::O_CLOEXEC | libc::O_NONBLOCK;
         // 1. Which kind of fd may we open, and what does the kernel offer on it?
         let (access, probe_fd) = if self.force_user_mode_only {
@@ -266,12 +297,18 @@ impl TrackerBuilder {
             (_, Some(fd)) => fd,
             (Access::Denied(errno), None) => return Err(BuildError::PermissionDenied { errno }),
             (Access::Absent(errno), None) => return Err(BuildError::NoUserfaultfd { errno }),
-            (_, None) => return Err(BuildError::NoUserfaultfd { errno: Errno::ENOSYS }),
+            (_, None) => {
+                return Err(BuildError::NoUserfaultfd {
+                    errno: Errno::ENOSYS,
+                })
+            }
         };
-        let (offered, _) =
-            sys::uffdio_api(probe_fd.as_raw_fd(), 0).map_err(|errno| BuildError::Handshake { errno })?;
+        let (offered, _) = sys::uffdio_api(probe_fd.as_raw_fd(), 0)
+            .map_err(|errno| BuildError::Handshake { errno })?;
         drop(probe_fd);
-        if offered & k::UFFD_FEATURE_PAGEFAULT_FLAG_WP as u64 == 0 || self.disabled.contains(&Feature::PagefaultFlagWp) {
+        if offered & k::UFFD_FEATURE_PAGEFAULT_FLAG_WP as u64 == 0
+            || self.disabled.contains(&Feature::PagefaultFlagWp)
+        {
             return Err(BuildError::MissingFeature {
                 feature: "UFFD_FEATURE_PAGEFAULT_FLAG_WP",
                 needs: "Linux >= 5.7 with CONFIG_HAVE_ARCH_USERFAULTFD_WP (x86_64, arm64 >= 6.10)",
@@ -289,7 +326,9 @@ impl TrackerBuilder {
                     needs: "Linux >= 6.7 (or use Backend::SyncUffd)",
                 })
             }
-            Backend::Auto if async_ok && self.purpose == Purpose::DirtyTracking => Backend::AsyncUffd,
+            Backend::Auto if async_ok && self.purpose == Purpose::DirtyTracking => {
+                Backend::AsyncUffd
+            }
             Backend::Auto => Backend::SyncUffd,
             b => b,
         };
@@ -324,19 +363,35 @@ impl TrackerBuilder {
             // The crate insists on /dev/userfaultfd when it exists; the syscall may still be
             // allowed (vm.unprivileged_userfaultfd=1 with a root-only device node).
             Err(userfaultfd::Error::OpenDevUserfaultfd(_)) => {
-                let flags = base | if user_mode_only { k::UFFD_USER_MODE_ONLY as libc::c_int } else { 0 };
-                let fd = sys::userfaultfd_syscall(flags).map_err(|errno| BuildError::PermissionDenied { errno })?;
-                sys::uffdio_api(fd.as_raw_fd(), wanted).map_err(|errno| BuildError::Handshake { errno })?;
+                let flags = base
+                    | if user_mode_only {
+                        k::UFFD_USER_MODE_ONLY as libc::c_int
+                    } else {
+                        0
+                    };
+                let fd = sys::userfaultfd_syscall(flags)
+                    .map_err(|errno| BuildError::PermissionDenied { errno })?;
+                sys::uffdio_api(fd.as_raw_fd(), wanted)
+                    .map_err(|errno| BuildError::Handshake { errno })?;
                 sys::uffd_from_fd(fd)
             }
             Err(e) => {
                 return Err(match crate::service::errno_of(&e) {
-                    errno @ (Errno::EPERM | Errno::EACCES) => BuildError::PermissionDenied { errno },
+                    errno @ (Errno::EPERM | Errno::EACCES) => {
+                        BuildError::PermissionDenied { errno }
+                    }
                     errno => BuildError::Handshake { errno },
                 })
             }
         };
-        Ok((backend, uffd, Features { bits: wanted, user_mode_only }))
+        Ok((
+            backend,
+            uffd,
+            Features {
+                bits: wanted,
+                user_mode_only,
+            },
+        ))
     }
 }
 
@@ -412,7 +467,10 @@ impl Shared {
     /// Sends a command and waits for its reply. If the service thread is gone (or goes away
     /// before answering), the reply channel is disconnected and the caller gets `Unavailable`:
     /// this never blocks forever.
-    pub(crate) fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, Unavailable> {
+    pub(crate) fn call<T>(
+        &self,
+        make: impl FnOnce(Sender<T>) -> Command,
+    ) -> Result<T, Unavailable> {
         self.available()?;
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.cmd_tx.send(make(tx)).map_err(|_| self.unavailable())?;
@@ -423,11 +481,19 @@ impl Shared {
     /// Whether page `page` of `region` is still write-protected (present with the uffd-wp bit,
     /// or a protection marker). False when it cannot be determined.
     pub(crate) fn verify_protected(&self, region: &RegionInner, page: u64) -> bool {
-        let Some(pm) = &self.pagemap else { return false };
+        let Some(pm) = &self.pagemap else {
+            return false;
+        };
         let start = region.start + page as usize * region.page_size;
         let mut out = [crate::sys::EMPTY_PAGE_REGION; 4];
         let mut unprotected = false;
-        match crate::scan::unprotected(pm.as_raw_fd(), start, start + region.page_size, &mut out, |_, _| unprotected = true) {
+        match crate::scan::unprotected(
+            pm.as_raw_fd(),
+            start,
+            start + region.page_size,
+            &mut out,
+            |_, _| unprotected = true,
+        ) {
             Ok(_) => !unprotected,
             Err(_) => false,
         }
@@ -439,7 +505,11 @@ impl Shared {
     }
 
     fn shutdown(&self) {
-        if self.state.compare_exchange(RUNNING, SHUT_DOWN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if self
+            .state
+            .compare_exchange(RUNNING, SHUT_DOWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             let (tx, rx) = crossbeam_channel::bounded(1);
             if self.cmd_tx.send(Command::Shutdown { reply: tx }).is_ok() {
                 self.kick();
@@ -492,7 +562,9 @@ pub struct Tracker {
 
 impl std::fmt::Debug for Tracker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tracker").field("features", &self.handle.shared.features).finish()
+        f.debug_struct("Tracker")
+            .field("features", &self.handle.shared.features)
+            .finish()
     }
 }
 
@@ -534,7 +606,11 @@ impl Tracker {
         let ps = sys::base_page_size();
         check_len(len, ps)?;
         self.shared().available()?;
-        let map = sys::Mapping::anonymous(len).map_err(|errno| MapError::Sys { op: "mmap", errno, hint: mmap_hint(errno) })?;
+        let map = sys::Mapping::anonymous(len).map_err(|errno| MapError::Sys {
+            op: "mmap",
+            errno,
+            hint: mmap_hint(errno),
+        })?;
         let inner = self.new_inner(map, ps, RegionKind::Anonymous);
         self.register(inner, false)
     }
@@ -546,9 +622,16 @@ impl Tracker {
         check_len(len, ps)?;
         self.shared().available()?;
         if self.backend() != Backend::Mprotect && !self.features().has(Feature::WpHugetlbfsShmem) {
-            return Err(MapError::KindUnsupported { kind: "shmem", needs: "Linux >= 5.19 (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)" });
+            return Err(MapError::KindUnsupported {
+                kind: "shmem",
+                needs: "Linux >= 5.19 (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)",
+            });
         }
-        let (map, _) = sys::Mapping::shared(len).map_err(|(errno, op)| MapError::Sys { op, errno, hint: mmap_hint(errno) })?;
+        let (map, _) = sys::Mapping::shared(len).map_err(|(errno, op)| MapError::Sys {
+            op,
+            errno,
+            hint: mmap_hint(errno),
+        })?;
         let inner = self.new_inner(map, ps, RegionKind::Shmem);
         self.register(inner, false)
     }
@@ -570,27 +653,55 @@ impl Tracker {
             return Err(MapError::ZeroLength);
         }
         if start % ps0 != 0 {
-            return Err(MapError::Unaligned { what: "address", value: start, page_size: ps0 });
+            return Err(MapError::Unaligned {
+                what: "address",
+                value: start,
+                page_size: ps0,
+            });
         }
-        let end = start.checked_add(len).ok_or(MapError::Overflow { start, len })?;
+        let end = start
+            .checked_add(len)
+            .ok_or(MapError::Overflow { start, len })?;
         if len % ps0 != 0 {
-            return Err(MapError::Unaligned { what: "length", value: len, page_size: ps0 });
+            return Err(MapError::Unaligned {
+                what: "length",
+                value: len,
+                page_size: ps0,
+            });
         }
         self.shared().available()?;
-        let smaps = std::fs::read_to_string("/proc/self/smaps")
-            .map_err(|e| MapError::Sys { op: "read /proc/self/smaps", errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)), hint: "" })?;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").map_err(|e| MapError::Sys {
+            op: "read /proc/self/smaps",
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            hint: "",
+        })?;
         let (kind, ps) = region::check_adoptable(&region::parse_smaps(&smaps), start, end)?;
         if start % ps != 0 {
-            return Err(MapError::Unaligned { what: "address", value: start, page_size: ps });
+            return Err(MapError::Unaligned {
+                what: "address",
+                value: start,
+                page_size: ps,
+            });
         }
         if len % ps != 0 {
-            return Err(MapError::Unaligned { what: "length", value: len, page_size: ps });
+            return Err(MapError::Unaligned {
+                what: "length",
+                value: len,
+                page_size: ps,
+            });
         }
-        if kind != RegionKind::Anonymous && self.backend() != Backend::Mprotect && !self.features().has(Feature::WpHugetlbfsShmem) {
-            return Err(MapError::KindUnsupported { kind: kind.name(), needs: "Linux >= 5.19 (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)" });
+        if kind != RegionKind::Anonymous
+            && self.backend() != Backend::Mprotect
+            && !self.features().has(Feature::WpHugetlbfsShmem)
+        {
+            return Err(MapError::KindUnsupported {
+                kind: kind.name(),
+                needs: "Linux >= 5.19 (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)",
+            });
         }
         // SAFETY: the caller's contract (see `# Safety`) is exactly `Mapping::adopted`'s.
-        let map = unsafe { sys::Mapping::adopted(ptr, len) }.ok_or(MapError::NotMapped { addr: 0 })?;
+        let map =
+            unsafe { sys::Mapping::adopted(ptr, len) }.ok_or(MapError::NotMapped { addr: 0 })?;
         let inner = self.new_inner(map, ps, kind);
         self.register(inner, true)
     }
@@ -601,11 +712,22 @@ impl Tracker {
     }
 
     fn register(&self, inner: Arc<RegionInner>, all_dirty: bool) -> Result<Region, MapError> {
-        let span = tracing::debug_span!("register", start = format_args!("{:#x}", inner.start), len = inner.len);
+        let span = tracing::debug_span!(
+            "register",
+            start = format_args!("{:#x}", inner.start),
+            len = inner.len
+        );
         let _g = span.enter();
         let region = Arc::clone(&inner);
-        match self.shared().call(|reply| Command::Register { region, all_dirty, reply }) {
-            Ok(Ok(())) => Ok(Region { inner, shared: Arc::clone(self.shared()) }),
+        match self.shared().call(|reply| Command::Register {
+            region,
+            all_dirty,
+            reply,
+        }) {
+            Ok(Ok(())) => Ok(Region {
+                inner,
+                shared: Arc::clone(self.shared()),
+            }),
             Ok(Err(e)) => Err(e),
             Err(u) => Err(u.into()),
         }
@@ -623,7 +745,11 @@ impl Tracker {
         let mut threads: Vec<ThreadFaults> = s
             .threads
             .lock()
-            .map(|m| m.iter().map(|(&tid, &faults)| ThreadFaults { tid, faults }).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(&tid, &faults)| ThreadFaults { tid, faults })
+                    .collect()
+            })
             .unwrap_or_default();
         threads.sort_by_key(|t| t.tid);
         let mut stats = s.counters.load(threads);
@@ -640,7 +766,12 @@ impl Tracker {
     pub fn debug_inject_panic(&self) {
         let _ = self.shared().cmd_tx.send(Command::InjectPanic);
         self.shared().kick();
-        let handle = self.shared().join.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = self
+            .shared()
+            .join
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(h) = handle {
             let _ = h.join();
         }
@@ -652,7 +783,11 @@ fn check_len(len: usize, ps: usize) -> Result<(), MapError> {
         return Err(MapError::ZeroLength);
     }
     if len % ps != 0 {
-        return Err(MapError::Unaligned { what: "length", value: len, page_size: ps });
+        return Err(MapError::Unaligned {
+            what: "length",
+            value: len,
+            page_size: ps,
+        });
     }
     if len > isize::MAX as usize {
         return Err(MapError::Overflow { start: 0, len });

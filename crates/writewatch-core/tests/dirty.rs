@@ -9,7 +9,10 @@ use writewatch_core::{Backend, Feature, Tracker};
 const MIB: usize = 1 << 20;
 
 fn tracker() -> Tracker {
-    Tracker::builder().backend(Backend::SyncUffd).build().expect("build tracker (needs userfaultfd: run as root or see the error)")
+    Tracker::builder()
+        .backend(Backend::SyncUffd)
+        .build()
+        .expect("build tracker (needs userfaultfd: run as root or see the error)")
 }
 
 /// One tracker per backend this machine supports. A backend the probe says this kernel
@@ -26,7 +29,12 @@ fn all_backends() -> Vec<Tracker> {
                     Backend::SyncUffd => probe.kernel_version >= (5, 7, 0) && probe.usable(),
                     _ => true,
                 };
-                assert!(!expected, "backend {} should work on kernel {}: {e}", b.name(), probe.kernel_release);
+                assert!(
+                    !expected,
+                    "backend {} should work on kernel {}: {e}",
+                    b.name(),
+                    probe.kernel_release
+                );
                 println!("skipped: backend {}: {e}", b.name());
             }
         }
@@ -37,49 +45,63 @@ fn all_backends() -> Vec<Tracker> {
 #[test]
 fn lockstep_exact_1_2_4_threads() {
     for t in all_backends() {
-    println!("backend {}", t.backend().name());
-    for threads in [1, 2, 4] {
-        let region = Arc::new(t.map_anonymous(64 * MIB).unwrap());
-        assert!(region.cut().unwrap().dirty().is_empty(), "a fresh owned region is clean");
-        lockstep_exact(Arc::clone(&region), threads, 50, 200, true);
-    }
+        println!("backend {}", t.backend().name());
+        for threads in [1, 2, 4] {
+            let region = Arc::new(t.map_anonymous(64 * MIB).unwrap());
+            assert!(
+                region.cut().unwrap().dirty().is_empty(),
+                "a fresh owned region is clean"
+            );
+            lockstep_exact(Arc::clone(&region), threads, 50, 200, true);
+        }
     }
 }
 
 #[test]
 fn racing_writers_1_2_4_threads_50_cuts() {
     for t in all_backends() {
-    for threads in [1, 2, 4] {
-        let region = Arc::new(t.map_anonymous(64 * MIB).unwrap());
-        region.cut().unwrap();
-        let (writes, misses, over) = racing_oracle(Arc::clone(&region), threads, 50, true);
-        println!("{}: threads {threads}: {writes} writes, {misses} misses, {over} over-reports", t.backend().name());
-        assert!(writes > 1000, "writers made progress");
-        assert_eq!(misses, 0, "under-report ({})", t.backend().name());
-        assert_eq!(over, 0, "over-report on an owned anonymous region ({})", t.backend().name());
-    }
+        for threads in [1, 2, 4] {
+            let region = Arc::new(t.map_anonymous(64 * MIB).unwrap());
+            region.cut().unwrap();
+            let (writes, misses, over) = racing_oracle(Arc::clone(&region), threads, 50, true);
+            println!(
+                "{}: threads {threads}: {writes} writes, {misses} misses, {over} over-reports",
+                t.backend().name()
+            );
+            assert!(writes > 1000, "writers made progress");
+            assert_eq!(misses, 0, "under-report ({})", t.backend().name());
+            assert_eq!(
+                over,
+                0,
+                "over-report on an owned anonymous region ({})",
+                t.backend().name()
+            );
+        }
     }
 }
 
 #[test]
 fn shared_region_is_exact() {
     for t in all_backends() {
-    if t.backend() != Backend::Mprotect && !t.features().has(Feature::WpHugetlbfsShmem) {
-        println!("skipped: kernel lacks UFFD_FEATURE_WP_HUGETLBFS_SHMEM (needs >= 5.19)");
-        return;
-    }
-    let region = Arc::new(t.map_shared(16 * MIB).unwrap());
-    assert!(region.cut().unwrap().dirty().is_empty());
-    lockstep_exact(Arc::clone(&region), 2, 20, 100, true);
-    let (w, m, o) = racing_oracle(region, 2, 20, true);
-    assert!(w > 0);
-    assert_eq!((m, o), (0, 0), "{}", t.backend().name());
+        if t.backend() != Backend::Mprotect && !t.features().has(Feature::WpHugetlbfsShmem) {
+            println!("skipped: kernel lacks UFFD_FEATURE_WP_HUGETLBFS_SHMEM (needs >= 5.19)");
+            return;
+        }
+        let region = Arc::new(t.map_shared(16 * MIB).unwrap());
+        assert!(region.cut().unwrap().dirty().is_empty());
+        lockstep_exact(Arc::clone(&region), 2, 20, 100, true);
+        let (w, m, o) = racing_oracle(region, 2, 20, true);
+        assert!(w > 0);
+        assert_eq!((m, o), (0, 0), "{}", t.backend().name());
     }
 }
 
 #[test]
 fn without_wp_unpopulated_populates_first() {
-    let t = Tracker::builder().without(Feature::WpUnpopulated).build().unwrap();
+    let t = Tracker::builder()
+        .without(Feature::WpUnpopulated)
+        .build()
+        .unwrap();
     assert!(!t.features().has(Feature::WpUnpopulated));
     let region = Arc::new(t.map_anonymous(8 * MIB).unwrap());
     assert!(region.cut().unwrap().dirty().is_empty());
@@ -89,17 +111,21 @@ fn without_wp_unpopulated_populates_first() {
 #[test]
 fn reads_do_not_dirty() {
     for t in all_backends() {
-    let region = t.map_anonymous(MIB).unwrap();
-    touch(&region, 3, 1);
-    region.cut().unwrap();
-    let words = region.as_atomic_u64();
-    let mut sum = 0u64;
-    for p in 0..region.page_count() as usize {
-        sum = sum.wrapping_add(words[p * WORDS_PER_PAGE].load(std::sync::atomic::Ordering::SeqCst));
-    }
-    assert_eq!(sum, 1);
-    assert!(region.dirty_pages().unwrap().is_empty());
-    assert!(region.cut().unwrap().dirty().is_empty(), "reading pages left them clean");
+        let region = t.map_anonymous(MIB).unwrap();
+        touch(&region, 3, 1);
+        region.cut().unwrap();
+        let words = region.as_atomic_u64();
+        let mut sum = 0u64;
+        for p in 0..region.page_count() as usize {
+            sum = sum
+                .wrapping_add(words[p * WORDS_PER_PAGE].load(std::sync::atomic::Ordering::SeqCst));
+        }
+        assert_eq!(sum, 1);
+        assert!(region.dirty_pages().unwrap().is_empty());
+        assert!(
+            region.cut().unwrap().dirty().is_empty(),
+            "reading pages left them clean"
+        );
     }
 }
 
@@ -108,7 +134,10 @@ fn kernel_mode_write_by_read_syscall_is_tracked() {
     let t = tracker();
     if t.features().user_mode_only {
         println!("skipped: the tracker runs with UFFD_USER_MODE_ONLY (not root / no CAP_SYS_PTRACE); read(2) would get EFAULT");
-        assert!(!nix::unistd::geteuid().is_root(), "root must get kernel-mode faults");
+        assert!(
+            !nix::unistd::geteuid().is_root(),
+            "root must get kernel-mode faults"
+        );
         return;
     }
     let region = t.map_anonymous(16 * 4096).unwrap();
@@ -123,9 +152,17 @@ fn kernel_mode_write_by_read_syscall_is_tracked() {
         // SAFETY: the destination is inside the region, which is mapped for the test's
         // duration, and no other thread touches it.
         let n = unsafe {
-            libc::read(std::os::fd::AsRawFd::as_raw_fd(&r), region.as_ptr().add(5 * 4096 + got).cast(), 3 * 4096 - got)
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&r),
+                region.as_ptr().add(5 * 4096 + got).cast(),
+                3 * 4096 - got,
+            )
         };
-        assert!(n > 0, "read(2) into a tracked buffer failed: {}", std::io::Error::last_os_error());
+        assert!(
+            n > 0,
+            "read(2) into a tracked buffer failed: {}",
+            std::io::Error::last_os_error()
+        );
         got += n as usize;
     }
     writer.join().unwrap();
@@ -133,37 +170,58 @@ fn kernel_mode_write_by_read_syscall_is_tracked() {
     assert_eq!(set.iter().collect::<Vec<_>>(), vec![5, 6, 7]);
     // SAFETY: no thread writes the region now.
     let bytes = unsafe { region.as_slice() };
-    assert!(bytes[5 * 4096..8 * 4096].iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+    assert!(bytes[5 * 4096..8 * 4096]
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == (i % 251) as u8));
 }
 
 #[test]
 fn madvise_dontneed_marks_dirty_and_tracking_continues() {
     for t in all_backends() {
-    if t.backend() == Backend::Mprotect {
-        // Documented limitation: without userfaultfd events a zap is not observed.
-        println!("skipped for the mprotect backend: madvise(DONTNEED) is not observable without userfaultfd (documented)");
-        continue;
-    }
-    let region = t.map_anonymous(64 * 4096).unwrap();
-    for p in 0..32 {
-        touch(&region, p, 0xAB);
-    }
-    region.cut().unwrap();
-    // SAFETY: pages 8..16 of the region; nobody holds references into them.
-    let r = unsafe { libc::madvise(region.as_ptr().add(8 * 4096).cast(), 8 * 4096, libc::MADV_DONTNEED) };
-    assert_eq!(r, 0);
-    let e = region.cut().unwrap();
-    assert_eq!(e.dirty().iter().collect::<Vec<_>>(), (8..16).collect::<Vec<_>>(), "removed pages are dirty");
-    assert_eq!(region.as_atomic_u64()[10 * WORDS_PER_PAGE].load(std::sync::atomic::Ordering::SeqCst), 0);
-    assert!(t.stats().remove_events >= 1);
-    // The kernel dropped the protection of the zapped pages; the cut re-armed them.
-    for epoch in 0..5u64 {
-        let p = 8 + epoch;
-        touch(&region, p, epoch + 1);
-        touch(&region, 40, epoch + 1);
+        if t.backend() == Backend::Mprotect {
+            // Documented limitation: without userfaultfd events a zap is not observed.
+            println!("skipped for the mprotect backend: madvise(DONTNEED) is not observable without userfaultfd (documented)");
+            continue;
+        }
+        let region = t.map_anonymous(64 * 4096).unwrap();
+        for p in 0..32 {
+            touch(&region, p, 0xAB);
+        }
+        region.cut().unwrap();
+        // SAFETY: pages 8..16 of the region; nobody holds references into them.
+        let r = unsafe {
+            libc::madvise(
+                region.as_ptr().add(8 * 4096).cast(),
+                8 * 4096,
+                libc::MADV_DONTNEED,
+            )
+        };
+        assert_eq!(r, 0);
         let e = region.cut().unwrap();
-        assert_eq!(e.dirty().iter().collect::<Vec<_>>(), vec![p, 40], "epoch {epoch} after DONTNEED ({})", t.backend().name());
-    }
+        assert_eq!(
+            e.dirty().iter().collect::<Vec<_>>(),
+            (8..16).collect::<Vec<_>>(),
+            "removed pages are dirty"
+        );
+        assert_eq!(
+            region.as_atomic_u64()[10 * WORDS_PER_PAGE].load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+        assert!(t.stats().remove_events >= 1);
+        // The kernel dropped the protection of the zapped pages; the cut re-armed them.
+        for epoch in 0..5u64 {
+            let p = 8 + epoch;
+            touch(&region, p, epoch + 1);
+            touch(&region, 40, epoch + 1);
+            let e = region.cut().unwrap();
+            assert_eq!(
+                e.dirty().iter().collect::<Vec<_>>(),
+                vec![p, 40],
+                "epoch {epoch} after DONTNEED ({})",
+                t.backend().name()
+            );
+        }
     }
 }
 
@@ -172,27 +230,53 @@ fn munmap_of_adopted_range_invalidates_without_hang() {
     let t = tracker();
     // SAFETY: a fresh anonymous mapping owned by this test.
     let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), 32 * 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            32 * 4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
     assert_ne!(p, libc::MAP_FAILED);
     // SAFETY: the mapping stays until the munmap below, which the test means to exercise.
     let region = unsafe { t.adopt(p.cast(), 32 * 4096) }.unwrap();
     let first = region.cut().unwrap();
-    assert_eq!(first.dirty().len(), 32, "an adopted range is all dirty in its first epoch");
+    assert_eq!(
+        first.dirty().len(),
+        32,
+        "an adopted range is all dirty in its first epoch"
+    );
     touch(&region, 1, 1);
     let pr = p as usize;
     watchdog(10, "munmap of a tracked range", move || {
         // SAFETY: the test's own mapping; the region is not used to access memory afterwards.
-        assert_eq!(unsafe { libc::munmap(pr as *mut libc::c_void, 32 * 4096) }, 0);
+        assert_eq!(
+            unsafe { libc::munmap(pr as *mut libc::c_void, 32 * 4096) },
+            0
+        );
     });
     let err = region.cut().unwrap_err();
-    assert!(matches!(err, writewatch_core::CutError::Invalidated { reason: writewatch_core::Invalidation::Unmapped, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            writewatch_core::CutError::Invalidated {
+                reason: writewatch_core::Invalidation::Unmapped,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(region.dirty_pages().is_err());
     assert!(t.stats().unmap_events >= 1);
     // The tracker keeps working for other regions.
     let other = t.map_anonymous(4 * 4096).unwrap();
     touch(&other, 2, 1);
-    assert_eq!(other.cut().unwrap().dirty().iter().collect::<Vec<_>>(), vec![2]);
+    assert_eq!(
+        other.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
+        vec![2]
+    );
     drop(region);
 }
 
@@ -203,7 +287,14 @@ fn shutdown_while_threads_write_adopted_range() {
         let len = 16 * MIB;
         // SAFETY: a fresh anonymous mapping owned by this test, unmapped at the end.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         assert_ne!(p, libc::MAP_FAILED);
         // SAFETY: the mapping outlives the region (unmapped after every thread joined).
@@ -215,7 +306,12 @@ fn shutdown_while_threads_write_adopted_range() {
             let stop = Arc::clone(&stop);
             hs.push(std::thread::spawn(move || {
                 // SAFETY: the mapping lives until after this thread is joined; all accesses are atomic.
-                let w = unsafe { std::slice::from_raw_parts(words as *const std::sync::atomic::AtomicU64, len / 8) };
+                let w = unsafe {
+                    std::slice::from_raw_parts(
+                        words as *const std::sync::atomic::AtomicU64,
+                        len / 8,
+                    )
+                };
                 let mut rng = Rng(th + 11);
                 // Word indices with low bits == th: no two threads write the same word.
                 let mut n = 1u64;
@@ -240,7 +336,11 @@ fn shutdown_while_threads_write_adopted_range() {
         });
         std::thread::sleep(std::time::Duration::from_millis(150));
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let results = watchdog(20, "writers after shutdown", move || hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>());
+        let results = watchdog(20, "writers after shutdown", move || {
+            hs.into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        });
         // SAFETY: every writer joined; reading the mapping is race-free now.
         let w = unsafe { std::slice::from_raw_parts(words as *const u64, len / 8) };
         for (n, last) in results {
@@ -284,8 +384,15 @@ fn fork_child_writes_without_hanging() {
             assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
             // The parent's tracking is unaffected and its memory unchanged by the child.
             touch(&region, 7, 2);
-            assert_eq!(region.cut().unwrap().dirty().iter().collect::<Vec<_>>(), vec![7]);
-            assert_eq!(region.as_atomic_u64()[2 * WORDS_PER_PAGE].load(std::sync::atomic::Ordering::SeqCst), 0);
+            assert_eq!(
+                region.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
+                vec![7]
+            );
+            assert_eq!(
+                region.as_atomic_u64()[2 * WORDS_PER_PAGE]
+                    .load(std::sync::atomic::Ordering::SeqCst),
+                0
+            );
         }
         _ => panic!("fork failed"),
     }
@@ -296,22 +403,47 @@ fn bad_input_gets_typed_errors() {
     use writewatch_core::MapError;
     let t = tracker();
     assert!(matches!(t.map_anonymous(0), Err(MapError::ZeroLength)));
-    assert!(matches!(t.map_anonymous(100), Err(MapError::Unaligned { what: "length", .. })));
+    assert!(matches!(
+        t.map_anonymous(100),
+        Err(MapError::Unaligned { what: "length", .. })
+    ));
     assert!(matches!(t.map_shared(0), Err(MapError::ZeroLength)));
     let region = t.map_anonymous(16 * 4096).unwrap();
     // SAFETY: (all adopt calls below) each is expected to be rejected before registering.
     unsafe {
-        assert!(matches!(t.adopt(region.as_ptr().add(1), 4096), Err(MapError::Unaligned { what: "address", .. })));
-        assert!(matches!(t.adopt(region.as_ptr(), 100), Err(MapError::Unaligned { what: "length", .. })));
-        assert!(matches!(t.adopt(region.as_ptr(), 0), Err(MapError::ZeroLength)));
-        assert!(matches!(t.adopt((usize::MAX - 4095) as *mut u8, 8192), Err(MapError::Overflow { .. })));
+        assert!(matches!(
+            t.adopt(region.as_ptr().add(1), 4096),
+            Err(MapError::Unaligned {
+                what: "address",
+                ..
+            })
+        ));
+        assert!(matches!(
+            t.adopt(region.as_ptr(), 100),
+            Err(MapError::Unaligned { what: "length", .. })
+        ));
+        assert!(matches!(
+            t.adopt(region.as_ptr(), 0),
+            Err(MapError::ZeroLength)
+        ));
+        assert!(matches!(
+            t.adopt((usize::MAX - 4095) as *mut u8, 8192),
+            Err(MapError::Overflow { .. })
+        ));
         let e = t.adopt(region.as_ptr().add(4096), 4096).unwrap_err();
         assert!(matches!(e, MapError::Overlap { .. }), "{e}");
     }
     // Not mapped: a hole we make ourselves.
     // SAFETY: map then unmap our own range to obtain an address that is not mapped.
     let hole = unsafe {
-        let p = libc::mmap(std::ptr::null_mut(), 8 * 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            8 * 4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
         libc::munmap(p, 8 * 4096);
         p
     };
@@ -321,15 +453,28 @@ fn bad_input_gets_typed_errors() {
     // File-backed on a regular filesystem.
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("writewatch-file-backed");
     std::fs::write(&path, vec![0u8; 4 * 4096]).unwrap();
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
     // SAFETY: a shared mapping of our own file.
     let fp = unsafe {
-        libc::mmap(std::ptr::null_mut(), 4 * 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, std::os::fd::AsRawFd::as_raw_fd(&f), 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            4 * 4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
     };
     assert_ne!(fp, libc::MAP_FAILED);
     // SAFETY: expected to be rejected.
     let e = unsafe { t.adopt(fp.cast(), 4 * 4096) }.unwrap_err();
-    let fs_is_tmpfs = std::fs::read_to_string("/proc/self/mounts").map(|_| false).unwrap_or(false);
+    let fs_is_tmpfs = std::fs::read_to_string("/proc/self/mounts")
+        .map(|_| false)
+        .unwrap_or(false);
     if !fs_is_tmpfs {
         assert!(matches!(e, MapError::UnsupportedMemory { .. }), "{e}");
         assert!(e.to_string().contains("file-backed"), "{e}");
@@ -337,57 +482,76 @@ fn bad_input_gets_typed_errors() {
     // SAFETY: our own mapping.
     unsafe { libc::munmap(fp, 4 * 4096) };
     // Errors name the fix.
-    assert!(MapError::ZeroLength.to_string().contains("at least one page"));
+    assert!(MapError::ZeroLength
+        .to_string()
+        .contains("at least one page"));
 }
 
 #[test]
 fn cut_cost_is_proportional_to_dirty_runs() {
     for b in [Backend::SyncUffd, Backend::Mprotect] {
-    let t = Tracker::builder().backend(b).merge_gap_pages(8).build().unwrap();
-    let region = t.map_anonymous(64 * MIB).unwrap();
-    region.cut().unwrap();
-    // k scattered pages, 100 pages apart (more than the merge gap).
-    let k = 37u64;
-    for i in 0..k {
-        touch(&region, i * 100 + 5, 1);
-    }
-    let e = region.cut().unwrap();
-    assert_eq!(e.dirty().len() as u64, k);
-    assert!(e.stats().protect_ioctls <= k, "{} ioctls for {k} pages", e.stats().protect_ioctls);
-    assert_eq!(e.stats().protect_ioctls, k);
-    // One contiguous run: one ioctl.
-    for p in 1000..1300 {
-        touch(&region, p, 1);
-    }
-    let e = region.cut().unwrap();
-    assert_eq!(e.dirty().runs().collect::<Vec<_>>(), vec![(1000, 300)]);
-    assert_eq!(e.stats().protect_ioctls, 1);
-    // Runs separated by small gaps merge.
-    for p in [2000, 2003, 2006] {
-        touch(&region, p, 1);
-    }
-    let e = region.cut().unwrap();
-    assert_eq!(e.dirty().len(), 3);
-    assert_eq!(e.stats().protect_ioctls, 1);
-    // An empty epoch costs nothing.
-    assert_eq!(region.cut().unwrap().stats().protect_ioctls, 0);
+        let t = Tracker::builder()
+            .backend(b)
+            .merge_gap_pages(8)
+            .build()
+            .unwrap();
+        let region = t.map_anonymous(64 * MIB).unwrap();
+        region.cut().unwrap();
+        // k scattered pages, 100 pages apart (more than the merge gap).
+        let k = 37u64;
+        for i in 0..k {
+            touch(&region, i * 100 + 5, 1);
+        }
+        let e = region.cut().unwrap();
+        assert_eq!(e.dirty().len() as u64, k);
+        assert!(
+            e.stats().protect_ioctls <= k,
+            "{} ioctls for {k} pages",
+            e.stats().protect_ioctls
+        );
+        assert_eq!(e.stats().protect_ioctls, k);
+        // One contiguous run: one ioctl.
+        for p in 1000..1300 {
+            touch(&region, p, 1);
+        }
+        let e = region.cut().unwrap();
+        assert_eq!(e.dirty().runs().collect::<Vec<_>>(), vec![(1000, 300)]);
+        assert_eq!(e.stats().protect_ioctls, 1);
+        // Runs separated by small gaps merge.
+        for p in [2000, 2003, 2006] {
+            touch(&region, p, 1);
+        }
+        let e = region.cut().unwrap();
+        assert_eq!(e.dirty().len(), 3);
+        assert_eq!(e.stats().protect_ioctls, 1);
+        // An empty epoch costs nothing.
+        assert_eq!(region.cut().unwrap().stats().protect_ioctls, 0);
     }
 }
 
 #[test]
 fn many_regions_found_by_address() {
     let t = tracker();
-    let regions: Vec<_> = (0..50).map(|i| t.map_anonymous((i % 5 + 1) * 4096).unwrap()).collect();
+    let regions: Vec<_> = (0..50)
+        .map(|i| t.map_anonymous((i % 5 + 1) * 4096).unwrap())
+        .collect();
     for (i, r) in regions.iter().enumerate() {
         touch(r, (i as u64) % r.page_count(), 1);
     }
     for (i, r) in regions.iter().enumerate() {
-        assert_eq!(r.cut().unwrap().dirty().iter().collect::<Vec<_>>(), vec![(i as u64) % r.page_count()]);
+        assert_eq!(
+            r.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
+            vec![(i as u64) % r.page_count()]
+        );
     }
     let s = t.stats();
     assert!(s.wp_faults >= 50);
     let me = nix::unistd::gettid().as_raw();
-    assert!(s.threads.iter().any(|th| th.tid == me && th.faults >= 50), "faulting thread recorded: {:?}", s.threads);
+    assert!(
+        s.threads.iter().any(|th| th.tid == me && th.faults >= 50),
+        "faulting thread recorded: {:?}",
+        s.threads
+    );
     assert!(s.service_ns.count() >= 50);
     assert_eq!(regions[3].stats().last_tid, me);
 }
@@ -401,7 +565,10 @@ fn dropped_region_is_unregistered_and_unmapped() {
     drop(r);
     // The address range is gone from our maps.
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    assert!(!maps.lines().any(|l| l.starts_with(&format!("{p:x}-"))), "owned region unmapped on drop");
+    assert!(
+        !maps.lines().any(|l| l.starts_with(&format!("{p:x}-"))),
+        "owned region unmapped on drop"
+    );
 }
 
 #[test]
@@ -423,12 +590,24 @@ fn panicking_service_thread_poisons_without_hanging_writers() {
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(50));
     let t2 = t.clone();
-    watchdog(20, "injected service panic", move || t2.debug_inject_panic());
+    watchdog(20, "injected service panic", move || {
+        t2.debug_inject_panic()
+    });
     std::thread::sleep(std::time::Duration::from_millis(50));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    watchdog(20, "writers after poisoning", move || hs.into_iter().for_each(|h| h.join().unwrap()));
-    assert_eq!(t.unavailable(), Some(writewatch_core::Unavailable::Poisoned));
+    watchdog(20, "writers after poisoning", move || {
+        hs.into_iter().for_each(|h| h.join().unwrap())
+    });
+    assert_eq!(
+        t.unavailable(),
+        Some(writewatch_core::Unavailable::Poisoned)
+    );
     let e = region.cut().unwrap_err();
     assert!(e.to_string().contains("poisoned"), "{e}");
-    assert!(matches!(t.map_anonymous(4096), Err(writewatch_core::MapError::Unavailable(writewatch_core::Unavailable::Poisoned))));
+    assert!(matches!(
+        t.map_anonymous(4096),
+        Err(writewatch_core::MapError::Unavailable(
+            writewatch_core::Unavailable::Poisoned
+        ))
+    ));
 }

@@ -16,7 +16,10 @@ fn probe_matches_kernel_version() {
         missing.iter().map(|f| f.name()).collect::<Vec<_>>()
     );
     if p.kernel_version >= (5, 7, 0) {
-        assert!(p.usable(), "userfaultfd must be usable on this machine: {p}");
+        assert!(
+            p.usable(),
+            "userfaultfd must be usable on this machine: {p}"
+        );
         assert!(p.has(Feature::PagefaultFlagWp));
     }
 }

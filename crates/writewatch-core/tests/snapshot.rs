@@ -16,7 +16,13 @@ fn stamp(t: usize, seq: u64) -> u64 {
 }
 
 /// The full oracle, checking every cut's image against the replay of each thread's prefix.
-fn oracle_every_cut(tracker: &Tracker, len: usize, threads: usize, cuts: usize, slow_reader: bool) -> u64 {
+fn oracle_every_cut(
+    tracker: &Tracker,
+    len: usize,
+    threads: usize,
+    cuts: usize,
+    slow_reader: bool,
+) -> u64 {
     assert!(threads <= SLOTS);
     let region = Arc::new(tracker.map_anonymous(len).unwrap());
     let pages = region.page_count() as usize;
@@ -24,11 +30,21 @@ fn oracle_every_cut(tracker: &Tracker, len: usize, threads: usize, cuts: usize, 
     let stop = Arc::new(AtomicBool::new(false));
     // Shared logs so the checker can replay while writers run: log[t] grows append-only; the
     // writer publishes how far it has written with `published[t]` AFTER each store.
-    let logs: Arc<Vec<std::sync::Mutex<Vec<u32>>>> = Arc::new((0..threads).map(|_| std::sync::Mutex::new(vec![u32::MAX])).collect());
-    let published: Arc<Vec<AtomicU64>> = Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
+    let logs: Arc<Vec<std::sync::Mutex<Vec<u32>>>> = Arc::new(
+        (0..threads)
+            .map(|_| std::sync::Mutex::new(vec![u32::MAX]))
+            .collect(),
+    );
+    let published: Arc<Vec<AtomicU64>> =
+        Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
     let mut hs = Vec::new();
     for t in 0..threads {
-        let (region, stop, logs, published) = (Arc::clone(&region), Arc::clone(&stop), Arc::clone(&logs), Arc::clone(&published));
+        let (region, stop, logs, published) = (
+            Arc::clone(&region),
+            Arc::clone(&stop),
+            Arc::clone(&logs),
+            Arc::clone(&published),
+        );
         hs.push(std::thread::spawn(move || {
             let words = region.as_atomic_u64();
             let mut rng = Rng(0xABCD_EF01 + t as u64 * 7919);
@@ -65,7 +81,8 @@ fn oracle_every_cut(tracker: &Tracker, len: usize, threads: usize, cuts: usize, 
         while let Some(r) = reader.next_page() {
             let (p, bytes) = r.expect("epoch page readable");
             for t in 0..SLOTS {
-                image[p as usize][t] = u64::from_ne_bytes(bytes[t * 8..t * 8 + 8].try_into().unwrap());
+                image[p as usize][t] =
+                    u64::from_ne_bytes(bytes[t * 8..t * 8 + 8].try_into().unwrap());
             }
             if bytes[SLOTS * 8..].iter().any(|b| *b != 0) {
                 violations += 1;
@@ -79,7 +96,11 @@ fn oracle_every_cut(tracker: &Tracker, len: usize, threads: usize, cuts: usize, 
         total_cuts += 1;
         for t in 0..threads {
             // The prefix of thread t included in this cut.
-            let l = image.iter().map(|w| w[t] & ((1 << 40) - 1)).max().unwrap_or(0);
+            let l = image
+                .iter()
+                .map(|w| w[t] & ((1 << 40) - 1))
+                .max()
+                .unwrap_or(0);
             if l < replayed[t] {
                 violations += 1; // a later cut lost writes of an earlier one
                 continue;
@@ -101,7 +122,10 @@ fn oracle_every_cut(tracker: &Tracker, len: usize, threads: usize, cuts: usize, 
             for t in 0..threads {
                 if image[p][t] != expect[p][t] {
                     if violations < 5 {
-                        eprintln!("cut {k}: page {p} slot {t}: snapshot {:#x} != replay {:#x}", image[p][t], expect[p][t]);
+                        eprintln!(
+                            "cut {k}: page {p} slot {t}: snapshot {:#x} != replay {:#x}",
+                            image[p][t], expect[p][t]
+                        );
                     }
                     violations += 1;
                 }
@@ -156,17 +180,27 @@ fn budget_back_pressure_blocks_writers_until_reader_drains() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let stalled_at = progress.load(SeqCst);
-    assert!(stalled_at < 256, "the writer must be held by back-pressure, got to {stalled_at}");
+    assert!(
+        stalled_at < 256,
+        "the writer must be held by back-pressure, got to {stalled_at}"
+    );
     assert!(t.stats().deferred > 0);
     // Drain: every page reads as it was at the cut.
     let mut buf = vec![0u8; 4096];
     for p in 0..256u64 {
         epoch.read_page(p, &mut buf).unwrap();
-        assert_eq!(u64::from_ne_bytes(buf[..8].try_into().unwrap()), p + 1000, "page {p}");
+        assert_eq!(
+            u64::from_ne_bytes(buf[..8].try_into().unwrap()),
+            p + 1000,
+            "page {p}"
+        );
     }
     watchdog(20, "writer after drain", move || writer.join().unwrap());
     assert_eq!(progress.load(SeqCst), 256);
-    assert_eq!(epoch.read_page(3, &mut buf), Err(SnapshotError::AlreadyConsumed { page: 3 }));
+    assert_eq!(
+        epoch.read_page(3, &mut buf),
+        Err(SnapshotError::AlreadyConsumed { page: 3 })
+    );
 }
 
 #[test]
@@ -208,15 +242,26 @@ fn snapshot_under_a_writer_rewriting_every_page() {
     let mut vals = Vec::new();
     for p in 0..pages {
         snap.read_page(p, &mut buf).unwrap();
-        let words: Vec<u64> = (0..8).map(|k| u64::from_ne_bytes(buf[k * 8..k * 8 + 8].try_into().unwrap())).collect();
+        let words: Vec<u64> = (0..8)
+            .map(|k| u64::from_ne_bytes(buf[k * 8..k * 8 + 8].try_into().unwrap()))
+            .collect();
         vals.push(words);
     }
     let flat: Vec<u64> = vals.iter().flatten().copied().collect();
     let descents = flat.windows(2).filter(|w| w[1] != w[0]).count();
-    assert!(descents <= 1, "snapshot is not a single point in the writer's order: {descents} changes");
-    assert!(flat.windows(2).all(|w| w[1] == w[0] || w[1] + 1 == w[0]), "values form r..r, r-1..r-1");
+    assert!(
+        descents <= 1,
+        "snapshot is not a single point in the writer's order: {descents} changes"
+    );
+    assert!(
+        flat.windows(2).all(|w| w[1] == w[0] || w[1] + 1 == w[0]),
+        "values form r..r, r-1..r-1"
+    );
     assert!(flat[0] >= at - 1 && flat[0] <= at + 1);
-    assert!(snap.written_pages().len() as u64 == pages, "every page was rewritten after the snapshot and preserved");
+    assert!(
+        snap.written_pages().len() as u64 == pages,
+        "every page was rewritten after the snapshot and preserved"
+    );
 }
 
 #[test]
@@ -244,7 +289,10 @@ fn rollback_restores_exactly_and_touches_only_written_pages() {
         assert_eq!(restored as usize, snap.written_pages().len());
         assert!(written.iter().all(|p| snap.written_pages().contains(p)));
         // SAFETY: as above.
-        assert!(unsafe { region.as_slice() } == &reference[..], "round {round}: byte-exact rollback");
+        assert!(
+            unsafe { region.as_slice() } == &reference[..],
+            "round {round}: byte-exact rollback"
+        );
     }
     let other = t.map_anonymous(4096).unwrap();
     assert_eq!(other.rollback(&snap), Err(SnapshotError::WrongRegion));
@@ -257,11 +305,23 @@ fn epoch_read_errors_are_typed() {
     touch(&region, 2, 1);
     let e = region.cut().unwrap();
     let mut buf = vec![0u8; 4096];
-    assert_eq!(e.read_page(3, &mut buf), Err(SnapshotError::NotInEpoch { page: 3 }));
-    assert_eq!(e.read_page(99, &mut buf), Err(SnapshotError::OutOfRange { page: 99, pages: 8 }));
-    assert!(matches!(e.read_page(2, &mut [0u8; 10]), Err(SnapshotError::BadBuffer { .. })));
+    assert_eq!(
+        e.read_page(3, &mut buf),
+        Err(SnapshotError::NotInEpoch { page: 3 })
+    );
+    assert_eq!(
+        e.read_page(99, &mut buf),
+        Err(SnapshotError::OutOfRange { page: 99, pages: 8 })
+    );
+    assert!(matches!(
+        e.read_page(2, &mut [0u8; 10]),
+        Err(SnapshotError::BadBuffer { .. })
+    ));
     e.read_page(2, &mut buf).unwrap();
-    assert_eq!(e.read_page(2, &mut buf), Err(SnapshotError::AlreadyConsumed { page: 2 }));
+    assert_eq!(
+        e.read_page(2, &mut buf),
+        Err(SnapshotError::AlreadyConsumed { page: 2 })
+    );
 }
 
 #[test]
@@ -273,7 +333,16 @@ fn madvise_after_cut_is_an_error_not_zeros() {
     }
     let e = region.cut().unwrap();
     // SAFETY: pages 4..8 of the region; no references into them are held.
-    assert_eq!(unsafe { libc::madvise(region.as_ptr().add(4 * 4096).cast(), 4 * 4096, libc::MADV_DONTNEED) }, 0);
+    assert_eq!(
+        unsafe {
+            libc::madvise(
+                region.as_ptr().add(4 * 4096).cast(),
+                4 * 4096,
+                libc::MADV_DONTNEED,
+            )
+        },
+        0
+    );
     let mut buf = vec![0u8; 4096];
     for p in 0..16u64 {
         let r = e.read_page(p, &mut buf);
@@ -302,11 +371,18 @@ fn snapshot_of_shared_region_and_sequential_fault_around() {
         touch(&region, p, 1_000_000 + p);
     }
     let faults = t.stats().wp_faults - faults_before;
-    assert!(faults < pages / 4, "fault-around cut faults for a sequential writer: {faults} for {pages} pages");
+    assert!(
+        faults < pages / 4,
+        "fault-around cut faults for a sequential writer: {faults} for {pages} pages"
+    );
     let mut buf = vec![0u8; 4096];
     for p in 0..pages {
         snap.read_page(p, &mut buf).unwrap();
-        assert_eq!(u64::from_ne_bytes(buf[..8].try_into().unwrap()), p, "page {p} as at the snapshot");
+        assert_eq!(
+            u64::from_ne_bytes(buf[..8].try_into().unwrap()),
+            p,
+            "page {p} as at the snapshot"
+        );
     }
     let _: &Region = &region;
 }

@@ -27,7 +27,11 @@ impl Rng {
 }
 
 /// Runs `f` on a thread and fails the test if it does not finish within `secs`.
-pub fn watchdog<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+pub fn watchdog<T: Send + 'static>(
+    secs: u64,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
@@ -45,14 +49,27 @@ pub fn touch(region: &Region, page: u64, value: u64) {
 
 /// Exactness in lock-step: writers write random pages, then the main thread cuts while they
 /// wait at a barrier. Every epoch's dirty set must equal exactly the pages written in it.
-pub fn lockstep_exact(region: Arc<Region>, threads: usize, cuts: usize, writes_per_round: usize, exact: bool) {
+pub fn lockstep_exact(
+    region: Arc<Region>,
+    threads: usize,
+    cuts: usize,
+    writes_per_round: usize,
+    exact: bool,
+) {
     let pages = region.page_count();
     let barrier = Arc::new(Barrier::new(threads + 1));
-    let written: Arc<Vec<std::sync::Mutex<Vec<u64>>>> =
-        Arc::new((0..threads).map(|_| std::sync::Mutex::new(Vec::new())).collect());
+    let written: Arc<Vec<std::sync::Mutex<Vec<u64>>>> = Arc::new(
+        (0..threads)
+            .map(|_| std::sync::Mutex::new(Vec::new()))
+            .collect(),
+    );
     let mut handles = Vec::new();
     for t in 0..threads {
-        let (region, barrier, written) = (Arc::clone(&region), Arc::clone(&barrier), Arc::clone(&written));
+        let (region, barrier, written) = (
+            Arc::clone(&region),
+            Arc::clone(&barrier),
+            Arc::clone(&written),
+        );
         handles.push(std::thread::spawn(move || {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0x1234_5678));
             for _ in 0..cuts {
@@ -78,10 +95,18 @@ pub fn lockstep_exact(region: Arc<Region>, threads: usize, cuts: usize, writes_p
         }
         let got: std::collections::BTreeSet<u64> = epoch.dirty().iter().collect();
         let missed: Vec<_> = expect.difference(&got).take(10).collect();
-        assert!(missed.is_empty(), "round {round}: {} written pages not reported, e.g. {missed:?}", expect.difference(&got).count());
+        assert!(
+            missed.is_empty(),
+            "round {round}: {} written pages not reported, e.g. {missed:?}",
+            expect.difference(&got).count()
+        );
         if exact {
             let extra: Vec<_> = got.difference(&expect).take(10).collect();
-            assert!(extra.is_empty(), "round {round}: {} unwritten pages reported, e.g. {extra:?}", got.difference(&expect).count());
+            assert!(
+                extra.is_empty(),
+                "round {round}: {} unwritten pages reported, e.g. {extra:?}",
+                got.difference(&expect).count()
+            );
         }
         barrier.wait();
     }
@@ -95,7 +120,12 @@ pub fn lockstep_exact(region: Arc<Region>, threads: usize, cuts: usize, writes_p
 /// the dirty set of some epoch in that interval (a write racing a cut may land in either
 /// adjacent epoch, never in neither). With `exact`, every reported page must be explained by
 /// a write in the same window. Returns (writes, misses, over-reports).
-pub fn racing_oracle(region: Arc<Region>, threads: usize, cuts: usize, exact: bool) -> (u64, u64, u64) {
+pub fn racing_oracle(
+    region: Arc<Region>,
+    threads: usize,
+    cuts: usize,
+    exact: bool,
+) -> (u64, u64, u64) {
     let pages = region.page_count();
     let started = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -104,7 +134,12 @@ pub fn racing_oracle(region: Arc<Region>, threads: usize, cuts: usize, exact: bo
     let base = region.epoch();
     let mut handles = Vec::new();
     for t in 0..threads {
-        let (region, started, done, stop) = (Arc::clone(&region), Arc::clone(&started), Arc::clone(&done), Arc::clone(&stop));
+        let (region, started, done, stop) = (
+            Arc::clone(&region),
+            Arc::clone(&started),
+            Arc::clone(&done),
+            Arc::clone(&stop),
+        );
         handles.push(std::thread::spawn(move || {
             let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ ((t as u64 + 7) * 0x9E37_79B9));
             let mut log: Vec<(u64, u64, u64)> = Vec::new();
