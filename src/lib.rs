@@ -22,7 +22,7 @@
 
 mod pipeline;
 
-pub use pipeline::{save_epoch, SaveError};
+pub use pipeline::{restore_region, save_epoch, RestoreRegionError, SaveError};
 pub use writewatch_checkpoint as checkpoint;
 pub use writewatch_core::*;
 
