@@ -52,8 +52,9 @@ fn cut(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("cut_{label}"));
         g.sampling_mode(SamplingMode::Flat);
         if common::quick() {
-            g.warm_up_time(Duration::from_millis(300))
-                .measurement_time(Duration::from_millis(1500));
+            g.sample_size(10)
+                .warm_up_time(Duration::from_millis(300))
+                .measurement_time(Duration::from_secs(3));
         } else {
             g.warm_up_time(Duration::from_millis(500))
                 .measurement_time(Duration::from_secs(2));

@@ -202,7 +202,7 @@ def main():
     L.append(f"- Machine: {machine_line()}")
     L.append(f"- Run: {when:%Y-%m-%d %H:%M} local, {'quick' if quick else 'full'} mode "
              f"({region_mib:.0f} MiB regions for first writes, cut regions {cut_meta.get('sizes', '?')}), "
-             f"criterion median of {'20' if quick else '20'} samples per row"
+             f"criterion median of 20 samples per row (10 for cuts in quick mode)"
              + (f", bench run {a.runtime / 60:.1f} min" if a.runtime else "") + ".")
     L.append(f"- Load average (1/5/15 min) at start / end: first writes {meta.get('loadavg', '?')} / "
              f"{meta_end.get('loadavg', '?')}; cuts {cut_meta.get('loadavg', '?')} / {cut_end.get('loadavg', '?')}. "
@@ -220,7 +220,7 @@ def main():
             return
         r = num / den
         ok = r <= limit
-        targets.append((name, fmt_ns(num), f"{r:.2f}x", f"{rel} {limit}x", "**met**" if ok else "**not met**"))
+        targets.append((name, fmt_ns(num), f"{r:.3f}x", f"{rel} {limit}x", "**met**" if ok else "**not met**"))
 
     target("First write during a snapshot, sequential, vs fork() COW fault (`ww_snapshot` / `fork_cow`)",
            fw("seq", "ww_snapshot"), fw("seq", "fork_cow"), 1.0)

@@ -19,8 +19,8 @@ pub fn criterion() -> criterion::Criterion {
     let c = criterion::Criterion::default().without_plots();
     if quick() {
         c.sample_size(20)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(3))
+            .warm_up_time(Duration::from_millis(800))
+            .measurement_time(Duration::from_secs(5))
     } else {
         c.sample_size(20)
             .warm_up_time(Duration::from_secs(2))
