@@ -2,6 +2,8 @@
 //! (short for `make test`, long for `make stress`), the per-suite summary line and the
 //! watchdog that turns any hang into a failure.
 
+pub mod parsers;
+
 use std::fmt;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
