@@ -67,3 +67,51 @@ bench-report: setup
 	WW_BENCH_QUICK=1 CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) $(CARGO) bench -p writewatch --bench fault_latency --bench cut \
 	  && python3 scripts/bench-report.py --criterion $(BENCH_CRITERION) --out docs/benchmarks.md \
 	       --svg docs/benchmarks-first-write.svg --runtime $$(( $$(date +%s) - start ))
+
+# ---------------------------------------------------------------- reliability (docs/reliability.md)
+# `make test` already runs the stress binary (tests/stress, a workspace member) in its short
+# mode, plus the misbehaviour, fault-injection, model-check and property tests.
+.PHONY: stress fuzz miri model loom tsan
+FUZZ_SECONDS ?= 120
+
+# Long mode: every suite at acceptance volume (>= 1e6 writes, >= 100 cuts, >= 100 SIGKILLs),
+# each under its own watchdog; prints one summary line per suite. About 5 minutes here.
+stress: setup
+	WW_STRESS=long $(CARGO) test -q -p writewatch-stress --test stress
+	$(CARGO) test -q -p writewatch-core --test misbehaviour --test fault_injection --test page_state_model
+	PROPTEST_CASES=20000 $(CARGO) test -q -p writewatch-stress --test dirtyset_props --test parsers_fuzz
+
+# cargo-fuzz on the checkpoint parsers (needs nightly + cargo-fuzz). Without them, runs the
+# same harness through proptest for a large bounded number of cases and says so.
+fuzz:
+	@if $(CARGO) +nightly fuzz --version >/dev/null 2>&1; then \
+	  cd crates/writewatch-checkpoint/fuzz && $(CARGO) +nightly fuzz run parsers -- -max_total_time=$(FUZZ_SECONDS); \
+	else \
+	  echo "fuzz: cargo-fuzz is not available here (needs a nightly toolchain and 'cargo install cargo-fuzz');"; \
+	  echo "fuzz: running the same harness (tests/stress/src/parsers.rs) as a proptest with 200000 cases instead"; \
+	  PROPTEST_CASES=200000 $(CARGO) test -q -p writewatch-stress --test parsers_fuzz; \
+	fi
+
+# Miri on the pure data-structure tests (DirtySet properties, the page-state model).
+miri:
+	@if $(CARGO) +nightly miri --version >/dev/null 2>&1; then \
+	  MIRIFLAGS=-Zmiri-disable-isolation PROPTEST_CASES=8 $(CARGO) +nightly miri test -p writewatch-stress --test dirtyset_props && \
+	  $(CARGO) +nightly miri test -p writewatch-core --test page_state_model; \
+	else \
+	  echo "miri: cannot run here: the nightly toolchain has no miri component (rustup +nightly component add miri needs network access to static.rust-lang.org, which this machine does not have)."; \
+	  echo "miri: the same tests run natively in 'make test' (dirtyset_props, page_state_model)."; \
+	fi
+
+# Exhaustive explicit-state model check of the per-page view protocol (the loom substitute:
+# the real View type is private and the engine's races involve the kernel, not only atomics).
+model:
+	$(CARGO) test -q -p writewatch-core --test page_state_model -- --nocapture
+loom: model
+
+# ThreadSanitizer needs nightly with rust-src (-Zbuild-std); says why when it cannot run.
+tsan:
+	@if rustup component list --toolchain nightly --installed 2>/dev/null | grep -q rust-src; then \
+	  RUSTFLAGS=-Zsanitizer=thread $(CARGO) +nightly test -Zbuild-std --target x86_64-unknown-linux-gnu -p writewatch-stress --test dirtyset_props; \
+	else \
+	  echo "tsan: cannot run here: nightly has no rust-src component (needed for -Zbuild-std) and it cannot be downloaded; use 'make model' (explicit-state model check) instead."; \
+	fi

@@ -141,7 +141,7 @@ fn consistency(mode: Mode, tiny_budget: bool) -> Summary {
     let threads = 4;
     let (min_cuts, min_writes, cap) = match (mode, tiny_budget) {
         (Mode::Short, false) => (60u64, 200_000u64, Duration::from_secs(15)),
-        (Mode::Long, false) => (250, 3_000_000, Duration::from_secs(240)),
+        (Mode::Long, false) => (400, 6_000_000, Duration::from_secs(300)),
         (Mode::Short, true) => (15, 0, Duration::from_secs(8)),
         (Mode::Long, true) => (120, 200_000, Duration::from_secs(120)),
     };
@@ -305,7 +305,7 @@ fn consistency(mode: Mode, tiny_budget: bool) -> Summary {
 fn dirty(mode: Mode, b: Backend) -> Summary {
     let mut s = Summary::new(&format!("dirty-{}", short_name(b)), short_name(b));
     let t = tracker(b);
-    let rounds = mode.pick(3, 24);
+    let rounds = mode.pick(3, 48);
     let mut max_threads = 0;
     for round in 0..rounds {
         let threads = [4usize, 1, 2][round % 3];
@@ -339,7 +339,7 @@ fn pipeline(mode: Mode) -> Summary {
     let mut s = Summary::new("pipeline", "sync");
     let writers = 2usize;
     s.threads = writers as u64;
-    let iterations = mode.pick(3, 16);
+    let iterations = mode.pick(3, 30);
     let epochs_per = mode.pick(8, 30);
     let tracker = tracker(Backend::SyncUffd);
     let sizes_all = boundary_page_counts();
@@ -634,7 +634,7 @@ fn kill_child(dir: &str) -> ! {
 fn kill(mode: Mode) -> Summary {
     let mut s = Summary::new("kill", "sync");
     s.threads = 2;
-    let kills = mode.pick(15, 120);
+    let kills = mode.pick(15, 200);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
     let exe = std::env::current_exe().unwrap();
@@ -806,7 +806,7 @@ fn eio(mode: Mode, b: Backend) -> Summary {
     let region = t.map_anonymous(300 * PS).unwrap();
     region.cut().unwrap();
     let mut rng = Rng(0xE10 + b as u64);
-    let rounds = mode.pick(40, 400);
+    let rounds = mode.pick(40, 2000);
     let write_some = |rng: &mut Rng, region: &Region, ops: &mut u64| -> BTreeSet<u64> {
         let mut w = BTreeSet::new();
         for _ in 0..1 + rng.below(40) {
@@ -920,7 +920,7 @@ fn poison(mode: Mode) -> Summary {
     let mut s = Summary::new("poison", "sync");
     let threads = 4usize;
     s.threads = threads as u64;
-    let iterations = mode.pick(5, 40);
+    let iterations = mode.pick(5, 100);
     let mut rng = Rng(0xB0B);
     for _ in 0..iterations {
         let t = tracker(Backend::SyncUffd);
