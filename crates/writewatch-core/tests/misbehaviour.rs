@@ -92,10 +92,8 @@ fn munmap_part_of_region_with_epoch_outstanding_and_writers_running() {
     let addr = p as usize + 16 * PS;
     watchdog(10, "munmap of part of a tracked range", move || {
         // SAFETY: pages 16..32 of the test's mapping; nothing references them any more.
-        assert_eq!(
-            unsafe { libc::munmap(addr as *mut libc::c_void, 16 * PS) },
-            0
-        );
+        let r = unsafe { libc::munmap(addr as *mut libc::c_void, 16 * PS) };
+        assert_eq!(r, 0);
     });
     std::thread::sleep(Duration::from_millis(20));
     stop.store(true, SeqCst);
@@ -264,10 +262,8 @@ fn madvise_free_then_write_is_tracked() {
     }
     region.cut().unwrap();
     // SAFETY: the whole region; no references into it are held.
-    assert_eq!(
-        unsafe { libc::madvise(region.as_ptr().cast(), 64 * PS, libc::MADV_FREE) },
-        0
-    );
+    let r = unsafe { libc::madvise(region.as_ptr().cast(), 64 * PS, libc::MADV_FREE) };
+    assert_eq!(r, 0);
     // Not reclaimed: content is unchanged, nothing was written, nothing is reported.
     assert_eq!(
         region.as_atomic_u64()[5 * WORDS_PER_PAGE].load(SeqCst),
@@ -358,10 +354,8 @@ fn mprotect_read_only_child() {
     touch(&region, 1, 1);
     region.cut().unwrap();
     // SAFETY: pages 0..4 of the region.
-    assert_eq!(
-        unsafe { libc::mprotect(region.as_ptr().cast(), 4 * PS, libc::PROT_READ) },
-        0
-    );
+    let r = unsafe { libc::mprotect(region.as_ptr().cast(), 4 * PS, libc::PROT_READ) };
+    assert_eq!(r, 0);
     touch(&region, 6, 1); // still writable: tracked, fine
     touch(&region, 2, 1); // SIGSEGV
     std::process::exit(0);
