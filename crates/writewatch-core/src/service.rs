@@ -209,6 +209,38 @@ impl Service {
             if !self.deferred.is_empty() {
                 self.retry_deferred(false);
             }
+            if self.uffd.is_some() && !self.shared.config.spin.is_zero() && self.deferred.is_empty()
+            {
+                if let Flow::Exit = self.spin_phase() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Busy-polls for `spin` after the last event: non-blocking `read(2)` on the userfaultfd
+    /// (no `poll`) and `try_recv` on the command channel (no syscall), so a fault arriving
+    /// meanwhile is serviced without the cost of waking this thread. Back to `poll` when idle.
+    fn spin_phase(&mut self) -> Flow {
+        let spin = self.shared.config.spin;
+        let mut until = Instant::now() + spin;
+        loop {
+            while let Ok(cmd) = self.rx.try_recv() {
+                if let Flow::Exit = self.command(cmd) {
+                    return Flow::Exit;
+                }
+            }
+            if self.read_batch() > 0 || !self.pending.is_empty() {
+                self.service_pending();
+                until = Instant::now() + spin;
+            } else if Instant::now() >= until {
+                return Flow::Continue;
+            } else {
+                std::hint::spin_loop();
+            }
+            if !self.deferred.is_empty() {
+                return Flow::Continue;
+            }
         }
     }
 
@@ -225,18 +257,12 @@ impl Service {
     }
 
     /// Blocks until the uffd or the eventfd is readable (not at all if faults are pending).
-    /// With `spin` configured, busy-polls that long first.
     fn wait(&self) -> (bool, bool) {
-        let mut timeout = if self.pending.is_empty() {
+        let timeout = if self.pending.is_empty() {
             PollTimeout::NONE
         } else {
             PollTimeout::ZERO
         };
-        let spin_until = (!self.shared.config.spin.is_zero() && self.pending.is_empty())
-            .then(|| Instant::now() + self.shared.config.spin);
-        if spin_until.is_some() {
-            timeout = PollTimeout::ZERO;
-        }
         loop {
             let wake = PollFd::new(self.shared.wake.as_fd(), PollFlags::POLLIN);
             let mut fds = match &self.uffd {
@@ -244,22 +270,9 @@ impl Service {
                 None => vec![wake],
             };
             match nix::poll::poll(&mut fds, timeout) {
-                Ok(n) => {
+                Ok(_) => {
                     let r = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                    let (uffd_ready, wake_ready) = (fds.get(1).is_some_and(r), r(&fds[0]));
-                    if n == 0 && timeout == PollTimeout::ZERO && self.pending.is_empty() {
-                        match spin_until {
-                            Some(t) if Instant::now() < t => {
-                                std::hint::spin_loop();
-                                continue;
-                            }
-                            _ => {
-                                timeout = PollTimeout::NONE;
-                                continue;
-                            }
-                        }
-                    }
-                    return (uffd_ready, wake_ready);
+                    return (fds.get(1).is_some_and(r), r(&fds[0]));
                 }
                 Err(Errno::EINTR) => continue,
                 Err(e) => {

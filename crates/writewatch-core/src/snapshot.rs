@@ -109,6 +109,9 @@ pub(crate) struct Budget {
     pub limit: usize,
     /// Set by the service thread while a fault waits for budget; the freeing side then wakes it.
     pub waiting: AtomicBool,
+    /// Recycled page buffers: a fresh heap page costs a page fault (~2 us) on first touch;
+    /// a recycled one is already resident.
+    pool: Mutex<Vec<Box<[u8]>>>,
 }
 
 impl Budget {
@@ -117,6 +120,25 @@ impl Budget {
             used: AtomicUsize::new(0),
             limit,
             waiting: AtomicBool::new(false),
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A page buffer: recycled if possible (already faulted in), else freshly allocated.
+    /// Contents are unspecified; callers overwrite the whole buffer.
+    pub(crate) fn alloc(&self, size: usize) -> Box<[u8]> {
+        let recycled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match recycled {
+            Some(b) if b.len() == size => b,
+            _ => vec![0u8; size].into_boxed_slice(),
+        }
+    }
+
+    /// Returns a page buffer to the pool (base pages only, up to the budget's size).
+    pub(crate) fn recycle(&self, buf: Box<[u8]>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if buf.len() <= 4096 && pool.len() * 4096 < self.limit.min(256 << 20) {
+            pool.push(buf);
         }
     }
 
@@ -200,20 +222,29 @@ impl View {
         loop {
             match st.load(Ordering::Acquire) {
                 PENDING => {
-                    if !self.shared.budget.try_take(ps) {
+                    // Only epochs (consumed by a reader) are charged to the budget: a snapshot
+                    // keeps its copies until dropped, so back-pressure could never resolve for
+                    // it; its copies are bounded by the region's size instead (like fork COW).
+                    let charged = self.mode == Mode::Consume;
+                    if charged && !self.shared.budget.try_take(ps) {
                         return false;
                     }
                     if st
                         .compare_exchange(PENDING, PRESERVING, Ordering::AcqRel, Ordering::Acquire)
                         .is_err()
                     {
-                        self.shared.budget.give(ps, &self.shared);
+                        if charged {
+                            self.shared.budget.give(ps, &self.shared);
+                        }
                         continue;
                     }
-                    let mut buf = vec![0u8; ps].into_boxed_slice();
+                    let mut buf = self.shared.budget.alloc(ps);
                     self.region.copy_page(page, &mut buf);
                     if !verify(page) {
-                        self.shared.budget.give(ps, &self.shared);
+                        if charged {
+                            self.shared.budget.give(ps, &self.shared);
+                        }
+                        self.shared.budget.recycle(buf);
                         st.store(LOST, Ordering::Release);
                         return true;
                     }
@@ -334,7 +365,7 @@ impl View {
                     match copy {
                         Some(c) => {
                             buf.copy_from_slice(&c);
-                            drop(c);
+                            self.shared.budget.recycle(c);
                             st.store(RELEASED, Ordering::Release);
                             self.shared.budget.give(self.region.page_size, &self.shared);
                             return Ok(());
@@ -364,7 +395,9 @@ impl View {
                     }
                 }
                 PRESERVED => {
-                    if self.copies().remove(&page).is_some() {
+                    let copy = self.copies().remove(&page);
+                    if let Some(c) = copy {
+                        self.shared.budget.recycle(c);
                         st.store(RELEASED, Ordering::Release);
                         self.shared.budget.give(self.region.page_size, &self.shared);
                     }
@@ -406,11 +439,18 @@ impl View {
 
 impl Drop for View {
     fn drop(&mut self) {
-        let n = self.copies().len();
+        let copies = std::mem::take(&mut *self.copies());
+        let n = copies.len();
+        for (_, c) in copies {
+            self.shared.budget.recycle(c);
+        }
+        let charged = if self.mode == Mode::Consume {
+            n * self.region.page_size
+        } else {
+            0
+        };
         // Also wakes deferred writers whose only reason to wait was this view's need.
-        self.shared
-            .budget
-            .give(n * self.region.page_size, &self.shared);
+        self.shared.budget.give(charged, &self.shared);
     }
 }
 

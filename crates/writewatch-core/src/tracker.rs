@@ -169,10 +169,12 @@ impl TrackerBuilder {
         self
     }
 
-    /// Memory for pages preserved by copy-before-write (snapshots and epochs being read),
-    /// default 64 MiB. When it is full, a writer whose page must be preserved waits until a
-    /// reader consumes (or drops) preserved pages: nothing is dropped. Readers must therefore
-    /// not be the threads that write the region.
+    /// Memory for pages preserved by copy-before-write for epochs being read, default
+    /// 64 MiB. When it is full, a writer whose page must be preserved waits until a reader
+    /// consumes (or drops) preserved pages: nothing is dropped. Readers must therefore not be
+    /// the threads that write the region. Snapshots ([`Region::snapshot`]) are not charged:
+    /// they keep their copies until dropped (at most one per page of the region), so waiting
+    /// for them could never end.
     pub fn copy_budget(mut self, bytes: usize) -> Self {
         self.copy_budget = bytes.max(1);
         self

@@ -611,3 +611,19 @@ fn panicking_service_thread_poisons_without_hanging_writers() {
         ))
     ));
 }
+
+#[test]
+fn spinning_service_thread_is_exact() {
+    // The busy-poll path (`spin`) services faults and commands without poll(2): it must keep
+    // every guarantee of the blocking path.
+    let t = Tracker::builder()
+        .spin(std::time::Duration::from_micros(200))
+        .build()
+        .unwrap();
+    let region = Arc::new(t.map_anonymous(16 * MIB).unwrap());
+    region.cut().unwrap();
+    lockstep_exact(Arc::clone(&region), 2, 20, 100, true);
+    let (w, m, o) = racing_oracle(region, 2, 20, true);
+    assert!(w > 0);
+    assert_eq!((m, o), (0, 0));
+}

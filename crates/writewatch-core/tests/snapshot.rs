@@ -386,3 +386,28 @@ fn snapshot_of_shared_region_and_sequential_fault_around() {
     }
     let _: &Region = &region;
 }
+
+#[test]
+fn snapshot_holder_rewriting_more_than_the_budget_does_not_hang() {
+    // A snapshot keeps its copies until dropped, so it must not be subject to back-pressure:
+    // the thread holding it may rewrite the whole region itself.
+    let t = Tracker::builder().copy_budget(MIB).build().unwrap();
+    let region = Arc::new(t.map_anonymous(16 * MIB).unwrap());
+    for p in 0..region.page_count() {
+        touch(&region, p, p + 1);
+    }
+    let snap = region.snapshot().unwrap();
+    let r2 = Arc::clone(&region);
+    watchdog(
+        60,
+        "rewriting a snapshotted region larger than the copy budget",
+        move || {
+            for p in 0..r2.page_count() {
+                touch(&r2, p, 0);
+            }
+        },
+    );
+    assert_eq!(snap.written_pages().len() as u64, region.page_count());
+    assert_eq!(region.rollback(&snap).unwrap(), region.page_count());
+    assert_eq!(region.as_atomic_u64()[5 * WORDS_PER_PAGE].load(SeqCst), 6);
+}
