@@ -26,7 +26,9 @@ pub enum SaveError {
 /// the store's first segment becomes a base (pages outside the epoch's dirty set are zero,
 /// which holds for a region tracked from birth, and for an adopted region, whose first epoch
 /// reports every page), later ones deltas. Pages are read as they were at the cut, while the
-/// application keeps writing, and released as they are written.
+/// application keeps writing, and released as they are written. On failure the store keeps
+/// its previous chain and the epoch's pages are requeued into the region's open epoch
+/// ([`Epoch::requeue`]), so the next successful checkpoint still covers them.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -45,6 +47,16 @@ pub enum SaveError {
 /// # std::fs::remove_dir_all(&dir)?; Ok(()) }
 /// ```
 pub fn save_epoch(store: &mut Store, epoch: &Epoch) -> Result<SegmentInfo, SaveError> {
+    let r = write_epoch(store, epoch);
+    if r.is_err() {
+        // The store keeps its previous chain; the region reports these pages again at the
+        // next cut, so the next successful checkpoint still covers them.
+        epoch.requeue();
+    }
+    r
+}
+
+fn write_epoch(store: &mut Store, epoch: &Epoch) -> Result<SegmentInfo, SaveError> {
     let dirty = epoch.dirty();
     let geometry = Geometry {
         page_size: dirty.page_size(),

@@ -349,7 +349,8 @@ impl Region {
     }
 
     /// Cuts, then hands every dirty page of the closed epoch to `sink` in ascending order, as
-    /// it was at the cut.
+    /// it was at the cut. If the sink (or a read) fails, the epoch's pages are requeued into
+    /// the open epoch ([`Epoch::requeue`]) before the error is returned: none is lost.
     ///
     /// On the sync backend the pages are read through copy-before-write, so writers may keep
     /// running. On the async and mprotect backends nothing preserves a page before it is
@@ -377,14 +378,17 @@ impl Region {
         let epoch = self.cut().map_err(CutAndCopyError::Cut)?;
         let mut buf = vec![0u8; self.inner.page_size];
         for page in epoch.dirty().iter() {
-            if epoch.view.is_some() {
-                epoch
-                    .read_page(page, &mut buf)
-                    .map_err(CutAndCopyError::Read)?;
+            let r = if epoch.view.is_some() {
+                epoch.read_page(page, &mut buf).map_err(CutAndCopyError::Read)
             } else {
                 self.inner.copy_page(page, &mut buf);
+                Ok(())
+            };
+            if let Err(e) = r.and_then(|()| sink(page, &buf).map_err(CutAndCopyError::Sink)) {
+                // Nothing is lost: the next cut reports the epoch's pages again.
+                epoch.requeue();
+                return Err(e);
             }
-            sink(page, &buf).map_err(CutAndCopyError::Sink)?;
         }
         Ok(epoch)
     }
@@ -491,6 +495,7 @@ pub struct Epoch {
     pub(crate) stats: CutStats,
     pub(crate) view: Option<Arc<View>>,
     pub(crate) backend: crate::Backend,
+    pub(crate) region: Arc<RegionInner>,
 }
 
 impl Epoch {
@@ -512,6 +517,17 @@ impl Epoch {
     /// What the cut cost.
     pub fn stats(&self) -> CutStats {
         self.stats
+    }
+
+    /// Puts this epoch's dirty pages back into the region's *open* epoch, so the next cut
+    /// reports them again. Call it when saving the epoch failed (a full disk, a failing sink):
+    /// the pages are then not lost from the incremental chain, only reported one epoch later
+    /// (an over-report). [`Region::cut_and_copy`] and the facade's `save_epoch` do it
+    /// themselves on failure.
+    pub fn requeue(&self) {
+        if self.region.invalidation().is_none() {
+            self.region.dirty.restore(self.dirty.words());
+        }
     }
 
     /// Reads dirty page `page` as it was at the cut into `buf` (one page long) and releases

@@ -917,6 +917,7 @@ impl Service {
             },
             view,
             backend: self.backend,
+            region: Arc::clone(&inner),
         })
     }
 
