@@ -593,6 +593,7 @@ pub(crate) struct Vma {
     pub start: usize,
     pub end: usize,
     pub shared: bool,
+    pub writable: bool,
     pub path: String,
     pub kernel_page_size: usize,
     pub hugetlb: bool,
@@ -616,6 +617,7 @@ pub(crate) fn parse_smaps(text: &str) -> Vec<Vma> {
                 out.push(Vma {
                     start,
                     end,
+                    writable: perms.as_bytes().get(1) == Some(&b'w'),
                     shared: perms.as_bytes().get(3) == Some(&b's'),
                     path,
                     kernel_page_size: 0,

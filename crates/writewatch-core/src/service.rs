@@ -831,6 +831,13 @@ impl Service {
             scan_ioctls += self.mark_unprotected(&inner, first, count);
         }
         // 2. Harvest: the epoch's dirty set; the bitmap starts the next epoch empty.
+        if self.backend == Backend::Mprotect {
+            // The application may have made tracked pages writable itself (mprotect): the
+            // handler would never see their writes. Any writable mapping inside the region
+            // whose pages are not dirty is such a case: report it (over-report at worst) and
+            // let this cut re-protect it.
+            mark_writable_mappings(&inner);
+        }
         let mut words = inner.dirty.harvest();
         if self.backend == Backend::Mprotect {
             // Signal handlers that set a bit we just harvested must finish their un-protect
@@ -1053,5 +1060,23 @@ impl Service {
         tracing::error!("writewatch fault-service thread panicked; releasing every range and poisoning the tracker");
         self.release_all();
         self.drain_commands();
+    }
+}
+
+/// Mprotect backend: sets the dirty bits of every page of `inner` that lies in a writable
+/// mapping (per `/proc/self/maps`). If the maps cannot be read, marks the whole region
+/// (over-report, never under-report).
+fn mark_writable_mappings(inner: &RegionInner) {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        inner.dirty.set_range(0, inner.page_count as usize);
+        return;
+    };
+    for v in crate::region::parse_smaps(&maps) {
+        if !v.writable || v.end <= inner.start || v.start >= inner.end() {
+            continue;
+        }
+        let a = inner.page_of(v.start.max(inner.start));
+        let b = inner.page_of(v.end.min(inner.end()) - 1);
+        inner.dirty.set_range(a as usize, (b - a + 1) as usize);
     }
 }
