@@ -24,7 +24,10 @@
 //!   `into_dirty`, so no copies): tracking only;
 //! * `ww_snapshot` - writewatch copy-before-write: populated region, `snapshot()`, writes;
 //! * `*_spin` - the same with `.spin(50 us)`; `*_fa16` (sequential only) with
-//!   `.fault_around(16)`.
+//!   `.fault_around(16)`;
+//! * `ww_async` - writewatch async backend (`WP_ASYNC`: the kernel resolves the fault), region
+//!   re-armed by `cut()` (one `PAGEMAP_SCAN`);
+//! * `ww_mprotect` - writewatch mprotect backend (SIGSEGV handler, no copy), re-armed by `cut()`.
 //!
 //! For each writewatch row the tracker's counters over the measured phase (faults, copies,
 //! `service_ns` p50/p99) go to `<criterion dir>/writewatch-stats/` for the report.
@@ -39,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use common::{Mmap, RawUffdLoop, Value, PS};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use writewatch::{Region, Tracker, TrackerStats};
+use writewatch::{Backend, Region, Tracker, TrackerStats};
 
 type Group<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
@@ -221,8 +224,8 @@ fn bucket_of(lower: u64) -> usize {
     }
 }
 
-fn tracker(spin: bool, fault_around: u64) -> Tracker {
-    let mut b = Tracker::builder().copy_budget(256 << 20);
+fn tracker(backend: Backend, spin: bool, fault_around: u64) -> Tracker {
+    let mut b = Tracker::builder().backend(backend).copy_budget(256 << 20);
     if spin {
         b = b.spin(Duration::from_micros(50));
     }
@@ -251,6 +254,10 @@ enum Ww {
     Sync,
     /// Populated region, `snapshot()` before each round.
     Snapshot,
+    /// Populated region, re-protected by `cut()`, async backend (kernel-resolved faults).
+    Async,
+    /// Populated region, re-protected by `cut()`, mprotect backend (SIGSEGV handler).
+    Mprotect,
 }
 
 fn bench_ww(
@@ -263,7 +270,12 @@ fn bench_ww(
     fa: u64,
 ) {
     let n = region_pages();
-    let t = tracker(spin, fa);
+    let backend = match mode {
+        Ww::Async => Backend::AsyncUffd,
+        Ww::Mprotect => Backend::Mprotect,
+        _ => Backend::SyncUffd,
+    };
+    let t = tracker(backend, spin, fa);
     let reused = (mode != Ww::Fresh).then(|| {
         let r = t.map_anonymous(n * PS).expect("map_anonymous");
         populate(&r);
@@ -277,7 +289,7 @@ fn bench_ww(
             drop(r.cut().expect("cut").into_dirty());
             d
         }
-        Ww::Sync => {
+        Ww::Sync | Ww::Async | Ww::Mprotect => {
             let r = reused.as_ref().unwrap();
             drop(r.cut().expect("cut").into_dirty());
             time_ww_writes(r, pages, v)
@@ -384,9 +396,10 @@ fn bench_order(c: &mut Criterion, label: &str, order: Vec<usize>) {
             16,
         );
     }
-    // writewatch, async backend (UFFD_FEATURE_WP_ASYNC): add `ww_async` (and `ww_async_fresh`)
-    // rows here when the backend lands, e.g. a `Ww::Async` mode built with the async builder
-    // option; the report (scripts/bench-report.py) already lists `ww_async` if present.
+    // writewatch, async backend (UFFD_FEATURE_WP_ASYNC) and mprotect backend: tracking only
+    // (neither copies before write), region re-armed by `cut()` before each round.
+    bench_ww(&mut g, label, "ww_async", &order, Ww::Async, false, 0);
+    bench_ww(&mut g, label, "ww_mprotect", &order, Ww::Mprotect, false, 0);
 
     g.finish();
 }

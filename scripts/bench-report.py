@@ -40,8 +40,8 @@ FIRST_WRITE_ROWS = [
     ("ww_snapshot", "writewatch during snapshot() (copy-before-write)"),
     ("ww_snapshot_spin", "writewatch during snapshot(), .spin(50us)"),
     ("ww_snapshot_fa16", "writewatch during snapshot(), .fault_around(16)"),
-    ("ww_async", "writewatch async backend (WP_ASYNC)"),
-    ("ww_async_fresh", "writewatch async backend, fresh region"),
+    ("ww_async", "writewatch async backend (WP_ASYNC, no copy)"),
+    ("ww_mprotect", "writewatch mprotect backend (SIGSEGV handler, no copy)"),
 ]
 CUT_FRACTIONS = [("0.1pct", "0.1 %"), ("1pct", "1 %"), ("10pct", "10 %")]
 CUT_SIZES = ["256MiB", "1GiB", "4GiB"]
@@ -234,6 +234,12 @@ def main():
         target("  same with `.spin(50us)` (`ww_snapshot_spin`)", fw("rand", "ww_snapshot_spin"), fw("rand", "raw_uffd"), 0.6)
     target("Cut of 1 GiB at 1 % dirty vs fork() of the same process (`cut_1GiB/ww_cut_1pct` / `fork`)",
            res.get(("cut_1GiB", "ww_cut_1pct")), res.get(("cut_1GiB", "fork")), 0.15)
+    for order in ("seq", "rand"):
+        target(f"Async backend first write vs fork() COW fault, {order} (`ww_async` / `fork_cow`)",
+               fw(order, "ww_async"), fw(order, "fork_cow"), 0.5)
+    for order in ("seq", "rand"):
+        target(f"Mprotect backend first write vs raw mprotect+SIGSEGV copy loop, {order} (`ww_mprotect` / `mprotect_sigsegv`)",
+               fw(order, "ww_mprotect"), fw(order, "mprotect_sigsegv"), 1.1)
     L.append("## Targets")
     L.append("")
     L.append("| target | writewatch | ratio | goal | status |")
