@@ -356,10 +356,8 @@ fn bench_order(c: &mut Criterion, label: &str, order: Vec<usize>) {
             SEGV_BASE.store(m.ptr as usize, Ordering::SeqCst);
             SEGV_LEN.store(len, Ordering::SeqCst);
             // SAFETY: our mapping.
-            assert_eq!(
-                unsafe { libc::mprotect(m.ptr.cast(), len, libc::PROT_READ) },
-                0
-            );
+            let r = unsafe { libc::mprotect(m.ptr.cast(), len, libc::PROT_READ) };
+            assert_eq!(r, 0);
             let d = time_raw_writes(&m, pages, v);
             SEGV_LEN.store(0, Ordering::SeqCst);
             d

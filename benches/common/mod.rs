@@ -403,12 +403,8 @@ impl BlockedChild {
     pub fn fork() -> (BlockedChild, Duration) {
         let mut p = [0 as libc::c_int; 2];
         // SAFETY: valid array.
-        assert_eq!(
-            unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
-            0,
-            "pipe: {}",
-            errno()
-        );
+        let r = unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(r, 0, "pipe: {}", errno());
         let t = std::time::Instant::now();
         // SAFETY: the child only calls async-signal-safe functions (read, _exit).
         let pid = unsafe { libc::fork() };

@@ -252,10 +252,8 @@ fn munmap_of_adopted_range_invalidates_without_hang() {
     let pr = p as usize;
     watchdog(10, "munmap of a tracked range", move || {
         // SAFETY: the test's own mapping; the region is not used to access memory afterwards.
-        assert_eq!(
-            unsafe { libc::munmap(pr as *mut libc::c_void, 32 * 4096) },
-            0
-        );
+        let r = unsafe { libc::munmap(pr as *mut libc::c_void, 32 * 4096) };
+        assert_eq!(r, 0);
     });
     let err = region.cut().unwrap_err();
     assert!(

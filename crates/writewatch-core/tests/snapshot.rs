@@ -289,10 +289,8 @@ fn rollback_restores_exactly_and_touches_only_written_pages() {
         assert_eq!(restored as usize, snap.written_pages().len());
         assert!(written.iter().all(|p| snap.written_pages().contains(p)));
         // SAFETY: as above.
-        assert!(
-            unsafe { region.as_slice() } == &reference[..],
-            "round {round}: byte-exact rollback"
-        );
+        let now = unsafe { region.as_slice() };
+        assert!(now == &reference[..], "round {round}: byte-exact rollback");
     }
     let other = t.map_anonymous(4096).unwrap();
     assert_eq!(other.rollback(&snap), Err(SnapshotError::WrongRegion));
@@ -333,16 +331,14 @@ fn madvise_after_cut_is_an_error_not_zeros() {
     }
     let e = region.cut().unwrap();
     // SAFETY: pages 4..8 of the region; no references into them are held.
-    assert_eq!(
-        unsafe {
-            libc::madvise(
-                region.as_ptr().add(4 * 4096).cast(),
-                4 * 4096,
-                libc::MADV_DONTNEED,
-            )
-        },
-        0
-    );
+    let r = unsafe {
+        libc::madvise(
+            region.as_ptr().add(4 * 4096).cast(),
+            4 * 4096,
+            libc::MADV_DONTNEED,
+        )
+    };
+    assert_eq!(r, 0);
     let mut buf = vec![0u8; 4096];
     for p in 0..16u64 {
         let r = e.read_page(p, &mut buf);
