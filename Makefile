@@ -75,7 +75,7 @@ bench-report: setup
 FUZZ_SECONDS ?= 120
 
 # Long mode: every suite at acceptance volume (>= 1e6 writes, >= 100 cuts, >= 100 SIGKILLs),
-# each under its own watchdog; prints one summary line per suite. About 4 minutes here.
+# each under its own watchdog; prints one summary line per suite. About 3 minutes here.
 stress: setup
 	WW_STRESS=long $(CARGO) test -q -p writewatch-stress --test stress
 	$(CARGO) test -q -p writewatch-core --test misbehaviour --test fault_injection --test page_state_model
