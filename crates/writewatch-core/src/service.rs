@@ -1056,7 +1056,7 @@ impl Service {
     }
 
     fn poison(&mut self) {
-        self.shared.state.store(POISONED, Ordering::Release);
+        self.shared.state.store(POISONED, Ordering::SeqCst);
         tracing::error!("writewatch fault-service thread panicked; releasing every range and poisoning the tracker");
         self.release_all();
         self.drain_commands();

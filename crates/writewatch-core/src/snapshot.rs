@@ -336,6 +336,15 @@ impl View {
                             s2 = self.shared.read_seq.load(Ordering::SeqCst);
                         }
                     }
+                    // A shutdown or poisoning during the copy unregisters the range (writers
+                    // then proceed unblocked), so the copy may hold later writes. The state
+                    // is set before any range is released: if the tracker still runs after
+                    // the copy, the page stayed protected throughout.
+                    std::sync::atomic::fence(Ordering::SeqCst);
+                    if let Err(u) = self.shared.available() {
+                        st.store(PENDING, Ordering::Release);
+                        return Err(SnapshotError::Unavailable(u));
+                    }
                     // A zap of a page in a range that ever got REMOVE can also come late:
                     // verify that the page is still write-protected after the copy.
                     let ok = !self.region.is_suspect(page)

@@ -509,7 +509,7 @@ impl Shared {
     fn shutdown(&self) {
         if self
             .state
-            .compare_exchange(RUNNING, SHUT_DOWN, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(RUNNING, SHUT_DOWN, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
             let (tx, rx) = crossbeam_channel::bounded(1);
