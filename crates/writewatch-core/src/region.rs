@@ -379,7 +379,9 @@ impl Region {
         let mut buf = vec![0u8; self.inner.page_size];
         for page in epoch.dirty().iter() {
             let r = if epoch.view.is_some() {
-                epoch.read_page(page, &mut buf).map_err(CutAndCopyError::Read)
+                epoch
+                    .read_page(page, &mut buf)
+                    .map_err(CutAndCopyError::Read)
             } else {
                 self.inner.copy_page(page, &mut buf);
                 Ok(())
