@@ -7,7 +7,7 @@
 //!   chunks) of the same number of bytes plus `fdatasync`;
 //! * restore: `Store::open_read_only` + `Store::restore` of that delta's epoch
 //!   into a fresh mapping, with cold page cache, vs. a sequential `read` of a
-//!   plain file of the same size into a fresh buffer, cold too.
+//!   plain file of the same size into a freshly mapped buffer, cold too.
 //!
 //! Run with `cargo bench -p writewatch-checkpoint --bench checkpoint`. Under
 //! `cargo test` (no `--bench` argument) the sizes shrink to a few MiB so that
@@ -97,13 +97,47 @@ fn drop_cache(path: &Path) {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
 }
 
-fn plain_read(path: &Path, len: usize) -> Vec<u8> {
+/// Reads the file into freshly mapped memory, as a restore must produce fresh memory. (A
+/// reused heap `Vec` would hand the baseline pre-faulted pages: after the first free of a
+/// multi-MiB buffer glibc raises its mmap threshold and serves the next one from the heap.)
+fn plain_read(path: &Path, len: usize) -> FreshBuf {
     let mut f = File::open(path).unwrap();
-    let mut buf = vec![0u8; len];
-    for c in buf.chunks_mut(CHUNK) {
+    let mut buf = FreshBuf::new(len);
+    for c in buf.as_mut_slice().chunks_mut(CHUNK) {
         f.read_exact(c).unwrap();
     }
     buf
+}
+
+/// An anonymous mapping, unmapped on drop.
+struct FreshBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl FreshBuf {
+    fn new(len: usize) -> Self {
+        // SAFETY: a new private anonymous mapping chosen by the kernel.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), len.max(1), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        FreshBuf { ptr: p.cast(), len }
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: our mapping of `len` bytes, exclusively borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for FreshBuf {
+    fn drop(&mut self) {
+        // SAFETY: our mapping; no borrow outlives `self`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len.max(1)) };
+    }
 }
 
 fn main() {
