@@ -176,9 +176,7 @@ impl Plan {
         let mut batch_bytes = 0u64;
         const BATCH_MAX: u64 = 4 << 20;
         let groups = self.groups();
-        let mut prefetch = Prefetcher::default();
-        for (gi, g) in groups.iter().cloned().enumerate() {
-            prefetch.advance(self, &groups, gi);
+        for g in groups.iter().cloned() {
             let p = &self.pieces[g.start];
             let (seg, run) = self.run(p);
             let whole_raw = g.len() == 1 && run.kind == RunKind::Raw && p.count == run.page_count;
@@ -273,9 +271,7 @@ impl Plan {
         let mut scratch = Vec::new();
         let mut out = Vec::new();
         let groups = self.groups();
-        let mut prefetch = Prefetcher::default();
-        for (gi, g) in groups.iter().cloned().enumerate() {
-            prefetch.advance(self, &groups, gi);
+        for g in groups.iter().cloned() {
             let (seg, run) = self.run(&self.pieces[g.start]);
             let raw = seg.read_run(run, &mut scratch, &mut out)?;
             for piece in &self.pieces[g] {
@@ -323,55 +319,6 @@ impl Plan {
     }
 }
 
-/// Asks the kernel to read ahead (`POSIX_FADV_WILLNEED`) the run data that
-/// the next few MiB of groups will need, so that disk reads overlap with
-/// checksumming and copying. File-contiguous runs are coalesced into one hint.
-#[derive(Default)]
-struct Prefetcher {
-    /// First group not yet hinted.
-    next: usize,
-    /// Bytes hinted so far / consumed so far (groups before the current one).
-    hinted: u64,
-    consumed: u64,
-    /// Last group counted in `consumed`.
-    counted: usize,
-}
-
-impl Prefetcher {
-    const WINDOW: u64 = 32 << 20;
-    const MAX_HINT: u64 = 8 << 20;
-
-    fn advance(&mut self, plan: &Plan, groups: &[std::ops::Range<usize>], current: usize) {
-        while self.counted < current {
-            let (_, run) = plan.run(&plan.pieces[groups[self.counted].start]);
-            self.consumed += run.stored_len;
-            self.counted += 1;
-        }
-        if self.next < current {
-            self.next = current;
-            self.hinted = self.consumed;
-        }
-        while self.next < groups.len() && self.hinted < self.consumed + Self::WINDOW {
-            let first = &plan.pieces[groups[self.next].start];
-            let (seg, run) = plan.run(first);
-            let start = run.data_offset;
-            let mut end = start + run.stored_len;
-            self.hinted += run.stored_len;
-            self.next += 1;
-            while self.next < groups.len() && end - start < Self::MAX_HINT {
-                let p = &plan.pieces[groups[self.next].start];
-                let (_, r) = plan.run(p);
-                if p.seg != first.seg || r.data_offset != end {
-                    break;
-                }
-                end += r.stored_len;
-                self.hinted += r.stored_len;
-                self.next += 1;
-            }
-            let _ = sys::fadvise(&seg.file, start, end - start, sys::Advice::WillNeed);
-        }
-    }
-}
 
 /// Rate-limited progress reporting (every 4 MiB).
 pub(crate) struct ProgressTracker<'a> {

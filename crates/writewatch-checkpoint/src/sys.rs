@@ -129,8 +129,6 @@ pub(crate) enum Advice {
     Sequential,
     /// Cached pages of this range are not needed any more.
     DontNeed,
-    /// This range will be needed soon: start reading it.
-    WillNeed,
 }
 
 /// `posix_fadvise` on a range (0 length = to the end). Hints only.
@@ -138,7 +136,6 @@ pub(crate) fn fadvise(file: &File, offset: u64, len: u64, advice: Advice) -> io:
     let adv = match advice {
         Advice::Sequential => libc::POSIX_FADV_SEQUENTIAL,
         Advice::DontNeed => libc::POSIX_FADV_DONTNEED,
-        Advice::WillNeed => libc::POSIX_FADV_WILLNEED,
     };
     let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
