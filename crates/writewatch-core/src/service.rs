@@ -802,21 +802,45 @@ impl Service {
         self.by_id.clear();
     }
 
+    /// The live region registered under `id`.
+    fn region_by_id(&self, id: u64) -> Result<(usize, Arc<RegionInner>), CutError> {
+        let gone = |start| CutError::Invalidated {
+            start,
+            reason: Invalidation::Unmapped,
+        };
+        let &start = self.by_id.get(&id).ok_or(gone(0))?;
+        let entry = self.by_start.get(&start).ok_or(gone(start))?;
+        Ok((start, Arc::clone(&entry.inner)))
+    }
+
+    /// Re-protects the coalesced runs of `set` (gaps up to `merge_gap_pages` merged); returns
+    /// the number of protect calls. Faults read meanwhile stay pending until the caller's
+    /// command returns.
+    fn reprotect_runs(&mut self, inner: &RegionInner, set: &DirtySet) -> Result<u64, CutError> {
+        let mut calls = 0;
+        for (first, count) in plan_ranges(set.runs(), self.shared.config.merge_gap_pages) {
+            let addr = inner.start + first as usize * inner.page_size;
+            let len = count as usize * inner.page_size;
+            if let Err(errno) = self
+                .populate_if_needed(addr, len)
+                .and_then(|()| self.protect(addr, len))
+            {
+                return Err(match inner.invalidation() {
+                    Some(reason) => CutError::Invalidated {
+                        start: inner.start,
+                        reason,
+                    },
+                    None => CutError::Protect { errno },
+                });
+            }
+            calls += 1;
+        }
+        Ok(calls)
+    }
+
     fn cut(&mut self, id: u64) -> Result<Epoch, CutError> {
         let t0 = Instant::now();
-        let Some(&start) = self.by_id.get(&id) else {
-            return Err(CutError::Invalidated {
-                start: 0,
-                reason: Invalidation::Unmapped,
-            });
-        };
-        let Some(entry) = self.by_start.get(&start) else {
-            return Err(CutError::Invalidated {
-                start,
-                reason: Invalidation::Unmapped,
-            });
-        };
-        let inner = Arc::clone(&entry.inner);
+        let (start, inner) = self.region_by_id(id)?;
         let suspect = inner.suspect_runs();
         let span = tracing::debug_span!(
             "cut",
@@ -857,29 +881,19 @@ impl Service {
         }
         let set = DirtySet::from_words(inner.page_size, inner.page_count, words);
         // 3. Re-protect the dirty runs (faults read meanwhile stay pending until we return).
-        let plan = if self.backend == Backend::AsyncUffd {
-            Vec::new()
+        let protect_ioctls = if self.backend == Backend::AsyncUffd {
+            0
         } else {
-            plan_ranges(set.runs(), self.shared.config.merge_gap_pages)
-        };
-        let mut protect_ioctls = 0;
-        for (first, count) in plan {
-            let addr = inner.start + first as usize * inner.page_size;
-            let len = count as usize * inner.page_size;
-            let r = self
-                .populate_if_needed(addr, len)
-                .and_then(|()| self.protect(addr, len));
-            if let Err(errno) = r {
-                // Never lose dirty bits: put the whole harvest back (pages already re-protected
-                // are over-reported next time, which is allowed).
-                inner.dirty.restore(set.words());
-                if let Some(reason) = inner.invalidation() {
-                    return Err(CutError::Invalidated { start, reason });
+            match self.reprotect_runs(&inner, &set) {
+                Ok(n) => n,
+                Err(e) => {
+                    // Never lose dirty bits: put the whole harvest back (pages already
+                    // re-protected are over-reported next time, which is allowed).
+                    inner.dirty.restore(set.words());
+                    return Err(e);
                 }
-                return Err(CutError::Protect { errno });
             }
-            protect_ioctls += 1;
-        }
+        };
         let number = inner.epoch.fetch_add(1, Ordering::AcqRel);
         // The epoch's pages can be read as they were at this instant until consumed.
         let view = if set.is_empty() || self.backend != Backend::SyncUffd {
@@ -937,34 +951,10 @@ impl Service {
                 backend: self.backend.name(),
             });
         }
-        let Some(&start) = self.by_id.get(&id) else {
-            return Err(CutError::Invalidated {
-                start: 0,
-                reason: Invalidation::Unmapped,
-            });
-        };
-        let Some(entry) = self.by_start.get(&start) else {
-            return Err(CutError::Invalidated {
-                start,
-                reason: Invalidation::Unmapped,
-            });
-        };
-        let inner = Arc::clone(&entry.inner);
+        let (start, inner) = self.region_by_id(id)?;
         let _g = tracing::debug_span!("snapshot", start = format_args!("{start:#x}")).entered();
         let dirty = DirtySet::from_words(inner.page_size, inner.page_count, inner.dirty.snapshot());
-        for (first, count) in plan_ranges(dirty.runs(), self.shared.config.merge_gap_pages) {
-            let addr = inner.start + first as usize * inner.page_size;
-            let len = count as usize * inner.page_size;
-            if let Err(errno) = self
-                .populate_if_needed(addr, len)
-                .and_then(|()| self.protect(addr, len))
-            {
-                if let Some(reason) = inner.invalidation() {
-                    return Err(CutError::Invalidated { start, reason });
-                }
-                return Err(CutError::Protect { errno });
-            }
-        }
+        self.reprotect_runs(&inner, &dirty)?;
         let all = DirtySet::full(inner.page_size, inner.page_count);
         let v = Arc::new(View::new(
             Arc::clone(&inner),
