@@ -67,9 +67,9 @@ fn main() {
         ));
     }
     for b in [Backend::SyncUffd, Backend::AsyncUffd, Backend::Mprotect] {
-        let name = format!("dirty-{}", short_name(b));
+        let name = format!("dirty-{}", b.name());
         if want(&name) {
-            all.push(run_suite(&name, short_name(b), wd(60, 300), move || {
+            all.push(run_suite(&name, b.name(), wd(60, 300), move || {
                 dirty(mode, b)
             }));
         }
@@ -83,9 +83,9 @@ fn main() {
         all.push(run_suite("kill", "sync", wd(60, 400), move || kill(mode)));
     }
     for b in [Backend::SyncUffd, Backend::AsyncUffd, Backend::Mprotect] {
-        let name = format!("eio-{}", short_name(b));
+        let name = format!("eio-{}", b.name());
         if want(&name) {
-            all.push(run_suite(&name, short_name(b), wd(60, 200), move || {
+            all.push(run_suite(&name, b.name(), wd(60, 200), move || {
                 eio(mode, b)
             }));
         }
@@ -105,15 +105,6 @@ fn main() {
     );
     if !failed.is_empty() {
         std::process::exit(1);
-    }
-}
-
-fn short_name(b: Backend) -> &'static str {
-    match b {
-        Backend::SyncUffd => "sync",
-        Backend::AsyncUffd => "async",
-        Backend::Mprotect => "mprotect",
-        _ => "auto",
     }
 }
 
@@ -303,7 +294,7 @@ fn consistency(mode: Mode, tiny_budget: bool) -> Summary {
 /// The racing dirty-set oracle of the core tests (`common::racing_oracle`) on one backend, in
 /// rounds of fresh regions (its write log grows with time).
 fn dirty(mode: Mode, b: Backend) -> Summary {
-    let mut s = Summary::new(&format!("dirty-{}", short_name(b)), short_name(b));
+    let mut s = Summary::new(&format!("dirty-{}", b.name()), b.name());
     let t = tracker(b);
     let rounds = mode.pick(3, 48);
     let mut max_threads = 0;
@@ -800,7 +791,7 @@ fn failing_sink(
 /// unsaved dirty pages for the next save. Nothing may be lost across the failure.
 fn eio(mode: Mode, b: Backend) -> Summary {
     let _ = Eio;
-    let mut s = Summary::new(&format!("eio-{}", short_name(b)), short_name(b));
+    let mut s = Summary::new(&format!("eio-{}", b.name()), b.name());
     s.threads = 1;
     let t = tracker(b);
     let region = t.map_anonymous(300 * PS).unwrap();
