@@ -319,7 +319,6 @@ impl Plan {
     }
 }
 
-
 /// Rate-limited progress reporting (every 4 MiB).
 pub(crate) struct ProgressTracker<'a> {
     cb: Option<&'a ProgressFn>,
