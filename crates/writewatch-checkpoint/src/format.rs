@@ -269,6 +269,23 @@ pub struct SegmentFooter {
 }
 
 impl SegmentFooter {
+    /// Verifies the index bytes against the footer's index checksum.
+    pub fn check_index(&self, path: &Path, index: &[u8]) -> Result<(), CorruptError> {
+        let computed = crc32c::crc32c(index);
+        if computed != self.index_crc {
+            return Err(CorruptError::new(
+                path,
+                self.index_offset,
+                Corruption::Checksum {
+                    what: "index",
+                    stored: self.index_crc,
+                    computed,
+                },
+            ));
+        }
+        Ok(())
+    }
+
     /// Serializes the footer; returns the bytes and the footer checksum.
     pub fn encode(&self) -> ([u8; FOOTER_LEN], u32) {
         let mut b = [0u8; FOOTER_LEN];
@@ -859,18 +876,7 @@ pub fn decode_segment(path: &Path, bytes: &[u8]) -> Result<DecodedSegment, Corru
     }
     // Bounds established by SegmentFooter::decode (index ends at the footer).
     let index = &bytes[footer.index_offset as usize..footer_off];
-    let computed = crc32c::crc32c(index);
-    if computed != footer.index_crc {
-        return Err(CorruptError::new(
-            path,
-            footer.index_offset,
-            Corruption::Checksum {
-                what: "index",
-                stored: footer.index_crc,
-                computed,
-            },
-        ));
-    }
+    footer.check_index(path, index)?;
     let runs = decode_index(path, index, &header, &footer)?;
     let mut out = Vec::new();
     for r in runs.iter().filter(|r| r.kind != RunKind::Zero) {

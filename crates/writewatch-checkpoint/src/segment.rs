@@ -103,19 +103,7 @@ impl SegmentFile {
         let index_len = (footer.run_count * RUN_ENTRY_LEN as u64) as usize;
         let mut index = vec![0u8; index_len];
         read_exact_at(&file, path, &mut index, footer.index_offset, file_len)?;
-        let computed = crc32c::crc32c(&index);
-        if computed != footer.index_crc {
-            return Err(CorruptError::new(
-                path,
-                footer.index_offset,
-                Corruption::Checksum {
-                    what: "index",
-                    stored: footer.index_crc,
-                    computed,
-                },
-            )
-            .into());
-        }
+        footer.check_index(path, &index)?;
         let runs = decode_index(path, &index, &header, &footer)?;
         Ok(SegmentFile {
             path: path.to_path_buf(),
