@@ -228,18 +228,7 @@ fn madvise_dontneed_marks_dirty_and_tracking_continues() {
 #[test]
 fn munmap_of_adopted_range_invalidates_without_hang() {
     let t = tracker();
-    // SAFETY: a fresh anonymous mapping owned by this test.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            32 * 4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
+    let p = anon_mmap(32 * 4096);
     // SAFETY: the mapping stays until the munmap below, which the test means to exercise.
     let region = unsafe { t.adopt(p.cast(), 32 * 4096) }.unwrap();
     let first = region.cut().unwrap();
@@ -283,18 +272,7 @@ fn shutdown_while_threads_write_adopted_range() {
     for explicit in [true, false] {
         let t = tracker();
         let len = 16 * MIB;
-        // SAFETY: a fresh anonymous mapping owned by this test, unmapped at the end.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
+        let p = anon_mmap(len);
         // SAFETY: the mapping outlives the region (unmapped after every thread joined).
         let region = unsafe { t.adopt(p.cast(), len) }.unwrap();
         let words = p as usize;

@@ -23,18 +23,7 @@ fn sync_tracker() -> Tracker {
 
 /// A fresh private anonymous mapping of `pages` pages (the test owns it).
 fn mmap_anon(pages: usize) -> *mut u8 {
-    // SAFETY: a new anonymous mapping; no existing memory is affected.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            pages * PS,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
+    let p = anon_mmap(pages * PS);
     p.cast()
 }
 

@@ -152,32 +152,6 @@ pub fn within<T: Send + 'static>(d: Duration, f: impl FnOnce() -> T + Send + 'st
     rx.recv_timeout(d).ok()
 }
 
-/// xorshift64*: deterministic, seedable.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform-ish in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// One element of `xs`.
-    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-}
-
 /// Page counts at the interesting boundaries: 1 page, 2^k - 1, 2^k, 2^k + 1 up to 1025 (the
 /// checkpoint writer's 1 MiB run limit and buffer sizes are 256 pages).
 pub fn boundary_page_counts() -> Vec<u64> {

@@ -9,6 +9,7 @@
 
 #[path = "../../../crates/writewatch-core/tests/common/mod.rs"]
 mod common;
+use common::Rng;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -22,9 +23,7 @@ use writewatch::{
     save_epoch, Backend, CutAndCopyError, CutError, MapError, Region, RegionError, SnapshotError,
     Tracker, Unavailable,
 };
-use writewatch_stress::{
-    boundary_page_counts, page_hash, run_suite, within, Gate, Mode, Rng, Summary,
-};
+use writewatch_stress::{boundary_page_counts, page_hash, run_suite, within, Gate, Mode, Summary};
 
 const PS: usize = 4096;
 const WPP: usize = PS / 8;
@@ -349,19 +348,9 @@ fn pipeline(mode: Mode) -> Summary {
             .collect();
         let total: u64 = sizes.iter().sum();
         let len = total as usize * PS;
-        // SAFETY: a fresh private anonymous mapping owned by this suite, unmapped below after
-        // every region over it is dropped and every writer joined.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED);
+        // Owned by this suite, unmapped below after every region over it is dropped and every
+        // writer joined.
+        let base = common::anon_mmap(len);
         let base = base as usize;
         {
             // SAFETY: the mapping is ours and nothing else references it yet.
@@ -393,7 +382,7 @@ fn pipeline(mode: Mode) -> Summary {
         let hs: Vec<_> = (0..writers)
             .map(|w| {
                 let (gate, ops) = (Arc::clone(&gate), Arc::clone(&ops));
-                let seed = rng.next_u64();
+                let seed = rng.next();
                 std::thread::spawn(move || {
                     // SAFETY: the mapping outlives this thread (joined before munmap); all
                     // accesses are atomic.
@@ -409,7 +398,7 @@ fn pipeline(mode: Mode) -> Summary {
                                 let run = rng.pick(&[1u64, 255, 256, 257, 64, 65]);
                                 let p0 = rng.below(pages);
                                 for p in p0..(p0 + run).min(pages) {
-                                    words[p as usize * WPP + w].store(rng.next_u64(), SeqCst);
+                                    words[p as usize * WPP + w].store(rng.next(), SeqCst);
                                     n += 1;
                                 }
                             }
@@ -423,7 +412,7 @@ fn pipeline(mode: Mode) -> Summary {
                             }
                             _ => {
                                 let i = rng.below((len / 8) as u64) as usize;
-                                words[i].store(rng.next_u64(), SeqCst);
+                                words[i].store(rng.next(), SeqCst);
                                 n += 1;
                             }
                         }
@@ -540,7 +529,7 @@ fn kill_batch(e: u64) -> Vec<(usize, Option<u64>)> {
             let v = if rng.below(5) == 0 {
                 None
             } else {
-                Some(rng.next_u64())
+                Some(rng.next())
             };
             (p, v)
         })
@@ -554,7 +543,7 @@ fn apply_batch(state: &mut [u64], e: u64) {
             None => page.fill(0),
             Some(seed) => {
                 let mut r = Rng(seed | 1);
-                page.iter_mut().for_each(|w| *w = r.next_u64());
+                page.iter_mut().for_each(|w| *w = r.next());
             }
         }
     }
@@ -589,7 +578,7 @@ fn kill_child(dir: &str) -> ! {
             for (p, v) in kill_batch(e) {
                 let mut r = Rng(v.unwrap_or(0) | 1);
                 for k in 0..WPP {
-                    let x = if v.is_some() { r.next_u64() } else { 0 };
+                    let x = if v.is_some() { r.next() } else { 0 };
                     words[p * WPP + k].store(x, SeqCst);
                 }
             }
@@ -803,7 +792,7 @@ fn eio(mode: Mode, b: Backend) -> Summary {
         for _ in 0..1 + rng.below(40) {
             let p = rng.below(region.page_count());
             region.as_atomic_u64()[p as usize * WPP + rng.below(WPP as u64) as usize]
-                .store(rng.next_u64() | 1, SeqCst);
+                .store(rng.next() | 1, SeqCst);
             w.insert(p);
             *ops += 1;
         }
@@ -935,7 +924,7 @@ fn poison(mode: Mode) -> Summary {
                     let mut n = 0;
                     while gate.pass() {
                         let i = r.below(words.len() as u64) as usize;
-                        words[i].store(r.next_u64(), SeqCst);
+                        words[i].store(r.next(), SeqCst);
                         n += 1;
                         if n % 256 == 0 {
                             std::thread::yield_now();

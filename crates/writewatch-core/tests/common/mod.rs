@@ -24,6 +24,32 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+/// A fresh private anonymous read-write mapping of `len` bytes owned by the caller (who
+/// unmaps it); panics if the kernel refuses.
+pub fn anon_mmap(len: usize) -> *mut libc::c_void {
+    // SAFETY: a new mapping at an address chosen by the kernel aliases nothing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    p
 }
 
 /// Runs `f` on a thread and fails the test if it does not finish within `secs`.
