@@ -8,6 +8,11 @@
 //! * `ww_cut_0.1pct`, `ww_cut_1pct`, `ww_cut_10pct` - wall time of `region.cut()` (command
 //!   round trip included) after writing every 1000th / 100th / 10th page (a regular stride,
 //!   as in `shared/reference/cut.c`; the writes are tracked faults and are not timed);
+//! * `ww_cut_eager_*` - the same cuts on a tracker built with
+//!   `.eager_reprotect(1 ms)`: after the writes the bench waits (not timed) until the service
+//!   thread has re-armed the written pages in the background, then times the cut, which
+//!   re-protects only what is left (here: nothing). The wait (writes + background re-arm) is
+//!   reported beside it;
 //! * `raw_wp_whole` - one `UFFDIO_WRITEPROTECT` over the whole populated range on a raw uffd
 //!   (a separate mapping of the same size, registered on our own uffd), un-protected again
 //!   between iterations (not timed).
@@ -107,6 +112,64 @@ fn cut(c: &mut Criterion) {
                         Value::U(med.as_nanos() as u64),
                     ),
                     ("cuts", Value::U(svc.len() as u64)),
+                ],
+            );
+        }
+        drop(region);
+        drop(tracker);
+
+        // The same cuts with eager re-protection: after the writes (not timed) the bench waits
+        // until the service thread has re-armed them in the background, as it would during
+        // an epoch, then times the cut (which only re-protects what is left).
+        let age = Duration::from_millis(1);
+        let tracker = Tracker::builder()
+            .eager_reprotect(age)
+            .build()
+            .expect("Tracker::build");
+        // SAFETY: as above; the previous region over `mem` was dropped (unregistered).
+        let region = unsafe { tracker.adopt(mem.ptr, len) }.expect("adopt");
+        drop(region.cut().expect("first cut").into_dirty());
+        for (fname, stride) in FRACTIONS {
+            let words = region.as_atomic_u64();
+            let expect = pages.div_ceil(stride);
+            let (mut pre, mut ioctls, mut bg) = (0, 0, Vec::new());
+            g.bench_function(format!("ww_cut_eager_{fname}"), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for i in 0..iters {
+                        let before = tracker.stats().eager_pages;
+                        let t0 = Instant::now();
+                        for p in (0..pages).step_by(stride) {
+                            words[p * (PS / 8) + 1].store(i, Ordering::Relaxed);
+                        }
+                        let deadline = Instant::now() + Duration::from_secs(20);
+                        while tracker.stats().eager_pages < before + expect as u64
+                            && Instant::now() < deadline
+                        {
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                        bg.push(t0.elapsed());
+                        let t = Instant::now();
+                        let e = region.cut().expect("cut");
+                        total += t.elapsed();
+                        assert_eq!(e.dirty().len(), expect, "dirty pages reported by the cut");
+                        pre = e.stats().pre_protected;
+                        ioctls = e.stats().protect_ioctls;
+                        drop(e.into_dirty());
+                    }
+                    total
+                })
+            });
+            bg.sort();
+            let med = bg.get(bg.len() / 2).copied().unwrap_or_default();
+            eprintln!("  [cut_{label}-ww_cut_eager_{fname}] dirty {expect} pre_protected {pre} protect_ioctls {ioctls} writes+background re-arm median {med:?}");
+            common::write_side_file(
+                &format!("cut_{label}-ww_cut_eager_{fname}"),
+                &[
+                    ("dirty_pages", Value::U(expect as u64)),
+                    ("protect_ioctls", Value::U(ioctls)),
+                    ("pre_protected", Value::U(pre)),
+                    ("background_median_ns", Value::U(med.as_nanos() as u64)),
                 ],
             );
         }

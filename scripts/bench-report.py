@@ -234,6 +234,10 @@ def main():
         target("  same with `.spin(50us)` (`ww_snapshot_spin`)", fw("rand", "ww_snapshot_spin"), fw("rand", "raw_uffd"), 0.6)
     target("Cut of 1 GiB at 1 % dirty vs fork() of the same process (`cut_1GiB/ww_cut_1pct` / `fork`)",
            res.get(("cut_1GiB", "ww_cut_1pct")), res.get(("cut_1GiB", "fork")), 0.15)
+    if res.get(("cut_1GiB", "ww_cut_eager_1pct")) is not None:
+        target("  same with `.eager_reprotect(1ms)`, pages re-armed in the background before the cut "
+               "(`ww_cut_eager_1pct`)",
+               res.get(("cut_1GiB", "ww_cut_eager_1pct")), res.get(("cut_1GiB", "fork")), 0.15)
     for order in ("seq", "rand"):
         target(f"Async backend first write vs fork() COW fault, {order} (`ww_async` / `fork_cow`)",
                fw(order, "ww_async"), fw(order, "fork_cow"), 0.5)
@@ -295,10 +299,14 @@ def main():
              "1000th / 100th / 10th page was written, beside `fork()` of the same process (region resident; "
              "the child exits at once, reaping not timed) and one `UFFDIO_WRITEPROTECT` over the whole "
              "populated range on a raw uffd. `per dirty page` = cut / dirty pages; `ioctls` = "
-             "`Epoch::stats().protect_ioctls`.")
+             "`Epoch::stats().protect_ioctls`. `eager` rows: the same cut on a tracker with "
+             "`.eager_reprotect(1ms)`, timed after the service thread re-armed the written pages in the "
+             "background (`pre-armed` = `Epoch::stats().pre_protected`); the writes plus that background "
+             "re-arm took `background` (median, not part of the cut).")
     L.append("")
     L.append("| region | dirty | cut | per dirty page | ioctls | cut / fork | cut / whole-range WP | fork | whole-range WP |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    eager_rows = []
     for size in CUT_SIZES:
         g = f"cut_{size}"
         fork = res.get((g, "fork"))
@@ -313,7 +321,21 @@ def main():
             L.append(f"| {size} | {flabel} ({dp if dp is not None else '?'} pages) | {fmt_ns(c)} | {per} | "
                      f"{st.get('protect_ioctls', '?')} | {fmt_ratio(c, fork)} | {fmt_ratio(c, wp)} | "
                      f"{fmt_ns(fork)} | {fmt_ns(wp)} |")
+            ce = res.get((g, f"ww_cut_eager_{fid}"))
+            se = side.get(f"{g}-ww_cut_eager_{fid}", {})
+            if ce is not None:
+                bg = se.get("background_median_ns")
+                eager_rows.append(f"| {size} | {flabel} ({dp if dp is not None else '?'} pages) | {fmt_ns(ce)} | "
+                                  f"{se.get('pre_protected', '?')} | {se.get('protect_ioctls', '?')} | "
+                                  f"{fmt_ratio(ce, fork)} | {fmt_ratio(ce, c)} | {fmt_ns(bg) if bg else 'n/a'} |")
     L.append("")
+    if eager_rows:
+        L.append("With eager re-protection (`.eager_reprotect(1ms)`):")
+        L.append("")
+        L.append("| region | dirty | cut | pre-armed | ioctls in the cut | cut / fork | cut / plain cut | background |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        L.extend(eager_rows)
+        L.append("")
 
     # ---------------------------------------------------------------- notes (kept)
     notes = ("<!-- notes:begin -->\n## Notes\n\n(Hand-written analysis goes here; kept when the report is "

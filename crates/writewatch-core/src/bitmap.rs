@@ -59,7 +59,6 @@ impl AtomicBitmap {
     }
 
     /// Whether bit `i` is set.
-    #[cfg(test)]
     pub(crate) fn get(&self, i: usize) -> bool {
         i < self.bits && self.words[i / 64].load(Ordering::Acquire) & (1u64 << (i % 64)) != 0
     }

@@ -463,6 +463,9 @@ pub struct CutStats {
     pub scan_ioctls: u64,
     /// Time the service thread spent on the cut (faults arriving meanwhile were held).
     pub duration: Duration,
+    /// Dirty pages of the epoch that eager re-protection had already re-armed before the cut
+    /// (the cut skipped them).
+    pub pre_protected: u64,
 }
 
 /// A closed epoch: its number, the pages written during it, and their content as it was at

@@ -33,7 +33,7 @@
 //! - **Cuts are atomic with respect to faults**: a cut runs inside a command handler; faults
 //!   read while it runs (to unblock an `EAGAIN`) are queued and serviced only after it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{self, Relaxed};
@@ -65,6 +65,8 @@ pub(crate) fn errno_of(e: &userfaultfd::Error) -> Errno {
 const MAX_THREADS: usize = 256;
 /// Reads per loop iteration before commands get a turn again.
 const MAX_READS_PER_ROUND: usize = 16;
+/// Eager re-protection: protect ioctls per step before faults and commands get a turn again.
+const EAGER_CHUNK: usize = 32;
 
 pub(crate) fn spawn(
     uffd: Option<Uffd>,
@@ -108,6 +110,8 @@ struct Entry {
     ahead: u64,
     /// The mprotect backend's signal-handler slot.
     slot: Option<usize>,
+    /// Eager re-protection state (sync backend with `eager_reprotect` only).
+    eager: Option<Eager>,
 }
 
 impl Entry {
@@ -118,12 +122,126 @@ impl Entry {
             next_expected: u64::MAX,
             ahead: 0,
             slot: None,
+            eager: None,
         }
     }
 
     fn live_views(&mut self) -> Vec<Arc<View>> {
         self.views.retain(|w| w.strong_count() > 0);
         self.views.iter().filter_map(Weak::upgrade).collect()
+    }
+}
+
+/// Eager re-protection state of one region, owned by the service thread.
+///
+/// ```text
+///   written page (fault serviced: dirty, writable) --age elapsed, idle--> ARMED (dirty,
+///        ^                                                                 protected)
+///        |                                                                   |
+///        +---- written again: one more fault, HOT (writable until the cut) <-+
+///   cut: re-protects dirty pages that are not ARMED; every page is protected; all cleared
+/// ```
+///
+/// Invariant: an armed page is write-protected. Every path that un-protects a page (fault
+/// service, fault-around) clears its armed bit first; a kernel zap (madvise on anonymous
+/// memory) can drop protection behind our back, so a cut never trusts armed bits inside the
+/// region's suspect runs (ranges that ever received REMOVE).
+struct Eager {
+    armed: Vec<u64>,
+    hot: Vec<u64>,
+    /// Runs un-protected by fault service in the current epoch, oldest first.
+    queue: VecDeque<(Instant, u64, u64)>,
+}
+
+fn bit(w: &[u64], p: u64) -> bool {
+    w[(p / 64) as usize] & (1 << (p % 64)) != 0
+}
+
+fn set_bit(w: &mut [u64], p: u64, on: bool) {
+    let m = 1u64 << (p % 64);
+    if on {
+        w[(p / 64) as usize] |= m;
+    } else {
+        w[(p / 64) as usize] &= !m;
+    }
+}
+
+impl Eager {
+    fn new(pages: u64) -> Self {
+        let words = pages.div_ceil(64) as usize;
+        Self {
+            armed: vec![0; words],
+            hot: vec![0; words],
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Pages `first..=last` are about to be un-protected by fault service at `t`. Returns
+    /// how many of them were armed (re-faults).
+    fn unprotecting(&mut self, first: u64, last: u64, t: Instant) -> u64 {
+        let mut refaults = 0;
+        for p in first..=last {
+            if bit(&self.armed, p) {
+                set_bit(&mut self.armed, p, false);
+                set_bit(&mut self.hot, p, true);
+                refaults += 1;
+            }
+        }
+        self.queue.push_back((t, first, last - first + 1));
+        refaults
+    }
+
+    /// The kernel may have dropped the protection of these pages (REMOVE).
+    fn forget(&mut self, first: u64, count: u64) {
+        for p in first..first + count {
+            set_bit(&mut self.armed, p, false);
+        }
+    }
+
+    /// Runs of pages in `first..first+count` that may be armed now: dirty (`is_dirty`),
+    /// not armed, not hot.
+    fn armable(&self, first: u64, count: u64, is_dirty: impl Fn(u64) -> bool) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for p in first..first + count {
+            if is_dirty(p) && !bit(&self.armed, p) && !bit(&self.hot, p) {
+                match runs.last_mut() {
+                    Some((a, n)) if *a + *n == p => *n += 1,
+                    _ => runs.push((p, 1)),
+                }
+            }
+        }
+        runs
+    }
+
+    fn arm(&mut self, first: u64, count: u64) {
+        for p in first..first + count {
+            set_bit(&mut self.armed, p, true);
+        }
+    }
+
+    /// `words` minus the armed pages, trusting no armed bit inside `suspect` runs. Returns
+    /// the masked words and the number of dirty pages skipped.
+    fn unarmed(&mut self, words: &[u64], suspect: &[(u64, u64)]) -> (Vec<u64>, u64) {
+        for &(a, n) in suspect {
+            self.forget(a, n);
+        }
+        let mut skipped = 0;
+        let out = words
+            .iter()
+            .zip(&self.armed)
+            .map(|(&w, &a)| {
+                skipped += u64::from((w & a).count_ones());
+                w & !a
+            })
+            .collect();
+        (out, skipped)
+    }
+
+    /// A cut protected every page: a new epoch starts with nothing armed.
+    fn reset(&mut self) {
+        self.armed.fill(0);
+        self.hot.fill(0);
+        self.queue.clear();
     }
 }
 
@@ -153,6 +271,8 @@ struct Service {
     /// Output buffer of the async backend's harvest (grown when a pass fills it).
     async_out: Vec<sys::PageRegion>,
     tids: Vec<(i32, u64)>,
+    /// When eager re-protection next has work due (None: nothing queued).
+    eager_due: Option<Instant>,
 }
 
 impl Service {
@@ -173,6 +293,7 @@ impl Service {
             deferred_used: 0,
             scan_out: vec![sys::EMPTY_PAGE_REGION; 512],
             tids: Vec::with_capacity(16),
+            eager_due: None,
         }
     }
 
@@ -209,6 +330,9 @@ impl Service {
             if !self.deferred.is_empty() {
                 self.retry_deferred(false);
             }
+            if self.pending.is_empty() {
+                self.eager_if_due();
+            }
             if self.uffd.is_some() && !self.shared.config.spin.is_zero() && self.deferred.is_empty()
             {
                 if let Flow::Exit = self.spin_phase() {
@@ -235,7 +359,7 @@ impl Service {
                 until = Instant::now() + spin;
             } else if Instant::now() >= until {
                 return Flow::Continue;
-            } else {
+            } else if !self.eager_if_due() {
                 std::hint::spin_loop();
             }
             if !self.deferred.is_empty() {
@@ -256,12 +380,18 @@ impl Service {
         }
     }
 
-    /// Blocks until the uffd or the eventfd is readable (not at all if faults are pending).
+    /// Blocks until the uffd or the eventfd is readable (not at all if faults are pending),
+    /// or until eager re-protection has work due.
     fn wait(&self) -> (bool, bool) {
-        let timeout = if self.pending.is_empty() {
-            PollTimeout::NONE
-        } else {
+        let timeout = if !self.pending.is_empty() {
             PollTimeout::ZERO
+        } else if let Some(due) = self.eager_due {
+            // Round up to whole milliseconds (poll's unit): never wake before it is due.
+            let left = due.saturating_duration_since(Instant::now());
+            let ms = left.as_micros().div_ceil(1000);
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+        } else {
+            PollTimeout::NONE
         };
         loop {
             let wake = PollFd::new(self.shared.wake.as_fd(), PollFlags::POLLIN);
@@ -394,6 +524,9 @@ impl Service {
                 .set_range(first as usize, (last - first + 1) as usize);
             inner.counters.remove_events.fetch_add(1, Relaxed);
             inner.add_suspect(first, last - first + 1);
+            if let Some(eg) = entry.eager.as_mut() {
+                eg.forget(first, last - first + 1);
+            }
             // Content at earlier cuts that was not preserved yet is gone (the zap may already
             // be running): readers get `Discarded`, never zeros.
             for v in &views {
@@ -514,6 +647,14 @@ impl Service {
                 }
             }
             let count = last - first + 1;
+            // Armed bits cleared BEFORE un-protect (invariant: armed => protected).
+            if let Some(eg) = entry.eager.as_mut() {
+                let refaults = eg.unprotecting(first, last, f.t);
+                counters.refaults.fetch_add(refaults, Relaxed);
+                if self.eager_due.is_none() {
+                    self.eager_due = shared.config.eager.map(|age| f.t + age);
+                }
+            }
             // Dirty bit BEFORE un-protect: the write may proceed only once it is recorded.
             inner.dirty.set_range(first as usize, count as usize);
             inner.counters.faults.fetch_add((j - i) as u64, Relaxed);
@@ -702,7 +843,14 @@ impl Service {
             });
         }
         self.by_id.insert(inner.id, start);
-        self.by_start.insert(start, Entry::new(inner));
+        let mut entry = Entry::new(inner);
+        if self.backend == Backend::SyncUffd && self.shared.config.eager.is_some() {
+            // Every page is protected now: all armed (the first cut skips them all).
+            let mut eg = Eager::new(entry.inner.page_count);
+            eg.arm(0, entry.inner.page_count);
+            entry.eager = Some(eg);
+        }
+        self.by_start.insert(start, entry);
         Ok(())
     }
 
@@ -851,7 +999,7 @@ impl Service {
 
         // 1. Pages the kernel may have un-protected behind our back (madvise zaps).
         let mut scan_ioctls = 0;
-        for (first, count) in suspect {
+        for &(first, count) in &suspect {
             scan_ioctls += self.mark_unprotected(&inner, first, count);
         }
         // 2. Harvest: the epoch's dirty set; the bitmap starts the next epoch empty.
@@ -880,11 +1028,20 @@ impl Service {
             }
         }
         let set = DirtySet::from_words(inner.page_size, inner.page_count, words);
-        // 3. Re-protect the dirty runs (faults read meanwhile stay pending until we return).
+        // 3. Re-protect the dirty runs (faults read meanwhile stay pending until we return),
+        // except pages eager re-protection already re-armed.
+        let (unarmed, pre_protected) = match self.eager_of(start) {
+            Some(eg) => {
+                let (w, skipped) = eg.unarmed(set.words(), &suspect);
+                let unarmed = DirtySet::from_words(inner.page_size, inner.page_count, w);
+                (Some(unarmed), skipped)
+            }
+            None => (None, 0),
+        };
         let protect_ioctls = if self.backend == Backend::AsyncUffd {
             0
         } else {
-            match self.reprotect_runs(&inner, &set) {
+            match self.reprotect_runs(&inner, unarmed.as_ref().unwrap_or(&set)) {
                 Ok(n) => n,
                 Err(e) => {
                     // Never lose dirty bits: put the whole harvest back (pages already
@@ -894,6 +1051,10 @@ impl Service {
                 }
             }
         };
+        // Every page of the region is protected now.
+        if let Some(eg) = self.eager_of(start) {
+            eg.reset();
+        }
         let number = inner.epoch.fetch_add(1, Ordering::AcqRel);
         // The epoch's pages can be read as they were at this instant until consumed.
         let view = if set.is_empty() || self.backend != Backend::SyncUffd {
@@ -935,6 +1096,7 @@ impl Service {
                 protect_ioctls,
                 scan_ioctls,
                 duration,
+                pre_protected,
             },
             view,
             backend: self.backend,
@@ -954,7 +1116,23 @@ impl Service {
         let (start, inner) = self.region_by_id(id)?;
         let _g = tracing::debug_span!("snapshot", start = format_args!("{start:#x}")).entered();
         let dirty = DirtySet::from_words(inner.page_size, inner.page_count, inner.dirty.snapshot());
-        self.reprotect_runs(&inner, &dirty)?;
+        let suspect = inner.suspect_runs();
+        match self.eager_of(start) {
+            Some(eg) => {
+                let (w, _) = eg.unarmed(dirty.words(), &suspect);
+                let unarmed = DirtySet::from_words(inner.page_size, inner.page_count, w);
+                self.reprotect_runs(&inner, &unarmed)?;
+                // Every dirty page is protected now (armed => protected holds).
+                if let Some(eg) = self.eager_of(start) {
+                    for (first, count) in dirty.runs() {
+                        eg.arm(first, count);
+                    }
+                }
+            }
+            None => {
+                self.reprotect_runs(&inner, &dirty)?;
+            }
+        }
         let all = DirtySet::full(inner.page_size, inner.page_count);
         let v = Arc::new(View::new(
             Arc::clone(&inner),
@@ -966,6 +1144,76 @@ impl Service {
             e.views.push(Arc::downgrade(&v));
         }
         Ok(crate::Snapshot { view: v })
+    }
+
+    fn eager_of(&mut self, start: usize) -> Option<&mut Eager> {
+        self.by_start.get_mut(&start)?.eager.as_mut()
+    }
+
+    /// Runs one eager re-protection step if one is due. Returns whether it did any work.
+    fn eager_if_due(&mut self) -> bool {
+        match self.eager_due {
+            Some(due) if Instant::now() >= due => {
+                self.eager_due = self.eager_step();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Eager re-protection: re-arms the pages of serviced runs older than the configured age
+    /// (dirty, not armed, not hot), at most [`EAGER_CHUNK`] ioctls per step. Returns when the
+    /// next step is due (now if this one stopped at the chunk limit), None if nothing is
+    /// queued. Faults read meanwhile (`EAGAIN` pumping) stay pending until the step returns;
+    /// a page re-protected here that is written again simply faults again.
+    fn eager_step(&mut self) -> Option<Instant> {
+        let age = self.shared.config.eager?;
+        let now = Instant::now();
+        let mut left = EAGER_CHUNK;
+        let mut next: Option<Instant> = None;
+        let keys: Vec<usize> = self
+            .by_start
+            .iter()
+            .filter(|(_, e)| e.eager.as_ref().is_some_and(|g| !g.queue.is_empty()))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            loop {
+                let Some(entry) = self.by_start.get_mut(&key) else {
+                    break;
+                };
+                let inner = Arc::clone(&entry.inner);
+                let Some(eg) = entry.eager.as_mut() else {
+                    break;
+                };
+                let Some(&(t, first, count)) = eg.queue.front() else {
+                    break;
+                };
+                if t + age > now {
+                    next = Some(next.map_or(t + age, |n: Instant| n.min(t + age)));
+                    break;
+                }
+                if left == 0 {
+                    return Some(now);
+                }
+                eg.queue.pop_front();
+                let runs = eg.armable(first, count, |p| inner.dirty.get(p as usize));
+                for (a, n) in runs {
+                    let addr = inner.start + a as usize * inner.page_size;
+                    if self.protect(addr, n as usize * inner.page_size).is_err() {
+                        // Not armed: the cut re-protects it (or reports the error).
+                        continue;
+                    }
+                    left = left.saturating_sub(1);
+                    self.shared.counters.eager_ioctls.fetch_add(1, Relaxed);
+                    self.shared.counters.eager_pages.fetch_add(n, Relaxed);
+                    if let Some(eg) = self.eager_of(key) {
+                        eg.arm(a, n);
+                    }
+                }
+            }
+        }
+        next
     }
 
     /// The async backend's harvest: `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING` over the whole

@@ -120,6 +120,9 @@ pub(crate) struct Counters {
     pub cuts: AtomicU64,
     pub preserved: AtomicU64,
     pub deferred: AtomicU64,
+    pub eager_pages: AtomicU64,
+    pub eager_ioctls: AtomicU64,
+    pub refaults: AtomicU64,
     pub service_ns: AtomicHistogram,
 }
 
@@ -175,6 +178,15 @@ pub struct TrackerStats {
     pub preserved: u64,
     /// Times a fault had to wait because the copy budget was full (back-pressure).
     pub deferred: u64,
+    /// Pages re-protected ahead of a cut by eager re-protection
+    /// ([`TrackerBuilder::eager_reprotect`](crate::TrackerBuilder::eager_reprotect)).
+    pub eager_pages: u64,
+    /// `UFFDIO_WRITEPROTECT` calls made by eager re-protection (also counted in
+    /// `protect_ioctls`).
+    pub eager_ioctls: u64,
+    /// Faults on pages that eager re-protection had re-armed in the same epoch (the extra
+    /// faults it costs).
+    pub refaults: u64,
     /// Time from reading a fault to having un-protected its page, in ns.
     pub service_ns: Histogram,
     /// Faults per faulting thread (up to 256 threads; the rest are counted in `faults` only).
@@ -222,6 +234,9 @@ impl Counters {
             cuts: self.cuts.load(Relaxed),
             preserved: self.preserved.load(Relaxed),
             deferred: self.deferred.load(Relaxed),
+            eager_pages: self.eager_pages.load(Relaxed),
+            eager_ioctls: self.eager_ioctls.load(Relaxed),
+            refaults: self.refaults.load(Relaxed),
             service_ns: self.service_ns.load(),
             threads,
         }

@@ -39,6 +39,18 @@ fn all_backends() -> Vec<Tracker> {
             }
         }
     }
+    // The sync backend once more with eager re-protection at age 0: pages are re-armed as
+    // soon as the service thread is idle, so writers keep re-faulting on armed pages (the
+    // path most likely to lose a write if the armed => protected invariant broke).
+    if v.iter().any(|t| t.backend() == Backend::SyncUffd) {
+        v.push(
+            Tracker::builder()
+                .backend(Backend::SyncUffd)
+                .eager_reprotect(std::time::Duration::ZERO)
+                .build()
+                .expect("sync backend with eager re-protection"),
+        );
+    }
     v
 }
 
@@ -602,4 +614,56 @@ fn spinning_service_thread_is_exact() {
     let (w, m, o) = racing_oracle(region, 2, 20, true);
     assert!(w > 0);
     assert_eq!((m, o), (0, 0));
+}
+
+#[test]
+fn eager_reprotect_rearms_in_the_background_and_cut_skips_armed_pages() {
+    use std::time::{Duration, Instant};
+    let t = Tracker::builder()
+        .backend(Backend::SyncUffd)
+        .eager_reprotect(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let region = t.map_anonymous(4096 * 4096).unwrap();
+    region.cut().unwrap();
+    let pages: Vec<u64> = (0..4096).step_by(16).collect(); // 256 scattered pages
+    let wait_armed = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while t.stats().eager_pages < n {
+            assert!(
+                Instant::now() < deadline,
+                "eager re-protection never ran: {:?}",
+                t.stats()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    for round in 0..3u64 {
+        let base = t.stats();
+        for &p in &pages {
+            touch(&region, p, round + 1);
+        }
+        wait_armed(base.eager_pages + pages.len() as u64);
+        // Write 8 of them again: one more fault each (re-fault), then they stay writable.
+        for &p in &pages[..8] {
+            touch(&region, p, round + 100);
+        }
+        let s = t.stats();
+        assert_eq!(s.refaults - base.refaults, 8, "{s:?}");
+        let e = region.cut().unwrap();
+        assert_eq!(e.dirty().iter().collect::<Vec<_>>(), pages, "round {round}");
+        assert_eq!(e.stats().pre_protected, pages.len() as u64 - 8);
+        assert_eq!(
+            e.stats().protect_ioctls,
+            8,
+            "only the re-faulted pages are re-protected by the cut"
+        );
+        drop(e.into_dirty());
+        // Nothing is left writable: the next epoch sees exactly the next writes.
+        touch(&region, 1, 7);
+        assert_eq!(
+            region.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
+            vec![1]
+        );
+    }
 }

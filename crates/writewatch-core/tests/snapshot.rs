@@ -150,6 +150,23 @@ fn consistency_oracle_4_threads_100_cuts() {
 }
 
 #[test]
+fn consistency_oracle_with_eager_reprotect() {
+    // Age 0: pages are re-armed whenever the service thread is idle, so most cuts find a mix
+    // of armed, re-faulted and fresh pages. The cut must stay a consistent cut.
+    let t = Tracker::builder()
+        .eager_reprotect(std::time::Duration::ZERO)
+        .build()
+        .unwrap();
+    let writes = oracle_every_cut(&t, 16 * MIB, 4, 50, false);
+    assert!(writes > 5_000, "writers made progress: {writes}");
+    let s = t.stats();
+    assert!(
+        s.eager_pages > 0 && s.refaults > 0,
+        "eager re-protection ran: {s:?}"
+    );
+}
+
+#[test]
 fn saver_and_service_race_with_tiny_budget() {
     // 16 pages of copy budget, 4 writers, a reader that sleeps between pages: the service
     // thread must defer writers (back-pressure) and the result must still be exact.
