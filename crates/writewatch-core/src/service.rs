@@ -1178,10 +1178,7 @@ impl Service {
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
-            loop {
-                let Some(entry) = self.by_start.get_mut(&key) else {
-                    break;
-                };
+            while let Some(entry) = self.by_start.get_mut(&key) {
                 let inner = Arc::clone(&entry.inner);
                 let Some(eg) = entry.eager.as_mut() else {
                     break;
