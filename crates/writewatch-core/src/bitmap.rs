@@ -33,7 +33,6 @@ impl AtomicBitmap {
     }
 
     /// Sets bit `i`; returns whether it was already set.
-    #[cfg(test)]
     pub(crate) fn set(&self, i: usize) -> bool {
         debug_assert!(i < self.bits);
         let m = 1u64 << (i % 64);

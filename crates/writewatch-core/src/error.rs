@@ -89,6 +89,16 @@ pub enum BuildError {
     /// The fault-service thread could not be spawned.
     #[error("spawning the fault-service thread failed: {0}")]
     Spawn(#[source] std::io::Error),
+    /// Two builder options cannot be combined.
+    #[error("{what} cannot be combined with {with}: {fix}")]
+    Incompatible {
+        /// The option asked for.
+        what: &'static str,
+        /// The option or backend it conflicts with.
+        with: &'static str,
+        /// How to resolve it.
+        fix: &'static str,
+    },
 }
 
 /// Errors of [`Tracker::map_anonymous`](crate::Tracker::map_anonymous),

@@ -27,6 +27,7 @@
 mod bitmap;
 mod dirty;
 mod error;
+mod inthread;
 mod probe;
 mod region;
 mod scan;

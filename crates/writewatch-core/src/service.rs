@@ -46,6 +46,7 @@ use userfaultfd::{Event, EventBuffer, RegisterMode, Uffd};
 
 use crate::dirty::{plan_ranges, DirtySet};
 use crate::error::{CutError, Invalidation, MapError};
+use crate::inthread::Hook;
 use crate::region::{CutStats, Epoch, RegionInner};
 use crate::scan;
 use crate::snapshot::{Mode, View};
@@ -112,6 +113,29 @@ struct Entry {
     slot: Option<usize>,
     /// Eager re-protection state (sync backend with `eager_reprotect` only).
     eager: Option<Eager>,
+    /// In-thread fault handling: the `SIGBUS` handler's hook and its slot.
+    hook: Option<(Arc<Hook>, usize)>,
+}
+
+/// Holds a region's in-thread faults while a cut or snapshot runs (see `sys::sigbus`): raised
+/// on creation, lowered on drop, so every return path releases the held writers.
+struct Holding(Option<usize>);
+
+impl Holding {
+    fn new(slot: Option<usize>) -> Self {
+        if let Some(i) = slot {
+            sys::sigbus::set_cutting(i, true);
+        }
+        Self(slot)
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        if let Some(i) = self.0 {
+            sys::sigbus::set_cutting(i, false);
+        }
+    }
 }
 
 impl Entry {
@@ -123,6 +147,7 @@ impl Entry {
             ahead: 0,
             slot: None,
             eager: None,
+            hook: None,
         }
     }
 
@@ -308,6 +333,7 @@ impl Service {
             let (uffd_ready, wake_ready) = self.wait();
             if wake_ready {
                 let _ = self.shared.wake.read();
+                self.prune_hooks();
                 if !self.deferred.is_empty() {
                     self.retry_deferred(true);
                 }
@@ -562,6 +588,9 @@ impl Service {
             if let Some(to) = moved_to {
                 let _ = self.u().unregister(Addr(to).ptr(), end - start);
             }
+            if let Some((_, slot)) = entry.hook {
+                sys::sigbus::retire(slot);
+            }
         }
     }
 
@@ -802,6 +831,38 @@ impl Service {
         if self.backend == Backend::Mprotect {
             return self.register_mprotect(inner, all_dirty);
         }
+        // In-thread mode: the handler must know the range before any of its pages can fault.
+        let hook = if self.shared.config.in_thread {
+            let h = Arc::new(Hook::new(
+                Arc::clone(&inner),
+                Arc::clone(&self.shared),
+                sys::UffdRef::new(self.u()),
+            ));
+            let slot = sys::sigbus::register(start, inner.len, &h).ok_or(MapError::Sys {
+                op: "register",
+                errno: Errno::ENOSPC,
+                hint: ": in-thread fault handling serves at most 1024 regions per process",
+            })?;
+            Some((h, slot))
+        } else {
+            None
+        };
+        let r = self.register_uffd(&inner, all_dirty);
+        if r.is_err() {
+            if let Some((_, slot)) = hook {
+                sys::sigbus::retire(slot);
+            }
+            return r;
+        }
+        if let Some(entry) = self.by_start.get_mut(&start) {
+            entry.hook = hook;
+        }
+        Ok(())
+    }
+
+    fn register_uffd(&mut self, inner: &Arc<RegionInner>, all_dirty: bool) -> Result<(), MapError> {
+        let start = inner.start;
+        let inner = Arc::clone(inner);
         let ioctls = self.u().register_with_mode(Addr(start).ptr(), inner.len, RegisterMode::WRITE_PROTECT).map_err(
             |e| {
                 let errno = errno_of(&e);
@@ -901,10 +962,18 @@ impl Service {
                 sys::segv::unregister(slot);
                 r
             }
-            None => self
-                .u()
-                .unregister(Addr(start).ptr(), entry.inner.len)
-                .map_err(|e| errno_of(&e)),
+            None => {
+                let r = self
+                    .u()
+                    .unregister(Addr(start).ptr(), entry.inner.len)
+                    .map_err(|e| errno_of(&e));
+                // After the unregister no write faults any more; retiring waits for handlers
+                // still serving earlier ones.
+                if let Some((_, slot)) = entry.hook {
+                    sys::sigbus::retire(slot);
+                }
+                r
+            }
         }
     }
 
@@ -996,6 +1065,8 @@ impl Service {
             epoch = inner.epoch.load(Relaxed)
         );
         let _g = span.enter();
+        // In-thread mode: from here on, faults on this region wait until the cut is done.
+        let _held = Holding::new(self.hook_slot(start));
 
         // 1. Pages the kernel may have un-protected behind our back (madvise zaps).
         let mut scan_ioctls = 0;
@@ -1068,6 +1139,10 @@ impl Service {
             ));
             if let Some(e) = self.by_start.get_mut(&start) {
                 e.views.push(Arc::downgrade(&v));
+                if let Some((h, _)) = &e.hook {
+                    h.prune();
+                    h.views.update(|l| l.push(Arc::clone(&v)));
+                }
             }
             Some(v)
         };
@@ -1115,6 +1190,7 @@ impl Service {
         }
         let (start, inner) = self.region_by_id(id)?;
         let _g = tracing::debug_span!("snapshot", start = format_args!("{start:#x}")).entered();
+        let _held = Holding::new(self.hook_slot(start));
         let dirty = DirtySet::from_words(inner.page_size, inner.page_count, inner.dirty.snapshot());
         let suspect = inner.suspect_runs();
         match self.eager_of(start) {
@@ -1142,8 +1218,29 @@ impl Service {
         ));
         if let Some(e) = self.by_start.get_mut(&start) {
             e.views.push(Arc::downgrade(&v));
+            if let Some((h, _)) = &e.hook {
+                h.prune();
+                h.views.update(|l| l.push(Arc::clone(&v)));
+            }
         }
         Ok(crate::Snapshot { view: v })
+    }
+
+    fn hook_slot(&self, start: usize) -> Option<usize> {
+        self.by_start
+            .get(&start)?
+            .hook
+            .as_ref()
+            .map(|(_, slot)| *slot)
+    }
+
+    /// In-thread mode: lets go of views that only the handler's list still holds.
+    fn prune_hooks(&self) {
+        for e in self.by_start.values() {
+            if let Some((h, _)) = &e.hook {
+                h.prune();
+            }
+        }
     }
 
     fn eager_of(&mut self, start: usize) -> Option<&mut Eager> {

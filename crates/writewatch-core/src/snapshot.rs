@@ -256,8 +256,10 @@ impl View {
                         .fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
-                // The saver is reading the live page: wait (it only reads, for ~1 us).
-                COPYING => {
+                // The saver is reading the live page, or (in-thread mode) another faulting
+                // thread is preserving it: wait (either only reads, for ~1 us). Un-protecting
+                // now would let this write land in the middle of their copy.
+                COPYING | PRESERVING => {
                     spins += 1;
                     if spins < 64 {
                         std::hint::spin_loop();
@@ -363,12 +365,16 @@ impl View {
                 }
                 PRESERVED => {
                     if self.mode == Mode::Retain {
-                        let copies = self.copies();
-                        if let Some(c) = copies.get(&page) {
-                            buf.copy_from_slice(c);
-                            return Ok(());
+                        // Copied out under the lock, into `buf` after it: `buf` may be tracked
+                        // memory, and no lock a fault handler may take is held while writing it.
+                        let copy = self.copies().get(&page).map(|c| c.to_vec());
+                        match copy {
+                            Some(c) => {
+                                buf.copy_from_slice(&c);
+                                return Ok(());
+                            }
+                            None => continue,
                         }
-                        continue;
                     }
                     let copy = self.copies().remove(&page);
                     match copy {
@@ -436,13 +442,16 @@ impl View {
         {
             return Err(SnapshotError::Discarded { page: p as u64 });
         }
-        let copies = self.copies();
-        let mut pages: Vec<&u64> = copies.keys().collect();
-        pages.sort_unstable();
-        for &p in pages {
-            self.region.write_page(p, &copies[&p]);
+        // The writes are tracked (they fault): never made while holding the copy map's lock,
+        // which a fault handler may take (in-thread mode).
+        let pages = self.preserved_pages();
+        for &p in &pages {
+            let copy = self.copies().get(&p).map(|c| c.to_vec());
+            if let Some(c) = copy {
+                self.region.write_page(p, &c);
+            }
         }
-        Ok(copies.len() as u64)
+        Ok(pages.len() as u64)
     }
 }
 

@@ -35,6 +35,7 @@ const _: () = {
     assert!(k::UFFD_FEATURE_EVENT_REMOVE as u64 == userfaultfd::FeatureFlags::EVENT_REMOVE.bits());
     assert!(k::UFFD_FEATURE_EVENT_UNMAP as u64 == userfaultfd::FeatureFlags::EVENT_UNMAP.bits());
     assert!(k::UFFD_FEATURE_EVENT_REMAP as u64 == userfaultfd::FeatureFlags::EVENT_REMAP.bits());
+    assert!(k::UFFD_FEATURE_SIGBUS as u64 == userfaultfd::FeatureFlags::SIGBUS.bits());
     assert!(std::mem::size_of::<k::pm_scan_arg>() == 96);
     assert!(std::mem::size_of::<k::page_region>() == 24);
 };
@@ -465,6 +466,7 @@ pub(crate) mod segv {
     static NSLOTS: AtomicUsize = AtomicUsize::new(0);
     static GEN: AtomicUsize = AtomicUsize::new(0);
     static INFLIGHT: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
     static OLD: OnceLock<libc::sigaction> = OnceLock::new();
     /// Faults resolved by the handler (for stats).
     pub(crate) static FAULTS: AtomicU64 = AtomicU64::new(0);
@@ -522,6 +524,9 @@ pub(crate) mod segv {
 
     /// Waits until every handler that started before this call has finished.
     pub(crate) fn synchronize() {
+        // One synchroniser at a time: two interleaved ones could each see only odd (or only
+        // even) generations and skip the counter a handler is in.
+        let _g = SYNC.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..2 {
             let g = GEN.fetch_add(1, SeqCst);
             let mut spins = 0u32;
@@ -599,6 +604,360 @@ pub(crate) mod segv {
             return;
         }
         chain(sig, info, ctx);
+    }
+
+    fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        let Some(old) = OLD.get() else { return };
+        match old.sa_sigaction {
+            libc::SIG_DFL | libc::SIG_IGN => {
+                // Restore the default action; returning re-executes the faulting access,
+                // which now terminates the process as it would have without us.
+                // SAFETY: zeroed sigaction = SIG_DFL with an empty mask.
+                let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+                dfl.sa_sigaction = libc::SIG_DFL;
+                // SAFETY: valid pointer to a sigaction on our stack.
+                unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
+            }
+            f if old.sa_flags & libc::SA_SIGINFO != 0 => {
+                // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this
+                // signature; we pass through the kernel's arguments unchanged.
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    unsafe { std::mem::transmute(f) };
+                f(sig, info, ctx);
+            }
+            f => {
+                // SAFETY: a plain (non-SA_SIGINFO) handler takes only the signal number.
+                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(f) };
+                f(sig);
+            }
+        }
+    }
+}
+
+/// A second handle on the service thread's userfaultfd, for the `SIGBUS` handler's
+/// un-protect ioctls (the `userfaultfd` crate's call, so no ioctl constant is copied here).
+/// It never closes the fd.
+pub(crate) struct UffdRef(std::mem::ManuallyDrop<userfaultfd::Uffd>);
+
+impl UffdRef {
+    /// `uffd` must outlive every use of the handle: the service thread retires every slot
+    /// (and so every hook holding one) before it drops its `Uffd`.
+    pub(crate) fn new(uffd: &userfaultfd::Uffd) -> Self {
+        // SAFETY: the fd is open (borrowed from a live Uffd) and ManuallyDrop never closes
+        // it; the owner outlives this handle (see above).
+        Self(std::mem::ManuallyDrop::new(unsafe {
+            userfaultfd::Uffd::from_raw_fd(uffd.as_raw_fd())
+        }))
+    }
+
+    /// Un-protects `[addr, addr+len)` without waking anyone (in-thread mode: nobody sleeps on
+    /// the fault). Async-signal-safe: one system call, no allocation.
+    pub(crate) fn unprotect(&self, addr: usize, len: usize) -> Result<(), Errno> {
+        self.0
+            .remove_write_protection(Addr(addr).ptr(), len, false)
+            .map_err(|e| crate::service::errno_of(&e))
+    }
+}
+
+/// In-thread fault handling: a process-wide `SIGBUS` handler for userfaultfds opened with
+/// `UFFD_FEATURE_SIGBUS`. The kernel raises `SIGBUS` (`BUS_ADRERR`) in the thread whose write
+/// hit a write-protected page; the handler finds the region in a static slot table and calls
+/// [`crate::inthread::serve`] on that thread, which preserves the page for live views, sets
+/// its dirty bit and un-protects it. The write then re-executes.
+///
+/// ```text
+///   handler:  INFLIGHT[gen]++ ; slot = lookup(addr)
+///             slot.cutting ? -> INFLIGHT-- ; wait until !cutting ; retry      (held fault)
+///             serve(hook)  -> Done | Wait (budget full / EAGAIN: sleep, retry)
+///             INFLIGHT--
+///   cut:      cutting = 1 ; synchronize()   (every handler that missed the flag is done)
+///             harvest + re-protect + publish the new view ; cutting = 0
+/// ```
+///
+/// Invariants: a slot's hook, and any list read through [`RcuList::for_each`], stay valid while
+/// a handler is in flight (retirement and list replacement wait in [`synchronize`]). Handlers
+/// never wait while in flight, except for a snapshot reader's copy of the same page (bounded);
+/// all other waits happen outside the in-flight section, so `synchronize` always finishes.
+pub(crate) mod sigbus {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use nix::errno::Errno;
+
+    use crate::inthread::{Hook, Outcome};
+
+    const MAX_SLOTS: usize = 1024;
+
+    struct Slot {
+        start: AtomicUsize,
+        end: AtomicUsize,
+        hook: AtomicPtr<Hook>,
+        cutting: AtomicBool,
+    }
+
+    #[allow(clippy::declare_interior_mutable_const)]
+    const EMPTY: Slot = Slot {
+        start: AtomicUsize::new(0),
+        end: AtomicUsize::new(0),
+        hook: AtomicPtr::new(std::ptr::null_mut()),
+        cutting: AtomicBool::new(false),
+    };
+    static SLOTS: [Slot; MAX_SLOTS] = [EMPTY; MAX_SLOTS];
+    static NSLOTS: AtomicUsize = AtomicUsize::new(0);
+    static ALLOC: Mutex<()> = Mutex::new(());
+    static SYNC: Mutex<()> = Mutex::new(());
+    static GEN: AtomicUsize = AtomicUsize::new(0);
+    static INFLIGHT: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    static OLD: OnceLock<libc::sigaction> = OnceLock::new();
+
+    thread_local! {
+        /// The last address this thread's handler could not attribute to a slot (a fault that
+        /// raced with retirement is retried once before it is passed on).
+        static UNKNOWN: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Proof that the current code runs inside a handler's in-flight section.
+    pub(crate) struct InFlight(());
+
+    /// Installs the handler once per process, remembering the previous one.
+    pub(crate) fn install() -> Result<(), Errno> {
+        let mut err = Ok(());
+        OLD.get_or_init(|| {
+            // SAFETY: zeroed sigaction structs are valid; we fill the fields we use.
+            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+            sa.sa_sigaction = handler as *const () as usize;
+            // Not SA_ONSTACK: this is not a stack overflow, and the handler copies pages (the
+            // alternate stacks Rust installs are small). Every other signal is blocked while it
+            // runs, so no other handler can write tracked memory (and fault) inside it.
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            // SAFETY: sa_mask is a valid sigset_t owned by `sa`.
+            unsafe { libc::sigfillset(&mut sa.sa_mask) };
+            // SAFETY: as above.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: both pointers are to live sigaction structs on our stack.
+            if unsafe { libc::sigaction(libc::SIGBUS, &sa, &mut old) } != 0 {
+                err = Err(Errno::last());
+            }
+            old
+        });
+        err
+    }
+
+    /// Publishes a tracked range served by `hook`. The slot keeps a strong reference until
+    /// [`retire`] returns.
+    pub(crate) fn register(start: usize, len: usize, hook: &Arc<Hook>) -> Option<usize> {
+        let _g = ALLOC.lock().unwrap_or_else(|e| e.into_inner());
+        let n = NSLOTS.load(Acquire);
+        let idx = (0..n)
+            .find(|&i| SLOTS[i].start.load(Acquire) == 0)
+            .or_else(|| (n < MAX_SLOTS).then_some(n))?;
+        let s = &SLOTS[idx];
+        s.cutting.store(false, SeqCst);
+        s.hook
+            .store(Arc::into_raw(Arc::clone(hook)) as *mut Hook, Release);
+        s.end.store(start + len, Release);
+        s.start.store(start, Release);
+        if idx == n {
+            NSLOTS.store(n + 1, Release);
+        }
+        Some(idx)
+    }
+
+    /// Retires a slot, waits until no handler can still use it, and drops its hook reference.
+    pub(crate) fn retire(idx: usize) {
+        let _g = ALLOC.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &SLOTS[idx];
+        s.start.store(0, SeqCst);
+        synchronize();
+        let h = s.hook.swap(std::ptr::null_mut(), SeqCst);
+        s.cutting.store(false, SeqCst);
+        if !h.is_null() {
+            // SAFETY: `h` came from Arc::into_raw in `register`, and no handler can hold it any
+            // more (the slot is unpublished and synchronize waited for in-flight handlers).
+            drop(unsafe { Arc::from_raw(h) });
+        }
+    }
+
+    /// Starts or ends a cut of the slot's region. Starting waits until every handler that did
+    /// not see the flag has finished; later ones wait until it is cleared (held faults).
+    pub(crate) fn set_cutting(idx: usize, on: bool) {
+        SLOTS[idx].cutting.store(on, SeqCst);
+        if on {
+            synchronize();
+        }
+    }
+
+    /// Waits until every handler that was in flight when this call started has left.
+    pub(crate) fn synchronize() {
+        // One synchroniser at a time: two interleaved ones could each see only odd (or only
+        // even) generations and skip the counter a handler is in.
+        let _g = SYNC.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..2 {
+            let g = GEN.fetch_add(1, SeqCst);
+            let mut spins = 0u32;
+            while INFLIGHT[g & 1].load(SeqCst) != 0 {
+                spins += 1;
+                if spins < 128 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// A list read by handlers without locks and replaced (copy, swap, [`synchronize`], free)
+    /// by writers, which a mutex serialises (read-copy-update).
+    pub(crate) struct RcuList<T> {
+        ptr: AtomicPtr<Vec<Arc<T>>>,
+        writer: Mutex<()>,
+    }
+
+    impl<T> RcuList<T> {
+        pub(crate) fn new() -> Self {
+            Self {
+                ptr: AtomicPtr::new(Box::into_raw(Box::new(Vec::new()))),
+                writer: Mutex::new(()),
+            }
+        }
+
+        /// Handler side: calls `f` on each element until it returns false; returns whether
+        /// all returned true.
+        pub(crate) fn for_each(
+            &self,
+            _in_flight: &InFlight,
+            mut f: impl FnMut(&T) -> bool,
+        ) -> bool {
+            let p = self.ptr.load(Acquire);
+            // SAFETY: a list loaded by a handler stays allocated until that handler leaves its
+            // in-flight section (`_in_flight` proves it is in one): writers free a replaced
+            // list only after `synchronize`.
+            let v = unsafe { &*p };
+            v.iter().all(|x| f(x))
+        }
+
+        /// Writer side: replaces the list with `f(copy of it)`.
+        pub(crate) fn update(&self, f: impl FnOnce(&mut Vec<Arc<T>>)) {
+            let _g = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let old = self.ptr.load(Acquire);
+            // SAFETY: only writers replace or free the list, and they are serialised by the
+            // lock we hold, so `old` is live.
+            let mut new = unsafe { (*old).clone() };
+            f(&mut new);
+            self.ptr.store(Box::into_raw(Box::new(new)), SeqCst);
+            synchronize();
+            // SAFETY: `old` came from Box::into_raw and no handler can still see it.
+            drop(unsafe { Box::from_raw(old) });
+        }
+
+        /// Writer side: a copy of the current elements.
+        pub(crate) fn snapshot(&self) -> Vec<Arc<T>> {
+            let _g = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: as in `update`.
+            unsafe { (*self.ptr.load(Acquire)).clone() }
+        }
+    }
+
+    impl<T> Drop for RcuList<T> {
+        fn drop(&mut self) {
+            // SAFETY: `&mut self`: no writer runs; the owner (a hook) is dropped only after its
+            // slot was retired, so no handler can see the list.
+            drop(unsafe { Box::from_raw(*self.ptr.get_mut()) });
+        }
+    }
+
+    fn lookup(addr: usize) -> Option<usize> {
+        let n = NSLOTS.load(Acquire);
+        (0..n).find(|&i| {
+            let s = &SLOTS[i];
+            let start = s.start.load(Acquire);
+            start != 0 && addr >= start && addr < s.end.load(Acquire)
+        })
+    }
+
+    extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        // SAFETY: errno is thread-local; saved and restored so the interrupted code never
+        // sees our system calls' errno.
+        let errno_ptr = unsafe { libc::__errno_location() };
+        // SAFETY: as above.
+        let saved = unsafe { *errno_ptr };
+        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+        let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
+        let mine = code == libc::BUS_ADRERR && serve_fault(addr);
+        // SAFETY: restoring the saved errno.
+        unsafe { *errno_ptr = saved };
+        if !mine {
+            chain(sig, info, ctx);
+        }
+    }
+
+    /// Serves a fault at `addr` if it lies in a registered range. Returns false if not ours.
+    fn serve_fault(addr: usize) -> bool {
+        let mut seen = false;
+        let mut waits = 0u32;
+        loop {
+            let g = GEN.load(SeqCst);
+            INFLIGHT[g & 1].fetch_add(1, SeqCst);
+            let step = match lookup(addr) {
+                None => None,
+                Some(idx) if SLOTS[idx].cutting.load(SeqCst) => Some(Err(idx)),
+                Some(idx) => {
+                    let h = SLOTS[idx].hook.load(Acquire);
+                    if h.is_null() {
+                        None
+                    } else {
+                        // SAFETY: the slot was published when we looked it up after entering
+                        // the in-flight section, so its hook stays alive until we leave it
+                        // (`retire` synchronises before dropping it).
+                        Some(Ok(crate::inthread::serve(
+                            unsafe { &*h },
+                            addr,
+                            &InFlight(()),
+                        )))
+                    }
+                }
+            };
+            INFLIGHT[g & 1].fetch_sub(1, SeqCst);
+            match step {
+                None if seen => return true, // retired meanwhile: the write retries untracked
+                None => {
+                    // A fault that raced with retirement: retry the access once before treating
+                    // the signal as someone else's.
+                    let again = UNKNOWN.with(|u| u.replace(addr)) == addr;
+                    if again {
+                        UNKNOWN.with(|u| u.set(0));
+                    }
+                    return !again;
+                }
+                Some(Ok(Outcome::Done)) => {
+                    UNKNOWN.with(|u| u.set(0));
+                    return true;
+                }
+                Some(Ok(Outcome::Wait)) => {
+                    seen = true;
+                    waits += 1;
+                    if waits < 16 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    }
+                }
+                Some(Err(idx)) => {
+                    // Held: a cut of this region is running.
+                    seen = true;
+                    let mut spins = 0u32;
+                    while SLOTS[idx].cutting.load(SeqCst) {
+                        spins += 1;
+                        if spins < 256 {
+                            std::hint::spin_loop();
+                        } else {
+                            std::thread::yield_now();
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {

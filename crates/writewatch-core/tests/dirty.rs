@@ -50,6 +50,14 @@ fn all_backends() -> Vec<Tracker> {
                 .build()
                 .expect("sync backend with eager re-protection"),
         );
+        // And with in-thread fault handling (SIGBUS mode): faults served by the writers.
+        v.push(
+            Tracker::builder()
+                .backend(Backend::SyncUffd)
+                .in_thread_faults(true)
+                .build()
+                .expect("sync backend with in-thread faults"),
+        );
     }
     v
 }
@@ -648,15 +656,21 @@ fn eager_reprotect_rearms_in_the_background_and_cut_skips_armed_pages() {
         for &p in &pages[..8] {
             touch(&region, p, round + 100);
         }
+        // (Under load a writer may be descheduled for longer than the age between its fault
+        // being served and its store retrying: the page is re-armed first and faults once more.
+        // Correct, and counted, so these are lower bounds.)
         let s = t.stats();
-        assert_eq!(s.refaults - base.refaults, 8, "{s:?}");
+        assert!(s.refaults - base.refaults >= 8, "{s:?}");
         let e = region.cut().unwrap();
         assert_eq!(e.dirty().iter().collect::<Vec<_>>(), pages, "round {round}");
-        assert_eq!(e.stats().pre_protected, pages.len() as u64 - 8);
+        // Pages 16 apart: one ioctl per page the cut still had to re-protect (the re-faulted
+        // ones); every other page was re-armed in the background.
+        let st = e.stats();
+        assert!(st.protect_ioctls >= 8, "{st:?}");
         assert_eq!(
-            e.stats().protect_ioctls,
-            8,
-            "only the re-faulted pages are re-protected by the cut"
+            st.pre_protected + st.protect_ioctls,
+            pages.len() as u64,
+            "{st:?}"
         );
         drop(e.into_dirty());
         // Nothing is left writable: the next epoch sees exactly the next writes.
@@ -666,4 +680,75 @@ fn eager_reprotect_rearms_in_the_background_and_cut_skips_armed_pages() {
             vec![1]
         );
     }
+}
+
+#[test]
+fn in_thread_mode_kernel_write_gets_efault_not_a_hang() {
+    // Documented trade-off of in-thread fault handling: a system call writing tracked memory
+    // cannot raise SIGBUS in user space, so it fails with EFAULT (nothing is lost: nothing
+    // was written).
+    let t = Tracker::builder().in_thread_faults(true).build().unwrap();
+    let region = t.map_anonymous(4 * 4096).unwrap();
+    region.cut().unwrap();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    nix::unistd::write(&w, &[7u8; 64]).unwrap();
+    // SAFETY: the destination is inside the region, mapped for the test's duration.
+    let n = unsafe {
+        libc::read(
+            std::os::fd::AsRawFd::as_raw_fd(&r),
+            region.as_ptr().add(4096).cast(),
+            64,
+        )
+    };
+    assert_eq!(n, -1);
+    assert_eq!(nix::errno::Errno::last(), nix::errno::Errno::EFAULT);
+    assert!(region.cut().unwrap().dirty().is_empty());
+    // A user-space write to the same page is tracked as usual.
+    touch(&region, 1, 9);
+    assert_eq!(
+        region.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
+        vec![1]
+    );
+}
+
+#[test]
+fn in_thread_mode_rejects_other_backends_and_eager() {
+    use writewatch_core::BuildError;
+    for b in [Backend::AsyncUffd, Backend::Mprotect] {
+        let e = Tracker::builder().backend(b).in_thread_faults(true).build();
+        assert!(matches!(e, Err(BuildError::Incompatible { .. })), "{b:?}");
+    }
+    let e = Tracker::builder()
+        .in_thread_faults(true)
+        .eager_reprotect(std::time::Duration::ZERO)
+        .build();
+    let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(msg.contains("eager_reprotect"), "{msg}");
+}
+
+#[test]
+fn foreign_sigbus_still_reaches_the_previous_handler() {
+    // A SIGBUS that is not a write-protect fault on a tracked page (here: raised with kill)
+    // must reach the handler installed before the tracker's.
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static HITS: AtomicUsize = AtomicUsize::new(0);
+    extern "C" fn prev(_: libc::c_int) {
+        HITS.fetch_add(1, Ordering::SeqCst);
+    }
+    // SAFETY: installing a plain handler that only bumps an atomic.
+    let old = unsafe { libc::signal(libc::SIGBUS, prev as *const () as libc::sighandler_t) };
+    assert_ne!(old, libc::SIG_ERR);
+    let t = Tracker::builder().in_thread_faults(true).build().unwrap();
+    let region = t.map_anonymous(4 * 4096).unwrap();
+    touch(&region, 0, 1);
+    // SAFETY: raising a signal in this thread; the handler above is async-signal-safe.
+    assert_eq!(unsafe { libc::raise(libc::SIGBUS) }, 0);
+    assert!(
+        HITS.load(Ordering::SeqCst) >= 1,
+        "previous SIGBUS handler not called"
+    );
+    assert_eq!(
+        region.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
+        vec![0]
+    );
 }

@@ -167,6 +167,29 @@ fn consistency_oracle_with_eager_reprotect() {
 }
 
 #[test]
+fn consistency_oracle_in_thread_faults() {
+    // Faults served by the writers themselves (SIGBUS mode): cuts must still hold the writers
+    // that fault while they run, and copies must still be the content at the cut.
+    let t = Tracker::builder().in_thread_faults(true).build().unwrap();
+    let writes = oracle_every_cut(&t, 64 * MIB, 4, 100, false);
+    assert!(writes > 10_000, "writers made progress: {writes}");
+}
+
+#[test]
+fn in_thread_faults_with_tiny_budget_and_racing_saver() {
+    // Back-pressure inside the handler: writers wait (outside the in-flight section) until the
+    // saver drains; the result is still exact.
+    let t = Tracker::builder()
+        .in_thread_faults(true)
+        .copy_budget(16 * 4096)
+        .build()
+        .unwrap();
+    let writes = oracle_every_cut(&t, 4 * MIB, 4, 30, true);
+    assert!(writes > 0);
+    assert!(t.stats().preserved > 0);
+}
+
+#[test]
 fn saver_and_service_race_with_tiny_budget() {
     // 16 pages of copy budget, 4 writers, a reader that sleeps between pages: the service
     // thread must defer writers (back-pressure) and the result must still be exact.
