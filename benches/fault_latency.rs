@@ -25,6 +25,8 @@
 //! * `ww_snapshot` - writewatch copy-before-write: populated region, `snapshot()`, writes;
 //! * `*_spin` - the same with `.spin(50 us)`; `*_fa16` (sequential only) with
 //!   `.fault_around(16)`;
+//! * `*_it` - the same with `.in_thread_faults(true)`: the writer serves its own fault in a
+//!   `SIGBUS` handler (copy, dirty bit, un-protect), no service-thread round trip;
 //! * `ww_async` - writewatch async backend (`WP_ASYNC`: the kernel resolves the fault), region
 //!   re-armed by `cut()` (one `PAGEMAP_SCAN`);
 //! * `ww_mprotect` - writewatch mprotect backend (SIGSEGV handler, no copy), re-armed by `cut()`.
@@ -224,8 +226,11 @@ fn bucket_of(lower: u64) -> usize {
     }
 }
 
-fn tracker(backend: Backend, spin: bool, fault_around: u64) -> Tracker {
-    let mut b = Tracker::builder().backend(backend).copy_budget(256 << 20);
+fn tracker(backend: Backend, spin: bool, fault_around: u64, in_thread: bool) -> Tracker {
+    let mut b = Tracker::builder()
+        .backend(backend)
+        .copy_budget(256 << 20)
+        .in_thread_faults(in_thread);
     if spin {
         b = b.spin(Duration::from_micros(50));
     }
@@ -260,6 +265,7 @@ enum Ww {
     Mprotect,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench_ww(
     g: &mut Group<'_>,
     label: &str,
@@ -268,6 +274,7 @@ fn bench_ww(
     mode: Ww,
     spin: bool,
     fa: u64,
+    in_thread: bool,
 ) {
     let n = region_pages();
     let backend = match mode {
@@ -275,7 +282,7 @@ fn bench_ww(
         Ww::Mprotect => Backend::Mprotect,
         _ => Backend::SyncUffd,
     };
-    let t = tracker(backend, spin, fa);
+    let t = tracker(backend, spin, fa, in_thread);
     let reused = (mode != Ww::Fresh).then(|| {
         let r = t.map_anonymous(n * PS).expect("map_anonymous");
         populate(&r);
@@ -369,10 +376,37 @@ fn bench_order(c: &mut Criterion, label: &str, order: Vec<usize>) {
     });
 
     // writewatch, sync backend.
-    bench_ww(&mut g, label, "ww_sync_fresh", &order, Ww::Fresh, false, 0);
-    bench_ww(&mut g, label, "ww_sync", &order, Ww::Sync, false, 0);
-    bench_ww(&mut g, label, "ww_sync_spin", &order, Ww::Sync, true, 0);
-    bench_ww(&mut g, label, "ww_snapshot", &order, Ww::Snapshot, false, 0);
+    bench_ww(
+        &mut g,
+        label,
+        "ww_sync_fresh",
+        &order,
+        Ww::Fresh,
+        false,
+        0,
+        false,
+    );
+    bench_ww(&mut g, label, "ww_sync", &order, Ww::Sync, false, 0, false);
+    bench_ww(
+        &mut g,
+        label,
+        "ww_sync_spin",
+        &order,
+        Ww::Sync,
+        true,
+        0,
+        false,
+    );
+    bench_ww(
+        &mut g,
+        label,
+        "ww_snapshot",
+        &order,
+        Ww::Snapshot,
+        false,
+        0,
+        false,
+    );
     bench_ww(
         &mut g,
         label,
@@ -381,9 +415,19 @@ fn bench_order(c: &mut Criterion, label: &str, order: Vec<usize>) {
         Ww::Snapshot,
         true,
         0,
+        false,
     );
     if seq {
-        bench_ww(&mut g, label, "ww_sync_fa16", &order, Ww::Sync, false, 16);
+        bench_ww(
+            &mut g,
+            label,
+            "ww_sync_fa16",
+            &order,
+            Ww::Sync,
+            false,
+            16,
+            false,
+        );
         bench_ww(
             &mut g,
             label,
@@ -392,12 +436,52 @@ fn bench_order(c: &mut Criterion, label: &str, order: Vec<usize>) {
             Ww::Snapshot,
             false,
             16,
+            false,
         );
     }
+    // In-thread fault handling (UFFD_FEATURE_SIGBUS): the writer serves its own fault.
+    bench_ww(
+        &mut g,
+        label,
+        "ww_sync_it",
+        &order,
+        Ww::Sync,
+        false,
+        0,
+        true,
+    );
+    bench_ww(
+        &mut g,
+        label,
+        "ww_snapshot_it",
+        &order,
+        Ww::Snapshot,
+        false,
+        0,
+        true,
+    );
     // writewatch, async backend (UFFD_FEATURE_WP_ASYNC) and mprotect backend: tracking only
     // (neither copies before write), region re-armed by `cut()` before each round.
-    bench_ww(&mut g, label, "ww_async", &order, Ww::Async, false, 0);
-    bench_ww(&mut g, label, "ww_mprotect", &order, Ww::Mprotect, false, 0);
+    bench_ww(
+        &mut g,
+        label,
+        "ww_async",
+        &order,
+        Ww::Async,
+        false,
+        0,
+        false,
+    );
+    bench_ww(
+        &mut g,
+        label,
+        "ww_mprotect",
+        &order,
+        Ww::Mprotect,
+        false,
+        0,
+        false,
+    );
 
     g.finish();
 }

@@ -90,7 +90,12 @@ pub(crate) fn serve(h: &Hook, addr: usize, in_flight: &InFlight) -> Outcome {
     }
     let page = inner.page_of(addr);
     let verify = |p: u64| !inner.is_suspect(p) || h.shared.verify_protected(inner, p);
-    if !h.views.for_each(in_flight, |v| v.preserve(page, verify)) {
+    // A view only this list still holds was dropped by its reader: nobody can read it, so it
+    // needs no copy (the service thread removes it at its next wake-up).
+    let preserved = h.views.for_each(in_flight, |v| {
+        Arc::strong_count(v) == 1 || v.preserve(page, verify)
+    });
+    if !preserved {
         // Budget full: readers must drain (or drop) epochs; make sure the service thread
         // notices dropped ones.
         h.shared.counters.deferred.fetch_add(1, Relaxed);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::bitmap::AtomicBitmap;
 use crate::dirty::DirtySet;
 use crate::error::{CutAndCopyError, CutError, Invalidation, RegionError};
-use crate::snapshot::{Snapshot, SnapshotError, View};
+use crate::snapshot::{Snapshot, SnapshotError};
 use crate::stats::{RegionCounters, RegionStats};
 use crate::sys;
 use crate::tracker::{Command, Shared};
@@ -498,7 +498,7 @@ pub struct Epoch {
     pub(crate) number: u64,
     pub(crate) dirty: DirtySet,
     pub(crate) stats: CutStats,
-    pub(crate) view: Option<Arc<View>>,
+    pub(crate) view: Option<crate::snapshot::ViewHandle>,
     pub(crate) backend: crate::Backend,
     pub(crate) region: Arc<RegionInner>,
 }

@@ -1144,7 +1144,7 @@ impl Service {
                     h.views.update(|l| l.push(Arc::clone(&v)));
                 }
             }
-            Some(v)
+            Some(crate::snapshot::ViewHandle(v))
         };
         if let Ok(mut h) = inner.counters.history.lock() {
             if h.len() == HISTORY {
@@ -1223,7 +1223,9 @@ impl Service {
                 h.views.update(|l| l.push(Arc::clone(&v)));
             }
         }
-        Ok(crate::Snapshot { view: v })
+        Ok(crate::Snapshot {
+            view: crate::snapshot::ViewHandle(v),
+        })
     }
 
     fn hook_slot(&self, start: usize) -> Option<usize> {

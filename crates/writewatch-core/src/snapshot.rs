@@ -472,6 +472,27 @@ impl Drop for View {
     }
 }
 
+/// The reference an [`Epoch`](crate::Epoch) or [`Snapshot`] holds on its view. In in-thread
+/// mode the `SIGBUS` handler's list also holds the view; dropping the handle asks the service
+/// thread to let go of it too (so its copies and budget are freed now, not at the next cut).
+#[derive(Debug)]
+pub(crate) struct ViewHandle(pub Arc<View>);
+
+impl std::ops::Deref for ViewHandle {
+    type Target = View;
+    fn deref(&self) -> &View {
+        &self.0
+    }
+}
+
+impl Drop for ViewHandle {
+    fn drop(&mut self) {
+        if self.0.shared.config.in_thread {
+            self.0.shared.kick();
+        }
+    }
+}
+
 /// A whole-region, point-in-time snapshot taken by [`Region::snapshot`](crate::Region::snapshot).
 ///
 /// Every page reads as it was at the snapshot instant, however the application writes the
@@ -497,7 +518,7 @@ impl Drop for View {
 /// ```
 #[derive(Debug)]
 pub struct Snapshot {
-    pub(crate) view: Arc<View>,
+    pub(crate) view: ViewHandle,
 }
 
 impl Snapshot {

@@ -827,14 +827,14 @@ pub(crate) mod sigbus {
         pub(crate) fn for_each(
             &self,
             _in_flight: &InFlight,
-            mut f: impl FnMut(&T) -> bool,
+            f: impl FnMut(&Arc<T>) -> bool,
         ) -> bool {
             let p = self.ptr.load(Acquire);
             // SAFETY: a list loaded by a handler stays allocated until that handler leaves its
             // in-flight section (`_in_flight` proves it is in one): writers free a replaced
             // list only after `synchronize`.
             let v = unsafe { &*p };
-            v.iter().all(|x| f(x))
+            v.iter().all(f)
         }
 
         /// Writer side: replaces the list with `f(copy of it)`.

@@ -21,6 +21,18 @@ fn sync_tracker() -> Tracker {
         .unwrap()
 }
 
+/// The sync backend, with faults served by the service thread and in the faulting thread.
+fn sync_trackers() -> Vec<Tracker> {
+    vec![
+        sync_tracker(),
+        Tracker::builder()
+            .backend(Backend::SyncUffd)
+            .in_thread_faults(true)
+            .build()
+            .unwrap(),
+    ]
+}
+
 /// A fresh private anonymous mapping of `pages` pages (the test owns it).
 fn mmap_anon(pages: usize) -> *mut u8 {
     let p = anon_mmap(pages * PS);
@@ -56,73 +68,74 @@ fn run_child(test: &str, env: &str, secs: u64) -> std::process::ExitStatus {
 
 #[test]
 fn munmap_part_of_region_with_epoch_outstanding_and_writers_running() {
-    let t = sync_tracker();
-    let pages = 64;
-    let p = mmap_anon(pages);
-    // SAFETY: the mapping stays valid (except the part the test unmaps) until the end.
-    let region = Arc::new(unsafe { t.adopt(p, pages * PS) }.unwrap());
-    region.cut().unwrap();
-    for pg in 0..pages as u64 {
-        touch(&region, pg, pg + 1);
-    }
-    let epoch = region.cut().unwrap();
-    // A writer on pages 40..64 (never unmapped) keeps running across the munmap.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (r2, s2) = (Arc::clone(&region), Arc::clone(&stop));
-    let writer = std::thread::spawn(move || {
-        let mut n = 0u64;
-        while !s2.load(SeqCst) {
-            touch(&r2, 40 + n % 24, n);
-            n += 1;
+    for t in sync_trackers() {
+        let pages = 64;
+        let p = mmap_anon(pages);
+        // SAFETY: the mapping stays valid (except the part the test unmaps) until the end.
+        let region = Arc::new(unsafe { t.adopt(p, pages * PS) }.unwrap());
+        region.cut().unwrap();
+        for pg in 0..pages as u64 {
+            touch(&region, pg, pg + 1);
         }
-        n
-    });
-    std::thread::sleep(Duration::from_millis(20));
-    let addr = p as usize + 16 * PS;
-    watchdog(10, "munmap of part of a tracked range", move || {
-        // SAFETY: pages 16..32 of the test's mapping; nothing references them any more.
-        let r = unsafe { libc::munmap(addr as *mut libc::c_void, 16 * PS) };
-        assert_eq!(r, 0);
-    });
-    std::thread::sleep(Duration::from_millis(20));
-    stop.store(true, SeqCst);
-    let n = watchdog(10, "writer after munmap", move || writer.join().unwrap());
-    assert!(n > 0);
-    assert!(matches!(
-        region.cut(),
-        Err(CutError::Invalidated {
-            reason: Invalidation::Unmapped,
-            ..
-        })
-    ));
-    assert!(region.snapshot().is_err());
-    assert!(region.dirty_pages().is_err());
-    assert_eq!(region.invalidation(), Some(Invalidation::Unmapped));
-    // The outstanding epoch never passes live (possibly rewritten) memory off as the cut's:
-    // a page either reads as at the cut or is refused with a typed error.
-    let mut buf = vec![0u8; PS];
-    for pg in (0..16).chain(32..64) {
-        match epoch.read_page(pg, &mut buf) {
-            Ok(()) => assert_eq!(
-                u64::from_ne_bytes(buf[..8].try_into().unwrap()),
-                pg + 1,
-                "page {pg}"
-            ),
-            Err(e) => assert_eq!(e, SnapshotError::Invalidated(Invalidation::Unmapped)),
+        let epoch = region.cut().unwrap();
+        // A writer on pages 40..64 (never unmapped) keeps running across the munmap.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r2, s2) = (Arc::clone(&region), Arc::clone(&stop));
+        let writer = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !s2.load(SeqCst) {
+                touch(&r2, 40 + n % 24, n);
+                n += 1;
+            }
+            n
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let addr = p as usize + 16 * PS;
+        watchdog(10, "munmap of part of a tracked range", move || {
+            // SAFETY: pages 16..32 of the test's mapping; nothing references them any more.
+            let r = unsafe { libc::munmap(addr as *mut libc::c_void, 16 * PS) };
+            assert_eq!(r, 0);
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        stop.store(true, SeqCst);
+        let n = watchdog(10, "writer after munmap", move || writer.join().unwrap());
+        assert!(n > 0);
+        assert!(matches!(
+            region.cut(),
+            Err(CutError::Invalidated {
+                reason: Invalidation::Unmapped,
+                ..
+            })
+        ));
+        assert!(region.snapshot().is_err());
+        assert!(region.dirty_pages().is_err());
+        assert_eq!(region.invalidation(), Some(Invalidation::Unmapped));
+        // The outstanding epoch never passes live (possibly rewritten) memory off as the cut's:
+        // a page either reads as at the cut or is refused with a typed error.
+        let mut buf = vec![0u8; PS];
+        for pg in (0..16).chain(32..64) {
+            match epoch.read_page(pg, &mut buf) {
+                Ok(()) => assert_eq!(
+                    u64::from_ne_bytes(buf[..8].try_into().unwrap()),
+                    pg + 1,
+                    "page {pg}"
+                ),
+                Err(e) => assert_eq!(e, SnapshotError::Invalidated(Invalidation::Unmapped)),
+            }
         }
-    }
-    // The tracker serves other regions.
-    let other = t.map_anonymous(4 * PS).unwrap();
-    touch(&other, 3, 1);
-    assert_eq!(
-        other.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
-        vec![3]
-    );
-    drop(region);
-    // SAFETY: the rest of the test's mapping, no longer tracked or referenced.
-    unsafe {
-        libc::munmap(p.cast(), 16 * PS);
-        libc::munmap(p.add(32 * PS).cast(), 32 * PS);
+        // The tracker serves other regions.
+        let other = t.map_anonymous(4 * PS).unwrap();
+        touch(&other, 3, 1);
+        assert_eq!(
+            other.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
+            vec![3]
+        );
+        drop(region);
+        // SAFETY: the rest of the test's mapping, no longer tracked or referenced.
+        unsafe {
+            libc::munmap(p.cast(), 16 * PS);
+            libc::munmap(p.add(32 * PS).cast(), 32 * PS);
+        }
     }
 }
 
@@ -130,71 +143,81 @@ fn munmap_part_of_region_with_epoch_outstanding_and_writers_running() {
 
 #[test]
 fn mremap_maymove_invalidates_remapped_without_hang() {
-    let t = sync_tracker();
-    let pages = 32;
-    let p = mmap_anon(pages);
-    // SAFETY: the mapping is moved by the test below; the region is not used to access
-    // memory afterwards.
-    let region = Arc::new(unsafe { t.adopt(p, pages * PS) }.unwrap());
-    region.cut().unwrap();
-    touch(&region, 2, 7);
-    // A destination that certainly differs: a second mapping, replaced by MREMAP_FIXED.
-    let dst = mmap_anon(pages * 2);
-    let (src, d) = (p as usize, dst as usize);
-    let moved = watchdog(10, "mremap of a tracked range", move || {
-        // SAFETY: moves the test's own mapping onto the test's own reserved destination.
-        unsafe {
-            libc::mremap(
-                src as *mut libc::c_void,
-                pages * PS,
-                pages * 2 * PS,
-                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                d as *mut libc::c_void,
-            ) as usize
-        }
-    });
-    assert_eq!(moved, d, "mremap: {}", std::io::Error::last_os_error());
-    let err = region.cut().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CutError::Invalidated {
-                reason: Invalidation::Remapped,
-                ..
+    for t in sync_trackers() {
+        let pages = 32;
+        let p = mmap_anon(pages);
+        // SAFETY: the mapping is moved by the test below; the region is not used to access
+        // memory afterwards.
+        let region = Arc::new(unsafe { t.adopt(p, pages * PS) }.unwrap());
+        region.cut().unwrap();
+        touch(&region, 2, 7);
+        // A destination that certainly differs: a second mapping, replaced by MREMAP_FIXED.
+        let dst = mmap_anon(pages * 2);
+        let (src, d) = (p as usize, dst as usize);
+        let moved = watchdog(10, "mremap of a tracked range", move || {
+            // SAFETY: moves the test's own mapping onto the test's own reserved destination.
+            unsafe {
+                libc::mremap(
+                    src as *mut libc::c_void,
+                    pages * PS,
+                    pages * 2 * PS,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    d as *mut libc::c_void,
+                ) as usize
             }
-        ),
-        "{err}"
-    );
-    assert_eq!(region.invalidation(), Some(Invalidation::Remapped));
-    assert!(region.dirty_pages().is_err());
-    assert!(region.snapshot().is_err());
-    // The moved memory is untracked: writes (the whole new size) complete without faulting
-    // into the tracker, and keep the content that moved.
-    watchdog(10, "writes to the moved range", move || {
-        // SAFETY: the moved mapping, owned by the test.
-        let w = unsafe { std::slice::from_raw_parts(d as *const AtomicU64, pages * 2 * PS / 8) };
-        assert_eq!(w[2 * WORDS_PER_PAGE].load(SeqCst), 7);
-        for pg in 0..pages * 2 {
-            w[pg * WORDS_PER_PAGE + 1].store(1, SeqCst);
-        }
-    });
-    let other = t.map_anonymous(4 * PS).unwrap();
-    touch(&other, 1, 1);
-    assert_eq!(
-        other.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
-        vec![1]
-    );
-    drop(region);
-    // SAFETY: the moved mapping, no longer referenced.
-    unsafe { libc::munmap(dst.cast(), pages * 2 * PS) };
+        });
+        assert_eq!(moved, d, "mremap: {}", std::io::Error::last_os_error());
+        let err = region.cut().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CutError::Invalidated {
+                    reason: Invalidation::Remapped,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(region.invalidation(), Some(Invalidation::Remapped));
+        assert!(region.dirty_pages().is_err());
+        assert!(region.snapshot().is_err());
+        // The moved memory is untracked: writes (the whole new size) complete without faulting
+        // into the tracker, and keep the content that moved.
+        watchdog(10, "writes to the moved range", move || {
+            // SAFETY: the moved mapping, owned by the test.
+            let w =
+                unsafe { std::slice::from_raw_parts(d as *const AtomicU64, pages * 2 * PS / 8) };
+            assert_eq!(w[2 * WORDS_PER_PAGE].load(SeqCst), 7);
+            for pg in 0..pages * 2 {
+                w[pg * WORDS_PER_PAGE + 1].store(1, SeqCst);
+            }
+        });
+        let other = t.map_anonymous(4 * PS).unwrap();
+        touch(&other, 1, 1);
+        assert_eq!(
+            other.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
+            vec![1]
+        );
+        drop(region);
+        // SAFETY: the moved mapping, no longer referenced.
+        unsafe { libc::munmap(dst.cast(), pages * 2 * PS) };
+    }
 }
 
 // ------------------------------------------------------------------------------ madvise
 
 #[test]
 fn madvise_dontneed_while_writers_run_never_under_reports() {
-    for b in [Backend::SyncUffd, Backend::AsyncUffd] {
-        let t = Tracker::builder().backend(b).build().unwrap();
+    for (b, in_thread) in [
+        (Backend::SyncUffd, false),
+        (Backend::SyncUffd, true),
+        (Backend::AsyncUffd, false),
+    ] {
+        let t = Tracker::builder()
+            .backend(b)
+            .in_thread_faults(in_thread)
+            .build()
+            .unwrap();
         let region = Arc::new(t.map_anonymous(256 * PS).unwrap());
         region.cut().unwrap();
         let mut rng = Rng(17);
@@ -244,37 +267,38 @@ fn madvise_dontneed_while_writers_run_never_under_reports() {
 /// and are tracked.
 #[test]
 fn madvise_free_then_write_is_tracked() {
-    let t = sync_tracker();
-    let region = t.map_anonymous(64 * PS).unwrap();
-    for pg in 0..64 {
-        touch(&region, pg, 0xF0 + pg);
+    for t in sync_trackers() {
+        let region = t.map_anonymous(64 * PS).unwrap();
+        for pg in 0..64 {
+            touch(&region, pg, 0xF0 + pg);
+        }
+        region.cut().unwrap();
+        // SAFETY: the whole region; no references into it are held.
+        let r = unsafe { libc::madvise(region.as_ptr().cast(), 64 * PS, libc::MADV_FREE) };
+        assert_eq!(r, 0);
+        // Not reclaimed: content is unchanged, nothing was written, nothing is reported.
+        assert_eq!(
+            region.as_atomic_u64()[5 * WORDS_PER_PAGE].load(SeqCst),
+            0xF5
+        );
+        for pg in [3u64, 9, 10] {
+            touch(&region, pg, 1);
+        }
+        let e = region.cut().unwrap();
+        let d: BTreeSet<u64> = e.dirty().iter().collect();
+        println!("MADV_FREE (not reclaimed): {} pages reported", d.len());
+        assert!(
+            [3u64, 9, 10].iter().all(|p| d.contains(p)),
+            "writes after MADV_FREE are tracked: {d:?}"
+        );
+        assert!(t.stats().remove_events >= 1, "MADV_FREE emits REMOVE");
+        // Tracking is exact again afterwards.
+        touch(&region, 7, 3);
+        assert_eq!(
+            region.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
+            vec![7]
+        );
     }
-    region.cut().unwrap();
-    // SAFETY: the whole region; no references into it are held.
-    let r = unsafe { libc::madvise(region.as_ptr().cast(), 64 * PS, libc::MADV_FREE) };
-    assert_eq!(r, 0);
-    // Not reclaimed: content is unchanged, nothing was written, nothing is reported.
-    assert_eq!(
-        region.as_atomic_u64()[5 * WORDS_PER_PAGE].load(SeqCst),
-        0xF5
-    );
-    for pg in [3u64, 9, 10] {
-        touch(&region, pg, 1);
-    }
-    let e = region.cut().unwrap();
-    let d: BTreeSet<u64> = e.dirty().iter().collect();
-    println!("MADV_FREE (not reclaimed): {} pages reported", d.len());
-    assert!(
-        [3u64, 9, 10].iter().all(|p| d.contains(p)),
-        "writes after MADV_FREE are tracked: {d:?}"
-    );
-    assert!(t.stats().remove_events >= 1, "MADV_FREE emits REMOVE");
-    // Tracking is exact again afterwards.
-    touch(&region, 7, 3);
-    assert_eq!(
-        region.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
-        vec![7]
-    );
 }
 
 /// MADV_FREE pages that the kernel actually discards (forced with MADV_PAGEOUT, as memory
@@ -359,8 +383,16 @@ fn mprotect_read_only_by_the_application_segfaults_writes() {
 
 #[test]
 fn mprotect_read_only_then_back_keeps_tracking() {
-    for b in [Backend::SyncUffd, Backend::AsyncUffd] {
-        let t = Tracker::builder().backend(b).build().unwrap();
+    for (b, in_thread) in [
+        (Backend::SyncUffd, false),
+        (Backend::SyncUffd, true),
+        (Backend::AsyncUffd, false),
+    ] {
+        let t = Tracker::builder()
+            .backend(b)
+            .in_thread_faults(in_thread)
+            .build()
+            .unwrap();
         let region = t.map_anonymous(32 * PS).unwrap();
         for pg in 0..32 {
             touch(&region, pg, 1);
@@ -617,43 +649,44 @@ extern "C" fn on_usr2(_: libc::c_int) {
 
 #[test]
 fn sync_write_from_a_signal_handler_is_tracked_and_snapshotted() {
-    let t = sync_tracker();
-    let region = t.map_anonymous(16 * PS).unwrap();
-    touch(&region, 6, 0x77);
-    region.cut().unwrap();
-    // SAFETY: page 6 of the region, 8-byte aligned.
-    SIG_TARGET.store(unsafe { region.as_ptr().add(6 * PS).cast() }, SeqCst);
-    // SAFETY: installing a handler that only performs a volatile store and an atomic add.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_usr2 as *const () as usize;
-        libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
-    }
-    for round in 0..20u64 {
-        let snap = region.snapshot().unwrap();
-        let before = SIG_COUNT.load(SeqCst);
-        // From another thread too: the handler runs on whichever thread gets the signal.
-        let h = std::thread::spawn(|| {
-            // SAFETY: raising a signal whose handler is installed above.
+    for t in sync_trackers() {
+        let region = t.map_anonymous(16 * PS).unwrap();
+        touch(&region, 6, 0x77);
+        region.cut().unwrap();
+        // SAFETY: page 6 of the region, 8-byte aligned.
+        SIG_TARGET.store(unsafe { region.as_ptr().add(6 * PS).cast() }, SeqCst);
+        // SAFETY: installing a handler that only performs a volatile store and an atomic add.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_usr2 as *const () as usize;
+            libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
+        }
+        for round in 0..20u64 {
+            let snap = region.snapshot().unwrap();
+            let before = SIG_COUNT.load(SeqCst);
+            // From another thread too: the handler runs on whichever thread gets the signal.
+            let h = std::thread::spawn(|| {
+                // SAFETY: raising a signal whose handler is installed above.
+                unsafe { libc::raise(libc::SIGUSR2) };
+            });
+            watchdog(10, "signal handler write", move || h.join().unwrap());
+            // SAFETY: as above.
             unsafe { libc::raise(libc::SIGUSR2) };
-        });
-        watchdog(10, "signal handler write", move || h.join().unwrap());
-        // SAFETY: as above.
-        unsafe { libc::raise(libc::SIGUSR2) };
-        assert_eq!(
-            region.as_atomic_u64()[6 * WORDS_PER_PAGE].load(SeqCst),
-            before + 2
-        );
-        let e = region.cut().unwrap();
-        assert_eq!(
-            e.dirty().iter().collect::<Vec<_>>(),
-            vec![6],
-            "round {round}"
-        );
-        let mut buf = vec![0u8; PS];
-        snap.read_page(6, &mut buf).unwrap();
-        let at_snap = u64::from_ne_bytes(buf[..8].try_into().unwrap());
-        assert_eq!(at_snap, if round == 0 { 0x77 } else { before });
+            assert_eq!(
+                region.as_atomic_u64()[6 * WORDS_PER_PAGE].load(SeqCst),
+                before + 2
+            );
+            let e = region.cut().unwrap();
+            assert_eq!(
+                e.dirty().iter().collect::<Vec<_>>(),
+                vec![6],
+                "round {round}"
+            );
+            let mut buf = vec![0u8; PS];
+            snap.read_page(6, &mut buf).unwrap();
+            let at_snap = u64::from_ne_bytes(buf[..8].try_into().unwrap());
+            assert_eq!(at_snap, if round == 0 { 0x77 } else { before });
+        }
     }
 }
 
@@ -663,95 +696,99 @@ fn sync_write_from_a_signal_handler_is_tracked_and_snapshotted() {
 fn writer_with_pending_fault_when_tracker_shuts_down_is_released() {
     // Budget for 2 copies: writers rewriting the epoch's pages are deferred (blocked in the
     // kernel on their fault) because nobody reads the epoch.
-    let t = Tracker::builder()
-        .backend(Backend::SyncUffd)
-        .copy_budget(2 * PS)
-        .build()
-        .unwrap();
-    let region = Arc::new(t.map_anonymous(64 * PS).unwrap());
-    for pg in 0..64 {
-        touch(&region, pg, 1);
-    }
-    let epoch = region.cut().unwrap();
-    let progress = Arc::new(AtomicU64::new(0));
-    let writers: Vec<_> = (0..3u64)
-        .map(|th| {
-            let (r, pr) = (Arc::clone(&region), Arc::clone(&progress));
-            std::thread::spawn(move || {
-                for pg in (th * 20)..(th * 20 + 20) {
-                    touch(&r, pg, 0xAA);
-                    pr.fetch_add(1, SeqCst);
-                }
+    for in_thread in [false, true] {
+        let t = Tracker::builder()
+            .backend(Backend::SyncUffd)
+            .copy_budget(2 * PS)
+            .in_thread_faults(in_thread)
+            .build()
+            .unwrap();
+        let region = Arc::new(t.map_anonymous(64 * PS).unwrap());
+        for pg in 0..64 {
+            touch(&region, pg, 1);
+        }
+        let epoch = region.cut().unwrap();
+        let progress = Arc::new(AtomicU64::new(0));
+        let writers: Vec<_> = (0..3u64)
+            .map(|th| {
+                let (r, pr) = (Arc::clone(&region), Arc::clone(&progress));
+                std::thread::spawn(move || {
+                    for pg in (th * 20)..(th * 20 + 20) {
+                        touch(&r, pg, 0xAA);
+                        pr.fetch_add(1, SeqCst);
+                    }
+                })
             })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        progress.load(SeqCst) < 60,
-        "writers are held by back-pressure"
-    );
-    assert!(t.stats().deferred > 0);
-    let t2 = t.clone();
-    watchdog(20, "shutdown with deferred faults", move || t2.shutdown());
-    watchdog(20, "deferred writers after shutdown", move || {
-        writers.into_iter().for_each(|h| h.join().unwrap())
-    });
-    assert_eq!(progress.load(SeqCst), 60, "every held write completed");
-    for pg in 0..60 {
-        assert_eq!(
-            region.as_atomic_u64()[pg * WORDS_PER_PAGE].load(SeqCst),
-            0xAA
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            progress.load(SeqCst) < 60,
+            "writers are held by back-pressure"
         );
-    }
-    // The unread epoch refuses live pages rather than returning post-shutdown content.
-    let mut buf = vec![0u8; PS];
-    for pg in 0..64 {
-        if let Ok(()) = epoch.read_page(pg, &mut buf) {
+        assert!(t.stats().deferred > 0);
+        let t2 = t.clone();
+        watchdog(20, "shutdown with deferred faults", move || t2.shutdown());
+        watchdog(20, "deferred writers after shutdown", move || {
+            writers.into_iter().for_each(|h| h.join().unwrap())
+        });
+        assert_eq!(progress.load(SeqCst), 60, "every held write completed");
+        for pg in 0..60 {
             assert_eq!(
-                u64::from_ne_bytes(buf[..8].try_into().unwrap()),
-                1,
-                "page {pg}"
+                region.as_atomic_u64()[pg * WORDS_PER_PAGE].load(SeqCst),
+                0xAA
             );
         }
+        // The unread epoch refuses live pages rather than returning post-shutdown content.
+        let mut buf = vec![0u8; PS];
+        for pg in 0..64 {
+            if let Ok(()) = epoch.read_page(pg, &mut buf) {
+                assert_eq!(
+                    u64::from_ne_bytes(buf[..8].try_into().unwrap()),
+                    1,
+                    "page {pg}"
+                );
+            }
+        }
+        assert!(region.cut().is_err());
     }
-    assert!(region.cut().is_err());
 }
 
 #[test]
 fn threads_that_exit_right_after_faulting() {
-    let t = sync_tracker();
-    let region = Arc::new(t.map_anonymous(512 * PS).unwrap());
-    region.cut().unwrap();
-    let mut expect = BTreeSet::new();
-    for round in 0..5u64 {
-        let hs: Vec<_> = (0..40u64)
-            .map(|i| {
-                let r = Arc::clone(&region);
-                let pg = (round * 97 + i * 11) % 512;
-                expect.insert(pg);
-                std::thread::spawn(move || touch(&r, pg, i + 1))
-            })
-            .collect();
-        watchdog(20, "short-lived faulting threads", move || {
-            hs.into_iter().for_each(|h| h.join().unwrap())
-        });
-        let d: BTreeSet<u64> = region.cut().unwrap().dirty().iter().collect();
-        assert_eq!(d, expect, "round {round}");
-        expect.clear();
+    for t in sync_trackers() {
+        let region = Arc::new(t.map_anonymous(512 * PS).unwrap());
+        region.cut().unwrap();
+        let mut expect = BTreeSet::new();
+        for round in 0..5u64 {
+            let hs: Vec<_> = (0..40u64)
+                .map(|i| {
+                    let r = Arc::clone(&region);
+                    let pg = (round * 97 + i * 11) % 512;
+                    expect.insert(pg);
+                    std::thread::spawn(move || touch(&r, pg, i + 1))
+                })
+                .collect();
+            watchdog(20, "short-lived faulting threads", move || {
+                hs.into_iter().for_each(|h| h.join().unwrap())
+            });
+            let d: BTreeSet<u64> = region.cut().unwrap().dirty().iter().collect();
+            assert_eq!(d, expect, "round {round}");
+            expect.clear();
+        }
+        // A thread that exits while its fault is still held by a cut in progress: its write
+        // completes after the cut and belongs to the next epoch (or this one), never neither.
+        for k in 0..50u64 {
+            let r = Arc::clone(&region);
+            let h = std::thread::spawn(move || touch(&r, k % 512, 9));
+            let e1 = region.cut().unwrap().into_dirty();
+            h.join().unwrap();
+            let e2 = region.cut().unwrap().into_dirty();
+            assert!(
+                e1.contains(k % 512) || e2.contains(k % 512),
+                "write {k} lost"
+            );
+        }
+        let s = t.stats();
+        assert!(s.wp_faults >= 200);
     }
-    // A thread that exits while its fault is still held by a cut in progress: its write
-    // completes after the cut and belongs to the next epoch (or this one), never neither.
-    for k in 0..50u64 {
-        let r = Arc::clone(&region);
-        let h = std::thread::spawn(move || touch(&r, k % 512, 9));
-        let e1 = region.cut().unwrap().into_dirty();
-        h.join().unwrap();
-        let e2 = region.cut().unwrap().into_dirty();
-        assert!(
-            e1.contains(k % 512) || e2.contains(k % 512),
-            "write {k} lost"
-        );
-    }
-    let s = t.stats();
-    assert!(s.wp_faults >= 200);
 }
