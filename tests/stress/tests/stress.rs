@@ -64,6 +64,18 @@ fn main() {
             wd(60, 300),
             move || consistency(mode, true),
         ));
+        all.push(run_suite(
+            "consistency-in-thread",
+            "sync-in-thread",
+            wd(60, 400),
+            move || consistency_with(mode, false, true),
+        ));
+        all.push(run_suite(
+            "consistency-in-thread-tiny-budget",
+            "sync-in-thread",
+            wd(60, 300),
+            move || consistency_with(mode, true, true),
+        ));
     }
     for b in [Backend::SyncUffd, Backend::AsyncUffd, Backend::Mprotect] {
         let name = format!("dirty-{}", b.name());
@@ -128,6 +140,11 @@ fn stamp(t: usize, seq: u64) -> u64 {
 /// writes (claim 1) that never shrinks (claim 2 across cuts); bytes outside the stamp slots
 /// must stay zero (a torn or foreign copy would show).
 fn consistency(mode: Mode, tiny_budget: bool) -> Summary {
+    consistency_with(mode, tiny_budget, false)
+}
+
+/// [`consistency`], with faults served in the writers' `SIGBUS` handler if `in_thread`.
+fn consistency_with(mode: Mode, tiny_budget: bool, in_thread: bool) -> Summary {
     let threads = 4;
     let (min_cuts, min_writes, cap) = match (mode, tiny_budget) {
         (Mode::Short, false) => (60u64, 200_000u64, Duration::from_secs(15)),
@@ -136,15 +153,18 @@ fn consistency(mode: Mode, tiny_budget: bool) -> Summary {
         (Mode::Long, true) => (120, 200_000, Duration::from_secs(120)),
     };
     let mut s = Summary::new(
-        if tiny_budget {
-            "consistency-tiny-budget"
-        } else {
-            "consistency"
+        match (tiny_budget, in_thread) {
+            (true, false) => "consistency-tiny-budget",
+            (false, false) => "consistency",
+            (true, true) => "consistency-in-thread-tiny-budget",
+            (false, true) => "consistency-in-thread",
         },
-        "sync",
+        if in_thread { "sync-in-thread" } else { "sync" },
     );
     s.threads = threads as u64;
-    let mut b = Tracker::builder().backend(Backend::SyncUffd);
+    let mut b = Tracker::builder()
+        .backend(Backend::SyncUffd)
+        .in_thread_faults(in_thread);
     if tiny_budget {
         b = b.copy_budget(16 * PS);
     }
