@@ -10,7 +10,7 @@
 //! ```text
 //! cargo run --release --example uffd-demo -- [--size 1G] [--threads 2] [--epochs 5]
 //!     [--epoch-ms 2000] [--pattern random|seq|zipf] [--backend sync|async|mprotect|auto]
-//!     [--dir DIR] [--keep] [--json]
+//!     [--in-thread] [--eager-ms MS] [--dir DIR] [--keep] [--json]
 //! ```
 //! Logging: `RUST_LOG=writewatch_core=debug`.
 
@@ -65,6 +65,13 @@ struct Args {
     /// Tracking backend.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
+    /// Sync backend: writers serve their own faults in a SIGBUS handler (in-thread mode).
+    #[arg(long)]
+    in_thread: bool,
+    /// Sync backend: re-arm pages written this many milliseconds ago in the background, so
+    /// cuts only re-protect recent writes (eager re-protection). 0 = off.
+    #[arg(long, default_value_t = 0)]
+    eager_ms: u64,
     /// Checkpoint store directory (default: a temporary directory, removed unless --keep).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -250,12 +257,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(&dir);
     let mut store = Store::create(&dir)?;
 
-    let tracker = Tracker::builder()
+    let mut builder = Tracker::builder()
         .backend(backend)
         .copy_budget(256 << 20)
-        .build()?;
+        .in_thread_faults(args.in_thread);
+    if args.eager_ms > 0 {
+        builder = builder.eager_reprotect(Duration::from_millis(args.eager_ms));
+    }
+    let tracker = builder.build()?;
     let live = tracker.backend().copies_before_write();
-    let backend = tracker.backend().name();
+    let backend = format!(
+        "{}{}{}",
+        tracker.backend().name(),
+        if args.in_thread { "+in-thread" } else { "" },
+        if args.eager_ms > 0 { "+eager" } else { "" }
+    );
     let region = Arc::new(tracker.map_anonymous(size)?);
     let ctl = Arc::new(Control {
         stop: AtomicBool::new(false),

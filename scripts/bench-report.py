@@ -40,6 +40,8 @@ FIRST_WRITE_ROWS = [
     ("ww_snapshot", "writewatch during snapshot() (copy-before-write)"),
     ("ww_snapshot_spin", "writewatch during snapshot(), .spin(50us)"),
     ("ww_snapshot_fa16", "writewatch during snapshot(), .fault_around(16)"),
+    ("ww_sync_it", "writewatch sync, .in_thread_faults(true): SIGBUS handler in the writer (no copy)"),
+    ("ww_snapshot_it", "writewatch during snapshot(), .in_thread_faults(true)"),
     ("ww_async", "writewatch async backend (WP_ASYNC, no copy)"),
     ("ww_mprotect", "writewatch mprotect backend (SIGSEGV handler, no copy)"),
 ]
@@ -232,6 +234,8 @@ def main():
            fw("rand", "ww_snapshot"), fw("rand", "raw_uffd"), 0.6)
     if fw("rand", "ww_snapshot_spin") is not None:
         target("  same with `.spin(50us)` (`ww_snapshot_spin`)", fw("rand", "ww_snapshot_spin"), fw("rand", "raw_uffd"), 0.6)
+    if fw("rand", "ww_snapshot_it") is not None:
+        target("  same with `.in_thread_faults(true)` (`ww_snapshot_it`)", fw("rand", "ww_snapshot_it"), fw("rand", "raw_uffd"), 0.6)
     target("Cut of 1 GiB at 1 % dirty vs fork() of the same process (`cut_1GiB/ww_cut_1pct` / `fork`)",
            res.get(("cut_1GiB", "ww_cut_1pct")), res.get(("cut_1GiB", "fork")), 0.15)
     if res.get(("cut_1GiB", "ww_cut_eager_1pct")) is not None:
