@@ -25,7 +25,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 
 use crate::region::RegionInner;
-use crate::snapshot::View;
+use crate::snapshot::{Preserve, View};
 use crate::sys::sigbus::{InFlight, RcuList};
 use crate::tracker::Shared;
 
@@ -91,16 +91,25 @@ pub(crate) fn serve(h: &Hook, addr: usize, in_flight: &InFlight) -> Outcome {
     let page = inner.page_of(addr);
     let verify = |p: u64| !inner.is_suspect(p) || h.shared.verify_protected(inner, p);
     // A view only this list still holds was dropped by its reader: nobody can read it, so it
-    // needs no copy (the service thread removes it at its next wake-up).
-    let preserved = h.views.for_each(in_flight, |v| {
-        Arc::strong_count(v) == 1 || v.preserve(page, verify)
+    // needs no copy (the service thread removes it at its next wake-up). Never wait in here:
+    // a busy page (a saver or another handler copying it) means leave and retry.
+    let mut outcome = Preserve::Done;
+    h.views.for_each(in_flight, |v| {
+        if Arc::strong_count(v) > 1 {
+            outcome = v.try_preserve(page, &verify);
+        }
+        outcome == Preserve::Done
     });
-    if !preserved {
-        // Budget full: readers must drain (or drop) epochs; make sure the service thread
-        // notices dropped ones.
-        h.shared.counters.deferred.fetch_add(1, Relaxed);
-        h.shared.kick();
-        return Outcome::Wait;
+    match outcome {
+        Preserve::Done => {}
+        Preserve::Busy => return Outcome::Wait,
+        Preserve::NoBudget => {
+            // Budget full: readers must drain (or drop) epochs; make sure the service thread
+            // notices dropped ones.
+            h.shared.counters.deferred.fetch_add(1, Relaxed);
+            h.shared.kick();
+            return Outcome::Wait;
+        }
     }
     // Dirty bit BEFORE un-protect: the write may proceed only once it is recorded.
     inner.dirty.set(page as usize);

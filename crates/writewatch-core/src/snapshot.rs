@@ -159,6 +159,18 @@ impl Budget {
     }
 }
 
+/// Outcome of one [`View::try_preserve`] attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Preserve {
+    /// Preserved, or not needed: the page may be un-protected (as far as this view goes).
+    Done,
+    /// The copy budget is full: keep the page protected until readers free some.
+    NoBudget,
+    /// Someone else is copying the page (a saver, another fault handler), or an event batch
+    /// overlapped the copy: try again shortly.
+    Busy,
+}
+
 /// Whether reading a page releases it (epochs) or keeps it (snapshots, for rollback).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -212,54 +224,16 @@ impl View {
 
     /// Service thread: the page is about to be un-protected. Preserve its content if this
     /// view still needs it. Returns false when the budget is exhausted (the caller must keep
-    /// the page protected and retry later).
+    /// the page protected and retry later). Waits (briefly) while a saver copies the page.
     ///
     /// Runs on the service thread only: the copy reads tracked memory, never writes it.
     pub(crate) fn preserve(&self, page: u64, verify: impl Fn(u64) -> bool) -> bool {
-        let st = &self.state[page as usize];
-        let ps = self.region.page_size;
         let mut spins = 0u32;
         loop {
-            match st.load(Ordering::Acquire) {
-                PENDING => {
-                    // Only epochs (consumed by a reader) are charged to the budget: a snapshot
-                    // keeps its copies until dropped, so back-pressure could never resolve for
-                    // it; its copies are bounded by the region's size instead (like fork COW).
-                    let charged = self.mode == Mode::Consume;
-                    if charged && !self.shared.budget.try_take(ps) {
-                        return false;
-                    }
-                    if st
-                        .compare_exchange(PENDING, PRESERVING, Ordering::AcqRel, Ordering::Acquire)
-                        .is_err()
-                    {
-                        if charged {
-                            self.shared.budget.give(ps, &self.shared);
-                        }
-                        continue;
-                    }
-                    let mut buf = self.shared.budget.alloc(ps);
-                    self.region.copy_page(page, &mut buf);
-                    if !verify(page) {
-                        if charged {
-                            self.shared.budget.give(ps, &self.shared);
-                        }
-                        self.shared.budget.recycle(buf);
-                        st.store(LOST, Ordering::Release);
-                        return true;
-                    }
-                    self.copies().insert(page, buf);
-                    st.store(PRESERVED, Ordering::Release);
-                    self.shared
-                        .counters
-                        .preserved
-                        .fetch_add(1, Ordering::Relaxed);
-                    return true;
-                }
-                // The saver is reading the live page, or (in-thread mode) another faulting
-                // thread is preserving it: wait (either only reads, for ~1 us). Un-protecting
-                // now would let this write land in the middle of their copy.
-                COPYING | PRESERVING => {
+            match self.try_preserve(page, &verify) {
+                Preserve::Done => return true,
+                Preserve::NoBudget => return false,
+                Preserve::Busy => {
                     spins += 1;
                     if spins < 64 {
                         std::hint::spin_loop();
@@ -267,8 +241,72 @@ impl View {
                         std::thread::yield_now();
                     }
                 }
-                _ => return true,
             }
+        }
+    }
+
+    /// One attempt at [`preserve`](Self::preserve), never waiting: the form the in-thread
+    /// fault handler uses (it must not wait inside its in-flight section; on `Busy` it leaves
+    /// it and retries).
+    pub(crate) fn try_preserve(&self, page: u64, verify: &impl Fn(u64) -> bool) -> Preserve {
+        let st = &self.state[page as usize];
+        let ps = self.region.page_size;
+        match st.load(Ordering::Acquire) {
+            PENDING => {
+                // Only epochs (consumed by a reader) are charged to the budget: a snapshot
+                // keeps its copies until dropped, so back-pressure could never resolve for
+                // it; its copies are bounded by the region's size instead (like fork COW).
+                let charged = self.mode == Mode::Consume;
+                if charged && !self.shared.budget.try_take(ps) {
+                    return Preserve::NoBudget;
+                }
+                if st
+                    .compare_exchange(PENDING, PRESERVING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    if charged {
+                        self.shared.budget.give(ps, &self.shared);
+                    }
+                    return Preserve::Busy;
+                }
+                let s1 = self.shared.read_seq.load(Ordering::SeqCst);
+                let mut buf = self.shared.budget.alloc(ps);
+                self.region.copy_page(page, &mut buf);
+                let s2 = self.shared.read_seq.load(Ordering::SeqCst);
+                if s1 % 2 == 1 || s2 != s1 {
+                    // The service thread read (or was processing) non-cooperative events
+                    // during the copy: a madvise zap may have raced with it, and its REMOVE
+                    // processing skips PRESERVING pages. Undo; the retry comes after the batch
+                    // (the range is then suspect, so the copy gets verified). Only in-thread
+                    // handlers see this: the service thread reads no events while it copies.
+                    if charged {
+                        self.shared.budget.give(ps, &self.shared);
+                    }
+                    self.shared.budget.recycle(buf);
+                    st.store(PENDING, Ordering::Release);
+                    return Preserve::Busy;
+                }
+                if !verify(page) {
+                    if charged {
+                        self.shared.budget.give(ps, &self.shared);
+                    }
+                    self.shared.budget.recycle(buf);
+                    st.store(LOST, Ordering::Release);
+                    return Preserve::Done;
+                }
+                self.copies().insert(page, buf);
+                st.store(PRESERVED, Ordering::Release);
+                self.shared
+                    .counters
+                    .preserved
+                    .fetch_add(1, Ordering::Relaxed);
+                Preserve::Done
+            }
+            // The saver is reading the live page, or (in-thread mode) another faulting thread
+            // is preserving it: un-protecting now would let this write land in the middle of
+            // their copy. Both only read, for ~1 us.
+            COPYING | PRESERVING => Preserve::Busy,
+            _ => Preserve::Done,
         }
     }
 

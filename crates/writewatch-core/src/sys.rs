@@ -676,8 +676,10 @@ impl UffdRef {
 ///
 /// Invariants: a slot's hook, and any list read through [`RcuList::for_each`], stay valid while
 /// a handler is in flight (retirement and list replacement wait in [`synchronize`]). Handlers
-/// never wait while in flight, except for a snapshot reader's copy of the same page (bounded);
-/// all other waits happen outside the in-flight section, so `synchronize` always finishes.
+/// never wait while in flight: a busy page (a saver or another handler copying it), a full
+/// copy budget, a held fault or `EAGAIN` all make the handler leave its in-flight section
+/// before it waits and retries, so `synchronize` always finishes (even when called by the
+/// service thread in the middle of an event batch a saver is waiting for).
 pub(crate) mod sigbus {
     use std::cell::Cell;
     use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};

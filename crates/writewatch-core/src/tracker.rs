@@ -247,7 +247,9 @@ impl TrackerBuilder {
     /// fails with `EFAULT` instead of being tracked (as with the mprotect backend); the
     /// process-wide `SIGBUS` handler is installed once and passes every other `SIGBUS` to the
     /// handler that was there before; the handler allocates copy buffers from the tracker's
-    /// pool, so the application's global allocator must not live in tracked memory. Not
+    /// pool, so the application's global allocator must not live in tracked memory; a thread
+    /// that writes tracked memory must not block `SIGBUS` (the kernel then kills the process
+    /// instead of delivering a fault signal to a blocked handler). Not
     /// combinable with [`eager_reprotect`](Self::eager_reprotect); `fault_around` and `spin`
     /// have no effect. Default: off.
     ///

@@ -16,9 +16,15 @@
 //!   page of a zap);
 //! - no deadlock: every non-final state has an enabled step.
 //!
+//! Every configuration is explored twice: faults served by the service thread, and served by
+//! each faulting writer's own `SIGBUS` handler (`in_thread_faults`), where two handlers may
+//! race to preserve the page.
+//!
 //! Mutants of the protocol (un-protect while COPYING, un-protect before the copy, a saver
-//! that ignores the event sequence counter, a saver that skips the post-copy verification)
-//! must each be caught: that shows the checker can see the races it rules out.
+//! that ignores the event sequence counter, a saver that skips the post-copy verification, a
+//! handler that does not wait for another handler's PRESERVING copy, a handler that ignores
+//! the event sequence counter around its copy) must each be caught:
+//! that shows the checker can see the races it rules out.
 //! Pure computation: runs under Miri (`make miri`).
 
 use std::collections::{HashSet, VecDeque};
@@ -99,6 +105,11 @@ struct S {
     budget: u8,
     svc: Svc,
     serving: u8,
+    /// In-thread mode: each writer's own SIGBUS handler (the service thread then only
+    /// handles REMOVE events).
+    h: [Svc; 2],
+    /// Each handler's event sequence counter read before its copy.
+    hs1: [u8; 2],
     w: [W; 2],
     r: R,
     reads_left: u8,
@@ -118,6 +129,9 @@ struct Cfg {
     madvise: bool,
     /// The view was created after a REMOVE whose zap has not landed yet (suspect range).
     late_zap: bool,
+    /// Faults served by the faulting writers themselves (`in_thread_faults`): two
+    /// preservers may race on the page.
+    in_thread: bool,
     mutant: Option<Mutant>,
 }
 
@@ -131,6 +145,12 @@ enum Mutant {
     NoSeqWait,
     /// The saver does not verify protection after copying a suspect page.
     NoVerify,
+    /// In-thread mode: a handler that finds the page PRESERVING (another writer's handler
+    /// is copying it) un-protects at once instead of waiting.
+    NoWaitPreserving,
+    /// In-thread mode: a handler ignores the event sequence counter around its copy (a REMOVE
+    /// read but not yet processed, whose zap races with the copy, goes unnoticed).
+    NoSeqCheckInHandler,
 }
 
 fn init(c: &Cfg) -> S {
@@ -143,6 +163,8 @@ fn init(c: &Cfg) -> S {
         budget: c.budget,
         svc: Svc::Idle,
         serving: 0,
+        h: [Svc::Idle; 2],
+        hs1: [0; 2],
         w: [W::Ready, if c.writers > 1 { W::Ready } else { W::Done }],
         r: R::R0,
         reads_left: if c.retain { 2 } else { 1 },
@@ -198,7 +220,7 @@ fn successors(c: &Cfg, s: &S) -> Vec<S> {
                 out.push(n);
             }
             for k in 0..2 {
-                if s.w[k] == W::Blocked {
+                if s.w[k] == W::Blocked && !c.in_thread {
                     let mut n = *s;
                     n.svc = Svc::V0;
                     n.serving = k as u8;
@@ -217,72 +239,21 @@ fn successors(c: &Cfg, s: &S) -> Vec<S> {
             n.svc = Svc::Idle;
             out.push(n);
         }
-        Svc::V0 => match s.st {
-            St::Pending => {
-                let mut n = *s;
-                if s.budget == 0 {
-                    // Deferred: the writer stays blocked until budget is given back.
-                    n.svc = Svc::Idle;
-                    // It is retried when budget comes back (a reader consumed a page
-                    // or the view was dropped): the Idle arm picks blocked writers again.
-                } else {
-                    n.budget -= 1;
-                    n.st = St::Preserving;
-                    n.svc = if m == Some(Mutant::UnprotectBeforeCopy) {
-                        Svc::V3
-                    } else {
-                        Svc::V1
-                    };
+        v => out.extend(fault_step(c, s, v, None)),
+    }
+    // In-thread mode: each blocked writer runs its own handler.
+    if c.in_thread {
+        for k in 0..2 {
+            match s.h[k] {
+                Svc::Idle => {
+                    if s.w[k] == W::Blocked {
+                        let mut n = *s;
+                        n.h[k] = Svc::V0;
+                        out.push(n);
+                    }
                 }
-                out.push(n);
+                v => out.extend(fault_step(c, s, v, Some(k))),
             }
-            St::Copying if m != Some(Mutant::UnprotectWhileCopying) => {
-                // Wait for the saver: no step of the service thread.
-            }
-            _ => {
-                let mut n = *s;
-                n.svc = Svc::V3;
-                out.push(n);
-            }
-        },
-        Svc::V1 => {
-            let mut n = *s;
-            n.copy_buf = s.live;
-            n.svc = Svc::V2;
-            out.push(n);
-        }
-        Svc::V2 => {
-            let mut n = *s;
-            let ok = !s.suspect || s.protected || m == Some(Mutant::UnprotectBeforeCopy);
-            if ok {
-                n.copy = Some(s.copy_buf);
-                n.st = St::Preserved;
-            } else {
-                n.budget += 1;
-                n.st = St::Lost;
-            }
-            n.svc = if m == Some(Mutant::UnprotectBeforeCopy) {
-                Svc::Idle
-            } else {
-                Svc::V3
-            };
-            out.push(n);
-        }
-        Svc::V3 => {
-            let mut n = *s;
-            n.protected = false;
-            // Wake every waiter on the page: they retry their write.
-            for k in 0..2 {
-                if n.w[k] == W::Blocked {
-                    n.w[k] = W::Ready;
-                }
-            }
-            n.svc = if m == Some(Mutant::UnprotectBeforeCopy) && s.st == St::Preserving {
-                Svc::V1
-            } else {
-                Svc::Idle
-            };
-            out.push(n);
         }
     }
     // Saver.
@@ -368,6 +339,122 @@ fn successors(c: &Cfg, s: &S) -> Vec<S> {
     out
 }
 
+/// One step of the fault path (preserve, then un-protect) of the service thread
+/// (`handler == None`) or of writer `k`'s own handler (`Some(k)`), from state `v`.
+fn fault_step(c: &Cfg, s: &S, v: Svc, handler: Option<usize>) -> Vec<S> {
+    let m = c.mutant;
+    let mut out = Vec::new();
+    let set = |n: &mut S, x: Svc| match handler {
+        None => n.svc = x,
+        Some(k) => n.h[k] = x,
+    };
+    match v {
+        Svc::V0 => match s.st {
+            St::Pending => {
+                let mut n = *s;
+                if s.budget == 0 {
+                    // Deferred: the writer stays blocked until budget is given back.
+                    set(&mut n, Svc::Idle);
+                    // It is retried when budget comes back (a reader consumed a page
+                    // or the view was dropped): the Idle arm picks blocked writers again.
+                } else {
+                    n.budget -= 1;
+                    n.st = St::Preserving;
+                    set(
+                        &mut n,
+                        if m == Some(Mutant::UnprotectBeforeCopy) {
+                            Svc::V3
+                        } else {
+                            Svc::V1
+                        },
+                    );
+                }
+                out.push(n);
+            }
+            St::Copying if m != Some(Mutant::UnprotectWhileCopying) => {
+                // Wait for the saver: no step.
+            }
+            // Another handler is copying the page (in-thread mode only): wait for it.
+            St::Preserving if handler.is_some() && m != Some(Mutant::NoWaitPreserving) => {}
+            _ => {
+                let mut n = *s;
+                set(&mut n, Svc::V3);
+                out.push(n);
+            }
+        },
+        Svc::V1 => {
+            let mut n = *s;
+            if let Some(k) = handler {
+                n.hs1[k] = s.seq;
+            }
+            n.copy_buf = s.live;
+            set(&mut n, Svc::V2);
+            out.push(n);
+        }
+        Svc::V2 => {
+            let mut n = *s;
+            if let Some(k) = handler {
+                if m != Some(Mutant::NoSeqCheckInHandler)
+                    && (s.hs1[k] % 2 == 1 || s.seq != s.hs1[k])
+                {
+                    // An event batch overlapped the copy (a zap may have raced with it): undo,
+                    // leave the handler, retry later.
+                    n.budget += 1;
+                    n.st = St::Pending;
+                    set(&mut n, Svc::Idle);
+                    out.push(n);
+                    return out;
+                }
+            }
+            let ok = !s.suspect || s.protected || m == Some(Mutant::UnprotectBeforeCopy);
+            if ok {
+                n.copy = Some(s.copy_buf);
+                n.st = St::Preserved;
+            } else {
+                n.budget += 1;
+                n.st = St::Lost;
+            }
+            set(
+                &mut n,
+                if m == Some(Mutant::UnprotectBeforeCopy) {
+                    Svc::Idle
+                } else {
+                    Svc::V3
+                },
+            );
+            out.push(n);
+        }
+        Svc::V3 => {
+            let mut n = *s;
+            n.protected = false;
+            match handler {
+                // The service thread wakes every waiter on the page: they retry their write.
+                None => {
+                    for k in 0..2 {
+                        if n.w[k] == W::Blocked {
+                            n.w[k] = W::Ready;
+                        }
+                    }
+                }
+                // A handler returns to its own writer, which retries its write; another
+                // writer's handler goes on by itself.
+                Some(k) => n.w[k] = W::Ready,
+            }
+            set(
+                &mut n,
+                if m == Some(Mutant::UnprotectBeforeCopy) && s.st == St::Preserving {
+                    Svc::V1
+                } else {
+                    Svc::Idle
+                },
+            );
+            out.push(n);
+        }
+        Svc::Idle | Svc::Remove => {}
+    }
+    out
+}
+
 fn check_state(s: &S) -> Option<&'static str> {
     if let Some(b) = s.bad {
         return Some(b);
@@ -385,6 +472,7 @@ fn is_final(s: &S) -> bool {
     s.r == R::Done
         && s.w.iter().all(|w| *w == W::Done)
         && s.svc == Svc::Idle
+        && s.h == [Svc::Idle; 2]
         && !matches!(s.zap, Zap::Waiting | Zap::Armed)
 }
 
@@ -425,18 +513,21 @@ fn explore(c: &Cfg) -> (usize, Option<String>) {
 
 fn configs(mutant: Option<Mutant>) -> Vec<Cfg> {
     let mut v = Vec::new();
-    for writers in [1, 2] {
-        for retain in [false, true] {
-            for budget in [0, 1] {
-                for (madvise, late_zap) in [(false, false), (true, false), (false, true)] {
-                    v.push(Cfg {
-                        writers,
-                        retain,
-                        budget,
-                        madvise,
-                        late_zap,
-                        mutant,
-                    });
+    for in_thread in [false, true] {
+        for writers in [1, 2] {
+            for retain in [false, true] {
+                for budget in [0, 1] {
+                    for (madvise, late_zap) in [(false, false), (true, false), (false, true)] {
+                        v.push(Cfg {
+                            writers,
+                            retain,
+                            budget,
+                            madvise,
+                            late_zap,
+                            in_thread,
+                            mutant,
+                        });
+                    }
                 }
             }
         }
@@ -466,6 +557,8 @@ fn mutants_are_caught() {
         Mutant::UnprotectBeforeCopy,
         Mutant::NoSeqWait,
         Mutant::NoVerify,
+        Mutant::NoWaitPreserving,
+        Mutant::NoSeqCheckInHandler,
     ] {
         let caught = configs(Some(m)).iter().find_map(|c| explore(c).1);
         assert!(caught.is_some(), "mutant {m:?} not caught by the model");

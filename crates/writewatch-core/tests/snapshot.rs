@@ -447,3 +447,69 @@ fn snapshot_holder_rewriting_more_than_the_budget_does_not_hang() {
     assert_eq!(region.rollback(&snap).unwrap(), region.page_count());
     assert_eq!(region.as_atomic_u64()[5 * WORDS_PER_PAGE].load(SeqCst), 6);
 }
+
+#[test]
+fn madvise_racing_copy_before_write_is_never_silently_wrong() {
+    // Writers fault on an epoch's pages (copy-before-write, on the service thread or in their
+    // own SIGBUS handler) while the application madvises ranges of the same pages away.
+    // Every page of the epoch must read as its content at the cut, or fail with `Discarded`:
+    // never the zeros of a zap that raced with a copy.
+    for in_thread in [false, true] {
+        let t = Tracker::builder()
+            .in_thread_faults(in_thread)
+            .build()
+            .unwrap();
+        let region = Arc::new(t.map_anonymous(256 * 4096).unwrap());
+        let (mut ok, mut discarded) = (0u64, 0u64);
+        for round in 1..=20u64 {
+            for p in 0..256 {
+                touch(&region, p, round);
+            }
+            let e = region.cut().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let writers: Vec<_> = (0..2u64)
+                .map(|k| {
+                    let (r, stop) = (Arc::clone(&region), Arc::clone(&stop));
+                    std::thread::spawn(move || {
+                        let mut rng = Rng(round * 31 + k);
+                        while !stop.load(SeqCst) {
+                            touch(&r, rng.below(256), 1000 + round);
+                        }
+                    })
+                })
+                .collect();
+            let mut rng = Rng(round);
+            for _ in 0..20 {
+                let first = rng.below(252) as usize;
+                // SAFETY: pages first..first+4 of the region; no references into them.
+                let rc = unsafe {
+                    libc::madvise(
+                        region.as_ptr().add(first * 4096).cast(),
+                        4 * 4096,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+                assert_eq!(rc, 0);
+                std::thread::yield_now();
+            }
+            stop.store(true, SeqCst);
+            for w in writers {
+                w.join().unwrap();
+            }
+            let mut buf = vec![0u8; 4096];
+            for p in 0..256u64 {
+                match e.read_page(p, &mut buf) {
+                    Ok(()) => {
+                        let v = u64::from_ne_bytes(buf[..8].try_into().unwrap());
+                        assert_eq!(v, round, "in_thread {in_thread}: page {p} round {round}");
+                        ok += 1;
+                    }
+                    Err(SnapshotError::Discarded { .. }) => discarded += 1,
+                    Err(other) => panic!("page {p}: {other}"),
+                }
+            }
+        }
+        println!("in_thread {in_thread}: {ok} pages as at the cut, {discarded} discarded");
+        assert!(discarded > 0, "the madvise calls hit epoch pages");
+    }
+}
