@@ -9,137 +9,28 @@ use common::*;
 use writewatch_core::{Region, SnapshotError, Tracker};
 
 const MIB: usize = 1 << 20;
-const SLOTS: usize = 4; // word slot t of every page belongs to writer thread t
-
-fn stamp(t: usize, seq: u64) -> u64 {
-    ((t as u64 + 1) << 40) | seq
-}
-
-/// The full oracle, checking every cut's image against the replay of each thread's prefix.
+/// The consistency oracle (tests/common) over `cuts` cuts of a fresh region: asserts 0
+/// violations, 0 torn and 0 lost pages; returns the number of writes.
 fn oracle_every_cut(
     tracker: &Tracker,
     len: usize,
     threads: usize,
-    cuts: usize,
+    cuts: u64,
     slow_reader: bool,
 ) -> u64 {
-    assert!(threads <= SLOTS);
     let region = Arc::new(tracker.map_anonymous(len).unwrap());
-    let pages = region.page_count() as usize;
-    region.cut().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    // Shared logs so the checker can replay while writers run: log[t] grows append-only; the
-    // writer publishes how far it has written with `published[t]` AFTER each store.
-    let logs: Arc<Vec<std::sync::Mutex<Vec<u32>>>> = Arc::new(
-        (0..threads)
-            .map(|_| std::sync::Mutex::new(vec![u32::MAX]))
-            .collect(),
+    let slow = slow_reader.then_some(Duration::from_micros(50));
+    let r = consistency_oracle(region, threads, slow, |c, _| c >= cuts);
+    println!(
+        "oracle: {threads} threads, {r:?}, stats {:?}",
+        tracker.stats()
     );
-    let published: Arc<Vec<AtomicU64>> =
-        Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
-    let mut hs = Vec::new();
-    for t in 0..threads {
-        let (region, stop, logs, published) = (
-            Arc::clone(&region),
-            Arc::clone(&stop),
-            Arc::clone(&logs),
-            Arc::clone(&published),
-        );
-        hs.push(std::thread::spawn(move || {
-            let words = region.as_atomic_u64();
-            let mut rng = Rng(0xABCD_EF01 + t as u64 * 7919);
-            let mut seq = 1u64;
-            let mut local = Vec::with_capacity(256);
-            while !stop.load(SeqCst) {
-                let p = rng.below(pages as u64) as usize;
-                local.push(p as u32);
-                words[p * WORDS_PER_PAGE + t].store(stamp(t, seq), SeqCst);
-                if local.len() == 256 || stop.load(SeqCst) {
-                    logs[t].lock().unwrap().extend(local.drain(..));
-                    published[t].store(seq, SeqCst);
-                    // Pace the writers: rewrites of already-writable pages cost nothing, and
-                    // the log (4 bytes per write) must stay small.
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                seq += 1;
-            }
-            logs[t].lock().unwrap().extend(local.drain(..));
-            published[t].store(seq - 1, SeqCst);
-        }));
-    }
-    let mut image = vec![[0u64; SLOTS]; pages];
-    let mut expect = vec![[0u64; SLOTS]; pages];
-    let mut replayed = vec![0u64; threads];
-    let mut touched: Vec<usize> = Vec::new();
-    let mut violations = 0u64;
-    let mut total_cuts = 0;
-    for k in 0..cuts {
-        std::thread::sleep(Duration::from_millis(1));
-        let epoch = region.cut().unwrap();
-        touched.clear();
-        let mut reader = epoch.reader();
-        while let Some(r) = reader.next_page() {
-            let (p, bytes) = r.expect("epoch page readable");
-            for t in 0..SLOTS {
-                image[p as usize][t] =
-                    u64::from_ne_bytes(bytes[t * 8..t * 8 + 8].try_into().unwrap());
-            }
-            if bytes[SLOTS * 8..].iter().any(|b| *b != 0) {
-                violations += 1;
-            }
-            touched.push(p as usize);
-            if slow_reader {
-                std::thread::sleep(Duration::from_micros(50));
-            }
-        }
-        drop(epoch);
-        total_cuts += 1;
-        for t in 0..threads {
-            // The prefix of thread t included in this cut.
-            let l = image
-                .iter()
-                .map(|w| w[t] & ((1 << 40) - 1))
-                .max()
-                .unwrap_or(0);
-            if l < replayed[t] {
-                violations += 1; // a later cut lost writes of an earlier one
-                continue;
-            }
-            // Wait until the writer has published its log that far (it is past the cut).
-            while published[t].load(SeqCst) < l && !hs[t].is_finished() {
-                std::thread::yield_now();
-            }
-            let log = logs[t].lock().unwrap();
-            for seq in replayed[t] + 1..=l {
-                let p = log[seq as usize] as usize;
-                expect[p][t] = stamp(t, seq);
-                touched.push(p);
-            }
-            replayed[t] = l;
-        }
-        // Every page either side changed must agree: the cut is exactly the prefixes.
-        for &p in &touched {
-            for t in 0..threads {
-                if image[p][t] != expect[p][t] {
-                    if violations < 5 {
-                        eprintln!(
-                            "cut {k}: page {p} slot {t}: snapshot {:#x} != replay {:#x}",
-                            image[p][t], expect[p][t]
-                        );
-                    }
-                    violations += 1;
-                }
-            }
-        }
-    }
-    stop.store(true, SeqCst);
-    for h in hs {
-        h.join().unwrap();
-    }
-    let writes: u64 = published.iter().map(|p| p.load(SeqCst)).sum();
-    println!("oracle: {threads} threads, {total_cuts} cuts, {writes} writes, {violations} violations, stats {:?}", tracker.stats());
-    assert_eq!(violations, 0, "consistency violations");
-    writes
+    assert_eq!(
+        (r.violations, r.torn, r.lost),
+        (0, 0, 0),
+        "consistency violations"
+    );
+    r.writes
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use writewatch::checkpoint::Store;
@@ -128,12 +128,6 @@ fn tracker(b: Backend) -> Tracker {
 
 // ------------------------------------------------------------------------------ consistency
 
-const SLOTS: usize = 4;
-
-fn stamp(t: usize, seq: u64) -> u64 {
-    ((t as u64 + 1) << 40) | seq
-}
-
 /// The consistency oracle of snapshot.rs (`oracle_every_cut`), run to a volume target and
 /// counting instead of asserting: 4 writers stamp (thread, seq) into their own word of random
 /// pages; every cut's image must equal, for each thread, the replay of a prefix of its
@@ -171,128 +165,16 @@ fn consistency_with(mode: Mode, tiny_budget: bool, in_thread: bool) -> Summary {
     let tracker = b.build().expect("sync tracker");
     let len = if tiny_budget { 4 << 20 } else { 32 << 20 };
     let region = Arc::new(tracker.map_anonymous(len).unwrap());
-    let pages = region.page_count() as usize;
-    region.cut().unwrap();
-    let gate = Arc::new(Gate::new());
-    let logs: Arc<Vec<Mutex<Vec<u32>>>> =
-        Arc::new((0..threads).map(|_| Mutex::new(vec![u32::MAX])).collect());
-    let published: Arc<Vec<AtomicU64>> =
-        Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
-    let mut hs = Vec::new();
-    for t in 0..threads {
-        let (region, gate, logs, published) = (
-            Arc::clone(&region),
-            Arc::clone(&gate),
-            Arc::clone(&logs),
-            Arc::clone(&published),
-        );
-        hs.push(std::thread::spawn(move || {
-            let words = region.as_atomic_u64();
-            let mut rng = Rng(0xABCD_EF01 + t as u64 * 7919 + tiny_budget as u64);
-            let mut seq = 1u64;
-            let mut local = Vec::with_capacity(256);
-            while !gate.stopped() {
-                let p = rng.below(pages as u64) as usize;
-                local.push(p as u32);
-                words[p * WPP + t].store(stamp(t, seq), SeqCst);
-                if local.len() == 256 {
-                    logs[t].lock().unwrap().append(&mut local);
-                    published[t].store(seq, SeqCst);
-                    std::thread::sleep(Duration::from_micros(150));
-                }
-                seq += 1;
-            }
-            logs[t].lock().unwrap().append(&mut local);
-            published[t].store(seq - 1, SeqCst);
-        }));
-    }
-    let mut image = vec![[0u64; SLOTS]; pages];
-    let mut expect = vec![[0u64; SLOTS]; pages];
-    let mut replayed = vec![0u64; threads];
-    let mut touched: Vec<usize> = Vec::new();
     let t0 = Instant::now();
-    loop {
-        let writes: u64 = published.iter().map(|p| p.load(SeqCst)).sum();
-        if (s.cuts >= min_cuts && writes >= min_writes) || t0.elapsed() > cap {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-        let epoch = match region.cut() {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("cut failed: {e}");
-                s.violations += 1;
-                break;
-            }
-        };
-        s.cuts += 1;
-        touched.clear();
-        let mut reader = epoch.reader();
-        while let Some(r) = reader.next_page() {
-            let (p, bytes) = match r {
-                Ok(x) => x,
-                Err(e) => {
-                    eprintln!("cut {}: page unreadable: {e}", s.cuts);
-                    s.lost += 1;
-                    continue;
-                }
-            };
-            for t in 0..SLOTS {
-                image[p as usize][t] =
-                    u64::from_ne_bytes(bytes[t * 8..t * 8 + 8].try_into().unwrap());
-            }
-            if bytes[SLOTS * 8..].iter().any(|b| *b != 0) {
-                s.torn += 1;
-            }
-            touched.push(p as usize);
-            if tiny_budget {
-                std::thread::sleep(Duration::from_micros(30));
-            }
-        }
-        drop(reader);
-        drop(epoch);
-        for t in 0..threads {
-            let l = image
-                .iter()
-                .map(|w| w[t] & ((1 << 40) - 1))
-                .max()
-                .unwrap_or(0);
-            if l < replayed[t] {
-                s.lost += 1; // a later cut lost writes an earlier one had
-                continue;
-            }
-            while published[t].load(SeqCst) < l && !hs[t].is_finished() {
-                std::thread::yield_now();
-            }
-            let log = logs[t].lock().unwrap();
-            for seq in replayed[t] + 1..=l {
-                let p = log[seq as usize] as usize;
-                expect[p][t] = stamp(t, seq);
-                touched.push(p);
-            }
-            replayed[t] = l;
-        }
-        for &p in &touched {
-            for t in 0..threads {
-                if image[p][t] != expect[p][t] {
-                    if s.violations < 5 {
-                        eprintln!(
-                            "cut {}: page {p} slot {t}: snapshot {:#x} != replay {:#x}",
-                            s.cuts, image[p][t], expect[p][t]
-                        );
-                    }
-                    s.violations += 1;
-                }
-            }
-        }
-        // Keep the logs bounded: drop what every later cut has already replayed? Logs are
-        // indexed by seq, so they stay; 4 bytes per write is fine for the volumes here.
-    }
-    gate.stop();
-    for h in hs {
-        h.join().unwrap();
-    }
-    s.ops = published.iter().map(|p| p.load(SeqCst)).sum();
+    let slow = tiny_budget.then_some(Duration::from_micros(30));
+    let r = common::consistency_oracle(region, threads, slow, |cuts, writes| {
+        (cuts >= min_cuts && writes >= min_writes) || t0.elapsed() > cap
+    });
+    s.cuts = r.cuts;
+    s.violations = r.violations;
+    s.torn = r.torn;
+    s.lost = r.lost;
+    s.ops = r.writes;
     let st = tracker.stats();
     eprintln!(
         "  consistency: faults {} preserved {} deferred {}",

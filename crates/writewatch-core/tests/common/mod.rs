@@ -224,3 +224,174 @@ pub fn racing_oracle(
     }
     (writes, misses, over)
 }
+
+// ------------------------------------------------------------------ consistency oracle
+
+/// Word slots per page: slot `t` of every page belongs to writer thread `t`.
+pub const SLOTS: usize = 4;
+
+/// The stamp writer `t` stores with its `seq`-th write.
+pub fn stamp(t: usize, seq: u64) -> u64 {
+    ((t as u64 + 1) << 40) | seq
+}
+
+/// What [`consistency_oracle`] saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Consistency {
+    pub cuts: u64,
+    pub writes: u64,
+    /// Pages whose content at a cut differs from the replay of every thread's prefix.
+    pub violations: u64,
+    /// Pages with bytes outside the stamp slots (a torn or foreign copy).
+    pub torn: u64,
+    /// Unreadable epoch pages, and cuts that lost writes an earlier cut had.
+    pub lost: u64,
+}
+
+/// The consistency oracle of docs/design.md section 4 (claims 1 and 2), shared by the core
+/// tests (a fixed number of cuts, asserted) and the stress suite (a volume target, counted).
+///
+/// `threads` (<= [`SLOTS`]) writers stamp `(thread, seq)` into their own word of random pages
+/// of `region`; after each cut, the epoch is read as it was at the cut (optionally slowly:
+/// `slow_reader` between pages) and, for every thread, the largest included `seq` defines the
+/// prefix that must have been captured: the image must equal the replay of exactly those
+/// writes. Cuts continue until `done(cuts, writes)`.
+pub fn consistency_oracle(
+    region: Arc<Region>,
+    threads: usize,
+    slow_reader: Option<Duration>,
+    mut done: impl FnMut(u64, u64) -> bool,
+) -> Consistency {
+    assert!(threads <= SLOTS);
+    let pages = region.page_count() as usize;
+    region.cut().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Shared logs so the checker can replay while writers run: log[t] grows append-only; the
+    // writer publishes how far it has written with `published[t]` AFTER each store.
+    let logs: Arc<Vec<std::sync::Mutex<Vec<u32>>>> = Arc::new(
+        (0..threads)
+            .map(|_| std::sync::Mutex::new(vec![u32::MAX]))
+            .collect(),
+    );
+    let published: Arc<Vec<AtomicU64>> =
+        Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
+    let mut hs = Vec::new();
+    for t in 0..threads {
+        let (region, stop, logs, published) = (
+            Arc::clone(&region),
+            Arc::clone(&stop),
+            Arc::clone(&logs),
+            Arc::clone(&published),
+        );
+        hs.push(std::thread::spawn(move || {
+            let words = region.as_atomic_u64();
+            let mut rng = Rng(0xABCD_EF01 + t as u64 * 7919);
+            let mut seq = 1u64;
+            let mut local = Vec::with_capacity(256);
+            while !stop.load(SeqCst) {
+                let p = rng.below(pages as u64) as usize;
+                local.push(p as u32);
+                words[p * WORDS_PER_PAGE + t].store(stamp(t, seq), SeqCst);
+                if local.len() == 256 {
+                    logs[t].lock().unwrap().append(&mut local);
+                    published[t].store(seq, SeqCst);
+                    // Pace the writers: rewrites of already-writable pages cost nothing, and
+                    // the log (4 bytes per write) must stay small.
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                seq += 1;
+            }
+            logs[t].lock().unwrap().append(&mut local);
+            published[t].store(seq - 1, SeqCst);
+        }));
+    }
+    let mut r = Consistency::default();
+    let mut image = vec![[0u64; SLOTS]; pages];
+    let mut expect = vec![[0u64; SLOTS]; pages];
+    let mut replayed = vec![0u64; threads];
+    let mut touched: Vec<usize> = Vec::new();
+    loop {
+        let writes: u64 = published.iter().map(|p| p.load(SeqCst)).sum();
+        if done(r.cuts, writes) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        let epoch = match region.cut() {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("cut failed: {e}");
+                r.violations += 1;
+                break;
+            }
+        };
+        r.cuts += 1;
+        touched.clear();
+        let mut reader = epoch.reader();
+        while let Some(x) = reader.next_page() {
+            let (p, bytes) = match x {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("cut {}: page unreadable: {e}", r.cuts);
+                    r.lost += 1;
+                    continue;
+                }
+            };
+            for t in 0..SLOTS {
+                image[p as usize][t] =
+                    u64::from_ne_bytes(bytes[t * 8..t * 8 + 8].try_into().unwrap());
+            }
+            if bytes[SLOTS * 8..].iter().any(|b| *b != 0) {
+                r.torn += 1;
+            }
+            touched.push(p as usize);
+            if let Some(d) = slow_reader {
+                std::thread::sleep(d);
+            }
+        }
+        drop(reader);
+        drop(epoch);
+        for t in 0..threads {
+            // The prefix of thread t included in this cut.
+            let l = image
+                .iter()
+                .map(|w| w[t] & ((1 << 40) - 1))
+                .max()
+                .unwrap_or(0);
+            if l < replayed[t] {
+                r.lost += 1; // a later cut lost writes an earlier one had
+                continue;
+            }
+            // Wait until the writer has published its log that far (it is past the cut).
+            while published[t].load(SeqCst) < l && !hs[t].is_finished() {
+                std::thread::yield_now();
+            }
+            let log = logs[t].lock().unwrap();
+            for seq in replayed[t] + 1..=l {
+                let p = log[seq as usize] as usize;
+                expect[p][t] = stamp(t, seq);
+                touched.push(p);
+            }
+            replayed[t] = l;
+        }
+        // Every page either side changed must agree: the cut is exactly the prefixes.
+        for &p in &touched {
+            for t in 0..threads {
+                if image[p][t] != expect[p][t] {
+                    if r.violations < 5 {
+                        eprintln!(
+                            "cut {}: page {p} slot {t}: snapshot {:#x} != replay {:#x}",
+                            r.cuts, image[p][t], expect[p][t]
+                        );
+                    }
+                    r.violations += 1;
+                }
+            }
+        }
+    }
+    stop.store(true, SeqCst);
+    for h in hs {
+        h.join().unwrap();
+    }
+    r.writes = published.iter().map(|p| p.load(SeqCst)).sum();
+    r
+}
