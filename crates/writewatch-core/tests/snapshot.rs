@@ -93,138 +93,154 @@ fn saver_and_service_race_with_tiny_budget() {
 
 #[test]
 fn budget_back_pressure_blocks_writers_until_reader_drains() {
-    let t = Tracker::builder().copy_budget(8 * 4096).build().unwrap();
-    let region = Arc::new(t.map_anonymous(MIB).unwrap());
-    for p in 0..256u64 {
-        touch(&region, p, p + 1000);
-    }
-    let epoch = region.cut().unwrap();
-    assert_eq!(epoch.dirty().len(), 256);
-    // A writer now rewrites every page: each first write needs a copy, 8 fit in the budget.
-    let progress = Arc::new(AtomicU64::new(0));
-    let (r2, pr) = (Arc::clone(&region), Arc::clone(&progress));
-    let writer = std::thread::spawn(move || {
+    for in_thread in [false, true] {
+        let t = Tracker::builder()
+            .copy_budget(8 * 4096)
+            .in_thread_faults(in_thread)
+            .build()
+            .unwrap();
+        let region = Arc::new(t.map_anonymous(MIB).unwrap());
         for p in 0..256u64 {
-            touch(&r2, p, 7);
-            pr.store(p + 1, SeqCst);
+            touch(&region, p, p + 1000);
         }
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let stalled_at = progress.load(SeqCst);
-    assert!(
-        stalled_at < 256,
-        "the writer must be held by back-pressure, got to {stalled_at}"
-    );
-    assert!(t.stats().deferred > 0);
-    // Drain: every page reads as it was at the cut.
-    let mut buf = vec![0u8; 4096];
-    for p in 0..256u64 {
-        epoch.read_page(p, &mut buf).unwrap();
+        let epoch = region.cut().unwrap();
+        assert_eq!(epoch.dirty().len(), 256);
+        // A writer now rewrites every page: each first write needs a copy, 8 fit in the budget.
+        let progress = Arc::new(AtomicU64::new(0));
+        let (r2, pr) = (Arc::clone(&region), Arc::clone(&progress));
+        let writer = std::thread::spawn(move || {
+            for p in 0..256u64 {
+                touch(&r2, p, 7);
+                pr.store(p + 1, SeqCst);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let stalled_at = progress.load(SeqCst);
+        assert!(
+            stalled_at < 256,
+            "the writer must be held by back-pressure, got to {stalled_at}"
+        );
+        assert!(t.stats().deferred > 0);
+        // Drain: every page reads as it was at the cut.
+        let mut buf = vec![0u8; 4096];
+        for p in 0..256u64 {
+            epoch.read_page(p, &mut buf).unwrap();
+            assert_eq!(
+                u64::from_ne_bytes(buf[..8].try_into().unwrap()),
+                p + 1000,
+                "page {p}"
+            );
+        }
+        watchdog(20, "writer after drain", move || writer.join().unwrap());
+        assert_eq!(progress.load(SeqCst), 256);
         assert_eq!(
-            u64::from_ne_bytes(buf[..8].try_into().unwrap()),
-            p + 1000,
-            "page {p}"
+            epoch.read_page(3, &mut buf),
+            Err(SnapshotError::AlreadyConsumed { page: 3 })
         );
     }
-    watchdog(20, "writer after drain", move || writer.join().unwrap());
-    assert_eq!(progress.load(SeqCst), 256);
-    assert_eq!(
-        epoch.read_page(3, &mut buf),
-        Err(SnapshotError::AlreadyConsumed { page: 3 })
-    );
 }
 
 #[test]
 fn snapshot_under_a_writer_rewriting_every_page() {
-    let t = Tracker::builder().build().unwrap();
-    let region = Arc::new(t.map_anonymous(16 * MIB).unwrap());
-    let pages = region.page_count();
-    let stop = Arc::new(AtomicBool::new(false));
-    let rounds = Arc::new(AtomicU64::new(0));
-    let (r2, s2, rd) = (Arc::clone(&region), Arc::clone(&stop), Arc::clone(&rounds));
-    let writer = std::thread::spawn(move || {
-        let w = r2.as_atomic_u64();
-        let mut round = 1u64;
-        while !s2.load(SeqCst) {
-            for p in 0..pages as usize {
-                // The whole first cache line carries the round: a torn copy would mix values.
-                for k in 0..8 {
-                    w[p * WORDS_PER_PAGE + k].store(round, SeqCst);
+    for in_thread in [false, true] {
+        let t = Tracker::builder()
+            .in_thread_faults(in_thread)
+            .build()
+            .unwrap();
+        let region = Arc::new(t.map_anonymous(16 * MIB).unwrap());
+        let pages = region.page_count();
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicU64::new(0));
+        let (r2, s2, rd) = (Arc::clone(&region), Arc::clone(&stop), Arc::clone(&rounds));
+        let writer = std::thread::spawn(move || {
+            let w = r2.as_atomic_u64();
+            let mut round = 1u64;
+            while !s2.load(SeqCst) {
+                for p in 0..pages as usize {
+                    // The whole first cache line carries the round: a torn copy would mix values.
+                    for k in 0..8 {
+                        w[p * WORDS_PER_PAGE + k].store(round, SeqCst);
+                    }
                 }
+                rd.store(round, SeqCst);
+                round += 1;
             }
-            rd.store(round, SeqCst);
-            round += 1;
+        });
+        while rounds.load(SeqCst) < 2 {
+            std::thread::yield_now();
         }
-    });
-    while rounds.load(SeqCst) < 2 {
-        std::thread::yield_now();
+        let snap = region.snapshot().unwrap();
+        let at = rounds.load(SeqCst);
+        while rounds.load(SeqCst) < at + 3 {
+            std::thread::yield_now();
+        }
+        stop.store(true, SeqCst);
+        writer.join().unwrap();
+        // At the snapshot instant the writer was in round r: pages [0, i) hold r, [i, n) hold r-1
+        // (the page being written at T may hold a prefix of its words: a consistent cut of one
+        // thread's program order).
+        let mut buf = vec![0u8; 4096];
+        let mut vals = Vec::new();
+        for p in 0..pages {
+            snap.read_page(p, &mut buf).unwrap();
+            let words: Vec<u64> = (0..8)
+                .map(|k| u64::from_ne_bytes(buf[k * 8..k * 8 + 8].try_into().unwrap()))
+                .collect();
+            vals.push(words);
+        }
+        let flat: Vec<u64> = vals.iter().flatten().copied().collect();
+        let descents = flat.windows(2).filter(|w| w[1] != w[0]).count();
+        assert!(
+            descents <= 1,
+            "snapshot is not a single point in the writer's order: {descents} changes"
+        );
+        assert!(
+            flat.windows(2).all(|w| w[1] == w[0] || w[1] + 1 == w[0]),
+            "values form r..r, r-1..r-1"
+        );
+        assert!(flat[0] >= at - 1 && flat[0] <= at + 1);
+        assert!(
+            snap.written_pages().len() as u64 == pages,
+            "every page was rewritten after the snapshot and preserved"
+        );
     }
-    let snap = region.snapshot().unwrap();
-    let at = rounds.load(SeqCst);
-    while rounds.load(SeqCst) < at + 3 {
-        std::thread::yield_now();
-    }
-    stop.store(true, SeqCst);
-    writer.join().unwrap();
-    // At the snapshot instant the writer was in round r: pages [0, i) hold r, [i, n) hold r-1
-    // (the page being written at T may hold a prefix of its words: a consistent cut of one
-    // thread's program order).
-    let mut buf = vec![0u8; 4096];
-    let mut vals = Vec::new();
-    for p in 0..pages {
-        snap.read_page(p, &mut buf).unwrap();
-        let words: Vec<u64> = (0..8)
-            .map(|k| u64::from_ne_bytes(buf[k * 8..k * 8 + 8].try_into().unwrap()))
-            .collect();
-        vals.push(words);
-    }
-    let flat: Vec<u64> = vals.iter().flatten().copied().collect();
-    let descents = flat.windows(2).filter(|w| w[1] != w[0]).count();
-    assert!(
-        descents <= 1,
-        "snapshot is not a single point in the writer's order: {descents} changes"
-    );
-    assert!(
-        flat.windows(2).all(|w| w[1] == w[0] || w[1] + 1 == w[0]),
-        "values form r..r, r-1..r-1"
-    );
-    assert!(flat[0] >= at - 1 && flat[0] <= at + 1);
-    assert!(
-        snap.written_pages().len() as u64 == pages,
-        "every page was rewritten after the snapshot and preserved"
-    );
 }
 
 #[test]
 fn rollback_restores_exactly_and_touches_only_written_pages() {
-    let t = Tracker::builder().build().unwrap();
-    let region = t.map_anonymous(8 * MIB).unwrap();
-    let pages = region.page_count();
-    let w = region.as_atomic_u64();
-    for (i, word) in w.iter().enumerate() {
-        word.store(i as u64 * 31, SeqCst);
-    }
-    // SAFETY: no other thread touches the region in this test.
-    let reference = unsafe { region.as_slice() }.to_vec();
-    let snap = region.snapshot().unwrap();
-    let mut rng = Rng(42);
-    for round in 0..3 {
-        let mut written = std::collections::BTreeSet::new();
-        for _ in 0..300 {
-            let p = rng.below(pages);
-            written.insert(p);
-            touch(&region, p, 0xDEAD_0000 + round);
+    for in_thread in [false, true] {
+        let t = Tracker::builder()
+            .in_thread_faults(in_thread)
+            .build()
+            .unwrap();
+        let region = t.map_anonymous(8 * MIB).unwrap();
+        let pages = region.page_count();
+        let w = region.as_atomic_u64();
+        for (i, word) in w.iter().enumerate() {
+            word.store(i as u64 * 31, SeqCst);
         }
-        let restored = region.rollback(&snap).unwrap();
-        // Pages with a preserved copy = pages written since the snapshot (all rounds so far).
-        assert_eq!(restored as usize, snap.written_pages().len());
-        assert!(written.iter().all(|p| snap.written_pages().contains(p)));
-        // SAFETY: as above.
-        let now = unsafe { region.as_slice() };
-        assert!(now == &reference[..], "round {round}: byte-exact rollback");
+        // SAFETY: no other thread touches the region in this test.
+        let reference = unsafe { region.as_slice() }.to_vec();
+        let snap = region.snapshot().unwrap();
+        let mut rng = Rng(42);
+        for round in 0..3 {
+            let mut written = std::collections::BTreeSet::new();
+            for _ in 0..300 {
+                let p = rng.below(pages);
+                written.insert(p);
+                touch(&region, p, 0xDEAD_0000 + round);
+            }
+            let restored = region.rollback(&snap).unwrap();
+            // Pages with a preserved copy = pages written since the snapshot (all rounds so far).
+            assert_eq!(restored as usize, snap.written_pages().len());
+            assert!(written.iter().all(|p| snap.written_pages().contains(p)));
+            // SAFETY: as above.
+            let now = unsafe { region.as_slice() };
+            assert!(now == &reference[..], "round {round}: byte-exact rollback");
+        }
+        let other = t.map_anonymous(4096).unwrap();
+        assert_eq!(other.rollback(&snap), Err(SnapshotError::WrongRegion));
     }
-    let other = t.map_anonymous(4096).unwrap();
-    assert_eq!(other.rollback(&snap), Err(SnapshotError::WrongRegion));
 }
 
 #[test]
@@ -316,27 +332,33 @@ fn snapshot_of_shared_region_and_sequential_fault_around() {
 
 #[test]
 fn snapshot_holder_rewriting_more_than_the_budget_does_not_hang() {
-    // A snapshot keeps its copies until dropped, so it must not be subject to back-pressure:
-    // the thread holding it may rewrite the whole region itself.
-    let t = Tracker::builder().copy_budget(MIB).build().unwrap();
-    let region = Arc::new(t.map_anonymous(16 * MIB).unwrap());
-    for p in 0..region.page_count() {
-        touch(&region, p, p + 1);
+    for in_thread in [false, true] {
+        // A snapshot keeps its copies until dropped, so it must not be subject to back-pressure:
+        // the thread holding it may rewrite the whole region itself.
+        let t = Tracker::builder()
+            .copy_budget(MIB)
+            .in_thread_faults(in_thread)
+            .build()
+            .unwrap();
+        let region = Arc::new(t.map_anonymous(16 * MIB).unwrap());
+        for p in 0..region.page_count() {
+            touch(&region, p, p + 1);
+        }
+        let snap = region.snapshot().unwrap();
+        let r2 = Arc::clone(&region);
+        watchdog(
+            60,
+            "rewriting a snapshotted region larger than the copy budget",
+            move || {
+                for p in 0..r2.page_count() {
+                    touch(&r2, p, 0);
+                }
+            },
+        );
+        assert_eq!(snap.written_pages().len() as u64, region.page_count());
+        assert_eq!(region.rollback(&snap).unwrap(), region.page_count());
+        assert_eq!(region.as_atomic_u64()[5 * WORDS_PER_PAGE].load(SeqCst), 6);
     }
-    let snap = region.snapshot().unwrap();
-    let r2 = Arc::clone(&region);
-    watchdog(
-        60,
-        "rewriting a snapshotted region larger than the copy budget",
-        move || {
-            for p in 0..r2.page_count() {
-                touch(&r2, p, 0);
-            }
-        },
-    );
-    assert_eq!(snap.written_pages().len() as u64, region.page_count());
-    assert_eq!(region.rollback(&snap).unwrap(), region.page_count());
-    assert_eq!(region.as_atomic_u64()[5 * WORDS_PER_PAGE].load(SeqCst), 6);
 }
 
 #[test]
