@@ -438,9 +438,140 @@ pub(crate) fn mprotect(addr: usize, len: usize, writable: bool) -> Result<(), Er
 /// waiting for a grace period (`synchronize`): two generation flips, each waiting for the
 /// handlers counted under the previous parity to finish. After that no handler can still
 /// hold the slot's bitmap pointer.
+/// What the two signal-handler backends share: installing a handler once per process while
+/// remembering the previous one, passing foreign signals on to it, and a grace period for
+/// handlers in flight.
+mod handler_common {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::{Mutex, OnceLock};
+
+    use nix::errno::Errno;
+
+    /// The signature of an `SA_SIGINFO` handler.
+    pub(crate) type Handler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+    /// Installs `handler` for `sig` once (the first call wins), remembering the previous
+    /// action in `old`. `block_all` blocks every other signal while the handler runs.
+    pub(crate) fn install(
+        old: &OnceLock<libc::sigaction>,
+        sig: libc::c_int,
+        handler: Handler,
+        flags: libc::c_int,
+        block_all: bool,
+    ) -> Result<(), Errno> {
+        let mut err = Ok(());
+        old.get_or_init(|| {
+            // SAFETY: zeroed sigaction structs are valid; we fill the fields we use.
+            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+            sa.sa_sigaction = handler as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | flags;
+            // SAFETY: sa_mask is a valid sigset_t owned by `sa`.
+            unsafe {
+                if block_all {
+                    libc::sigfillset(&mut sa.sa_mask);
+                } else {
+                    libc::sigemptyset(&mut sa.sa_mask);
+                }
+            };
+            // SAFETY: as above.
+            let mut prev: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: both pointers are to live sigaction structs on our stack.
+            if unsafe { libc::sigaction(sig, &sa, &mut prev) } != 0 {
+                err = Err(Errno::last());
+            }
+            prev
+        });
+        err
+    }
+
+    /// Passes a signal that is not ours to the handler that was installed before ours.
+    pub(crate) fn chain(
+        old: &OnceLock<libc::sigaction>,
+        sig: libc::c_int,
+        info: *mut libc::siginfo_t,
+        ctx: *mut libc::c_void,
+    ) {
+        let Some(old) = old.get() else { return };
+        match old.sa_sigaction {
+            libc::SIG_DFL | libc::SIG_IGN => {
+                // Restore the default action; returning re-executes the faulting access,
+                // which now terminates the process as it would have without us.
+                // SAFETY: zeroed sigaction = SIG_DFL with an empty mask.
+                let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+                dfl.sa_sigaction = libc::SIG_DFL;
+                // SAFETY: valid pointer to a sigaction on our stack.
+                unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
+            }
+            f if old.sa_flags & libc::SA_SIGINFO != 0 => {
+                // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this
+                // signature; we pass through the kernel's arguments unchanged.
+                let f: Handler = unsafe { std::mem::transmute(f) };
+                f(sig, info, ctx);
+            }
+            f => {
+                // SAFETY: a plain (non-SA_SIGINFO) handler takes only the signal number.
+                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(f) };
+                f(sig);
+            }
+        }
+    }
+
+    /// In-flight accounting for signal handlers: two counters selected by a generation
+    /// number. A handler counts itself in `inflight[gen & 1]` for its critical section;
+    /// [`Grace::synchronize`] flips the generation twice and waits for each old counter to
+    /// drain, so every handler that was in flight when it started has left.
+    pub(crate) struct Grace {
+        gen: AtomicUsize,
+        inflight: [AtomicUsize; 2],
+        sync: Mutex<()>,
+    }
+
+    impl Grace {
+        pub(crate) const fn new() -> Self {
+            Self {
+                gen: AtomicUsize::new(0),
+                inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
+                sync: Mutex::new(()),
+            }
+        }
+
+        /// Handler side: enters the in-flight section; pass the token to [`Grace::leave`].
+        pub(crate) fn enter(&self) -> usize {
+            let g = self.gen.load(SeqCst);
+            self.inflight[g & 1].fetch_add(1, SeqCst);
+            g
+        }
+
+        pub(crate) fn leave(&self, g: usize) {
+            self.inflight[g & 1].fetch_sub(1, SeqCst);
+        }
+
+        /// Waits until every handler in flight when this call started has left.
+        pub(crate) fn synchronize(&self) {
+            // One synchroniser at a time: two interleaved ones could each see only odd (or
+            // only even) generations and skip the counter a handler is in.
+            let _g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+            for _ in 0..2 {
+                let g = self.gen.fetch_add(1, SeqCst);
+                let mut spins = 0u32;
+                while self.inflight[g & 1].load(SeqCst) != 0 {
+                    spins += 1;
+                    if spins < 128 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub(crate) mod segv {
     use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
     use std::sync::OnceLock;
+
+    use super::handler_common::{self as common, Grace};
 
     use nix::errno::Errno;
 
@@ -464,32 +595,20 @@ pub(crate) mod segv {
     };
     static SLOTS: [Slot; MAX_SLOTS] = [EMPTY; MAX_SLOTS];
     static NSLOTS: AtomicUsize = AtomicUsize::new(0);
-    static GEN: AtomicUsize = AtomicUsize::new(0);
-    static INFLIGHT: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
-    static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static GRACE: Grace = Grace::new();
     static OLD: OnceLock<libc::sigaction> = OnceLock::new();
     /// Faults resolved by the handler (for stats).
     pub(crate) static FAULTS: AtomicU64 = AtomicU64::new(0);
 
     /// Installs the handler once per process, remembering the previous one.
     pub(crate) fn install() -> Result<(), Errno> {
-        let mut err = Ok(());
-        OLD.get_or_init(|| {
-            // SAFETY: zeroed sigaction structs are valid; we fill the fields we use.
-            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-            sa.sa_sigaction = handler as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
-            // SAFETY: sa_mask is a valid sigset_t owned by `sa`.
-            unsafe { libc::sigemptyset(&mut sa.sa_mask) };
-            // SAFETY: as above.
-            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-            // SAFETY: both pointers are to live sigaction structs on our stack.
-            if unsafe { libc::sigaction(libc::SIGSEGV, &sa, &mut old) } != 0 {
-                err = Err(Errno::last());
-            }
-            old
-        });
-        err
+        common::install(
+            &OLD,
+            libc::SIGSEGV,
+            handler,
+            libc::SA_ONSTACK | libc::SA_RESTART,
+            false,
+        )
     }
 
     /// Publishes a tracked range. `words` must stay valid until `unregister` returns.
@@ -524,21 +643,7 @@ pub(crate) mod segv {
 
     /// Waits until every handler that started before this call has finished.
     pub(crate) fn synchronize() {
-        // One synchroniser at a time: two interleaved ones could each see only odd (or only
-        // even) generations and skip the counter a handler is in.
-        let _g = SYNC.lock().unwrap_or_else(|e| e.into_inner());
-        for _ in 0..2 {
-            let g = GEN.fetch_add(1, SeqCst);
-            let mut spins = 0u32;
-            while INFLIGHT[g & 1].load(SeqCst) != 0 {
-                spins += 1;
-                if spins < 128 {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-        }
+        GRACE.synchronize();
     }
 
     extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
@@ -549,8 +654,7 @@ pub(crate) mod segv {
         let saved = unsafe { *errno_ptr };
         // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
         let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
-        let g = GEN.load(SeqCst);
-        INFLIGHT[g & 1].fetch_add(1, SeqCst);
+        let g = GRACE.enter();
         let mut handled = false;
         if code == linux_raw_sys::general::SEGV_ACCERR as libc::c_int {
             let n = NSLOTS.load(Acquire);
@@ -597,40 +701,13 @@ pub(crate) mod segv {
                 break;
             }
         }
-        INFLIGHT[g & 1].fetch_sub(1, SeqCst);
+        GRACE.leave(g);
         // SAFETY: restoring the saved errno.
         unsafe { *errno_ptr = saved };
         if handled {
             return;
         }
-        chain(sig, info, ctx);
-    }
-
-    fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-        let Some(old) = OLD.get() else { return };
-        match old.sa_sigaction {
-            libc::SIG_DFL | libc::SIG_IGN => {
-                // Restore the default action; returning re-executes the faulting access,
-                // which now terminates the process as it would have without us.
-                // SAFETY: zeroed sigaction = SIG_DFL with an empty mask.
-                let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
-                dfl.sa_sigaction = libc::SIG_DFL;
-                // SAFETY: valid pointer to a sigaction on our stack.
-                unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
-            }
-            f if old.sa_flags & libc::SA_SIGINFO != 0 => {
-                // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this
-                // signature; we pass through the kernel's arguments unchanged.
-                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                    unsafe { std::mem::transmute(f) };
-                f(sig, info, ctx);
-            }
-            f => {
-                // SAFETY: a plain (non-SA_SIGINFO) handler takes only the signal number.
-                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(f) };
-                f(sig);
-            }
-        }
+        common::chain(&OLD, sig, info, ctx);
     }
 }
 
@@ -687,6 +764,7 @@ pub(crate) mod sigbus {
 
     use nix::errno::Errno;
 
+    use super::handler_common::{self as common, Grace};
     use crate::inthread::{Hook, Outcome};
 
     const MAX_SLOTS: usize = 1024;
@@ -708,9 +786,7 @@ pub(crate) mod sigbus {
     static SLOTS: [Slot; MAX_SLOTS] = [EMPTY; MAX_SLOTS];
     static NSLOTS: AtomicUsize = AtomicUsize::new(0);
     static ALLOC: Mutex<()> = Mutex::new(());
-    static SYNC: Mutex<()> = Mutex::new(());
-    static GEN: AtomicUsize = AtomicUsize::new(0);
-    static INFLIGHT: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    static GRACE: Grace = Grace::new();
     static OLD: OnceLock<libc::sigaction> = OnceLock::new();
 
     thread_local! {
@@ -722,28 +798,12 @@ pub(crate) mod sigbus {
     /// Proof that the current code runs inside a handler's in-flight section.
     pub(crate) struct InFlight(());
 
-    /// Installs the handler once per process, remembering the previous one.
+    /// Installs the handler once per process, remembering the previous one. Not
+    /// `SA_ONSTACK`: this is not a stack overflow, and the handler copies pages (the alternate
+    /// stacks Rust installs are small). Every other signal is blocked while it runs, so no
+    /// other handler can write tracked memory (and fault) inside it.
     pub(crate) fn install() -> Result<(), Errno> {
-        let mut err = Ok(());
-        OLD.get_or_init(|| {
-            // SAFETY: zeroed sigaction structs are valid; we fill the fields we use.
-            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-            sa.sa_sigaction = handler as *const () as usize;
-            // Not SA_ONSTACK: this is not a stack overflow, and the handler copies pages (the
-            // alternate stacks Rust installs are small). Every other signal is blocked while it
-            // runs, so no other handler can write tracked memory (and fault) inside it.
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-            // SAFETY: sa_mask is a valid sigset_t owned by `sa`.
-            unsafe { libc::sigfillset(&mut sa.sa_mask) };
-            // SAFETY: as above.
-            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-            // SAFETY: both pointers are to live sigaction structs on our stack.
-            if unsafe { libc::sigaction(libc::SIGBUS, &sa, &mut old) } != 0 {
-                err = Err(Errno::last());
-            }
-            old
-        });
-        err
+        common::install(&OLD, libc::SIGBUS, handler, libc::SA_RESTART, true)
     }
 
     /// Publishes a tracked range served by `hook`. The slot keeps a strong reference until
@@ -792,21 +852,7 @@ pub(crate) mod sigbus {
 
     /// Waits until every handler that was in flight when this call started has left.
     pub(crate) fn synchronize() {
-        // One synchroniser at a time: two interleaved ones could each see only odd (or only
-        // even) generations and skip the counter a handler is in.
-        let _g = SYNC.lock().unwrap_or_else(|e| e.into_inner());
-        for _ in 0..2 {
-            let g = GEN.fetch_add(1, SeqCst);
-            let mut spins = 0u32;
-            while INFLIGHT[g & 1].load(SeqCst) != 0 {
-                spins += 1;
-                if spins < 128 {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-        }
+        GRACE.synchronize();
     }
 
     /// A list read by handlers without locks and replaced (copy, swap, [`synchronize`], free)
@@ -890,7 +936,7 @@ pub(crate) mod sigbus {
         // SAFETY: restoring the saved errno.
         unsafe { *errno_ptr = saved };
         if !mine {
-            chain(sig, info, ctx);
+            common::chain(&OLD, sig, info, ctx);
         }
     }
 
@@ -899,8 +945,7 @@ pub(crate) mod sigbus {
         let mut seen = false;
         let mut waits = 0u32;
         loop {
-            let g = GEN.load(SeqCst);
-            INFLIGHT[g & 1].fetch_add(1, SeqCst);
+            let g = GRACE.enter();
             let step = match lookup(addr) {
                 None => None,
                 Some(idx) if SLOTS[idx].cutting.load(SeqCst) => Some(Err(idx)),
@@ -920,7 +965,7 @@ pub(crate) mod sigbus {
                     }
                 }
             };
-            INFLIGHT[g & 1].fetch_sub(1, SeqCst);
+            GRACE.leave(g);
             match step {
                 None if seen => return true, // retired meanwhile: the write retries untracked
                 None => {
@@ -958,33 +1003,6 @@ pub(crate) mod sigbus {
                         }
                     }
                 }
-            }
-        }
-    }
-
-    fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-        let Some(old) = OLD.get() else { return };
-        match old.sa_sigaction {
-            libc::SIG_DFL | libc::SIG_IGN => {
-                // Restore the default action; returning re-executes the faulting access,
-                // which now terminates the process as it would have without us.
-                // SAFETY: zeroed sigaction = SIG_DFL with an empty mask.
-                let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
-                dfl.sa_sigaction = libc::SIG_DFL;
-                // SAFETY: valid pointer to a sigaction on our stack.
-                unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
-            }
-            f if old.sa_flags & libc::SA_SIGINFO != 0 => {
-                // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this
-                // signature; we pass through the kernel's arguments unchanged.
-                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                    unsafe { std::mem::transmute(f) };
-                f(sig, info, ctx);
-            }
-            f => {
-                // SAFETY: a plain (non-SA_SIGINFO) handler takes only the signal number.
-                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(f) };
-                f(sig);
             }
         }
     }

@@ -21,6 +21,18 @@ fn sync_tracker() -> Tracker {
         .unwrap()
 }
 
+/// The userfaultfd backends: sync (both fault modes) and async.
+fn uffd_trackers() -> Vec<Tracker> {
+    let mut v = sync_trackers();
+    v.push(
+        Tracker::builder()
+            .backend(Backend::AsyncUffd)
+            .build()
+            .unwrap(),
+    );
+    v
+}
+
 /// The sync backend, with faults served by the service thread and in the faulting thread.
 fn sync_trackers() -> Vec<Tracker> {
     vec![
@@ -208,16 +220,7 @@ fn mremap_maymove_invalidates_remapped_without_hang() {
 
 #[test]
 fn madvise_dontneed_while_writers_run_never_under_reports() {
-    for (b, in_thread) in [
-        (Backend::SyncUffd, false),
-        (Backend::SyncUffd, true),
-        (Backend::AsyncUffd, false),
-    ] {
-        let t = Tracker::builder()
-            .backend(b)
-            .in_thread_faults(in_thread)
-            .build()
-            .unwrap();
+    for t in uffd_trackers() {
         let region = Arc::new(t.map_anonymous(256 * PS).unwrap());
         region.cut().unwrap();
         let mut rng = Rng(17);
@@ -253,7 +256,7 @@ fn madvise_dontneed_while_writers_run_never_under_reports() {
                     assert!(
                         e.dirty().contains(pg as u64),
                         "{}: round {round}: page {pg} changed but not reported",
-                        b.name()
+                        t.backend().name()
                     );
                 }
             }
@@ -383,16 +386,7 @@ fn mprotect_read_only_by_the_application_segfaults_writes() {
 
 #[test]
 fn mprotect_read_only_then_back_keeps_tracking() {
-    for (b, in_thread) in [
-        (Backend::SyncUffd, false),
-        (Backend::SyncUffd, true),
-        (Backend::AsyncUffd, false),
-    ] {
-        let t = Tracker::builder()
-            .backend(b)
-            .in_thread_faults(in_thread)
-            .build()
-            .unwrap();
+    for t in uffd_trackers() {
         let region = t.map_anonymous(32 * PS).unwrap();
         for pg in 0..32 {
             touch(&region, pg, 1);
@@ -423,7 +417,7 @@ fn mprotect_read_only_then_back_keeps_tracking() {
                 e.dirty().iter().collect::<BTreeSet<_>>(),
                 w.into_iter().collect::<BTreeSet<_>>(),
                 "{}: round {round}",
-                b.name()
+                t.backend().name()
             );
         }
     }
