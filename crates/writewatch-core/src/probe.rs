@@ -63,6 +63,9 @@ pub enum Feature {
     WpAsync,
     /// `UFFD_FEATURE_MOVE`: `UFFDIO_MOVE`.
     Move,
+    /// `UFFD_FEATURE_SIGBUS`: faults raise `SIGBUS` in the faulting thread (in-thread fault
+    /// handling).
+    Sigbus,
     /// The `PAGEMAP_SCAN` ioctl on `/proc/self/pagemap`.
     PagemapScan,
     /// Kernel-mode writes (e.g. `read(2)` into a tracked buffer) are serviced, not `EFAULT`.
@@ -81,6 +84,7 @@ impl Feature {
         Feature::WpUnpopulated,
         Feature::WpAsync,
         Feature::Move,
+        Feature::Sigbus,
         Feature::PagemapScan,
         Feature::KernelModeFaults,
     ];
@@ -97,6 +101,7 @@ impl Feature {
             Feature::WpUnpopulated => "UFFD_FEATURE_WP_UNPOPULATED",
             Feature::WpAsync => "UFFD_FEATURE_WP_ASYNC",
             Feature::Move => "UFFD_FEATURE_MOVE",
+            Feature::Sigbus => "UFFD_FEATURE_SIGBUS",
             Feature::PagemapScan => "PAGEMAP_SCAN",
             Feature::KernelModeFaults => "kernel-mode faults (no UFFD_USER_MODE_ONLY)",
         }
@@ -114,6 +119,7 @@ impl Feature {
             Feature::WpUnpopulated => k::UFFD_FEATURE_WP_UNPOPULATED,
             Feature::WpAsync => k::UFFD_FEATURE_WP_ASYNC,
             Feature::Move => k::UFFD_FEATURE_MOVE,
+            Feature::Sigbus => k::UFFD_FEATURE_SIGBUS,
             Feature::PagemapScan | Feature::KernelModeFaults => return None,
         } as u64)
     }
@@ -123,7 +129,7 @@ impl Feature {
         match self {
             Feature::PagefaultFlagWp => (5, 7),
             Feature::EventRemove | Feature::EventUnmap | Feature::EventRemap => (4, 11),
-            Feature::ThreadId => (4, 14),
+            Feature::ThreadId | Feature::Sigbus => (4, 14),
             Feature::WpHugetlbfsShmem => (5, 19),
             Feature::WpUnpopulated => (6, 4),
             Feature::WpAsync | Feature::PagemapScan => (6, 7),

@@ -449,7 +449,9 @@ impl TrackerBuilder {
             wanted |= k::UFFD_FEATURE_WP_ASYNC as u64;
         }
         if self.config.in_thread {
-            if offered & k::UFFD_FEATURE_SIGBUS as u64 == 0 {
+            if offered & k::UFFD_FEATURE_SIGBUS as u64 == 0
+                || self.disabled.contains(&Feature::Sigbus)
+            {
                 return Err(BuildError::MissingFeature {
                     feature: "UFFD_FEATURE_SIGBUS",
                     needs: "Linux >= 4.14 (or leave in_thread_faults off)",
