@@ -724,6 +724,13 @@ fn in_thread_mode_rejects_other_backends_and_eager() {
         .build();
     let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(msg.contains("eager_reprotect"), "{msg}");
+    let e = Tracker::builder()
+        .in_thread_faults(true)
+        .without(Feature::Sigbus)
+        .build();
+    assert!(
+        matches!(e, Err(BuildError::MissingFeature { feature, .. }) if feature == "UFFD_FEATURE_SIGBUS")
+    );
 }
 
 #[test]
