@@ -315,7 +315,8 @@ impl TrackerBuilder {
             ),
             requested => match self.open_uffd(requested) {
                 Ok((b, u, f)) => (b, Some(u), f),
-                Err(e) if requested == Backend::Auto => {
+                // In-thread fault handling exists only on the sync backend: no fallback.
+                Err(e) if requested == Backend::Auto && !self.config.in_thread => {
                     tracing::warn!(%e, "userfaultfd unavailable; falling back to the mprotect backend");
                     (
                         Backend::Mprotect,
