@@ -360,38 +360,17 @@ fn fork_child_writes_without_hanging() {
     touch(&region, 1, 1);
     region.cut().unwrap();
     let ptr = region.as_ptr() as usize;
-    // SAFETY: the child only performs volatile stores to its copy of the region and _exit.
-    match unsafe { libc::fork() } {
-        0 => {
-            for p in 0..64usize {
-                // SAFETY: the child's private copy of the mapping.
-                unsafe { std::ptr::write_volatile((ptr + p * 4096) as *mut u64, 0xC0FFEE) };
-            }
-            // SAFETY: async-signal-safe exit of the forked child.
-            unsafe { libc::_exit(0) };
-        }
-        pid if pid > 0 => {
-            let status = watchdog(20, "forked child writing a tracked region", move || {
-                let mut st = 0;
-                // SAFETY: waiting for our own child.
-                unsafe { libc::waitpid(pid, &mut st, 0) };
-                st
-            });
-            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
-            // The parent's tracking is unaffected and its memory unchanged by the child.
-            touch(&region, 7, 2);
-            assert_eq!(
-                region.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
-                vec![7]
-            );
-            assert_eq!(
-                region.as_atomic_u64()[2 * WORDS_PER_PAGE]
-                    .load(std::sync::atomic::Ordering::SeqCst),
-                0
-            );
-        }
-        _ => panic!("fork failed"),
-    }
+    fork_and_write(ptr, 64);
+    // The parent's tracking is unaffected and its memory unchanged by the child.
+    touch(&region, 7, 2);
+    assert_eq!(
+        region.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
+        vec![7]
+    );
+    assert_eq!(
+        region.as_atomic_u64()[2 * WORDS_PER_PAGE].load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use writewatch_core::{Backend, CutError, Invalidation, SnapshotError, Tracker};
+use writewatch_core::{Backend, CutError, Invalidation, Region, SnapshotError, Tracker};
 
 const PS: usize = 4096;
 
@@ -428,8 +428,9 @@ fn mprotect_read_only_then_back_keeps_tracking() {
 /// set must still not under-report (design.md section 2). Found by this suite (the backend
 /// learned of writes only through its own SIGSEGV, which the application's mprotect(RW)
 /// removed); fixed in 71c7b01 (each cut marks pages of writable mappings dirty).
-#[test]
-fn mprotect_backend_application_mprotect_rw_still_reports_writes() {
+/// The mprotect backend, a region whose pages the application made writable again with
+/// `mprotect(RW)`, then a write to page 3: the tracker and the dirty set of the next cut.
+fn mprotect_rw_then_write() -> (Tracker, Region, writewatch_core::DirtySet) {
     let t = Tracker::builder()
         .backend(Backend::Mprotect)
         .build()
@@ -449,6 +450,12 @@ fn mprotect_backend_application_mprotect_rw_still_reports_writes() {
     }
     touch(&region, 3, 1);
     let d = region.cut().unwrap().into_dirty();
+    (t, region, d)
+}
+
+#[test]
+fn mprotect_backend_application_mprotect_rw_still_reports_writes() {
+    let (_t, _region, d) = mprotect_rw_then_write();
     assert!(
         d.contains(3),
         "write to page 3 after mprotect(RW) not reported: {:?}",
@@ -460,25 +467,7 @@ fn mprotect_backend_application_mprotect_rw_still_reports_writes() {
 /// SIGSEGV, no hang) and the tracker stays usable.
 #[test]
 fn mprotect_backend_application_mprotect_rw_does_not_crash_or_hang() {
-    let t = Tracker::builder()
-        .backend(Backend::Mprotect)
-        .build()
-        .unwrap();
-    let region = t.map_anonymous(8 * PS).unwrap();
-    region.cut().unwrap();
-    // SAFETY: the whole region; no other thread accesses it.
-    unsafe {
-        assert_eq!(
-            libc::mprotect(
-                region.as_ptr().cast(),
-                8 * PS,
-                libc::PROT_READ | libc::PROT_WRITE
-            ),
-            0
-        );
-    }
-    touch(&region, 3, 1);
-    let d = region.cut().unwrap().into_dirty();
+    let (t, region, d) = mprotect_rw_then_write();
     println!(
         "mprotect backend after the application's mprotect(RW): reported {:?}",
         d.iter().collect::<Vec<_>>()
@@ -490,30 +479,6 @@ fn mprotect_backend_application_mprotect_rw_does_not_crash_or_hang() {
 }
 
 // --------------------------------------------------------------------------------- fork
-
-fn fork_and_write(ptr: usize, pages: usize) {
-    // SAFETY: the child only performs volatile stores to its copy of the region and _exit.
-    match unsafe { libc::fork() } {
-        0 => {
-            for p in 0..pages {
-                // SAFETY: the child's private copy of the mapping.
-                unsafe { std::ptr::write_volatile((ptr + p * PS + 64) as *mut u64, 0xC0FFEE) };
-            }
-            // SAFETY: async-signal-safe exit of the forked child.
-            unsafe { libc::_exit(0) };
-        }
-        pid if pid > 0 => {
-            let status = watchdog(20, "forked child writing a tracked region", move || {
-                let mut st = 0;
-                // SAFETY: waiting for our own child.
-                unsafe { libc::waitpid(pid, &mut st, 0) };
-                st
-            });
-            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
-        }
-        _ => panic!("fork failed"),
-    }
-}
 
 #[test]
 fn fork_with_snapshot_in_progress_child_free_parent_exact() {

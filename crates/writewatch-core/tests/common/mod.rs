@@ -395,3 +395,30 @@ pub fn consistency_oracle(
     r.writes = published.iter().map(|p| p.load(SeqCst)).sum();
     r
 }
+
+/// Forks; the child writes 0xC0FFEE at byte 64 of each of `pages` pages from `ptr` (its
+/// private copy of the mapping) and exits; the parent waits for it (under a watchdog) and
+/// asserts a clean exit.
+pub fn fork_and_write(ptr: usize, pages: usize) {
+    // SAFETY: the child only performs volatile stores to its copy of the region and _exit.
+    match unsafe { libc::fork() } {
+        0 => {
+            for p in 0..pages {
+                // SAFETY: the child's private copy of the mapping.
+                unsafe { std::ptr::write_volatile((ptr + p * 4096 + 64) as *mut u64, 0xC0FFEE) };
+            }
+            // SAFETY: async-signal-safe exit of the forked child.
+            unsafe { libc::_exit(0) };
+        }
+        pid if pid > 0 => {
+            let status = watchdog(20, "forked child writing a tracked region", move || {
+                let mut st = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(pid, &mut st, 0) };
+                st
+            });
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        }
+        _ => panic!("fork failed"),
+    }
+}
