@@ -40,6 +40,7 @@ use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
+use bitvec::prelude::{BitVec, Lsb0};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use userfaultfd::{Event, EventBuffer, RegisterMode, Uffd};
@@ -172,31 +173,17 @@ impl Entry {
 /// memory) can drop protection behind our back, so a cut never trusts armed bits inside the
 /// region's suspect runs (ranges that ever received REMOVE).
 struct Eager {
-    armed: Vec<u64>,
-    hot: Vec<u64>,
+    armed: BitVec<u64, Lsb0>,
+    hot: BitVec<u64, Lsb0>,
     /// Runs un-protected by fault service in the current epoch, oldest first.
     queue: VecDeque<(Instant, u64, u64)>,
 }
 
-fn bit(w: &[u64], p: u64) -> bool {
-    w[(p / 64) as usize] & (1 << (p % 64)) != 0
-}
-
-fn set_bit(w: &mut [u64], p: u64, on: bool) {
-    let m = 1u64 << (p % 64);
-    if on {
-        w[(p / 64) as usize] |= m;
-    } else {
-        w[(p / 64) as usize] &= !m;
-    }
-}
-
 impl Eager {
     fn new(pages: u64) -> Self {
-        let words = pages.div_ceil(64) as usize;
         Self {
-            armed: vec![0; words],
-            hot: vec![0; words],
+            armed: BitVec::repeat(false, pages as usize),
+            hot: BitVec::repeat(false, pages as usize),
             queue: VecDeque::new(),
         }
     }
@@ -205,10 +192,9 @@ impl Eager {
     /// how many of them were armed (re-faults).
     fn unprotecting(&mut self, first: u64, last: u64, t: Instant) -> u64 {
         let mut refaults = 0;
-        for p in first..=last {
-            if bit(&self.armed, p) {
-                set_bit(&mut self.armed, p, false);
-                set_bit(&mut self.hot, p, true);
+        for p in first as usize..=last as usize {
+            if self.armed.replace(p, false) {
+                self.hot.set(p, true);
                 refaults += 1;
             }
         }
@@ -218,9 +204,7 @@ impl Eager {
 
     /// The kernel may have dropped the protection of these pages (REMOVE).
     fn forget(&mut self, first: u64, count: u64) {
-        for p in first..first + count {
-            set_bit(&mut self.armed, p, false);
-        }
+        self.armed[first as usize..(first + count) as usize].fill(false);
     }
 
     /// Runs of pages in `first..first+count` that may be armed now: dirty (`is_dirty`),
@@ -228,7 +212,7 @@ impl Eager {
     fn armable(&self, first: u64, count: u64, is_dirty: impl Fn(u64) -> bool) -> Vec<(u64, u64)> {
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for p in first..first + count {
-            if is_dirty(p) && !bit(&self.armed, p) && !bit(&self.hot, p) {
+            if is_dirty(p) && !self.armed[p as usize] && !self.hot[p as usize] {
                 match runs.last_mut() {
                     Some((a, n)) if *a + *n == p => *n += 1,
                     _ => runs.push((p, 1)),
@@ -239,9 +223,7 @@ impl Eager {
     }
 
     fn arm(&mut self, first: u64, count: u64) {
-        for p in first..first + count {
-            set_bit(&mut self.armed, p, true);
-        }
+        self.armed[first as usize..(first + count) as usize].fill(true);
     }
 
     /// `words` minus the armed pages, trusting no armed bit inside `suspect` runs. Returns
@@ -253,7 +235,7 @@ impl Eager {
         let mut skipped = 0;
         let out = words
             .iter()
-            .zip(&self.armed)
+            .zip(self.armed.as_raw_slice())
             .map(|(&w, &a)| {
                 skipped += u64::from((w & a).count_ones());
                 w & !a
@@ -264,8 +246,8 @@ impl Eager {
 
     /// A cut protected every page: a new epoch starts with nothing armed.
     fn reset(&mut self) {
-        self.armed.fill(0);
-        self.hot.fill(0);
+        self.armed.fill(false);
+        self.hot.fill(false);
         self.queue.clear();
     }
 }
