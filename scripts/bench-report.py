@@ -285,7 +285,10 @@ def main():
         for order in ("seq", "rand"):
             st = side.get(f"{order}-{bid}")
             if st:
-                svc.append(f"{fmt_ns(st.get('service_p50_ns_le'))} / {fmt_ns(st.get('service_p99_ns_le'))}")
+                if st.get("service_p99_ns_le", 0) == 0:
+                    svc.append("none on the service thread")
+                else:
+                    svc.append(f"{fmt_ns(st.get('service_p50_ns_le'))} / {fmt_ns(st.get('service_p99_ns_le'))}")
                 wf = st.get("wp_faults", 0)
                 cpf.append(f"{st.get('preserved', 0) / wf:.1f}" if wf else "-")
             else:
