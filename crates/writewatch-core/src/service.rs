@@ -1083,19 +1083,11 @@ impl Service {
         let set = DirtySet::from_words(inner.page_size, inner.page_count, words);
         // 3. Re-protect the dirty runs (faults read meanwhile stay pending until we return),
         // except pages eager re-protection already re-armed.
-        let (unarmed, pre_protected) = match self.eager_of(start) {
-            Some(eg) => {
-                let (w, skipped) = eg.unarmed(set.words(), &suspect);
-                let unarmed = DirtySet::from_words(inner.page_size, inner.page_count, w);
-                (Some(unarmed), skipped)
-            }
-            None => (None, 0),
-        };
-        let protect_ioctls = if self.backend == Backend::AsyncUffd {
-            0
+        let (protect_ioctls, pre_protected) = if self.backend == Backend::AsyncUffd {
+            (0, 0)
         } else {
-            match self.reprotect_runs(&inner, unarmed.as_ref().unwrap_or(&set)) {
-                Ok(n) => n,
+            match self.reprotect_dirty(start, &inner, &set, &suspect) {
+                Ok(r) => r,
                 Err(e) => {
                     // Never lose dirty bits: put the whole harvest back (pages already
                     // re-protected are over-reported next time, which is allowed).
@@ -1113,20 +1105,7 @@ impl Service {
         let view = if set.is_empty() || self.backend != Backend::SyncUffd {
             None
         } else {
-            let v = Arc::new(View::new(
-                Arc::clone(&inner),
-                Arc::clone(&self.shared),
-                &set,
-                Mode::Consume,
-            ));
-            if let Some(e) = self.by_start.get_mut(&start) {
-                e.views.push(Arc::downgrade(&v));
-                if let Some((h, _)) = &e.hook {
-                    h.prune();
-                    h.views.update(|l| l.push(Arc::clone(&v)));
-                }
-            }
-            Some(crate::snapshot::ViewHandle(v))
+            Some(self.attach_view(start, &inner, &set, Mode::Consume))
         };
         if let Ok(mut h) = inner.counters.history.lock() {
             if h.len() == HISTORY {
@@ -1174,29 +1153,53 @@ impl Service {
         let _g = tracing::debug_span!("snapshot", start = format_args!("{start:#x}")).entered();
         let _held = Holding::new(self.hook_slot(start));
         let dirty = DirtySet::from_words(inner.page_size, inner.page_count, inner.dirty.snapshot());
-        let suspect = inner.suspect_runs();
-        match self.eager_of(start) {
-            Some(eg) => {
-                let (w, _) = eg.unarmed(dirty.words(), &suspect);
-                let unarmed = DirtySet::from_words(inner.page_size, inner.page_count, w);
-                self.reprotect_runs(&inner, &unarmed)?;
-                // Every dirty page is protected now (armed => protected holds).
-                if let Some(eg) = self.eager_of(start) {
-                    for (first, count) in dirty.runs() {
-                        eg.arm(first, count);
-                    }
-                }
-            }
-            None => {
-                self.reprotect_runs(&inner, &dirty)?;
+        self.reprotect_dirty(start, &inner, &dirty, &inner.suspect_runs())?;
+        // Every dirty page is protected now (armed => protected holds).
+        if let Some(eg) = self.eager_of(start) {
+            for (first, count) in dirty.runs() {
+                eg.arm(first, count);
             }
         }
         let all = DirtySet::full(inner.page_size, inner.page_count);
+        Ok(crate::Snapshot {
+            view: self.attach_view(start, &inner, &all, Mode::Retain),
+        })
+    }
+
+    /// Re-protects the pages of `set` that eager re-protection has not re-armed (all of them
+    /// without it; armed bits inside `suspect` runs are not trusted). Returns the protect
+    /// calls made and the pages skipped as already armed.
+    fn reprotect_dirty(
+        &mut self,
+        start: usize,
+        inner: &RegionInner,
+        set: &DirtySet,
+        suspect: &[(u64, u64)],
+    ) -> Result<(u64, u64), CutError> {
+        match self.eager_of(start) {
+            Some(eg) => {
+                let (w, skipped) = eg.unarmed(set.words(), suspect);
+                let unarmed = DirtySet::from_words(inner.page_size, inner.page_count, w);
+                Ok((self.reprotect_runs(inner, &unarmed)?, skipped))
+            }
+            None => Ok((self.reprotect_runs(inner, set)?, 0)),
+        }
+    }
+
+    /// Creates the copy-before-write view of `needed` pages and registers it with the region
+    /// (and, in in-thread mode, with the `SIGBUS` handler's list).
+    fn attach_view(
+        &mut self,
+        start: usize,
+        inner: &Arc<RegionInner>,
+        needed: &DirtySet,
+        mode: Mode,
+    ) -> crate::snapshot::ViewHandle {
         let v = Arc::new(View::new(
-            Arc::clone(&inner),
+            Arc::clone(inner),
             Arc::clone(&self.shared),
-            &all,
-            Mode::Retain,
+            needed,
+            mode,
         ));
         if let Some(e) = self.by_start.get_mut(&start) {
             e.views.push(Arc::downgrade(&v));
@@ -1205,9 +1208,7 @@ impl Service {
                 h.views.update(|l| l.push(Arc::clone(&v)));
             }
         }
-        Ok(crate::Snapshot {
-            view: crate::snapshot::ViewHandle(v),
-        })
+        crate::snapshot::ViewHandle(v)
     }
 
     fn hook_slot(&self, start: usize) -> Option<usize> {
