@@ -265,17 +265,71 @@ enum Ww {
     Mprotect,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn bench_ww(
-    g: &mut Group<'_>,
-    label: &str,
-    id: &str,
-    order: &[usize],
+/// One writewatch row: bench id, how the region is prepared, and the tracker's options
+/// (`.spin(50us)`, `.fault_around(n)`, `.in_thread_faults`).
+#[derive(Clone, Copy)]
+struct Row {
+    id: &'static str,
     mode: Ww,
     spin: bool,
     fa: u64,
     in_thread: bool,
-) {
+}
+
+const fn row(id: &'static str, mode: Ww) -> Row {
+    Row {
+        id,
+        mode,
+        spin: false,
+        fa: 0,
+        in_thread: false,
+    }
+}
+
+/// Every writewatch row, in report order (`*_fa16` only for sequential writers).
+const WW_ROWS: &[Row] = &[
+    row("ww_sync_fresh", Ww::Fresh),
+    row("ww_sync", Ww::Sync),
+    Row {
+        spin: true,
+        ..row("ww_sync_spin", Ww::Sync)
+    },
+    row("ww_snapshot", Ww::Snapshot),
+    Row {
+        spin: true,
+        ..row("ww_snapshot_spin", Ww::Snapshot)
+    },
+    Row {
+        fa: 16,
+        ..row("ww_sync_fa16", Ww::Sync)
+    },
+    Row {
+        fa: 16,
+        ..row("ww_snapshot_fa16", Ww::Snapshot)
+    },
+    // In-thread fault handling (UFFD_FEATURE_SIGBUS): the writer serves its own fault.
+    Row {
+        in_thread: true,
+        ..row("ww_sync_it", Ww::Sync)
+    },
+    Row {
+        in_thread: true,
+        ..row("ww_snapshot_it", Ww::Snapshot)
+    },
+    // Async backend (UFFD_FEATURE_WP_ASYNC) and mprotect backend: tracking only (neither
+    // copies before write), region re-armed by `cut()` before each round.
+    row("ww_async", Ww::Async),
+    row("ww_mprotect", Ww::Mprotect),
+];
+
+fn bench_ww(g: &mut Group<'_>, label: &str, order: &[usize], row: &Row) {
+    let Row {
+        id,
+        mode,
+        spin,
+        fa,
+        in_thread,
+    } = *row;
     let n = region_pages();
     let backend = match mode {
         Ww::Async => Backend::AsyncUffd,
@@ -375,113 +429,12 @@ fn bench_order(c: &mut Criterion, label: &str, order: Vec<usize>) {
         time_raw_writes(&l.region, pages, v)
     });
 
-    // writewatch, sync backend.
-    bench_ww(
-        &mut g,
-        label,
-        "ww_sync_fresh",
-        &order,
-        Ww::Fresh,
-        false,
-        0,
-        false,
-    );
-    bench_ww(&mut g, label, "ww_sync", &order, Ww::Sync, false, 0, false);
-    bench_ww(
-        &mut g,
-        label,
-        "ww_sync_spin",
-        &order,
-        Ww::Sync,
-        true,
-        0,
-        false,
-    );
-    bench_ww(
-        &mut g,
-        label,
-        "ww_snapshot",
-        &order,
-        Ww::Snapshot,
-        false,
-        0,
-        false,
-    );
-    bench_ww(
-        &mut g,
-        label,
-        "ww_snapshot_spin",
-        &order,
-        Ww::Snapshot,
-        true,
-        0,
-        false,
-    );
-    if seq {
-        bench_ww(
-            &mut g,
-            label,
-            "ww_sync_fa16",
-            &order,
-            Ww::Sync,
-            false,
-            16,
-            false,
-        );
-        bench_ww(
-            &mut g,
-            label,
-            "ww_snapshot_fa16",
-            &order,
-            Ww::Snapshot,
-            false,
-            16,
-            false,
-        );
+    // writewatch: every configuration in WW_ROWS.
+    for row in WW_ROWS {
+        if row.fa == 0 || seq {
+            bench_ww(&mut g, label, &order, row);
+        }
     }
-    // In-thread fault handling (UFFD_FEATURE_SIGBUS): the writer serves its own fault.
-    bench_ww(
-        &mut g,
-        label,
-        "ww_sync_it",
-        &order,
-        Ww::Sync,
-        false,
-        0,
-        true,
-    );
-    bench_ww(
-        &mut g,
-        label,
-        "ww_snapshot_it",
-        &order,
-        Ww::Snapshot,
-        false,
-        0,
-        true,
-    );
-    // writewatch, async backend (UFFD_FEATURE_WP_ASYNC) and mprotect backend: tracking only
-    // (neither copies before write), region re-armed by `cut()` before each round.
-    bench_ww(
-        &mut g,
-        label,
-        "ww_async",
-        &order,
-        Ww::Async,
-        false,
-        0,
-        false,
-    );
-    bench_ww(
-        &mut g,
-        label,
-        "ww_mprotect",
-        &order,
-        Ww::Mprotect,
-        false,
-        0,
-        false,
-    );
 
     g.finish();
 }
