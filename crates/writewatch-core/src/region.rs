@@ -598,7 +598,12 @@ pub(crate) struct Vma {
     pub start: usize,
     pub end: usize,
     pub shared: bool,
+    pub readable: bool,
     pub writable: bool,
+    /// The permission field as printed (`rw-p`), for error messages.
+    pub perms: String,
+    /// Registered for userfaultfd write-protect (`uw` in `VmFlags`) by some userfaultfd.
+    pub uffd_wp: bool,
     pub path: String,
     pub kernel_page_size: usize,
     pub hugetlb: bool,
@@ -622,8 +627,11 @@ pub(crate) fn parse_smaps(text: &str) -> Vec<Vma> {
                 out.push(Vma {
                     start,
                     end,
+                    readable: perms.as_bytes().first() == Some(&b'r'),
                     writable: perms.as_bytes().get(1) == Some(&b'w'),
                     shared: perms.as_bytes().get(3) == Some(&b's'),
+                    perms: perms.to_string(),
+                    uffd_wp: false,
                     path,
                     kernel_page_size: 0,
                     hugetlb: false,
@@ -640,7 +648,15 @@ pub(crate) fn parse_smaps(text: &str) -> Vec<Vma> {
                     .unwrap_or(0)
                     * 1024;
             }
-            "VmFlags:" => v.hugetlb = fields.any(|f| f == "ht"),
+            "VmFlags:" => {
+                for f in fields {
+                    match f {
+                        "ht" => v.hugetlb = true,
+                        "uw" => v.uffd_wp = true,
+                        _ => {}
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -653,7 +669,7 @@ pub(crate) fn classify(v: &Vma) -> Result<RegionKind, String> {
         return Ok(RegionKind::Hugetlb);
     }
     let p = v.path.as_str();
-    if p.is_empty() || p == "[heap]" || p.starts_with("[stack") || p.starts_with("[anon:") {
+    if p.is_empty() || p.starts_with("[anon:") {
         return Ok(if v.shared {
             RegionKind::Shmem
         } else {
@@ -674,7 +690,9 @@ pub(crate) fn classify(v: &Vma) -> Result<RegionKind, String> {
     Err(format!("file-backed mapping of {p}"))
 }
 
-/// Checks that `[start, end)` is fully mapped by adoptable VMAs of one kind and page size.
+/// Checks that `[start, end)` is fully mapped by adoptable VMAs of one kind and page size:
+/// readable and writable, and not the process heap or the main stack (the allocator and the
+/// tracker's own threads write there).
 pub(crate) fn check_adoptable(
     vmas: &[Vma],
     start: usize,
@@ -686,6 +704,25 @@ pub(crate) fn check_adoptable(
     for v in vmas.iter().filter(|v| v.end > start && v.start < end) {
         if v.start > cursor {
             return Err(MapError::NotMapped { addr: cursor });
+        }
+        let p = v.path.as_str();
+        if p == "[heap]" || p.starts_with("[stack") {
+            return Err(MapError::OwnMemory {
+                start,
+                end,
+                what: if p == "[heap]" {
+                    "the process heap ([heap]), where the allocator the tracker uses keeps its state"
+                } else {
+                    "the main thread's stack ([stack])"
+                },
+                addr: v.start.max(start),
+            });
+        }
+        if !(v.readable && v.writable) {
+            return Err(MapError::NotReadWrite {
+                addr: v.start,
+                perms: v.perms.clone(),
+            });
         }
         let kind = classify(v).map_err(|what| MapError::UnsupportedMemory {
             addr: v.start,
@@ -720,6 +757,14 @@ pub(crate) fn check_adoptable(
         return Err(MapError::NotMapped { addr: cursor });
     }
     found.ok_or(MapError::NotMapped { addr: start })
+}
+
+/// The first VMA of `[start, end)` registered with a userfaultfd for write-protect (`uw`),
+/// as `(vma start, vma end)`.
+pub(crate) fn uffd_wp_overlap(vmas: &[Vma], start: usize, end: usize) -> Option<(usize, usize)> {
+    vmas.iter()
+        .find(|v| v.end > start && v.start < end && v.uffd_wp)
+        .map(|v| (v.start, v.end))
 }
 
 #[cfg(test)]
