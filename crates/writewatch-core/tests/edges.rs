@@ -446,3 +446,62 @@ fn adopt_of_a_mapping_that_is_not_read_write_is_refused() {
         }
     }
 }
+
+// ---------------------------------------------- item 9: kernel writes through pinned pages
+
+/// Item 9, documented limit: tracked pages registered as io_uring fixed buffers and filled
+/// by `READ_FIXED` change without a report (the kernel writes through its long-term pin, not
+/// through the page tables that carry the write protection). Registration itself pins with
+/// FOLL_WRITE, which is a tracked write (reported). Pinned on the userfaultfd backends (the
+/// mprotect backend's read-only pages cannot be registered at all: EFAULT).
+#[test]
+fn io_uring_fixed_buffer_writes_are_a_documented_limit() {
+    use io_uring::{opcode, types, IoUring};
+    use std::os::fd::AsRawFd;
+    let path = std::env::temp_dir().join(format!("ww-edges-uring-{}", std::process::id()));
+    std::fs::write(&path, vec![0xABu8; PS]).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    for t in [tracker(Backend::SyncUffd), tracker(Backend::AsyncUffd)] {
+        let name = t.backend().name();
+        let mut ring = match IoUring::new(4) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("io_uring unavailable ({e}): nothing to pin");
+                return;
+            }
+        };
+        let region = t.map_anonymous(4 * PS).unwrap();
+        region.cut().unwrap();
+        let buf = region.as_ptr() as usize + PS;
+        let iov = libc::iovec {
+            iov_base: buf as *mut libc::c_void,
+            iov_len: PS,
+        };
+        // SAFETY: page 1 of the region stays mapped until the ring is dropped (below, before
+        // the region); only the kernel writes it meanwhile.
+        unsafe { ring.submitter().register_buffers(&[iov]) }.unwrap();
+        let registered = region.cut().unwrap().into_dirty();
+        assert!(registered.contains(1), "{name}: the pin is a tracked write");
+        let e = opcode::ReadFixed::new(types::Fd(file.as_raw_fd()), buf as *mut u8, PS as u32, 0)
+            .offset(0)
+            .build()
+            .user_data(1);
+        // SAFETY: the entry points at the registered buffer, which outlives the operation.
+        unsafe { ring.submission().push(&e) }.unwrap();
+        ring.submit_and_wait(1).unwrap();
+        let cqe = ring.completion().next().unwrap();
+        assert_eq!(cqe.result(), PS as i32, "{name}");
+        assert_eq!(
+            region.as_atomic_u64()[PS / 8].load(SeqCst),
+            0xABAB_ABAB_ABAB_ABAB,
+            "{name}: the kernel wrote the page"
+        );
+        assert_eq!(
+            dirty(&region),
+            BTreeSet::new(),
+            "{name}: the limit changed (READ_FIXED is reported now): update design.md section 6"
+        );
+        drop(ring);
+    }
+}
