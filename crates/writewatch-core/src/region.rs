@@ -718,16 +718,16 @@ pub(crate) fn check_adoptable(
                 addr: v.start.max(start),
             });
         }
+        let kind = classify(v).map_err(|what| MapError::UnsupportedMemory {
+            addr: v.start,
+            what,
+        })?;
         if !(v.readable && v.writable) {
             return Err(MapError::NotReadWrite {
                 addr: v.start,
                 perms: v.perms.clone(),
             });
         }
-        let kind = classify(v).map_err(|what| MapError::UnsupportedMemory {
-            addr: v.start,
-            what,
-        })?;
         let ps = if v.kernel_page_size == 0 {
             sys::base_page_size()
         } else {
@@ -797,6 +797,36 @@ VmFlags: rd mr mw me sd
         assert_eq!(v[2].kernel_page_size, 2 << 20);
         assert_eq!(classify(&v[2]), Ok(RegionKind::Hugetlb));
         assert!(classify(&v[3]).is_err());
+    }
+
+    #[test]
+    fn refuses_heap_stack_and_non_read_write() {
+        let text = "\
+5600000000-5600004000 rw-p 00000000 00:00 0                              [heap]
+7ff000000000-7ff000004000 rw-p 00000000 00:00 0                          [stack]
+7f1000000000-7f1000004000 r--p 00000000 00:00 0 
+7f2000000000-7f2000004000 rw-p 00000000 00:00 0 
+VmFlags: rd wr mr mw me ac sd uw 
+";
+        let v = parse_smaps(text);
+        assert!(!v[2].writable && v[2].readable && v[2].perms == "r--p");
+        assert!(v[3].uffd_wp && !v[0].uffd_wp);
+        assert!(matches!(
+            check_adoptable(&v, 0x56_0000_0000, 0x56_0000_1000),
+            Err(crate::MapError::OwnMemory { .. })
+        ));
+        assert!(matches!(
+            check_adoptable(&v, 0x7ff0_0000_1000, 0x7ff0_0000_2000),
+            Err(crate::MapError::OwnMemory { .. })
+        ));
+        assert!(matches!(
+            check_adoptable(&v, 0x7f10_0000_0000, 0x7f10_0000_1000),
+            Err(crate::MapError::NotReadWrite { .. })
+        ));
+        assert_eq!(
+            uffd_wp_overlap(&v, 0x7f20_0000_1000, 0x7f20_0000_2000),
+            Some((0x7f20_0000_0000, 0x7f20_0000_4000))
+        );
     }
 
     #[test]

@@ -782,6 +782,28 @@ pub(crate) mod segv {
         }
     }
 
+    /// Whether the fault hit a present page (x86_64: the P bit of the page-fault error code).
+    /// Such a page is readable (x86 maps `PROT_NONE` pages not-present), so the readability
+    /// probe can be skipped. `false` when it cannot be told.
+    fn known_present(ctx: *mut libc::c_void) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if ctx.is_null() {
+                return false;
+            }
+            // SAFETY: for an SA_SIGINFO handler the kernel passes a valid ucontext_t.
+            let err = unsafe {
+                (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_ERR as usize]
+            };
+            err & 1 != 0
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = ctx;
+            false
+        }
+    }
+
     /// Whether the byte at `addr` may be read (the mapping has `PROT_READ`), asked without
     /// touching it: `process_vm_readv` on ourselves fails with `EFAULT` on an unreadable page.
     /// Async-signal-safe (one system call). `true` when it cannot be told.
@@ -837,7 +859,7 @@ pub(crate) mod segv {
         if code == linux_raw_sys::general::SEGV_ACCERR as libc::c_int
             && !known_not_write(ctx)
             && in_any_slot(addr)
-            && readable(addr)
+            && (known_present(ctx) || readable(addr))
         {
             let n = NSLOTS.load(Acquire);
             for s in &SLOTS[..n] {
