@@ -44,5 +44,7 @@ pub use error::{
 pub use probe::{probe, Access, Feature, Probe};
 pub use region::{CutStats, Epoch, EpochReader, Region, RegionKind};
 pub use snapshot::{Snapshot, SnapshotError};
-pub use stats::{EpochStat, Histogram, RegionStats, ThreadFaults, TrackerStats};
+pub use stats::{
+    EpochStat, Histogram, HistogramSummary, NotEarlier, RegionStats, ThreadFaults, TrackerStats,
+};
 pub use tracker::{Backend, Features, Purpose, Tracker, TrackerBuilder};

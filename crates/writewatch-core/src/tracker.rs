@@ -21,6 +21,7 @@ use crate::{service, sys};
 /// How writes are tracked. Chosen at build time; the same [`Region`] / `cut()` /
 /// [`DirtySet`](crate::DirtySet) API on all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum Backend {
     /// userfaultfd write-protect with a fault-service thread: every first write round-trips
     /// through the service thread (~10-15 us), which allows copy-before-write: consistent live
@@ -69,6 +70,7 @@ pub enum Purpose {
 
 /// Features negotiated with the kernel for one tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Features {
     /// Raw `UFFD_FEATURE_*` bits granted.
     pub bits: u64,
