@@ -248,7 +248,24 @@ impl<T> SliceHandle<T> {
     }
 }
 
-/// A bump allocator in a tracked [`Region`]; see the [module documentation](self).
+/// A bump allocator in a tracked [`Region`]: data structures built in it are checkpointed
+/// with the region, snapshotted, rolled back, and restored at the same address
+/// ([`Tracker::map_anonymous_at`](crate::Tracker::map_anonymous_at)).
+///
+/// Its header lives in the region's first page, so a checkpoint carries it:
+///
+/// ```text
+/// offset 0   magic "wwarena1" (u64)
+///        8   capacity: the region's length when the arena was created
+///       16   bump: offset of the first free byte
+///       24   root: offset of the application's root value (0 = none)
+///       32.. reserved; data starts at offset 64
+/// ```
+///
+/// Values are addressed by offset ([`Handle`], [`SliceHandle`]), never by reference: they are
+/// copied in and out with atomic word accesses ([`Region::read_at`] / [`Region::write_at`]),
+/// so the arena is safe to share between threads, and a handle stays meaningful in a restored
+/// copy of the region.
 ///
 /// Allocation is lock-free (a compare-and-swap on the bump offset) and nothing is ever freed
 /// individually: [`reset`](Self::reset) empties the arena, and a snapshot rollback restores it

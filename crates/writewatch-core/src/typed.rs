@@ -31,6 +31,13 @@ mod sealed {
 /// The atomic types a region can be viewed as with [`Region::as_atomic`]: the 8-byte std
 /// atomic integers (`AtomicU64`, `AtomicI64`, and on 64-bit targets `AtomicUsize`,
 /// `AtomicIsize`). Sealed: it cannot be implemented outside this crate.
+///
+/// Why no `AtomicU8`/`AtomicU16`/`AtomicU32`: every access the tracker itself makes to tracked
+/// memory (snapshot copies, rollback, [`Region::as_atomic_u64`]) is an 8-byte atomic access,
+/// and Rust's memory model makes racing atomic accesses of *different sizes* undefined
+/// behaviour when one of them writes; a safe narrower view would let safe code cause it.
+/// Read and write narrower values with [`Region::read_at`] / [`Region::write_at`], which
+/// splice them into 8-byte words with compare-and-swap.
 pub trait AtomicView: sealed::Sealed + Sync + Send + 'static {}
 impl AtomicView for AtomicU64 {}
 impl AtomicView for AtomicI64 {}
