@@ -79,11 +79,12 @@ fn main() {
     for (name, len) in sizes {
         for in_thread in [false, true] {
             let (ww, mc) = run(len, budget, in_thread);
-            let mode = if in_thread { "in-thread" } else { "service thread" };
-            println!(
-                "| {name} | {mode} | {ww:.0} | {mc:.0} | {:.1}x |",
-                ww / mc
-            );
+            let mode = if in_thread {
+                "in-thread"
+            } else {
+                "service thread"
+            };
+            println!("| {name} | {mode} | {ww:.0} | {mc:.0} | {:.1}x |", ww / mc);
         }
     }
 }

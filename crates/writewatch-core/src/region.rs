@@ -14,6 +14,7 @@ use crate::tracker::{Command, Shared};
 
 /// The kind of memory behind a region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum RegionKind {
     /// Private anonymous memory (write-protect needs kernel >= 5.7).
     Anonymous,
@@ -553,6 +554,7 @@ impl Drop for Region {
 
 /// Cost figures of one cut.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CutStats {
     /// `UFFDIO_WRITEPROTECT` calls made to re-arm the dirty pages.
     pub protect_ioctls: u64,

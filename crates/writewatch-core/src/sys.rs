@@ -1233,3 +1233,60 @@ pub(crate) fn zeroed_atomic_u8s(n: usize) -> Box<[std::sync::atomic::AtomicU8]> 
     // and all-zero bytes are a valid `AtomicU8::new(0)`. The box takes sole ownership.
     unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) }
 }
+
+// ------------------------------------------------------------------ typed views, placed maps
+
+impl Mapping {
+    /// A new private anonymous mapping of `len` bytes at exactly `addr`
+    /// (`MAP_FIXED_NOREPLACE`), THP disabled like [`Mapping::anonymous`]. `EEXIST` if part of
+    /// the range is already mapped; `ENOTSUP` if the kernel placed it elsewhere (kernels before
+    /// 4.17 treat the flag as a hint; the stray mapping is removed).
+    pub(crate) fn anonymous_at(addr: usize, len: usize) -> Result<Self, Errno> {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping (the kernel fails with
+        // EEXIST instead), so the new mapping cannot alias any existing Rust object.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | libc::MAP_NORESERVE
+                    | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        if p as usize != addr {
+            // SAFETY: the mapping was created just above and nothing refers to it.
+            let _ = unsafe { munmap(p.cast(), len) };
+            return Err(Errno::ENOTSUP);
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or(Errno::EINVAL)?;
+        let _ = madvise_nondestructive(ptr.as_ptr(), len, libc::MADV_NOHUGEPAGE);
+        Ok(Self {
+            ptr,
+            len,
+            owned: true,
+            leaked: false.into(),
+            _memfd: None,
+        })
+    }
+
+    /// The memory as a slice of `T`, one of the 8-byte std atomic integer types
+    /// ([`crate::typed::AtomicView`] is sealed and implemented only for those).
+    pub(crate) fn atomic_view<T: crate::typed::AtomicView>(&self) -> &[T] {
+        const {
+            assert!(std::mem::size_of::<T>() == 8 && std::mem::align_of::<T>() == 8);
+        }
+        // SAFETY: T is AtomicU64, AtomicI64, AtomicUsize or AtomicIsize (sealed trait), each
+        // with the size and alignment of AtomicU64 (checked above), valid for every bit
+        // pattern, and accessed only atomically through `&T`: the same argument as
+        // `atomic_words`, and every atomic access to the region (ours and the caller's) is
+        // 8 bytes wide, so no mixed-size atomic accesses can race.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<T>(), self.len / 8) }
+    }
+}

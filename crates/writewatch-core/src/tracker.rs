@@ -25,6 +25,7 @@ static ADOPT_LOCK: Mutex<()> = Mutex::new(());
 /// How writes are tracked. Chosen at build time; the same [`Region`] / `cut()` /
 /// [`DirtySet`](crate::DirtySet) API on all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum Backend {
     /// userfaultfd write-protect with a fault-service thread: every first write round-trips
     /// through the service thread (~10-15 us), which allows copy-before-write: consistent live
@@ -73,6 +74,7 @@ pub enum Purpose {
 
 /// Features negotiated with the kernel for one tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Features {
     /// Raw `UFFD_FEATURE_*` bits granted.
     pub bits: u64,
@@ -1007,12 +1009,21 @@ impl Tracker {
         Ok(())
     }
 
-    fn new_inner(&self, map: sys::Mapping, ps: usize, kind: RegionKind) -> Arc<RegionInner> {
+    pub(crate) fn new_inner(
+        &self,
+        map: sys::Mapping,
+        ps: usize,
+        kind: RegionKind,
+    ) -> Arc<RegionInner> {
         let id = self.shared().next_id.fetch_add(1, Ordering::Relaxed);
         Arc::new(RegionInner::new(id, map, ps, kind))
     }
 
-    fn register(&self, inner: Arc<RegionInner>, all_dirty: bool) -> Result<Region, MapError> {
+    pub(crate) fn register(
+        &self,
+        inner: Arc<RegionInner>,
+        all_dirty: bool,
+    ) -> Result<Region, MapError> {
         let span = tracing::debug_span!(
             "register",
             start = format_args!("{:#x}", inner.start),
