@@ -441,8 +441,14 @@ impl Region {
     /// or interleave). The snapshot stays valid: roll back as often as needed.
     ///
     /// Errors: [`SnapshotError::Discarded`] if the application `madvise`d away a page's
-    /// content at the snapshot before it was preserved (the region is then left as it is for
-    /// that page; other pages are rolled back by a later successful call only).
+    /// content at the snapshot before it was preserved. Nothing is rewritten then, and the
+    /// snapshot can never be rolled back completely again (every later call fails the same
+    /// way): take a new snapshot. (Even a page that was never touched counts: its zeros are
+    /// not kept, and a zap cannot be told from a page that never had content.)
+    ///
+    /// The rewrites are tracked writes: while epochs of this tracker are alive and unread and
+    /// the copy budget is full, they wait for readers like any writer (so do not roll back
+    /// on the thread that should drain those epochs).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -638,13 +638,12 @@ impl View {
                     self.rewritten().extend_from_slice(&pages);
                     return Err(SnapshotError::Discarded { page: p });
                 }
-                CLEAN => {
+                CLEAN
                     if st
                         .compare_exchange(CLEAN, PRESERVED, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        pages.push(p);
-                    }
+                        .is_ok() =>
+                {
+                    pages.push(p)
                 }
                 _ => {}
             }

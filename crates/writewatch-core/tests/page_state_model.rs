@@ -1234,18 +1234,17 @@ mod rollback {
                 n.bad = Some("rollback failed (Discarded) though no madvise raced the snapshot")
             }
             None => {}
-            Some(v) => {
-                // A stray write may land after round 1's write-back: only round 2 is checked.
-                if !(c.stray && n.round == 0) {
-                    let snap = n.at_snapshot.expect("a view");
-                    if v != snap && !(concurrent && v == Z) {
-                        n.bad = Some("rollback Ok but the page holds neither its content at the snapshot nor the madvise's zero");
-                    } else if n.first_ok.is_some_and(|f| f != v) {
-                        n.bad = Some("two successful rollbacks restored different contents");
-                    }
-                    n.first_ok = Some(v);
+            // A stray write may land after round 1's write-back: only round 2 is checked.
+            Some(v) if !(c.stray && n.round == 0) => {
+                let snap = n.at_snapshot.expect("a view");
+                if v != snap && !(concurrent && v == Z) {
+                    n.bad = Some("rollback Ok but the page holds neither its content at the snapshot nor the madvise's zero");
+                } else if n.first_ok.is_some_and(|f| f != v) {
+                    n.bad = Some("two successful rollbacks restored different contents");
                 }
+                n.first_ok = Some(v);
             }
+            Some(_) => {}
         }
         n.round += 1;
         n.app = if n.round == 2 { App::Done } else { App::Start };
