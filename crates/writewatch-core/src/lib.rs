@@ -29,6 +29,7 @@ mod bitmap;
 mod dirty;
 mod error;
 mod inthread;
+mod pins;
 mod placed;
 mod probe;
 mod region;

@@ -162,6 +162,24 @@ impl RegionInner {
         i > 0 && page < s[i - 1].0 + s[i - 1].1
     }
 
+    /// Sets the dirty bits of the pages that lie in io_uring fixed buffers: the kernel writes
+    /// them through a long-term pin, without a fault (see `pins`). If a ring's buffers cannot
+    /// be listed, every page (over-report, never under-report).
+    pub(crate) fn mark_pinned(&self) {
+        let pinned = crate::pins::io_uring_buffers();
+        if pinned.unknown {
+            self.dirty.set_range(0, self.page_count as usize);
+            return;
+        }
+        for (a, len) in pinned.buffers {
+            let (s, e) = (a.max(self.start), a.saturating_add(len).min(self.end()));
+            if s < e {
+                let (pa, pb) = (self.page_of(s), self.page_of(e - 1));
+                self.dirty.set_range(pa as usize, (pb - pa + 1) as usize);
+            }
+        }
+    }
+
     /// Copies page `page` into `buf` with atomic 8-byte loads (sound even if the page were
     /// written concurrently; callers copy only pages the protocol keeps write-protected).
     pub(crate) fn copy_page(&self, page: u64, buf: &mut [u8]) {
@@ -366,6 +384,11 @@ impl Region {
                 reason,
             });
         }
+        // Pages the kernel writes through io_uring fixed buffers never fault: report them at
+        // every cut. Scanned here, on the caller's thread, so the service thread does not hold
+        // faults meanwhile (a buffer registered after this scan was registered by a tracked
+        // write, so the epoch still reports it).
+        self.inner.mark_pinned();
         let id = self.inner.id;
         self.shared.call(|reply| Command::Cut { id, reply })?
     }

@@ -769,7 +769,8 @@ impl Tracker {
     /// second mapping of the same pages that the application makes itself (e.g.
     /// `mremap(ptr, 0, len, MREMAP_MAYMOVE)`, or mapping `/proc/self/fd/N` of the memfd) are
     /// not seen and nothing is invalidated; nor are writes by the kernel or a device through
-    /// pinned pages (io_uring fixed buffers, `O_DIRECT`, RDMA), see [`adopt`](Self::adopt).
+    /// pinned pages (`O_DIRECT`, RDMA; io_uring fixed buffers are reported dirty at every
+    /// cut), see [`adopt`](Self::adopt).
     pub fn map_shared(&self, len: usize) -> Result<Region, MapError> {
         let ps = sys::base_page_size();
         check_len(len, ps)?;
@@ -815,7 +816,9 @@ impl Tracker {
     ///   of an adopted memfd zeroes pages (or makes them raise `SIGBUS`) without a report;
     /// - writes by the kernel or a device through pinned pages: io_uring fixed buffers
     ///   (`IORING_OP_READ_FIXED`), `O_DIRECT` reads, RDMA, vmsplice. They bypass page-table
-    ///   protection entirely.
+    ///   protection entirely. io_uring's registered buffers are detected: every cut reports
+    ///   their pages dirty; their content in epochs and snapshots is not guaranteed. The
+    ///   others are not detected.
     ///
     /// On the mprotect backend, a write to a tracked page the application itself made
     /// read-only (`mprotect(PROT_READ)`) is taken for a tracked first write: the page becomes

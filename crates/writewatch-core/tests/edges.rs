@@ -449,13 +449,14 @@ fn adopt_of_a_mapping_that_is_not_read_write_is_refused() {
 
 // ---------------------------------------------- item 9: kernel writes through pinned pages
 
-/// Item 9, documented limit: tracked pages registered as io_uring fixed buffers and filled
-/// by `READ_FIXED` change without a report (the kernel writes through its long-term pin, not
-/// through the page tables that carry the write protection). Registration itself pins with
-/// FOLL_WRITE, which is a tracked write (reported). Pinned on the userfaultfd backends (the
-/// mprotect backend's read-only pages cannot be registered at all: EFAULT).
+/// Item 9: tracked pages registered as io_uring fixed buffers and filled by `READ_FIXED`
+/// changed without a report (the kernel writes through its long-term pin, not through the
+/// page tables that carry the write protection). Registration itself pins with FOLL_WRITE,
+/// which is a tracked write. Now every cut lists the rings' registered buffers and reports
+/// their pages dirty (was: an empty cut). Userfaultfd backends (the mprotect backend's
+/// read-only pages cannot be registered at all: EFAULT).
 #[test]
-fn io_uring_fixed_buffer_writes_are_a_documented_limit() {
+fn io_uring_fixed_buffer_pages_are_reported_at_every_cut() {
     use io_uring::{opcode, types, IoUring};
     use std::os::fd::AsRawFd;
     let path = std::env::temp_dir().join(format!("ww-edges-uring-{}", std::process::id()));
@@ -497,11 +498,15 @@ fn io_uring_fixed_buffer_writes_are_a_documented_limit() {
             0xABAB_ABAB_ABAB_ABAB,
             "{name}: the kernel wrote the page"
         );
+        // Detected: the cut lists the ring's registered buffers (fdinfo `UserBufs:`) and
+        // reports their pages dirty, whatever the kernel wrote through them (over-report).
         assert_eq!(
             dirty(&region),
-            BTreeSet::new(),
-            "{name}: the limit changed (READ_FIXED is reported now): update design.md section 6"
+            BTreeSet::from([1]),
+            "{name}: pages of registered buffers are reported at every cut"
         );
+        assert_eq!(dirty(&region), BTreeSet::from([1]), "{name}: and again");
         drop(ring);
+        assert_eq!(dirty(&region), BTreeSet::new(), "{name}: unregistered");
     }
 }
