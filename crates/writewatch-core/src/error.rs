@@ -30,6 +30,10 @@ pub enum Invalidation {
     Unmapped,
     /// The application moved (part of) the range with `mremap`.
     Remapped,
+    /// The [`Region`](crate::Region) was dropped: tracking stopped, so the live memory no
+    /// longer holds content as it was at an earlier cut (pages preserved before the drop are
+    /// still readable).
+    Dropped,
 }
 
 impl std::fmt::Display for Invalidation {
@@ -41,6 +45,9 @@ impl std::fmt::Display for Invalidation {
             Invalidation::Remapped => {
                 f.write_str("the range was moved by the application (mremap)")
             }
+            Invalidation::Dropped => f.write_str(
+                "the region was dropped, so tracking stopped: read epochs and snapshots before dropping their region",
+            ),
         }
     }
 }
@@ -205,6 +212,13 @@ pub enum CutError {
         what: &'static str,
         /// The backend in use.
         backend: &'static str,
+    },
+    /// Live epochs still need copies of pages that the copy budget cannot hold
+    /// ([`Region::prepare_overwrite`](crate::Region::prepare_overwrite)). Nothing was changed.
+    #[error("live epochs still need copies of pages that the copy budget ({budget} bytes) cannot hold: read or drop those epochs first, or raise TrackerBuilder::copy_budget")]
+    CopyBudget {
+        /// The configured copy budget in bytes.
+        budget: usize,
     },
     /// Re-protecting the dirty pages failed; the dirty bits were put back, nothing is lost.
     #[error("re-protecting the dirty pages failed ({errno}); the epoch stays open and no dirty page was lost")]

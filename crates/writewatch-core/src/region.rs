@@ -1,7 +1,7 @@
 //! Tracked regions, epochs, and the `/proc/self/smaps` classifier used by `adopt`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::bitmap::AtomicBitmap;
@@ -36,6 +36,7 @@ impl RegionKind {
 const LIVE: u8 = 0;
 const UNMAPPED: u8 = 1;
 const REMAPPED: u8 = 2;
+const DROPPED: u8 = 3;
 
 /// State shared by a [`Region`], the service thread and any [`Epoch`] that still reads it.
 #[derive(Debug)]
@@ -52,6 +53,10 @@ pub(crate) struct RegionInner {
     /// Number of the current (open) epoch.
     pub epoch: AtomicU64,
     status: AtomicU8,
+    /// Readers copying live memory (PENDING pages of views) hold it shared; dropping the
+    /// [`Region`] takes it exclusively to mark the region DROPPED before unregistering it.
+    /// So a live copy never runs after the drop, when the owner may unmap adopted memory.
+    gate: RwLock<()>,
     /// Page runs the application `madvise`d away. On anonymous memory the kernel zaps them
     /// (dropping write protection) *after* the REMOVE event is read, possibly after a later
     /// cut re-protected them; cuts and snapshot copies therefore re-check these runs with
@@ -79,6 +84,7 @@ impl RegionInner {
             dirty: AtomicBitmap::new(page_count as usize),
             epoch: AtomicU64::new(0),
             status: AtomicU8::new(LIVE),
+            gate: RwLock::new(()),
             suspect: Mutex::new(Vec::new()),
             has_suspect: AtomicBool::new(false),
             counters: RegionCounters::default(),
@@ -94,8 +100,22 @@ impl RegionInner {
         match self.status.load(Ordering::Acquire) {
             LIVE => None,
             UNMAPPED => Some(Invalidation::Unmapped),
-            _ => Some(Invalidation::Remapped),
+            REMAPPED => Some(Invalidation::Remapped),
+            _ => Some(Invalidation::Dropped),
         }
+    }
+
+    /// Held while copying live memory (see `gate`).
+    pub(crate) fn read_gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the region dropped, after every live copy in progress has finished.
+    pub(crate) fn close(&self) {
+        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .status
+            .compare_exchange(LIVE, DROPPED, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Marks the region dead because the application unmapped or moved it.
@@ -104,6 +124,7 @@ impl RegionInner {
         let v = match why {
             Invalidation::Unmapped => UNMAPPED,
             Invalidation::Remapped => REMAPPED,
+            Invalidation::Dropped => DROPPED,
         };
         let _ = self
             .status
@@ -410,9 +431,32 @@ impl Region {
     }
 
     /// Restores the region to `snapshot`'s content by rewriting only the pages written since
-    /// the snapshot; returns how many. The caller must quiesce the region's writers for the
-    /// duration (concurrent writes would be overwritten or interleave). The snapshot stays
-    /// valid: roll back as often as needed.
+    /// the previous rollback (or since the snapshot, the first time); returns how many.
+    ///
+    /// The rewritten pages are write-protected again afterwards, so each rollback costs the
+    /// pages the application touched since the last one, however long the snapshot lives
+    /// (the fuzzing reset: one snapshot, then scribble / rollback in a loop). The caller must
+    /// quiesce the region's writers for the duration (concurrent writes would be overwritten
+    /// or interleave). The snapshot stays valid: roll back as often as needed.
+    ///
+    /// Errors: [`SnapshotError::Discarded`] if the application `madvise`d away a page's
+    /// content at the snapshot before it was preserved (the region is then left as it is for
+    /// that page; other pages are rolled back by a later successful call only).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::atomic::Ordering::SeqCst;
+    /// let tracker = writewatch_core::Tracker::builder().build()?;
+    /// let region = tracker.map_anonymous(64 * 4096)?;
+    /// let w = region.as_atomic_u64();
+    /// let snap = region.snapshot()?;
+    /// for case in 1..=3u64 {
+    ///     w[(case as usize) * 512].store(case, SeqCst);   // one page per case
+    ///     assert_eq!(region.rollback(&snap)?, 1);          // costs that page only
+    ///     assert_eq!(w[(case as usize) * 512].load(SeqCst), 0);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn rollback(&self, snapshot: &Snapshot) -> Result<u64, SnapshotError> {
         if !Arc::ptr_eq(&snapshot.view.region, &self.inner) {
             return Err(SnapshotError::WrongRegion);
@@ -423,7 +467,60 @@ impl Region {
         self.shared
             .available()
             .map_err(SnapshotError::Unavailable)?;
-        snapshot.view.write_back()
+        let pages = snapshot.view.write_back()?;
+        let n = pages.len() as u64;
+        if n == 0 {
+            return Ok(0);
+        }
+        // Re-arm what was rewritten, so the next rollback only sees later writes. If that
+        // fails, the pages stay queued (rewritten again next time: more work, never less).
+        let id = self.inner.id;
+        let view = Arc::clone(&snapshot.view.0);
+        match self.shared.call(|reply| Command::Rearm {
+            id,
+            view,
+            pages,
+            reply,
+        }) {
+            Ok(Ok(())) => Ok(n),
+            Ok(Err(e)) => {
+                tracing::debug!(%e, "re-arming rolled-back pages failed; they stay queued");
+                Ok(n)
+            }
+            Err(u) => Err(SnapshotError::Unavailable(u)),
+        }
+    }
+
+    /// Prepares the whole region to be overwritten at memory speed (a bulk restore): every
+    /// page is marked dirty in the open epoch (its content is about to change), content that
+    /// live epochs and snapshots still need is preserved first, and write protection is
+    /// lifted from the whole range until the next cut, which re-arms it.
+    ///
+    /// Until that cut, writes do not fault (and are not individually recorded: every page is
+    /// already dirty). Cost: one protection change for the whole range, plus one copy per
+    /// page that a live epoch or snapshot still needs.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tracker = writewatch_core::Tracker::builder().build()?;
+    /// let region = tracker.map_anonymous(16 * 4096)?;
+    /// region.prepare_overwrite()?;
+    /// // SAFETY (of the example): no other reference to the region's memory is in use.
+    /// unsafe { region.as_mut_slice() }.fill(7);          // memcpy speed, no faults
+    /// assert_eq!(region.cut()?.dirty().len(), 16);       // every page reported, re-armed
+    /// assert!(region.cut()?.dirty().is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn prepare_overwrite(&self) -> Result<(), CutError> {
+        if let Some(reason) = self.inner.invalidation() {
+            return Err(CutError::Invalidated {
+                start: self.inner.start,
+                reason,
+            });
+        }
+        let id = self.inner.id;
+        self.shared
+            .call(|reply| Command::PrepareOverwrite { id, reply })?
     }
 
     /// Counters of this region.

@@ -272,8 +272,9 @@ struct Service {
     /// Faults whose page must be preserved but the copy budget is full: their writers stay
     /// blocked until readers free budget (back-pressure).
     deferred: Vec<Fault>,
-    /// Budget in use when faults were last deferred.
-    deferred_used: usize,
+    /// The budget's generation loaded before the attempt that deferred faults: they are
+    /// retried as soon as it moves (see `Budget::gen`).
+    deferred_gen: u64,
     scan_out: Vec<sys::PageRegion>,
     /// Output buffer of the async backend's harvest (grown when a pass fills it).
     async_out: Vec<sys::PageRegion>,
@@ -297,7 +298,7 @@ impl Service {
             evs: Vec::with_capacity(batch),
             pending: Vec::with_capacity(batch * 4),
             deferred: Vec::new(),
-            deferred_used: 0,
+            deferred_gen: 0,
             scan_out: vec![sys::EMPTY_PAGE_REGION; 512],
             tids: Vec::with_capacity(16),
             eager_due: None,
@@ -376,14 +377,17 @@ impl Service {
         }
     }
 
-    /// Moves deferred faults back to `pending` if budget was freed since they were deferred
-    /// (or a view was dropped: `woken`). The `waiting` flag was raised (SeqCst) when they were
-    /// deferred and this check loads the budget (SeqCst) before the thread blocks; freeing
-    /// sides return budget before lowering the flag and kicking. So a free can never slip
-    /// between this check and the sleep.
+    /// Moves deferred faults back to `pending` if anything that could let them proceed
+    /// happened since the attempt that deferred them (or a view was dropped: `woken`).
+    ///
+    /// No lost wake-up: the generation was loaded (SeqCst) *before* that attempt, and every
+    /// freeing side bumps it (SeqCst) before it looks at `waiting`. A free before our load of
+    /// the generation was seen by the attempt itself; a free after it moves the generation,
+    /// which this check (made before the thread blocks) sees; and a free after `waiting` was
+    /// raised also kicks the eventfd.
     fn retry_deferred(&mut self, woken: bool) {
-        let used = self.shared.budget.used.load(Ordering::SeqCst);
-        if woken || used < self.deferred_used {
+        let gen = self.shared.budget.gen.load(Ordering::SeqCst);
+        if woken || gen != self.deferred_gen {
             self.pending.append(&mut self.deferred);
         }
     }
@@ -550,6 +554,7 @@ impl Service {
         match why {
             Invalidation::Unmapped => c.unmap_events.fetch_add(1, Relaxed),
             Invalidation::Remapped => c.remap_events.fetch_add(1, Relaxed),
+            Invalidation::Dropped => 0,
         };
         tracing::debug!(
             start = format_args!("{start:#x}"),
@@ -637,6 +642,7 @@ impl Service {
             // still protected (their writers blocked), so the copies are their content at the cut.
             let views = entry.live_views();
             if !views.is_empty() {
+                let gen = shared.budget.gen.load(Ordering::SeqCst);
                 let verify = |p: u64| !inner.is_suspect(p) || shared.verify_protected(&inner, p);
                 let mut ok = true;
                 'pages: for p in first..=last {
@@ -651,7 +657,7 @@ impl Service {
                     // Budget full: keep the writers blocked; retried when readers free budget.
                     shared.counters.deferred.fetch_add(1, Relaxed);
                     shared.budget.waiting.store(true, Ordering::SeqCst);
-                    self.deferred_used = shared.budget.used.load(Ordering::SeqCst);
+                    self.deferred_gen = gen;
                     self.deferred.extend_from_slice(&faults[i..j]);
                     i = j;
                     continue;
@@ -786,6 +792,19 @@ impl Service {
             }
             Command::Snapshot { id, reply } => {
                 let r = self.snapshot(id);
+                let _ = reply.send(r);
+            }
+            Command::Rearm {
+                id,
+                view,
+                pages,
+                reply,
+            } => {
+                let r = self.rearm(id, &view, &pages);
+                let _ = reply.send(r);
+            }
+            Command::PrepareOverwrite { id, reply } => {
+                let r = self.prepare_overwrite(id);
                 let _ = reply.send(r);
             }
             Command::Shutdown { reply } => {
@@ -985,6 +1004,9 @@ impl Service {
         let Some(entry) = self.by_start.remove(&start) else {
             return Ok(());
         };
+        // Views that outlive the region must not read its live memory any more: after the
+        // release nothing holds its pages' content, and an adopted range may be unmapped.
+        entry.inner.close();
         match self.release(start, &entry) {
             Ok(()) => Ok(()),
             Err(e) if entry.inner.invalidation().is_none() => Err(e),
@@ -1152,8 +1174,14 @@ impl Service {
         let (start, inner) = self.region_by_id(id)?;
         let _g = tracing::debug_span!("snapshot", start = format_args!("{start:#x}")).entered();
         let _held = Holding::new(self.hook_slot(start));
+        // Pages the kernel un-protected behind our back (a madvise zap that ran after its
+        // REMOVE event was read) are dirty: re-protect them too, as a cut does.
+        let suspect = inner.suspect_runs();
+        for &(first, count) in &suspect {
+            self.mark_unprotected(&inner, first, count);
+        }
         let dirty = DirtySet::from_words(inner.page_size, inner.page_count, inner.dirty.snapshot());
-        self.reprotect_dirty(start, &inner, &dirty, &inner.suspect_runs())?;
+        self.reprotect_dirty(start, &inner, &dirty, &suspect)?;
         // Every dirty page is protected now (armed => protected holds).
         if let Some(eg) = self.eager_of(start) {
             for (first, count) in dirty.runs() {
@@ -1164,6 +1192,59 @@ impl Service {
         Ok(crate::Snapshot {
             view: self.attach_view(start, &inner, &all, Mode::Retain),
         })
+    }
+
+    /// Rollback's second step: re-protects the pages just rewritten from `view`'s copies
+    /// (faults held meanwhile), then lets the view mark those still equal to their copy CLEAN.
+    /// Dirty bits stay set (the pages were written in this epoch).
+    fn rearm(&mut self, id: u64, view: &View, pages: &[u64]) -> Result<(), CutError> {
+        let requeue = |e| {
+            view.requeue(pages);
+            e
+        };
+        let (start, inner) = self.region_by_id(id).map_err(requeue)?;
+        let _held = Holding::new(self.hook_slot(start));
+        let mut set = DirtySet::empty(inner.page_size, inner.page_count);
+        for &p in pages {
+            set.insert(p);
+        }
+        self.reprotect_runs(&inner, &set).map_err(requeue)?;
+        view.mark_clean(pages);
+        Ok(())
+    }
+
+    /// `Region::prepare_overwrite`: preserve every page live views still need, mark every
+    /// page dirty, then lift the protection of the whole range (dirty bit before un-protect).
+    fn prepare_overwrite(&mut self, id: u64) -> Result<(), CutError> {
+        let (start, inner) = self.region_by_id(id)?;
+        let _held = Holding::new(self.hook_slot(start));
+        let views = self
+            .by_start
+            .get_mut(&start)
+            .map(Entry::live_views)
+            .unwrap_or_default();
+        let shared = Arc::clone(&self.shared);
+        let verify = |p: u64| !inner.is_suspect(p) || shared.verify_protected(&inner, p);
+        for p in 0..inner.page_count {
+            for v in &views {
+                if !v.preserve(p, verify) {
+                    return Err(CutError::CopyBudget {
+                        budget: shared.budget.limit,
+                    });
+                }
+            }
+        }
+        let n = inner.page_count;
+        inner.dirty.set_range(0, n as usize);
+        if let Some(eg) = self.eager_of(start) {
+            eg.forget(0, n);
+        }
+        if self.backend == Backend::Mprotect {
+            sys::mprotect(start, inner.len, true).map_err(|errno| CutError::Protect { errno })?;
+        } else {
+            self.unprotect(start, inner.len);
+        }
+        Ok(())
     }
 
     /// Re-protects the pages of `set` that eager re-protection has not re-armed (all of them

@@ -29,7 +29,8 @@
 //!   so a zap racing with a copy is an error, never silently wrong data.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::dirty::DirtySet;
@@ -44,6 +45,9 @@ pub(crate) const PRESERVING: u8 = 3;
 pub(crate) const PRESERVED: u8 = 4;
 pub(crate) const RELEASED: u8 = 5;
 pub(crate) const LOST: u8 = 6;
+/// Retain mode only: preserved, and since the last rollback the live page equals the copy
+/// again and is write-protected (its next write faults and moves it back to PRESERVED).
+pub(crate) const CLEAN: u8 = 7;
 
 /// Errors of reading a page of an [`Epoch`](crate::Epoch) or [`Snapshot`], and of rollback.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -109,6 +113,11 @@ pub(crate) struct Budget {
     pub limit: usize,
     /// Set by the service thread while a fault waits for budget; the freeing side then wakes it.
     pub waiting: AtomicBool,
+    /// Bumped (SeqCst) by everything that can let a deferred fault proceed: budget returned, a
+    /// page that needed a copy no longer needs one (read, released, lost). The service thread
+    /// loads it before trying to preserve and retries deferred faults when it moved, so a
+    /// release between a failed `try_take` and raising `waiting` is never lost.
+    pub gen: AtomicU64,
     /// Recycled page buffers: a fresh heap page costs a page fault (~2 us) on first touch;
     /// a recycled one is already resident.
     pool: Mutex<Vec<Box<[u8]>>>,
@@ -120,6 +129,7 @@ impl Budget {
             used: AtomicUsize::new(0),
             limit,
             waiting: AtomicBool::new(false),
+            gen: AtomicU64::new(0),
             pool: Mutex::new(Vec::new()),
         }
     }
@@ -153,6 +163,13 @@ impl Budget {
 
     pub(crate) fn give(&self, bytes: usize, shared: &Shared) {
         self.used.fetch_sub(bytes, Ordering::SeqCst);
+        self.freed(shared);
+    }
+
+    /// A deferred fault may be able to proceed now (budget returned, or a page no longer
+    /// needs a copy): bump the generation, then wake the service thread if it waits.
+    pub(crate) fn freed(&self, shared: &Shared) {
+        self.gen.fetch_add(1, Ordering::SeqCst);
         if self.waiting.swap(false, Ordering::SeqCst) {
             shared.kick();
         }
@@ -185,6 +202,12 @@ pub(crate) struct View {
     pub state: Box<[AtomicU8]>,
     copies: Mutex<HashMap<u64, Box<[u8]>>>,
     pub mode: Mode,
+    /// Retain mode: pages that became PRESERVED since the last rollback (written after the
+    /// snapshot or after their last rollback), in no order, possibly repeated. Invariant: a
+    /// PRESERVED page of a retain view is in this list (rollback rewrites exactly these).
+    rewritten: Mutex<Vec<u64>>,
+    /// Set when any page becomes LOST (so rollback need not scan every state).
+    any_lost: AtomicBool,
 }
 
 impl std::fmt::Debug for View {
@@ -215,6 +238,8 @@ impl View {
             state,
             copies: Mutex::new(HashMap::new()),
             mode,
+            rewritten: Mutex::new(Vec::new()),
+            any_lost: AtomicBool::new(false),
         }
     }
 
@@ -292,15 +317,31 @@ impl View {
                     }
                     self.shared.budget.recycle(buf);
                     st.store(LOST, Ordering::Release);
+                    self.any_lost.store(true, Ordering::Release);
                     return Preserve::Done;
                 }
                 self.copies().insert(page, buf);
+                if self.mode == Mode::Retain {
+                    self.rewritten().push(page);
+                }
                 st.store(PRESERVED, Ordering::Release);
                 self.shared
                     .counters
                     .preserved
                     .fetch_add(1, Ordering::Relaxed);
                 Preserve::Done
+            }
+            // Rolled back and re-protected: written again, so the next rollback rewrites it.
+            CLEAN => {
+                if st
+                    .compare_exchange(CLEAN, PRESERVED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    self.rewritten().push(page);
+                    Preserve::Done
+                } else {
+                    Preserve::Busy
+                }
             }
             // The saver is reading the live page, or (in-thread mode) another faulting thread
             // is preserving it: un-protecting now would let this write land in the middle of
@@ -311,23 +352,42 @@ impl View {
     }
 
     /// Service thread: the application discarded this page's content (REMOVE event).
+    /// Content at the cut that was not preserved is gone (LOST); a CLEAN page (retain mode) is
+    /// no longer equal to its copy, so the next rollback must rewrite it.
     pub(crate) fn mark_lost(&self, page: u64) {
         let st = &self.state[page as usize];
         loop {
             let s = st.load(Ordering::Acquire);
-            if !matches!(s, PENDING | COPYING) {
-                return;
-            }
+            let next = match s {
+                PENDING | COPYING => LOST,
+                CLEAN => PRESERVED,
+                _ => return,
+            };
             if st
-                .compare_exchange(s, LOST, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
+                if next == LOST {
+                    self.any_lost.store(true, Ordering::Release);
+                    // The page needs no copy any more: a fault deferred for it may proceed.
+                    self.shared.budget.freed(&self.shared);
+                } else {
+                    self.rewritten().push(page);
+                }
                 return;
             }
         }
     }
 
+    fn rewritten(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.rewritten.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Reads page `page` as it was at the cut into `buf`.
+    ///
+    /// `buf` may be tracked memory (of this tracker or another): it is only written after
+    /// every page state this call moved has been settled, so a fault on `buf` never waits
+    /// for a page this call holds in COPYING.
     pub(crate) fn read(&self, page: u64, buf: &mut [u8]) -> Result<(), SnapshotError> {
         let pages = self.region.page_count;
         if page >= pages {
@@ -340,68 +400,25 @@ impl View {
             });
         }
         let st = &self.state[page as usize];
-        let after_read = if self.mode == Mode::Consume {
-            RELEASED
-        } else {
-            PENDING
-        };
         loop {
             match st.load(Ordering::Acquire) {
                 NOT_NEEDED => return Err(SnapshotError::NotInEpoch { page }),
                 RELEASED => return Err(SnapshotError::AlreadyConsumed { page }),
                 LOST => return Err(SnapshotError::Discarded { page }),
                 PENDING => {
-                    // Live pages are only unchanged while the tracker holds their faults.
-                    if let Some(why) = self.region.invalidation() {
-                        return Err(SnapshotError::Invalidated(why));
+                    let mut bounce = self.shared.budget.alloc(self.region.page_size);
+                    let r = self.read_live(page, &mut bounce);
+                    if let Ok(true) = r {
+                        buf.copy_from_slice(&bounce);
                     }
-                    self.shared
-                        .available()
-                        .map_err(SnapshotError::Unavailable)?;
-                    if st
-                        .compare_exchange(PENDING, COPYING, Ordering::AcqRel, Ordering::Acquire)
-                        .is_err()
-                    {
-                        continue;
+                    self.shared.budget.recycle(bounce);
+                    match r {
+                        Ok(true) => return Ok(()),
+                        Ok(false) => continue,
+                        Err(e) => return Err(e),
                     }
-                    let s1 = self.shared.read_seq.load(Ordering::SeqCst);
-                    self.region.copy_page(page, buf);
-                    // If the service thread read events during the copy, a REMOVE (madvise)
-                    // may have been delivered and its zap may have raced with the copy: wait
-                    // until that batch is processed (it marks such pages LOST and suspect).
-                    let mut s2 = self.shared.read_seq.load(Ordering::SeqCst);
-                    if s2 != s1 || s1 % 2 == 1 {
-                        while s2 % 2 == 1 {
-                            std::thread::yield_now();
-                            s2 = self.shared.read_seq.load(Ordering::SeqCst);
-                        }
-                    }
-                    // A shutdown or poisoning during the copy unregisters the range (writers
-                    // then proceed unblocked), so the copy may hold later writes. The state
-                    // is set before any range is released: if the tracker still runs after
-                    // the copy, the page stayed protected throughout.
-                    std::sync::atomic::fence(Ordering::SeqCst);
-                    if let Err(u) = self.shared.available() {
-                        st.store(PENDING, Ordering::Release);
-                        return Err(SnapshotError::Unavailable(u));
-                    }
-                    // A zap of a page in a range that ever got REMOVE can also come late:
-                    // verify that the page is still write-protected after the copy.
-                    let ok = !self.region.is_suspect(page)
-                        || self.shared.verify_protected(&self.region, page);
-                    let next = if ok { after_read } else { LOST };
-                    if st
-                        .compare_exchange(COPYING, next, Ordering::AcqRel, Ordering::Acquire)
-                        .is_err()
-                        || !ok
-                    {
-                        // Marked LOST by a REMOVE event while we copied.
-                        st.store(LOST, Ordering::Release);
-                        return Err(SnapshotError::Discarded { page });
-                    }
-                    return Ok(());
                 }
-                PRESERVED => {
+                PRESERVED | CLEAN => {
                     if self.mode == Mode::Retain {
                         // Copied out under the lock, into `buf` after it: `buf` may be tracked
                         // memory, and no lock a fault handler may take is held while writing it.
@@ -417,9 +434,9 @@ impl View {
                     let copy = self.copies().remove(&page);
                     match copy {
                         Some(c) => {
+                            st.store(RELEASED, Ordering::Release);
                             buf.copy_from_slice(&c);
                             self.shared.budget.recycle(c);
-                            st.store(RELEASED, Ordering::Release);
                             self.shared.budget.give(self.region.page_size, &self.shared);
                             return Ok(());
                         }
@@ -430,6 +447,73 @@ impl View {
                 _ => std::thread::yield_now(),
             }
         }
+    }
+
+    /// The PENDING case of [`read`](Self::read): copies the live (still write-protected) page
+    /// into `out`, which is untracked memory. Ok(false): the state moved meanwhile, retry.
+    fn read_live(&self, page: u64, out: &mut [u8]) -> Result<bool, SnapshotError> {
+        let st = &self.state[page as usize];
+        // Holding the gate, the region cannot be dropped (unregistered, then perhaps unmapped
+        // by its owner) while we copy: `Region::drop` closes it first.
+        let gate = self.region.read_gate();
+        // Live pages are only unchanged while the tracker holds their faults.
+        if let Some(why) = self.region.invalidation() {
+            return Err(SnapshotError::Invalidated(why));
+        }
+        self.shared
+            .available()
+            .map_err(SnapshotError::Unavailable)?;
+        if st
+            .compare_exchange(PENDING, COPYING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Ok(false);
+        }
+        let s1 = self.shared.read_seq.load(Ordering::SeqCst);
+        self.region.copy_page(page, out);
+        drop(gate);
+        // If the service thread read events during the copy, a REMOVE (madvise) may have been
+        // delivered and its zap may have raced with the copy: wait until that batch is
+        // processed (it marks such pages LOST and suspect).
+        let mut s2 = self.shared.read_seq.load(Ordering::SeqCst);
+        if s2 != s1 || s1 % 2 == 1 {
+            while s2 % 2 == 1 {
+                std::thread::yield_now();
+                s2 = self.shared.read_seq.load(Ordering::SeqCst);
+            }
+        }
+        // A shutdown or poisoning during the copy unregisters the range (writers then proceed
+        // unblocked), so the copy may hold later writes. The state is set before any range is
+        // released: if the tracker still runs after the copy, the page stayed protected
+        // throughout.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if let Err(u) = self.shared.available() {
+            st.store(PENDING, Ordering::Release);
+            return Err(SnapshotError::Unavailable(u));
+        }
+        // A zap of a page in a range that ever got REMOVE can also come late: verify that the
+        // page is still write-protected after the copy.
+        let ok = !self.region.is_suspect(page) || self.shared.verify_protected(&self.region, page);
+        let next = match (ok, self.mode) {
+            (false, _) => LOST,
+            (true, Mode::Consume) => RELEASED,
+            (true, Mode::Retain) => PENDING,
+        };
+        if st
+            .compare_exchange(COPYING, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+            || !ok
+        {
+            // Marked LOST by a REMOVE event while we copied.
+            st.store(LOST, Ordering::Release);
+            self.any_lost.store(true, Ordering::Release);
+            return Err(SnapshotError::Discarded { page });
+        }
+        if next == RELEASED {
+            // A fault deferred (copy budget full) on this page needs no copy any more.
+            self.shared.budget.freed(&self.shared);
+        }
+        Ok(true)
     }
 
     /// Releases a page without reading it (consume mode).
@@ -444,6 +528,8 @@ impl View {
                         .compare_exchange(PENDING, RELEASED, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                     {
+                        // A fault deferred on this page needs no copy any more.
+                        self.shared.budget.freed(&self.shared);
                         return;
                     }
                 }
@@ -469,27 +555,119 @@ impl View {
         v
     }
 
-    /// Writes every preserved page back into the live region (rollback). Returns the number
-    /// of pages rewritten, or the first LOST page.
-    pub(crate) fn write_back(&self) -> Result<u64, SnapshotError> {
-        if let Some((p, _)) = self
-            .state
-            .iter()
-            .enumerate()
-            .find(|(_, s)| s.load(Ordering::Acquire) == LOST)
-        {
-            return Err(SnapshotError::Discarded { page: p as u64 });
+    /// Rollback, step 1 (caller's thread, writers quiesced): finds the pages to rewrite and
+    /// writes their preserved content back into the live region. Returns the pages rewritten
+    /// (ascending), or the first page whose content at the snapshot is lost.
+    ///
+    /// The pages to rewrite are those written since the previous rollback (the `rewritten`
+    /// list, fed by faults and REMOVE events), plus CLEAN pages that a late madvise zap
+    /// un-protected (found with `PAGEMAP_SCAN` in the suspect runs). A PENDING page that is
+    /// not write-protected any more was changed without a fault: its content is lost.
+    pub(crate) fn write_back(&self) -> Result<Vec<u64>, SnapshotError> {
+        // A madvise that returned before this call had its REMOVE event read, but the batch
+        // holding it may not be processed yet (the page not yet LOST or suspect): wait until
+        // the batch in progress, if any, is done.
+        let s = self.shared.read_seq.load(Ordering::SeqCst);
+        if s % 2 == 1 {
+            while self.shared.read_seq.load(Ordering::SeqCst) == s {
+                std::thread::yield_now();
+            }
         }
-        // The writes are tracked (they fault): never made while holding the copy map's lock,
-        // which a fault handler may take (in-thread mode).
-        let pages = self.preserved_pages();
+        if self.any_lost.load(Ordering::Acquire) {
+            if let Some(p) = self
+                .state
+                .iter()
+                .position(|s| s.load(Ordering::Acquire) == LOST)
+            {
+                return Err(SnapshotError::Discarded { page: p as u64 });
+            }
+        }
+        let mut pages = std::mem::take(&mut *self.rewritten());
+        for p in self.unprotected_suspect_pages() {
+            let st = &self.state[p as usize];
+            match st.load(Ordering::Acquire) {
+                PENDING => {
+                    st.store(LOST, Ordering::Release);
+                    self.any_lost.store(true, Ordering::Release);
+                    self.rewritten().extend_from_slice(&pages);
+                    return Err(SnapshotError::Discarded { page: p });
+                }
+                CLEAN => {
+                    if st
+                        .compare_exchange(CLEAN, PRESERVED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        pages.push(p);
+                    }
+                }
+                _ => {}
+            }
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        // The writes are tracked (they fault if protected): never made while holding the copy
+        // map's lock, which a fault handler may take (in-thread mode).
         for &p in &pages {
             let copy = self.copies().get(&p).map(|c| c.to_vec());
             if let Some(c) = copy {
                 self.region.write_page(p, &c);
             }
         }
-        Ok(pages.len() as u64)
+        Ok(pages)
+    }
+
+    /// Pages of the region's suspect runs (ranges that got REMOVE) that are not
+    /// write-protected now. All of them when that cannot be determined.
+    fn unprotected_suspect_pages(&self) -> Vec<u64> {
+        let runs = self.region.suspect_runs();
+        if runs.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let r = &self.region;
+        let fd = self.shared.pagemap.as_ref().map(|f| f.as_raw_fd());
+        let mut scan_out = vec![crate::sys::EMPTY_PAGE_REGION; 256];
+        for (first, count) in runs {
+            let start = r.start + first as usize * r.page_size;
+            let end = start + count as usize * r.page_size;
+            let scanned = fd.map(|fd| {
+                crate::scan::unprotected(fd, start, end, &mut scan_out, |a, b| {
+                    out.extend(r.page_of(a)..=r.page_of(b.max(a + 1) - 1));
+                })
+            });
+            if !matches!(scanned, Some(Ok(_))) {
+                out.extend(first..first + count);
+            }
+        }
+        out
+    }
+
+    /// Queues `pages` for the next rollback again (re-arming them failed).
+    pub(crate) fn requeue(&self, pages: &[u64]) {
+        self.rewritten().extend_from_slice(pages);
+    }
+
+    /// Rollback, step 2 (service thread, faults held, `pages` just re-protected): pages whose
+    /// live content equals their copy become CLEAN, so the next rollback skips them unless
+    /// they are written again. A page that differs (a writer that was not quiesced) stays
+    /// PRESERVED and is queued for the next rollback: never silently skipped.
+    pub(crate) fn mark_clean(&self, pages: &[u64]) {
+        let mut live = vec![0u8; self.region.page_size];
+        for &p in pages {
+            let st = &self.state[p as usize];
+            if st.load(Ordering::Acquire) != PRESERVED {
+                continue;
+            }
+            self.region.copy_page(p, &mut live);
+            let equal = self.copies().get(&p).is_some_and(|c| **c == *live);
+            if !equal
+                || st
+                    .compare_exchange(PRESERVED, CLEAN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                self.rewritten().push(p);
+            }
+        }
     }
 }
 

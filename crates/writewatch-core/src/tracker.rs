@@ -530,6 +530,18 @@ pub(crate) enum Command {
         id: u64,
         reply: Sender<Result<crate::Snapshot, CutError>>,
     },
+    /// Rollback: re-protect `pages` (just rewritten from `view`'s copies) and mark them clean.
+    Rearm {
+        id: u64,
+        view: Arc<crate::snapshot::View>,
+        pages: Vec<u64>,
+        reply: Sender<Result<(), CutError>>,
+    },
+    /// `Region::prepare_overwrite`.
+    PrepareOverwrite {
+        id: u64,
+        reply: Sender<Result<(), CutError>>,
+    },
     Shutdown {
         reply: Sender<()>,
     },
