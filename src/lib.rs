@@ -5,7 +5,9 @@
 //! checkpoints on disk built from both.
 //!
 //! This crate is a facade: the engine is [`writewatch_core`] (re-exported at the top level),
-//! the on-disk store is [`checkpoint`].
+//! the on-disk store is [`checkpoint`](mod@checkpoint) ([`writewatch_checkpoint`]); the glue
+//! is [`save_epoch`] (an epoch into a store), [`restore_region`] (a checkpoint into a live
+//! region) and [`resume`] (a restart: continue a store from a new process).
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,7 +24,8 @@
 
 mod pipeline;
 
-pub use pipeline::{restore_region, save_epoch, RestoreRegionError, SaveError};
+pub use pipeline::{restore_region, resume, save_epoch, RestoreRegionError, Resumed, SaveError};
+/// The on-disk incremental checkpoint store (the `writewatch-checkpoint` crate).
 pub use writewatch_checkpoint as checkpoint;
 pub use writewatch_core::*;
 

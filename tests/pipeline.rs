@@ -80,12 +80,24 @@ fn round_trip_64mib_20_epochs_with_live_writers() {
         );
     }
     assert!(store.verify().unwrap().is_ok());
-    // Restore into the live (tracked) region: only differing pages are rewritten and they are
-    // reported dirty.
+    // Restore into the live (tracked) region: it reports how many pages differed, and every
+    // page is in the next cut (the region was overwritten as a whole).
     region.cut().unwrap();
+    // SAFETY: no writer is running any more.
+    let before = unsafe { region.as_slice() }.to_vec();
+    let differing = before
+        .chunks(4096)
+        .zip(copies[5].chunks(4096))
+        .filter(|(a, b)| a != b)
+        .count() as u64;
     let n = restore_region(&store, 5, &region).unwrap();
+    assert_eq!(n, differing);
     // SAFETY: no writer is running any more.
     assert!(unsafe { region.as_slice() } == &copies[5][..]);
-    assert_eq!(region.cut().unwrap().dirty().len() as u64, n);
+    assert_eq!(
+        region.cut().unwrap().dirty().len() as u64,
+        region.page_count()
+    );
+    assert!(region.cut().unwrap().dirty().is_empty(), "re-armed");
     let _ = std::fs::remove_dir_all(&dir);
 }
