@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use writewatch_checkpoint::{Geometry, SegmentInfo, SliceSource, Store, WriteError};
+use writewatch_checkpoint::{Geometry, SegmentInfo, Store, WriteError};
 use writewatch_core::{CutError, Epoch, Region, SnapshotError};
 
 /// Errors of [`save_epoch`].
@@ -98,12 +98,15 @@ pub fn save_epoch(store: &mut Store, epoch: &Epoch) -> Result<SegmentInfo, SaveE
     r
 }
 
+fn geometry(epoch: &Epoch) -> Geometry {
+    Geometry {
+        page_size: epoch.dirty().page_size(),
+        page_count: epoch.dirty().page_count(),
+    }
+}
+
 fn write_epoch(store: &mut Store, epoch: &Epoch) -> Result<SegmentInfo, SaveError> {
-    let dirty = epoch.dirty();
-    let geometry = Geometry {
-        page_size: dirty.page_size(),
-        page_count: dirty.page_count(),
-    };
+    let geometry = geometry(epoch);
     let number = store.next_epoch();
     let mut w = if store.head().is_none() {
         store.begin_base(number, geometry)?
@@ -182,46 +185,41 @@ fn check_geometry(store: &Store, region: &Region) -> Result<(), RestoreRegionErr
     }
 }
 
-/// Copies `src` into the region at memory speed; returns how many pages differed.
-fn overwrite(region: &Region, src: &[u8]) -> Result<u64, RestoreRegionError> {
+/// Restores `epoch` into the whole region at memory speed.
+fn overwrite(store: &Store, epoch: u64, region: &Region) -> Result<(), RestoreRegionError> {
+    check_geometry(store, region)?;
+    // Fail early (region untouched) on a missing epoch.
+    if !store.segments().iter().any(|s| s.epoch == epoch) {
+        return Err(if store.head().is_none() {
+            writewatch_checkpoint::RestoreError::Empty
+        } else {
+            writewatch_checkpoint::RestoreError::NoSuchEpoch(epoch)
+        }
+        .into());
+    }
+    // Every page is about to change: mark them all dirty and lift write protection until the
+    // next cut, so the restore runs at memory speed. If the restore then fails (the store is
+    // verified before the region is written) the content is unchanged and the extra dirty
+    // pages only make the next checkpoint larger.
     region
         .prepare_overwrite()
         .map_err(RestoreRegionError::Region)?;
-    let ps = region.page_size();
-    let words = region.as_atomic_u64();
-    let wpp = ps / 8;
-    let mut rewritten = 0;
-    // Atomic (relaxed) word accesses keep this sound even if the caller breaks the
-    // quiescence contract; with write protection lifted they run at memory speed.
-    for (page, src) in src.chunks_exact(ps).enumerate() {
-        let dst = &words[page * wpp..(page + 1) * wpp];
-        let src: &[u64] = bytemuck::cast_slice(src);
-        let differs = dst
-            .iter()
-            .zip(src)
-            .any(|(w, s)| w.load(Ordering::Relaxed) != *s);
-        if differs {
-            for (w, s) in dst.iter().zip(src) {
-                w.store(*s, Ordering::Relaxed);
-            }
-            rewritten += 1;
-        }
-    }
-    Ok(rewritten)
+    store.restore_into_words(epoch, region.as_atomic_u64())?;
+    Ok(())
 }
 
-/// Restores checkpoint `epoch` into an existing tracked `region` and returns how many pages
-/// differed (and were rewritten).
+/// Restores checkpoint `epoch` into an existing tracked `region`.
 ///
-/// The checkpoint is read and every checksum verified *before* the region is touched, so a
-/// corrupt store leaves the region unchanged. The region is then overwritten at memory speed
-/// ([`Region::prepare_overwrite`]): every page of the region is reported in its open epoch,
-/// so the next checkpoint records the restored image (zero pages as zero runs, which cost no
-/// data). The caller must quiesce the region's writers for the duration. Memory: the epoch is
-/// first restored into a temporary mapping of the region's size.
+/// Every checksum involved is verified *before* the region is touched, so a corrupt store
+/// leaves the region's content unchanged. The region is then overwritten at memory speed
+/// ([`Region::prepare_overwrite`], then the kernel reads the checkpoint straight into the
+/// region): every page of the region is reported in its open epoch, so the next checkpoint
+/// records the restored image (zero pages as zero runs, which cost no data). The caller must
+/// quiesce the region's writers for the duration (their writes would interleave with the
+/// restore). No temporary copy of the region is made.
 ///
 /// To continue checkpointing into the same store from this content (a restart), use
-/// [`resume`], which also closes the epoch so the next checkpoint is small.
+/// [`resume`], which also closes that epoch so the next checkpoint is small.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -235,27 +233,18 @@ fn overwrite(region: &Region, src: &[u8]) -> Result<u64, RestoreRegionError> {
 /// save_epoch(&mut store, &region.cut()?)?;
 /// region.as_atomic_u64()[0].store(2, SeqCst);
 /// region.as_atomic_u64()[512].store(3, SeqCst);
-/// assert_eq!(restore_region(&store, 0, &region)?, 2);
+/// restore_region(&store, 0, &region)?;
 /// assert_eq!(region.as_atomic_u64()[0].load(SeqCst), 1);
 /// assert_eq!(region.as_atomic_u64()[512].load(SeqCst), 0);
+/// assert_eq!(region.cut()?.dirty().len(), 8);                // every page reported
 /// # std::fs::remove_dir_all(&dir)?; Ok(()) }
 /// ```
 pub fn restore_region(
     store: &Store,
     epoch: u64,
     region: &Region,
-) -> Result<u64, RestoreRegionError> {
-    check_geometry(store, region)?;
-    let restored = store.restore(epoch)?;
-    if restored.len() != region.len() {
-        return Err(RestoreRegionError::Geometry {
-            store_pages: (restored.len() / region.page_size()) as u64,
-            store_page_size: region.page_size(),
-            region_pages: region.page_count(),
-            region_page_size: region.page_size(),
-        });
-    }
-    overwrite(region, restored.as_slice())
+) -> Result<(), RestoreRegionError> {
+    overwrite(store, epoch, region)
 }
 
 /// What [`resume`] did.
@@ -269,8 +258,6 @@ pub struct Resumed {
     pub head: u64,
     /// Whether a new base was written (an older epoch than the head was resumed).
     pub rebased: bool,
-    /// Pages that differed from the region's previous content.
-    pub pages_rewritten: u64,
 }
 
 /// Restart-and-resume: makes `region` continue `store` from checkpoint `epoch` (default: the
@@ -327,34 +314,39 @@ pub fn resume(
             restored: 0,
             head: 0,
             rebased: false,
-            pages_rewritten: 0,
         });
     };
     let epoch = epoch.unwrap_or(head);
-    check_geometry(store, region)?;
-    let restored = store.restore(epoch)?;
-    let pages_rewritten = overwrite(region, restored.as_slice())?;
+    overwrite(store, epoch, region)?;
     // The region now holds the epoch's content; its open epoch (every page) is accounted for.
-    drop(region.cut().map_err(RestoreRegionError::Cut)?);
+    let ep = region.cut().map_err(RestoreRegionError::Cut)?;
     let mut new_head = head;
     if epoch != head {
-        let src = SliceSource::new(restored.as_slice(), region.page_size())
-            .map_err(|e| RestoreRegionError::Write(WriteError::InvalidInput(e.to_string())))?;
-        new_head = store
-            .write_base(&src)
-            .map_err(RestoreRegionError::Write)?
-            .epoch;
+        // The store's newest checkpoint is not this content: record it as a new base.
+        let mut w = store
+            .begin_base(store.next_epoch(), geometry(&ep))
+            .map_err(RestoreRegionError::Write)?;
+        let words = region.as_atomic_u64();
+        let wpp = region.page_size() / 8;
+        let mut page = vec![0u8; region.page_size()];
+        for p in 0..region.page_count() as usize {
+            for (b, w) in page.chunks_exact_mut(8).zip(&words[p * wpp..(p + 1) * wpp]) {
+                b.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+            }
+            w.push_page(p as u64, &page)
+                .map_err(RestoreRegionError::Write)?;
+        }
+        new_head = w.commit().map_err(RestoreRegionError::Write)?.epoch;
     }
+    drop(ep);
     tracing::info!(
         restored = epoch,
         head = new_head,
-        pages_rewritten,
         "resumed the region from the store"
     );
     Ok(Resumed {
         restored: epoch,
         head: new_head,
         rebased: epoch != head,
-        pages_rewritten,
     })
 }

@@ -311,3 +311,40 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     d
 }
+
+/// The checksums are verified before the region is written: restoring from a store whose
+/// data is corrupt fails and leaves the region's content as it was.
+#[test]
+fn restore_region_from_a_corrupt_store_leaves_the_region_unchanged() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let tmp = tempfile_dir("corrupt-restore");
+    let mut store = Store::create(&tmp).unwrap();
+    let tracker = Tracker::builder().build().unwrap();
+    let region = tracker.map_anonymous(PAGES * 4096).unwrap();
+    let words = region.as_atomic_u64();
+    for s in 0..3 {
+        step(s, |i, v| words[i].store(v, SeqCst));
+        save_epoch(&mut store, &region.cut().unwrap()).unwrap();
+    }
+    step(3, |i, v| words[i].store(v, SeqCst));
+    let before: Vec<u64> = words.iter().map(|w| w.load(SeqCst)).collect();
+    // Flip one byte of the newest segment's page data.
+    let seg = tmp.join(store.head().unwrap().file_name);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[writewatch::checkpoint::format::HEADER_LEN + 100] ^= 0x40;
+    std::fs::write(&seg, bytes).unwrap();
+    match writewatch::restore_region(&store, 2, &region) {
+        Err(writewatch::RestoreRegionError::Store(
+            writewatch::checkpoint::RestoreError::Corrupt(_),
+        )) => {}
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+    assert!(words
+        .iter()
+        .map(|w| w.load(SeqCst))
+        .eq(before.iter().copied()));
+    drop(store);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

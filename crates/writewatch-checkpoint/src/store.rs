@@ -1015,6 +1015,38 @@ impl Store {
         plan.restore_into(dst, false, self.progress.as_ref())
     }
 
+    /// Restores `epoch` into memory seen as 64-bit words (`dst` must be exactly the region
+    /// length): for example a live region that other code reads through atomics.
+    ///
+    /// Every checksum the restore needs is verified (and compressed runs decoded) in a first
+    /// pass, **before** `dst` is touched: a corrupt store leaves `dst` unchanged. Then pages
+    /// that are zero at `epoch` are zeroed (words already zero are not written), raw runs are
+    /// read by the kernel straight into `dst`, and the rest is copied with relaxed atomic
+    /// stores. Concurrent writers to `dst` would interleave with the restore (no undefined
+    /// behaviour, but no meaningful content either): quiesce them.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    /// use writewatch_checkpoint::{SliceSource, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let mut store = Store::create(dir.path().join("s"))?;
+    /// let mut image = vec![0u8; 2 * 4096];
+    /// image[4096..4104].copy_from_slice(&9u64.to_ne_bytes());
+    /// store.write_base(&SliceSource::new(&image, 4096)?)?;
+    /// let words: Vec<AtomicU64> = (0..1024).map(|_| AtomicU64::new(1)).collect();
+    /// store.restore_into_words(0, &words)?;
+    /// assert_eq!((words[0].load(Relaxed), words[512].load(Relaxed)), (0, 9));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn restore_into_words(
+        &self,
+        epoch: u64,
+        dst: &[std::sync::atomic::AtomicU64],
+    ) -> Result<(), RestoreError> {
+        let plan = self.plan(epoch)?;
+        plan.restore_into_words(dst, self.progress.as_ref())
+    }
+
     /// Restores `epoch` as a plain image file at `path` (sparse: zero pages
     /// are holes). The image is written to a temporary name next to `path`,
     /// fsynced and renamed, so `path` never holds a partial image.
