@@ -348,3 +348,51 @@ fn restore_region_from_a_corrupt_store_leaves_the_region_unchanged() {
     drop(store);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// `resume` and `restore_region` work on every backend (they rely on
+/// `Region::prepare_overwrite`), and tracking is re-armed afterwards.
+#[test]
+fn resume_on_every_backend() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let tmp = tempfile_dir("every-backend");
+    let mut store = Store::create(&tmp).unwrap();
+    let model = model_upto(2);
+    {
+        let tracker = Tracker::builder().build().unwrap();
+        let region = tracker.map_anonymous(PAGES * 4096).unwrap();
+        let words = region.as_atomic_u64();
+        for s in 0..=2 {
+            step(s, |i, v| words[i].store(v, SeqCst));
+            save_epoch(&mut store, &region.cut().unwrap()).unwrap();
+        }
+    }
+    for backend in [
+        writewatch::Backend::SyncUffd,
+        writewatch::Backend::AsyncUffd,
+        writewatch::Backend::Mprotect,
+    ] {
+        let tracker = Tracker::builder().backend(backend).build().unwrap();
+        let region = tracker.map_anonymous(PAGES * 4096).unwrap();
+        let head = store.head().unwrap().epoch;
+        let r = resume(&mut store, &region, Some(head)).unwrap();
+        let words = region.as_atomic_u64();
+        let now: Vec<u64> = words.iter().map(|w| w.load(SeqCst)).collect();
+        assert!(now == model[2], "{backend:?}: resumed content");
+        assert!(!r.rebased);
+        words[3 * WPP].store(77, SeqCst);
+        let dirty: Vec<u64> = region.cut().unwrap().dirty().iter().collect();
+        assert_eq!(dirty, vec![3], "{backend:?}: re-armed after the resume");
+        writewatch::restore_region(&store, 0, &region).unwrap();
+        let now: Vec<u64> = words.iter().map(|w| w.load(SeqCst)).collect();
+        assert!(now == model[0], "{backend:?}: restore_region content");
+        assert_eq!(
+            region.cut().unwrap().dirty().len() as u64,
+            region.page_count(),
+            "{backend:?}"
+        );
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
