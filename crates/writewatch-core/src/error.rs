@@ -106,6 +106,16 @@ pub enum BuildError {
         /// How to resolve it.
         fix: &'static str,
     },
+    /// A builder value the tracker cannot use.
+    #[error("invalid {what}: {why}; {fix}")]
+    InvalidOption {
+        /// The builder option.
+        what: &'static str,
+        /// What is wrong with the value.
+        why: &'static str,
+        /// How to fix it.
+        fix: &'static str,
+    },
 }
 
 /// Errors of [`Tracker::map_anonymous`](crate::Tracker::map_anonymous),
@@ -144,6 +154,51 @@ pub enum MapError {
         existing_start: usize,
         /// Existing region's end.
         existing_end: usize,
+    },
+    /// The range overlaps a range another tracker of this process already tracks.
+    #[error(
+        "the range {start:#x}..{end:#x} overlaps {existing_start:#x}..{existing_end:#x}, which another \
+         tracker ({by}) already tracks: two trackers on one page would each miss the other's writes; \
+         drop that tracker's Region first, or adopt a range disjoint from it"
+    )]
+    TrackedElsewhere {
+        /// Requested start.
+        start: usize,
+        /// Requested end.
+        end: usize,
+        /// Start of the range already tracked (for a userfaultfd tracker: of its mapping).
+        existing_start: usize,
+        /// End of the range already tracked.
+        existing_end: usize,
+        /// Which kind of tracker (`"mprotect backend"` or `"userfaultfd"`).
+        by: &'static str,
+    },
+    /// The range holds memory the tracker itself (or the allocator it uses) writes.
+    #[error(
+        "the range {start:#x}..{end:#x} contains {what} at {addr:#x}: tracking it would make the \
+         tracker fault on its own state (a hang or a lost write); track memory the tracker does not \
+         use: allocate it with Tracker::map_anonymous / map_shared, or adopt your own mmap'd range"
+    )]
+    OwnMemory {
+        /// Requested start.
+        start: usize,
+        /// Requested end.
+        end: usize,
+        /// What lives there (e.g. `"the process heap ([heap])"`).
+        what: &'static str,
+        /// An address of it inside the range.
+        addr: usize,
+    },
+    /// The mapping is not readable and writable.
+    #[error(
+        "the mapping at {addr:#x} is {perms}: a tracked region must be mapped readable and writable \
+         (its safe accessors write it); mprotect it PROT_READ|PROT_WRITE before adopting it"
+    )]
+    NotReadWrite {
+        /// Start of the offending mapping.
+        addr: usize,
+        /// Its permissions as in `/proc/self/maps` (e.g. `r--p`).
+        perms: String,
     },
     /// Part of the range is not mapped.
     #[error("address {addr:#x} in the range is not mapped")]

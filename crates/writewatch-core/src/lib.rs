@@ -24,10 +24,12 @@
 //! invariants; [`probe()`] for what the running kernel offers.
 #![deny(unsafe_code)]
 
+mod arena;
 mod bitmap;
 mod dirty;
 mod error;
 mod inthread;
+mod placed;
 mod probe;
 mod region;
 mod scan;
@@ -36,13 +38,19 @@ mod snapshot;
 mod stats;
 mod sys;
 mod tracker;
+mod typed;
 
+pub use arena::{Arena, ArenaError, Handle, SliceHandle};
 pub use dirty::{DirtySet, Runs};
 pub use error::{
     BuildError, CutAndCopyError, CutError, Invalidation, MapError, RegionError, Unavailable,
 };
+pub use placed::MapAtError;
 pub use probe::{probe, Access, Feature, Probe};
 pub use region::{CutStats, Epoch, EpochReader, Region, RegionKind};
 pub use snapshot::{Snapshot, SnapshotError};
-pub use stats::{EpochStat, Histogram, RegionStats, ThreadFaults, TrackerStats};
+pub use stats::{
+    EpochStat, Histogram, HistogramSummary, NotEarlier, RegionStats, ThreadFaults, TrackerStats,
+};
 pub use tracker::{Backend, Features, Purpose, Tracker, TrackerBuilder};
+pub use typed::{AccessError, AtomicView, TypedReadError};

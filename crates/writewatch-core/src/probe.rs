@@ -44,6 +44,7 @@ pub enum Access {
 
 /// A capability the probe reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum Feature {
     /// `UFFD_FEATURE_PAGEFAULT_FLAG_WP`: write-protect faults on private anonymous memory.
     PagefaultFlagWp,
@@ -141,12 +142,17 @@ impl Feature {
 
 /// What this kernel and process can do; see [`probe()`].
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Probe {
     /// `uname -r`.
     pub kernel_release: String,
     /// Parsed `(major, minor, patch)` of the release.
     pub kernel_version: (u32, u32, u32),
     /// How a userfaultfd can be obtained.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::stats::serialize_debug")
+    )]
     pub access: Access,
     /// `UFFD_FEATURE_*` bits the kernel offers (0 when no userfaultfd could be opened).
     pub features: u64,

@@ -14,6 +14,7 @@ use crate::tracker::{Command, Shared};
 
 /// The kind of memory behind a region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum RegionKind {
     /// Private anonymous memory (write-protect needs kernel >= 5.7).
     Anonymous,
@@ -440,8 +441,14 @@ impl Region {
     /// or interleave). The snapshot stays valid: roll back as often as needed.
     ///
     /// Errors: [`SnapshotError::Discarded`] if the application `madvise`d away a page's
-    /// content at the snapshot before it was preserved (the region is then left as it is for
-    /// that page; other pages are rolled back by a later successful call only).
+    /// content at the snapshot before it was preserved. Nothing is rewritten then, and the
+    /// snapshot can never be rolled back completely again (every later call fails the same
+    /// way): take a new snapshot. (Even a page that was never touched counts: its zeros are
+    /// not kept, and a zap cannot be told from a page that never had content.)
+    ///
+    /// The rewrites are tracked writes: while epochs of this tracker are alive and unread and
+    /// the copy budget is full, they wait for readers like any writer (so do not roll back
+    /// on the thread that should drain those epochs).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -553,6 +560,7 @@ impl Drop for Region {
 
 /// Cost figures of one cut.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CutStats {
     /// `UFFDIO_WRITEPROTECT` calls made to re-arm the dirty pages.
     pub protect_ioctls: u64,
@@ -695,7 +703,12 @@ pub(crate) struct Vma {
     pub start: usize,
     pub end: usize,
     pub shared: bool,
+    pub readable: bool,
     pub writable: bool,
+    /// The permission field as printed (`rw-p`), for error messages.
+    pub perms: String,
+    /// Registered for userfaultfd write-protect (`uw` in `VmFlags`) by some userfaultfd.
+    pub uffd_wp: bool,
     pub path: String,
     pub kernel_page_size: usize,
     pub hugetlb: bool,
@@ -719,8 +732,11 @@ pub(crate) fn parse_smaps(text: &str) -> Vec<Vma> {
                 out.push(Vma {
                     start,
                     end,
+                    readable: perms.as_bytes().first() == Some(&b'r'),
                     writable: perms.as_bytes().get(1) == Some(&b'w'),
                     shared: perms.as_bytes().get(3) == Some(&b's'),
+                    perms: perms.to_string(),
+                    uffd_wp: false,
                     path,
                     kernel_page_size: 0,
                     hugetlb: false,
@@ -737,7 +753,15 @@ pub(crate) fn parse_smaps(text: &str) -> Vec<Vma> {
                     .unwrap_or(0)
                     * 1024;
             }
-            "VmFlags:" => v.hugetlb = fields.any(|f| f == "ht"),
+            "VmFlags:" => {
+                for f in fields {
+                    match f {
+                        "ht" => v.hugetlb = true,
+                        "uw" => v.uffd_wp = true,
+                        _ => {}
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -750,7 +774,7 @@ pub(crate) fn classify(v: &Vma) -> Result<RegionKind, String> {
         return Ok(RegionKind::Hugetlb);
     }
     let p = v.path.as_str();
-    if p.is_empty() || p == "[heap]" || p.starts_with("[stack") || p.starts_with("[anon:") {
+    if p.is_empty() || p.starts_with("[anon:") {
         return Ok(if v.shared {
             RegionKind::Shmem
         } else {
@@ -771,7 +795,9 @@ pub(crate) fn classify(v: &Vma) -> Result<RegionKind, String> {
     Err(format!("file-backed mapping of {p}"))
 }
 
-/// Checks that `[start, end)` is fully mapped by adoptable VMAs of one kind and page size.
+/// Checks that `[start, end)` is fully mapped by adoptable VMAs of one kind and page size:
+/// readable and writable, and not the process heap or the main stack (the allocator and the
+/// tracker's own threads write there).
 pub(crate) fn check_adoptable(
     vmas: &[Vma],
     start: usize,
@@ -784,10 +810,29 @@ pub(crate) fn check_adoptable(
         if v.start > cursor {
             return Err(MapError::NotMapped { addr: cursor });
         }
+        let p = v.path.as_str();
+        if p == "[heap]" || p.starts_with("[stack") {
+            return Err(MapError::OwnMemory {
+                start,
+                end,
+                what: if p == "[heap]" {
+                    "the process heap ([heap]), where the allocator the tracker uses keeps its state"
+                } else {
+                    "the main thread's stack ([stack])"
+                },
+                addr: v.start.max(start),
+            });
+        }
         let kind = classify(v).map_err(|what| MapError::UnsupportedMemory {
             addr: v.start,
             what,
         })?;
+        if !(v.readable && v.writable) {
+            return Err(MapError::NotReadWrite {
+                addr: v.start,
+                perms: v.perms.clone(),
+            });
+        }
         let ps = if v.kernel_page_size == 0 {
             sys::base_page_size()
         } else {
@@ -817,6 +862,14 @@ pub(crate) fn check_adoptable(
         return Err(MapError::NotMapped { addr: cursor });
     }
     found.ok_or(MapError::NotMapped { addr: start })
+}
+
+/// The first VMA of `[start, end)` registered with a userfaultfd for write-protect (`uw`),
+/// as `(vma start, vma end)`.
+pub(crate) fn uffd_wp_overlap(vmas: &[Vma], start: usize, end: usize) -> Option<(usize, usize)> {
+    vmas.iter()
+        .find(|v| v.end > start && v.start < end && v.uffd_wp)
+        .map(|v| (v.start, v.end))
 }
 
 #[cfg(test)]
@@ -849,6 +902,36 @@ VmFlags: rd mr mw me sd
         assert_eq!(v[2].kernel_page_size, 2 << 20);
         assert_eq!(classify(&v[2]), Ok(RegionKind::Hugetlb));
         assert!(classify(&v[3]).is_err());
+    }
+
+    #[test]
+    fn refuses_heap_stack_and_non_read_write() {
+        let text = "\
+5600000000-5600004000 rw-p 00000000 00:00 0                              [heap]
+7ff000000000-7ff000004000 rw-p 00000000 00:00 0                          [stack]
+7f1000000000-7f1000004000 r--p 00000000 00:00 0 
+7f2000000000-7f2000004000 rw-p 00000000 00:00 0 
+VmFlags: rd wr mr mw me ac sd uw 
+";
+        let v = parse_smaps(text);
+        assert!(!v[2].writable && v[2].readable && v[2].perms == "r--p");
+        assert!(v[3].uffd_wp && !v[0].uffd_wp);
+        assert!(matches!(
+            check_adoptable(&v, 0x56_0000_0000, 0x56_0000_1000),
+            Err(crate::MapError::OwnMemory { .. })
+        ));
+        assert!(matches!(
+            check_adoptable(&v, 0x7ff0_0000_1000, 0x7ff0_0000_2000),
+            Err(crate::MapError::OwnMemory { .. })
+        ));
+        assert!(matches!(
+            check_adoptable(&v, 0x7f10_0000_0000, 0x7f10_0000_1000),
+            Err(crate::MapError::NotReadWrite { .. })
+        ));
+        assert_eq!(
+            uffd_wp_overlap(&v, 0x7f20_0000_1000, 0x7f20_0000_2000),
+            Some((0x7f20_0000_0000, 0x7f20_0000_4000))
+        );
     }
 
     #[test]

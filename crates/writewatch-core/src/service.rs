@@ -1127,7 +1127,7 @@ impl Service {
         let view = if set.is_empty() || self.backend != Backend::SyncUffd {
             None
         } else {
-            Some(self.attach_view(start, &inner, &set, Mode::Consume))
+            Some(self.attach_view(start, &inner, Some(&set), Mode::Consume))
         };
         if let Ok(mut h) = inner.counters.history.lock() {
             if h.len() == HISTORY {
@@ -1188,9 +1188,8 @@ impl Service {
                 eg.arm(first, count);
             }
         }
-        let all = DirtySet::full(inner.page_size, inner.page_count);
         Ok(crate::Snapshot {
-            view: self.attach_view(start, &inner, &all, Mode::Retain),
+            view: self.attach_view(start, &inner, None, Mode::Retain),
         })
     }
 
@@ -1273,7 +1272,7 @@ impl Service {
         &mut self,
         start: usize,
         inner: &Arc<RegionInner>,
-        needed: &DirtySet,
+        needed: Option<&DirtySet>,
         mode: Mode,
     ) -> crate::snapshot::ViewHandle {
         let v = Arc::new(View::new(

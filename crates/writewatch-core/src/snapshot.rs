@@ -195,11 +195,55 @@ pub(crate) enum Mode {
     Retain,
 }
 
+/// The per-page states of a view, stored XOR `base` so a view that needs every page
+/// (`base` = PENDING: a snapshot) starts from zeroed memory: O(1) to create however large
+/// the region, and its untouched pages never cost memory.
+struct States {
+    cells: Box<[AtomicU8]>,
+    base: u8,
+}
+
+/// One page's state cell (the `AtomicU8` API, translated through the base).
+#[derive(Clone, Copy)]
+struct Cell<'a>(&'a AtomicU8, u8);
+
+impl Cell<'_> {
+    fn load(self, o: Ordering) -> u8 {
+        self.0.load(o) ^ self.1
+    }
+    fn store(self, v: u8, o: Ordering) {
+        self.0.store(v ^ self.1, o)
+    }
+    fn compare_exchange(self, cur: u8, new: u8, ok: Ordering, err: Ordering) -> Result<u8, u8> {
+        self.0
+            .compare_exchange(cur ^ self.1, new ^ self.1, ok, err)
+            .map(|v| v ^ self.1)
+            .map_err(|v| v ^ self.1)
+    }
+}
+
+impl States {
+    fn get(&self, page: u64) -> Option<Cell<'_>> {
+        Some(Cell(self.cells.get(page as usize)?, self.base))
+    }
+    fn at(&self, page: u64) -> Cell<'_> {
+        Cell(&self.cells[page as usize], self.base)
+    }
+    fn len(&self) -> usize {
+        self.cells.len()
+    }
+    fn position(&self, state: u8) -> Option<usize> {
+        self.cells
+            .iter()
+            .position(|c| c.load(Ordering::Acquire) ^ self.base == state)
+    }
+}
+
 /// A copy-before-write view of a region at one cut.
 pub(crate) struct View {
     pub region: Arc<RegionInner>,
     pub shared: Arc<Shared>,
-    pub state: Box<[AtomicU8]>,
+    state: States,
     copies: Mutex<HashMap<u64, Box<[u8]>>>,
     pub mode: Mode,
     /// Retain mode: pages that became PRESERVED since the last rollback (written after the
@@ -223,14 +267,20 @@ impl View {
     pub(crate) fn new(
         region: Arc<RegionInner>,
         shared: Arc<Shared>,
-        needed: &DirtySet,
+        needed: Option<&DirtySet>,
         mode: Mode,
     ) -> Self {
-        let state: Box<[AtomicU8]> = (0..region.page_count)
-            .map(|_| AtomicU8::new(NOT_NEEDED))
-            .collect();
-        for p in needed.iter() {
-            state[p as usize].store(PENDING, Ordering::Relaxed);
+        // A view of every page (`needed` None: a snapshot) needs no per-page initialisation.
+        let state = States {
+            cells: crate::sys::zeroed_atomic_u8s(region.page_count as usize),
+            base: if needed.is_none() {
+                PENDING
+            } else {
+                NOT_NEEDED
+            },
+        };
+        for p in needed.iter().flat_map(|d| d.iter()) {
+            state.at(p).store(PENDING, Ordering::Relaxed);
         }
         Self {
             region,
@@ -274,7 +324,7 @@ impl View {
     /// fault handler uses (it must not wait inside its in-flight section; on `Busy` it leaves
     /// it and retries).
     pub(crate) fn try_preserve(&self, page: u64, verify: &impl Fn(u64) -> bool) -> Preserve {
-        let st = &self.state[page as usize];
+        let st = self.state.at(page);
         let ps = self.region.page_size;
         match st.load(Ordering::Acquire) {
             PENDING => {
@@ -355,7 +405,7 @@ impl View {
     /// Content at the cut that was not preserved is gone (LOST); a CLEAN page (retain mode) is
     /// no longer equal to its copy, so the next rollback must rewrite it.
     pub(crate) fn mark_lost(&self, page: u64) {
-        let st = &self.state[page as usize];
+        let st = self.state.at(page);
         loop {
             let s = st.load(Ordering::Acquire);
             let next = match s {
@@ -399,7 +449,7 @@ impl View {
                 page_size: self.region.page_size,
             });
         }
-        let st = &self.state[page as usize];
+        let st = self.state.at(page);
         loop {
             match st.load(Ordering::Acquire) {
                 NOT_NEEDED => return Err(SnapshotError::NotInEpoch { page }),
@@ -452,7 +502,7 @@ impl View {
     /// The PENDING case of [`read`](Self::read): copies the live (still write-protected) page
     /// into `out`, which is untracked memory. Ok(false): the state moved meanwhile, retry.
     fn read_live(&self, page: u64, out: &mut [u8]) -> Result<bool, SnapshotError> {
-        let st = &self.state[page as usize];
+        let st = self.state.at(page);
         // Holding the gate, the region cannot be dropped (unregistered, then perhaps unmapped
         // by its owner) while we copy: `Region::drop` closes it first.
         let gate = self.region.read_gate();
@@ -518,7 +568,7 @@ impl View {
 
     /// Releases a page without reading it (consume mode).
     pub(crate) fn release(&self, page: u64) {
-        let Some(st) = self.state.get(page as usize) else {
+        let Some(st) = self.state.get(page) else {
             return;
         };
         loop {
@@ -574,17 +624,13 @@ impl View {
             }
         }
         if self.any_lost.load(Ordering::Acquire) {
-            if let Some(p) = self
-                .state
-                .iter()
-                .position(|s| s.load(Ordering::Acquire) == LOST)
-            {
+            if let Some(p) = self.state.position(LOST) {
                 return Err(SnapshotError::Discarded { page: p as u64 });
             }
         }
         let mut pages = std::mem::take(&mut *self.rewritten());
         for p in self.unprotected_suspect_pages() {
-            let st = &self.state[p as usize];
+            let st = self.state.at(p);
             match st.load(Ordering::Acquire) {
                 PENDING => {
                     st.store(LOST, Ordering::Release);
@@ -592,13 +638,12 @@ impl View {
                     self.rewritten().extend_from_slice(&pages);
                     return Err(SnapshotError::Discarded { page: p });
                 }
-                CLEAN => {
+                CLEAN
                     if st
                         .compare_exchange(CLEAN, PRESERVED, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        pages.push(p);
-                    }
+                        .is_ok() =>
+                {
+                    pages.push(p)
                 }
                 _ => {}
             }
@@ -654,7 +699,7 @@ impl View {
     pub(crate) fn mark_clean(&self, pages: &[u64]) {
         let mut live = vec![0u8; self.region.page_size];
         for &p in pages {
-            let st = &self.state[p as usize];
+            let st = self.state.at(p);
             if st.load(Ordering::Acquire) != PRESERVED {
                 continue;
             }

@@ -108,9 +108,13 @@ pub(crate) fn madvise_nondestructive(
 ) -> Result<(), Errno> {
     debug_assert!(matches!(
         advice,
-        libc::MADV_NOHUGEPAGE | libc::MADV_HUGEPAGE | libc::MADV_POPULATE_READ
+        libc::MADV_NOHUGEPAGE
+            | libc::MADV_HUGEPAGE
+            | libc::MADV_POPULATE_READ
+            | libc::MADV_DONTFORK
     ));
-    // SAFETY: these advices never change the contents or validity of the range, so no Rust
+    // SAFETY: these advices never change the contents or validity of the range in this
+    // process (MADV_DONTFORK only keeps the range out of future fork children), so no Rust
     // reference can observe a difference; the kernel validates the range itself.
     Errno::result(unsafe { libc::madvise(ptr.cast(), len, advice) }).map(drop)
 }
@@ -236,6 +240,32 @@ pub(crate) fn pagemap_scan(
     Ok((n as usize, arg.walk_end as usize))
 }
 
+/// The stack `[low, high)` of the calling thread.
+pub(crate) fn current_thread_stack() -> Option<(usize, usize)> {
+    // SAFETY: pthread_self has no preconditions.
+    thread_stack(unsafe { libc::pthread_self() })
+}
+
+/// The stack `[low, high)` of a live thread (`pthread_getattr_np`). `None` if the C library
+/// cannot say.
+pub(crate) fn thread_stack(t: libc::pthread_t) -> Option<(usize, usize)> {
+    // SAFETY: a zeroed pthread_attr_t is a valid out-parameter for pthread_getattr_np, which
+    // initialises it; we destroy it only after a successful init. `t` is a live thread (the
+    // caller holds its JoinHandle or is the thread): pthread_getattr_np only reads its
+    // descriptor.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(t, &mut attr) != 0 {
+            return None;
+        }
+        let mut addr: *mut c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let r = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        (r == 0 && !addr.is_null()).then(|| (addr as usize, addr as usize + size))
+    }
+}
+
 /// A tracked mapping: either created here (and unmapped on drop) or the caller's (adopted,
 /// never unmapped by us).
 ///
@@ -275,6 +305,14 @@ impl Mapping {
     pub(crate) fn shared(len: usize) -> Result<(Self, &'static str), (Errno, &'static str)> {
         let fd = memfd("writewatch", len).map_err(|e| (e, "memfd_create"))?;
         let ptr = mmap_shared(&fd, len).map_err(|e| (e, "mmap"))?;
+        // A fork child would share these pages but not the tracking: its writes would change
+        // the parent's memory unreported. Keep the range out of children (a child that writes
+        // it gets SIGSEGV instead).
+        if let Err(e) = madvise_nondestructive(ptr.as_ptr(), len, libc::MADV_DONTFORK) {
+            // SAFETY: we just mapped it; nothing references it yet.
+            let _ = unsafe { munmap(ptr.as_ptr(), len) };
+            return Err((e, "madvise(MADV_DONTFORK)"));
+        }
         Ok((
             Self {
                 ptr,
@@ -411,19 +449,80 @@ impl Addr {
     }
 }
 
-/// `mprotect(2)` on tracked memory.
+/// `mprotect(2)` on tracked memory (mprotect backend: cuts, registration, release).
 ///
 /// Changing protection never invalidates memory or references: a write to a read-only page
 /// raises SIGSEGV, which the handler below (installed before any range is protected)
 /// resolves. The kernel validates the range.
+///
+/// Pages the application made unreadable (`PROT_NONE` guard pages) are left alone: the
+/// tracker never makes a page unreadable, so such a page is the application's, and a merged
+/// re-protect run (or a release) must not turn it into a readable one. They are found with
+/// [`readable_prefix`], one system call per 256 pages.
 pub(crate) fn mprotect(addr: usize, len: usize, writable: bool) -> Result<(), Errno> {
     let prot = if writable {
         libc::PROT_READ | libc::PROT_WRITE
     } else {
         libc::PROT_READ
     };
-    // SAFETY: see above; no Rust-visible memory changes.
-    Errno::result(unsafe { libc::mprotect(addr as *mut c_void, len, prot) }).map(drop)
+    let ps = base_page_size();
+    let end = addr.saturating_add(len);
+    let mut a = addr;
+    while a < end {
+        // [a, b): readable; then one unreadable page (skipped), unless b == end.
+        let b = a + readable_prefix(a, end - a, ps);
+        if b > a {
+            // SAFETY: see above; no Rust-visible memory changes.
+            Errno::result(unsafe { libc::mprotect(a as *mut c_void, b - a, prot) })?;
+        }
+        a = b.saturating_add(ps);
+    }
+    Ok(())
+}
+
+/// How many bytes from `addr` (page-aligned, at most `len`) lie in pages this process may
+/// read, asked without touching them: `process_vm_readv` of one byte per page stops at the
+/// first page whose mapping is not readable (`PROT_NONE`). When the kernel cannot tell (the
+/// call is refused, e.g. by seccomp) every page counts as readable (the behaviour without
+/// this check).
+pub(crate) fn readable_prefix(addr: usize, len: usize, ps: usize) -> usize {
+    const BATCH: usize = 256;
+    let pages = len.div_ceil(ps);
+    let mut sink = [0u8; BATCH];
+    let local = libc::iovec {
+        iov_base: sink.as_mut_ptr().cast(),
+        iov_len: BATCH,
+    };
+    let mut done = 0;
+    while done < pages {
+        let n = (pages - done).min(BATCH);
+        let mut remote = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; BATCH];
+        for (i, r) in remote.iter_mut().take(n).enumerate() {
+            r.iov_base = (addr + (done + i) * ps) as *mut c_void;
+            r.iov_len = 1;
+        }
+        // SAFETY: writes at most BATCH bytes into `sink` on our stack; reads one byte of each
+        // of our own pages through the kernel, which checks permissions (no Rust reference
+        // is involved, nothing is written).
+        let got = unsafe {
+            libc::process_vm_readv(libc::getpid(), &local, 1, remote.as_ptr(), n as _, 0)
+        };
+        if got < 0 {
+            if Errno::last() == Errno::EFAULT {
+                return (done * ps).min(len);
+            }
+            return len;
+        }
+        let got = got as usize;
+        if got < n {
+            return ((done + got) * ps).min(len);
+        }
+        done += n;
+    }
+    len
 }
 
 /// The process-wide SIGSEGV handler of the mprotect backend.
@@ -569,7 +668,7 @@ mod handler_common {
 
 pub(crate) mod segv {
     use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
-    use std::sync::OnceLock;
+    use std::sync::{Mutex, OnceLock};
 
     use super::handler_common::{self as common, Grace};
 
@@ -583,6 +682,8 @@ pub(crate) mod segv {
         shift: AtomicU32,
         words: AtomicPtr<AtomicU64>,
         nbits: AtomicUsize,
+        /// An opaque tag of the tracker that registered the slot (0: not tagged yet).
+        owner: AtomicUsize,
     }
 
     #[allow(clippy::declare_interior_mutable_const)]
@@ -592,9 +693,13 @@ pub(crate) mod segv {
         shift: AtomicU32::new(12),
         words: AtomicPtr::new(std::ptr::null_mut()),
         nbits: AtomicUsize::new(0),
+        owner: AtomicUsize::new(0),
     };
     static SLOTS: [Slot; MAX_SLOTS] = [EMPTY; MAX_SLOTS];
     static NSLOTS: AtomicUsize = AtomicUsize::new(0);
+    /// Serialises slot allocation: trackers have one service thread each, and two of them
+    /// registering at once must not pick the same free slot.
+    static ALLOC: Mutex<()> = Mutex::new(());
     static GRACE: Grace = Grace::new();
     static OLD: OnceLock<libc::sigaction> = OnceLock::new();
     /// Faults resolved by the handler (for stats).
@@ -619,11 +724,13 @@ pub(crate) mod segv {
         words: &[AtomicU64],
         nbits: usize,
     ) -> Option<usize> {
+        let _g = ALLOC.lock().unwrap_or_else(|e| e.into_inner());
         let n = NSLOTS.load(Acquire);
         let idx = (0..n)
             .find(|&i| SLOTS[i].start.load(Acquire) == 0)
             .or_else(|| (n < MAX_SLOTS).then_some(n))?;
         let s = &SLOTS[idx];
+        s.owner.store(0, Release);
         s.end.store(start + len, Release);
         s.shift.store(shift, Release);
         s.words.store(words.as_ptr() as *mut AtomicU64, Release);
@@ -633,6 +740,87 @@ pub(crate) mod segv {
             NSLOTS.store(n + 1, Release);
         }
         Some(idx)
+    }
+
+    /// The first published slot overlapping `[start, end)`, as `(start, end, owner tag)`.
+    pub(crate) fn overlapping(start: usize, end: usize) -> Option<(usize, usize, usize)> {
+        let _g = ALLOC.lock().unwrap_or_else(|e| e.into_inner());
+        let n = NSLOTS.load(Acquire);
+        SLOTS[..n].iter().find_map(|s| {
+            let (a, b) = (s.start.load(Acquire), s.end.load(Acquire));
+            (a != 0 && a < end && b > start).then(|| (a, b, s.owner.load(Acquire)))
+        })
+    }
+
+    /// Tags the published slot that starts at `start` with its tracker's `owner` tag.
+    pub(crate) fn set_owner(start: usize, owner: usize) {
+        let _g = ALLOC.lock().unwrap_or_else(|e| e.into_inner());
+        let n = NSLOTS.load(Acquire);
+        if let Some(s) = SLOTS[..n].iter().find(|s| s.start.load(Acquire) == start) {
+            s.owner.store(owner, Release);
+        }
+    }
+
+    /// Whether the fault is known to be a read or an instruction fetch (x86_64: the page-fault
+    /// error code's W bit, saved in the signal context). `false` when it cannot be told.
+    fn known_not_write(ctx: *mut libc::c_void) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if ctx.is_null() {
+                return false;
+            }
+            // SAFETY: for an SA_SIGINFO handler the kernel passes a valid ucontext_t.
+            let err = unsafe {
+                (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_ERR as usize]
+            };
+            err & 2 == 0
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = ctx;
+            false
+        }
+    }
+
+    /// Whether the fault hit a present page (x86_64: the P bit of the page-fault error code).
+    /// Such a page is readable (x86 maps `PROT_NONE` pages not-present), so the readability
+    /// probe can be skipped. `false` when it cannot be told.
+    fn known_present(ctx: *mut libc::c_void) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if ctx.is_null() {
+                return false;
+            }
+            // SAFETY: for an SA_SIGINFO handler the kernel passes a valid ucontext_t.
+            let err = unsafe {
+                (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_ERR as usize]
+            };
+            err & 1 != 0
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = ctx;
+            false
+        }
+    }
+
+    /// Whether the byte at `addr` may be read (the mapping has `PROT_READ`), asked without
+    /// touching it: `process_vm_readv` on ourselves fails with `EFAULT` on an unreadable page.
+    /// Async-signal-safe (one system call). `true` when it cannot be told.
+    fn readable(addr: usize) -> bool {
+        let mut byte = 0u8;
+        let local = libc::iovec {
+            iov_base: (&mut byte as *mut u8).cast(),
+            iov_len: 1,
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: 1,
+        };
+        // SAFETY: writes at most one byte into `byte` on our stack; reads (never writes) one
+        // byte of our own address space, through the kernel, which checks permissions.
+        let r = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        r == 1 || Errno::last() != Errno::EFAULT
     }
 
     /// Retires a slot and waits until no handler can still use it.
@@ -646,6 +834,15 @@ pub(crate) mod segv {
         GRACE.synchronize();
     }
 
+    /// Whether `addr` lies in a published slot (checked before the costlier tests).
+    fn in_any_slot(addr: usize) -> bool {
+        let n = NSLOTS.load(Acquire);
+        SLOTS[..n].iter().any(|s| {
+            let start = s.start.load(Acquire);
+            start != 0 && addr >= start && addr < s.end.load(Acquire)
+        })
+    }
+
     extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
         // SAFETY: errno is thread-local; saved and restored so the interrupted code never
         // sees our mprotect's errno.
@@ -656,7 +853,14 @@ pub(crate) mod segv {
         let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
         let g = GRACE.enter();
         let mut handled = false;
-        if code == linux_raw_sys::general::SEGV_ACCERR as libc::c_int {
+        // Tracked pages are never made unreadable by the tracker: a read fault, or any fault on
+        // an unreadable (PROT_NONE) page, is the application's own protection at work (a guard
+        // page) and goes to the previous handler / the default action.
+        if code == linux_raw_sys::general::SEGV_ACCERR as libc::c_int
+            && !known_not_write(ctx)
+            && in_any_slot(addr)
+            && (known_present(ctx) || readable(addr))
+        {
             let n = NSLOTS.load(Acquire);
             for s in &SLOTS[..n] {
                 let start = s.start.load(Acquire);
@@ -1005,5 +1209,84 @@ pub(crate) mod sigbus {
                 }
             }
         }
+    }
+}
+
+/// `n` zeroed atomics from zeroed memory: a large allocation comes straight from fresh,
+/// lazily zero-filled pages, so this is O(1) until the cells are touched (a snapshot view of a
+/// huge sparse region costs nothing for its untouched pages).
+pub(crate) fn zeroed_atomic_u8s(n: usize) -> Box<[std::sync::atomic::AtomicU8]> {
+    use std::sync::atomic::AtomicU8;
+    if n == 0 {
+        return Box::new([]);
+    }
+    let Ok(layout) = std::alloc::Layout::array::<AtomicU8>(n) else {
+        std::alloc::handle_alloc_error(std::alloc::Layout::new::<AtomicU8>())
+    };
+    // SAFETY: `layout` has a non-zero size (n > 0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<AtomicU8>();
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[AtomicU8; n]`
+    // and is fully initialised: `AtomicU8` has the size, alignment and bit validity of `u8`,
+    // and all-zero bytes are a valid `AtomicU8::new(0)`. The box takes sole ownership.
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) }
+}
+
+// ------------------------------------------------------------------ typed views, placed maps
+
+impl Mapping {
+    /// A new private anonymous mapping of `len` bytes at exactly `addr`
+    /// (`MAP_FIXED_NOREPLACE`), THP disabled like [`Mapping::anonymous`]. `EEXIST` if part of
+    /// the range is already mapped; `ENOTSUP` if the kernel placed it elsewhere (kernels before
+    /// 4.17 treat the flag as a hint; the stray mapping is removed).
+    pub(crate) fn anonymous_at(addr: usize, len: usize) -> Result<Self, Errno> {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping (the kernel fails with
+        // EEXIST instead), so the new mapping cannot alias any existing Rust object.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | libc::MAP_NORESERVE
+                    | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        if p as usize != addr {
+            // SAFETY: the mapping was created just above and nothing refers to it.
+            let _ = unsafe { munmap(p.cast(), len) };
+            return Err(Errno::ENOTSUP);
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or(Errno::EINVAL)?;
+        let _ = madvise_nondestructive(ptr.as_ptr(), len, libc::MADV_NOHUGEPAGE);
+        Ok(Self {
+            ptr,
+            len,
+            owned: true,
+            leaked: false.into(),
+            _memfd: None,
+        })
+    }
+
+    /// The memory as a slice of `T`, one of the 8-byte std atomic integer types
+    /// ([`crate::typed::AtomicView`] is sealed and implemented only for those).
+    pub(crate) fn atomic_view<T: crate::typed::AtomicView>(&self) -> &[T] {
+        const {
+            assert!(std::mem::size_of::<T>() == 8 && std::mem::align_of::<T>() == 8);
+        }
+        // SAFETY: T is AtomicU64, AtomicI64, AtomicUsize or AtomicIsize (sealed trait), each
+        // with the size and alignment of AtomicU64 (checked above), valid for every bit
+        // pattern, and accessed only atomically through `&T`: the same argument as
+        // `atomic_words`, and every atomic access to the region (ours and the caller's) is
+        // 8 bytes wide, so no mixed-size atomic accesses can race.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<T>(), self.len / 8) }
     }
 }

@@ -18,9 +18,14 @@ use crate::region::{self, Epoch, Region, RegionInner, RegionKind};
 use crate::stats::{Counters, ThreadFaults, TrackerStats};
 use crate::{service, sys};
 
+/// Serialises the process-wide overlap check and the registration of adopted ranges, so two
+/// trackers adopting overlapping ranges at once cannot both pass the check.
+static ADOPT_LOCK: Mutex<()> = Mutex::new(());
+
 /// How writes are tracked. Chosen at build time; the same [`Region`] / `cut()` /
 /// [`DirtySet`](crate::DirtySet) API on all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum Backend {
     /// userfaultfd write-protect with a fault-service thread: every first write round-trips
     /// through the service thread (~10-15 us), which allows copy-before-write: consistent live
@@ -69,6 +74,7 @@ pub enum Purpose {
 
 /// Features negotiated with the kernel for one tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Features {
     /// Raw `UFFD_FEATURE_*` bits granted.
     pub bits: u64,
@@ -137,6 +143,11 @@ impl Default for TrackerBuilder {
 }
 
 impl TrackerBuilder {
+    /// The largest [`spin`](Self::spin) and [`eager_reprotect`](Self::eager_reprotect)
+    /// durations: larger values are clamped to one hour (the service thread adds them to
+    /// `Instant`s, which a value such as `Duration::MAX` would overflow).
+    pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(3600);
+
     /// Runs of dirty pages separated by at most this many clean pages are re-protected with
     /// one ioctl at a cut (default 8; 0 disables merging).
     pub fn merge_gap_pages(mut self, pages: u64) -> Self {
@@ -150,7 +161,8 @@ impl TrackerBuilder {
         self
     }
 
-    /// Name of the fault-service thread (default `writewatch-svc`).
+    /// Name of the fault-service thread (default `writewatch-svc`). A name containing a NUL
+    /// byte makes [`build`](Self::build) fail with [`BuildError::InvalidOption`].
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.config.thread_name = name.into();
         self
@@ -197,9 +209,10 @@ impl TrackerBuilder {
     }
 
     /// Busy-poll the userfaultfd for this long before blocking in `poll(2)` (default 0).
-    /// Cuts the wake-up latency of the next fault at the cost of a spinning core.
+    /// Cuts the wake-up latency of the next fault at the cost of a spinning core. Values above
+    /// [`MAX_DURATION`](Self::MAX_DURATION) (one hour) are clamped to it.
     pub fn spin(mut self, d: std::time::Duration) -> Self {
-        self.config.spin = d;
+        self.config.spin = d.min(Self::MAX_DURATION);
         self
     }
 
@@ -230,8 +243,10 @@ impl TrackerBuilder {
     /// assert_eq!(epoch.dirty().iter().collect::<Vec<_>>(), vec![0]);
     /// # Ok(()) }
     /// ```
+    ///
+    /// Ages above [`MAX_DURATION`](Self::MAX_DURATION) (one hour) are clamped to it.
     pub fn eager_reprotect(mut self, age: std::time::Duration) -> Self {
-        self.config.eager = Some(age);
+        self.config.eager = Some(age.min(Self::MAX_DURATION));
         self
     }
 
@@ -288,6 +303,13 @@ impl TrackerBuilder {
 
     /// Opens the userfaultfd, negotiates features and starts the fault-service thread.
     pub fn build(self) -> Result<Tracker, BuildError> {
+        if self.config.thread_name.contains('\0') {
+            return Err(BuildError::InvalidOption {
+                what: "thread_name",
+                why: "it contains a NUL byte, which a thread name cannot hold",
+                fix: "remove the NUL byte (or keep the default name)",
+            });
+        }
         if self.config.in_thread {
             if matches!(self.backend, Backend::AsyncUffd | Backend::Mprotect) {
                 return Err(BuildError::Incompatible {
@@ -740,6 +762,14 @@ impl Tracker {
 
     /// Maps `len` bytes of a new memfd, shared (`MAP_SHARED`), tracked from birth.
     /// Write-protect on shmem needs kernel >= 5.19.
+    ///
+    /// The range is `MADV_DONTFORK`: a `fork()` child does not inherit it (a child that
+    /// touches it gets `SIGSEGV`), because the child's writes would change this process's
+    /// memory without being reported. Limits (docs/design.md section 6): writes through a
+    /// second mapping of the same pages that the application makes itself (e.g.
+    /// `mremap(ptr, 0, len, MREMAP_MAYMOVE)`, or mapping `/proc/self/fd/N` of the memfd) are
+    /// not seen and nothing is invalidated; nor are writes by the kernel or a device through
+    /// pinned pages (io_uring fixed buffers, `O_DIRECT`, RDMA), see [`adopt`](Self::adopt).
     pub fn map_shared(&self, len: usize) -> Result<Region, MapError> {
         let ps = sys::base_page_size();
         check_len(len, ps)?;
@@ -762,6 +792,35 @@ impl Tracker {
     /// Starts tracking a mapping the caller already has (private anonymous, shmem/memfd, or
     /// hugetlbfs). The first cut reports every page dirty: its content is new to the tracker.
     /// Dropping the region stops tracking; the memory is never unmapped by the tracker.
+    ///
+    /// Refused with a typed [`MapError`]: mappings that are not readable and writable
+    /// ([`MapError::NotReadWrite`]); the process heap (`[heap]`), the main stack, the calling
+    /// thread's and the service thread's stacks, and ranges holding the tracker's own state or
+    /// the calling thread's allocator arena ([`MapError::OwnMemory`]: the tracker would fault
+    /// on its own writes); ranges another tracker of this process tracks
+    /// ([`MapError::TrackedElsewhere`]; with two userfaultfd trackers the kernel refuses:
+    /// [`MapError::Sys`] with `EBUSY`). Not detected: other threads' allocator arenas (glibc
+    /// gives each thread its own anonymous mapping): adopt only memory you mapped yourself.
+    ///
+    /// # Limits: writes the tracker cannot see
+    /// Only writes through *this* mapping, by this process's CPU accesses (and, on the sync
+    /// backend without `UFFD_USER_MODE_ONLY`, by system calls such as `read(2)`), are tracked.
+    /// Not seen, and not reported (docs/design.md section 6):
+    /// - shared memory (memfd, shmem, `MAP_SHARED`) written through another mapping: by a
+    ///   `fork()` child (which inherits a shared mapping unless it is `MADV_DONTFORK`: call
+    ///   `madvise(ptr, len, MADV_DONTFORK)` yourself before forking), by another process, or
+    ///   through an alias in this process (`mremap(ptr, 0, len, MREMAP_MAYMOVE)`, a second
+    ///   `mmap` of the file);
+    /// - content changed through the file: `fallocate(FALLOC_FL_PUNCH_HOLE)` or `ftruncate`
+    ///   of an adopted memfd zeroes pages (or makes them raise `SIGBUS`) without a report;
+    /// - writes by the kernel or a device through pinned pages: io_uring fixed buffers
+    ///   (`IORING_OP_READ_FIXED`), `O_DIRECT` reads, RDMA, vmsplice. They bypass page-table
+    ///   protection entirely.
+    ///
+    /// On the mprotect backend, a write to a tracked page the application itself made
+    /// read-only (`mprotect(PROT_READ)`) is taken for a tracked first write: the page becomes
+    /// writable again and is reported. Reads, and any access to pages the application made
+    /// `PROT_NONE` (guard pages), keep the application's protection (`SIGSEGV`).
     ///
     /// # Safety
     /// `[ptr, ptr+len)` must stay mapped until the returned [`Region`] (and every
@@ -793,12 +852,36 @@ impl Tracker {
             });
         }
         self.shared().available()?;
+        // Two trackers on one page would each miss the other's writes: refuse, process-wide
+        // (checked first: an mprotect tracker's range is read-only, which `check_adoptable`
+        // would report instead). The lock is held until the range is registered.
+        let _g = ADOPT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let me = Arc::as_ptr(self.shared()) as usize;
+        if let Some((a, b, owner)) = sys::segv::overlapping(start, end) {
+            return Err(if owner == me {
+                MapError::Overlap {
+                    start,
+                    end,
+                    existing_start: a,
+                    existing_end: b,
+                }
+            } else {
+                MapError::TrackedElsewhere {
+                    start,
+                    end,
+                    existing_start: a,
+                    existing_end: b,
+                    by: "mprotect backend",
+                }
+            });
+        }
         let smaps = std::fs::read_to_string("/proc/self/smaps").map_err(|e| MapError::Sys {
             op: "read /proc/self/smaps",
             errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
             hint: "",
         })?;
-        let (kind, ps) = region::check_adoptable(&region::parse_smaps(&smaps), start, end)?;
+        let vmas = region::parse_smaps(&smaps);
+        let (kind, ps) = region::check_adoptable(&vmas, start, end)?;
         if start % ps != 0 {
             return Err(MapError::Unaligned {
                 what: "address",
@@ -822,19 +905,121 @@ impl Tracker {
                 needs: "Linux >= 5.19 (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)",
             });
         }
+        self.check_not_own_memory(&vmas, start, end)?;
         // SAFETY: the caller's contract (see `# Safety`) is exactly `Mapping::adopted`'s.
         let map =
             unsafe { sys::Mapping::adopted(ptr, len) }.ok_or(MapError::NotMapped { addr: 0 })?;
         let inner = self.new_inner(map, ps, kind);
+        // The region's own state, allocated just now, must not live in the range either.
+        let words = inner.dirty.words();
+        let own = [
+            (
+                Arc::as_ptr(&inner) as usize,
+                "the region's own state (allocated on the heap of the calling thread)",
+            ),
+            (
+                words.as_ptr() as usize,
+                "the region's dirty bitmap (allocated on the heap of the calling thread)",
+            ),
+        ];
+        if let Some(&(addr, what)) = own.iter().find(|(a, _)| (start..end).contains(a)) {
+            return Err(MapError::OwnMemory {
+                start,
+                end,
+                what,
+                addr,
+            });
+        }
+        if self.backend() == Backend::Mprotect {
+            // A userfaultfd tracker's range (uffd tracker ranges reject each other in the
+            // kernel: `UFFDIO_REGISTER` fails with EBUSY).
+            if let Some((a, b)) = region::uffd_wp_overlap(&vmas, start, end) {
+                return Err(MapError::TrackedElsewhere {
+                    start,
+                    end,
+                    existing_start: a,
+                    existing_end: b,
+                    by: "userfaultfd",
+                });
+            }
+        }
         self.register(inner, true)
     }
 
-    fn new_inner(&self, map: sys::Mapping, ps: usize, kind: RegionKind) -> Arc<RegionInner> {
+    /// Refuses ranges that hold memory the tracker or its allocator writes: the calling
+    /// thread's and the service thread's stacks, and the mappings that hold the tracker's
+    /// shared state and the calling thread's allocator arena (found with a fresh small
+    /// allocation). `[heap]` and `[stack]` are refused by `check_adoptable`.
+    fn check_not_own_memory(
+        &self,
+        vmas: &[region::Vma],
+        start: usize,
+        end: usize,
+    ) -> Result<(), MapError> {
+        let overlaps = |(a, b): (usize, usize)| a < end && b > start;
+        let svc_stack = {
+            use std::os::unix::thread::JoinHandleExt;
+            let j = self.shared().join.lock().unwrap_or_else(|e| e.into_inner());
+            j.as_ref().and_then(|h| sys::thread_stack(h.as_pthread_t()))
+        };
+        let stacks = [
+            (sys::current_thread_stack(), "the calling thread's stack"),
+            (svc_stack, "the fault-service thread's stack"),
+        ];
+        for (range, what) in stacks {
+            if let Some(r) = range.filter(|&r| overlaps(r)) {
+                return Err(MapError::OwnMemory {
+                    start,
+                    end,
+                    what,
+                    addr: r.0.max(start),
+                });
+            }
+        }
+        let probe = Box::new(0u64);
+        let heap = [
+            (
+                Arc::as_ptr(self.shared()) as usize,
+                "the tracker's shared state (on the heap)",
+            ),
+            (
+                &*probe as *const u64 as usize,
+                "the calling thread's allocator arena (a fresh allocation landed there)",
+            ),
+        ];
+        for (addr, what) in heap {
+            // The whole mapping the allocation lives in: the allocator uses all of it.
+            let (a, b) = vmas
+                .iter()
+                .find(|v| v.start <= addr && addr < v.end)
+                .map_or((addr, addr + 1), |v| (v.start, v.end));
+            if overlaps((a, b)) {
+                return Err(MapError::OwnMemory {
+                    start,
+                    end,
+                    what,
+                    addr,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn new_inner(
+        &self,
+        map: sys::Mapping,
+        ps: usize,
+        kind: RegionKind,
+    ) -> Arc<RegionInner> {
         let id = self.shared().next_id.fetch_add(1, Ordering::Relaxed);
         Arc::new(RegionInner::new(id, map, ps, kind))
     }
 
-    fn register(&self, inner: Arc<RegionInner>, all_dirty: bool) -> Result<Region, MapError> {
+    pub(crate) fn register(
+        &self,
+        inner: Arc<RegionInner>,
+        all_dirty: bool,
+    ) -> Result<Region, MapError> {
         let span = tracing::debug_span!(
             "register",
             start = format_args!("{:#x}", inner.start),
@@ -847,10 +1032,17 @@ impl Tracker {
             all_dirty,
             reply,
         }) {
-            Ok(Ok(())) => Ok(Region {
-                inner,
-                shared: Arc::clone(self.shared()),
-            }),
+            Ok(Ok(())) => {
+                if self.backend() == Backend::Mprotect {
+                    // Every mprotect region (mapped or adopted) is tagged with its tracker,
+                    // so a later overlapping `adopt` tells `Overlap` from `TrackedElsewhere`.
+                    sys::segv::set_owner(inner.start, Arc::as_ptr(self.shared()) as usize);
+                }
+                Ok(Region {
+                    inner,
+                    shared: Arc::clone(self.shared()),
+                })
+            }
             Ok(Err(e)) => Err(e),
             Err(u) => Err(u.into()),
         }

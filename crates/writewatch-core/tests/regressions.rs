@@ -248,10 +248,8 @@ fn rollback_costs_the_pages_touched_since_the_previous_rollback() {
             }
             if case % 1000 == 999 {
                 // SAFETY: as above.
-                assert!(
-                    unsafe { region.as_slice() } == &reference[..],
-                    "case {case}"
-                );
+                let all = unsafe { region.as_slice() };
+                assert!(all == &reference[..], "case {case}");
             }
         }
         // A rollback with nothing written since rewrites nothing.

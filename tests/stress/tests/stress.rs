@@ -9,6 +9,8 @@
 
 #[path = "../../../crates/writewatch-core/tests/common/mod.rs"]
 mod common;
+#[path = "stress/views.rs"]
+mod views;
 use common::Rng;
 
 use std::collections::BTreeSet;
@@ -99,6 +101,34 @@ fn main() {
             all.push(run_suite(&name, b.name(), wd(60, 200), move || {
                 eio(mode, b)
             }));
+        }
+    }
+    for in_thread in [false, true] {
+        let sfx = if in_thread { "-in-thread" } else { "" };
+        let be = if in_thread { "sync-in-thread" } else { "sync" };
+        if want(&format!("rollback-madvise{sfx}")) {
+            all.push(run_suite(
+                &format!("rollback-madvise{sfx}"),
+                be,
+                wd(60, 300),
+                move || views::rollback_madvise(mode, in_thread),
+            ));
+        }
+        if want(&format!("budget-wakeups{sfx}")) {
+            all.push(run_suite(
+                &format!("budget-wakeups{sfx}"),
+                be,
+                wd(60, 300),
+                move || views::budget_wakeups(mode, in_thread),
+            ));
+        }
+        if want(&format!("rollback-fuzz{sfx}")) {
+            all.push(run_suite(
+                &format!("rollback-fuzz{sfx}"),
+                be,
+                wd(60, 300),
+                move || views::rollback_fuzz(mode, in_thread),
+            ));
         }
     }
     if want("poison") {

@@ -1,0 +1,145 @@
+//! Helpers for tests/edges.rs (issue 11): subprocess runs, forks whose fate is checked, and
+//! typed-error checks that name the variant.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+/// Whether `e`'s variant is `name` (its `Debug` form starts with the variant name).
+pub fn is_variant(e: &impl std::fmt::Debug, name: &str) -> bool {
+    let d = format!("{e:?}");
+    d == name || d.starts_with(&format!("{name} ")) || d.starts_with(&format!("{name}("))
+}
+
+/// Re-executes this test binary to run only `test` with `env` set; returns its status, or
+/// panics if it does not finish within `secs` (the child is killed).
+pub fn run_child(test: &str, env: &str, secs: u64) -> std::process::ExitStatus {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(env, "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if t0.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child {test} did not finish within {secs} s (hang)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How a forked child ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fate {
+    Exited(i32),
+    Signalled(i32),
+}
+
+/// Forks; the child runs `f` (which must only do async-signal-safe things: volatile accesses,
+/// raw system calls) and `_exit(0)`s; the parent waits (at most 20 s, then kills it) and
+/// returns how the child ended.
+pub fn fork_run(f: impl FnOnce()) -> Fate {
+    // SAFETY: the child runs only `f` (async-signal-safe by the caller's contract) and _exit.
+    match unsafe { libc::fork() } {
+        0 => {
+            f();
+            // SAFETY: async-signal-safe exit of the forked child.
+            unsafe { libc::_exit(0) };
+        }
+        pid if pid > 0 => {
+            let t0 = std::time::Instant::now();
+            let mut st = 0;
+            loop {
+                // SAFETY: polling our own child.
+                let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+                if r == pid {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(20) {
+                    // SAFETY: our own child.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, &mut st, 0);
+                    }
+                    panic!("forked child did not finish within 20 s (hang)");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if libc::WIFSIGNALED(st) {
+                Fate::Signalled(libc::WTERMSIG(st))
+            } else {
+                Fate::Exited(libc::WEXITSTATUS(st))
+            }
+        }
+        _ => panic!("fork failed"),
+    }
+}
+
+/// A new memfd of `len` bytes mapped shared read-write; returns (fd, address). The caller
+/// owns both.
+pub fn memfd_mapping(len: usize) -> (std::os::fd::OwnedFd, *mut u8) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: memfd_create with a valid C string; the fd is new and ours.
+    let fd = unsafe { libc::memfd_create(c"edges".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel returned a new fd that nobody else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: resizing our own memfd.
+    let r = unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) };
+    assert_eq!(r, 0);
+    // SAFETY: a new shared mapping at an address chosen by the kernel aliases nothing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    (fd, p.cast())
+}
+
+/// A private anonymous mapping of `len` bytes with protection `prot` (owned by the caller).
+pub fn mmap_prot(len: usize, prot: libc::c_int) -> *mut u8 {
+    // SAFETY: a new mapping at an address chosen by the kernel aliases nothing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p.cast()
+}
+
+/// The `[start, end)` of the first `/proc/self/maps` line whose path is `name`.
+pub fn maps_range(name: &str) -> Option<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let range = f.next()?;
+        let path = f.nth(4)?;
+        if path != name {
+            return None;
+        }
+        let (a, b) = range.split_once('-')?;
+        Some((
+            usize::from_str_radix(a, 16).ok()?,
+            usize::from_str_radix(b, 16).ok()?,
+        ))
+    })
+}
