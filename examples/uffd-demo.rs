@@ -12,7 +12,11 @@
 //!     [--epoch-ms 2000] [--pattern random|seq|zipf] [--backend sync|async|mprotect|auto]
 //!     [--in-thread] [--eager-ms MS] [--dir DIR] [--keep] [--json]
 //! ```
-//! Logging: `RUST_LOG=writewatch_core=debug`.
+//! Logging: `RUST_LOG` (e.g. `RUST_LOG=writewatch_core=debug`), as for the `writewatch` CLI.
+//!
+//! `--dir DIR`: a new path or an empty directory gets a new store; an existing store is
+//! continued (resumed from its newest epoch; `--size` must match it). Any other non-empty
+//! directory is refused (exit 2): the demo never deletes or overwrites what it did not create.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -21,8 +25,35 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use writewatch::checkpoint::{Geometry, Store};
-use writewatch::{save_epoch, Backend, Region, Tracker};
+use serde::Serialize;
+use writewatch::checkpoint::{Geometry, Store, MANIFEST_NAME};
+use writewatch::{resume, save_epoch, Backend, Region, Tracker};
+
+/// The `--json` output.
+#[derive(Serialize)]
+struct DemoJson<'a> {
+    verified: bool,
+    epochs: usize,
+    /// Store epoch numbers written by this run (a continued store starts past its head).
+    store_epochs: &'a [u64],
+    resumed_from: Option<u64>,
+    region_bytes: usize,
+    backend: &'a str,
+    threads: usize,
+    pattern: String,
+    faults: u64,
+    preserved_pages: u64,
+    dirty_pages: &'a [u64],
+    cut_ms: &'a [f64],
+    fork_ms: f64,
+    checkpoint_bytes: &'a [u64],
+    checkpoint_mb_s: f64,
+    restore_mb_s: f64,
+    fault_ns_p50: u64,
+    fault_ns_p99: u64,
+    writes: u64,
+    seconds: f64,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Pattern {
@@ -72,7 +103,8 @@ struct Args {
     /// cuts only re-protect recent writes (eager re-protection). 0 = off.
     #[arg(long, default_value_t = 0)]
     eager_ms: u64,
-    /// Checkpoint store directory (default: a temporary directory, removed unless --keep).
+    /// Checkpoint store directory: new, empty, or an existing store to continue (default: a
+    /// temporary directory, removed unless --keep). Other non-empty directories are refused.
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Keep the store.
@@ -254,8 +286,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             tmp
         }
     };
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut store = Store::create(&dir)?;
+    // Never delete anything: a new or empty directory gets a new store, an existing store is
+    // continued, anything else is refused (Store::create refuses non-empty directories).
+    let mut store = if dir.join(MANIFEST_NAME).is_file() {
+        Store::open(&dir)?
+    } else {
+        Store::create(&dir).map_err(|e| format!("--dir: {e}"))?
+    };
 
     let mut builder = Tracker::builder()
         .backend(backend)
@@ -273,6 +310,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         if args.eager_ms > 0 { "+eager" } else { "" }
     );
     let region = Arc::new(tracker.map_anonymous(size)?);
+    // A continued store: the region starts from its newest epoch (a no-op for a new store).
+    let resumed_from = store.head().map(|h| h.epoch);
+    resume(&mut store, &region, None)
+        .map_err(|e| format!("continuing the store in {}: {e}", dir.display()))?;
     let ctl = Arc::new(Control {
         stop: AtomicBool::new(false),
         pause: AtomicBool::new(false),
@@ -318,6 +359,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let mut refs: Vec<Vec<u32>> = Vec::new();
+    let mut store_epochs: Vec<u64> = Vec::new();
     let mut cut_ms = Vec::new();
     let mut ckpt_bytes = Vec::new();
     let mut dirty_pages = Vec::new();
@@ -361,7 +403,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 page_size: region.page_size(),
                 page_count: region.page_count(),
             };
-            let number = region.epoch();
+            let number = store.next_epoch();
             let mut w = if store.head().is_none() {
                 store.begin_base(number, geometry)?
             } else {
@@ -375,6 +417,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             ctl.pause.store(false, SeqCst);
             (epoch, info)
         };
+        store_epochs.push(info.epoch);
         cut_ms.push(epoch.stats().duration.as_secs_f64() * 1e3);
         ckpt_bytes.push(info.file_len);
         dirty_pages.push(epoch.dirty().len() as u64);
@@ -395,8 +438,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut mismatches = Vec::new();
     let t_restore = Instant::now();
     let mut restored_bytes = 0u64;
-    for (k, reference) in refs.iter().enumerate() {
-        let m = store.restore(k as u64)?;
+    for (k, reference) in store_epochs.iter().zip(&refs) {
+        let k = *k;
+        let m = store.restore(k)?;
         restored_bytes += m.len() as u64;
         let bad = m
             .as_slice()
@@ -418,31 +462,29 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let p99 = stats.service_ns.percentile(0.99);
 
     if args.json {
-        let list = |v: &[f64]| {
-            v.iter()
-                .map(|x| format!("{x:.3}"))
-                .collect::<Vec<_>>()
-                .join(",")
+        let out = DemoJson {
+            verified,
+            epochs: args.epochs,
+            store_epochs: &store_epochs,
+            resumed_from,
+            region_bytes: size,
+            backend: &backend,
+            threads: args.threads,
+            pattern: format!("{:?}", args.pattern),
+            faults: stats.wp_faults,
+            preserved_pages: stats.preserved,
+            dirty_pages: &dirty_pages,
+            cut_ms: &cut_ms,
+            fork_ms: fork,
+            checkpoint_bytes: &ckpt_bytes,
+            checkpoint_mb_s,
+            restore_mb_s,
+            fault_ns_p50: p50,
+            fault_ns_p99: p99,
+            writes: ctl.writes.load(SeqCst),
+            seconds: t_run.elapsed().as_secs_f64(),
         };
-        let ulist = |v: &[u64]| {
-            v.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        println!(
-            "{{\"verified\":{verified},\"epochs\":{},\"region_bytes\":{size},\"backend\":\"{backend}\",\"threads\":{},\"pattern\":\"{:?}\",\"faults\":{},\"preserved_pages\":{},\"dirty_pages\":[{}],\"cut_ms\":[{}],\"fork_ms\":{fork:.3},\"checkpoint_bytes\":[{}],\"checkpoint_mb_s\":{checkpoint_mb_s:.1},\"restore_mb_s\":{restore_mb_s:.1},\"fault_ns_p50\":{p50},\"fault_ns_p99\":{p99},\"writes\":{},\"seconds\":{:.2}}}",
-            args.epochs,
-            args.threads,
-            args.pattern,
-            stats.wp_faults,
-            stats.preserved,
-            ulist(&dirty_pages),
-            list(&cut_ms),
-            ulist(&ckpt_bytes),
-            ctl.writes.load(SeqCst),
-            t_run.elapsed().as_secs_f64()
-        );
+        println!("{}", serde_json::to_string(&out)?);
     } else {
         let mut o = std::io::stdout().lock();
         writeln!(o, "\nepoch  dirty pages   cut ms   cut/fork   checkpoint")?;

@@ -5,7 +5,10 @@
 //! checkpoints on disk built from both.
 //!
 //! This crate is a facade: the engine is [`writewatch_core`] (re-exported at the top level),
-//! the on-disk store is [`checkpoint`].
+//! the on-disk store is [`checkpoint`] (the `writewatch-checkpoint` crate, documented
+//! inline); the glue is [`save_epoch`] (an epoch into a store), [`restore_region`] (a
+//! checkpoint into a live region) and [`resume`] (a restart: continue a store from a new
+//! process).
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,7 +25,10 @@
 
 mod pipeline;
 
-pub use pipeline::{restore_region, save_epoch, RestoreRegionError, SaveError};
+pub use pipeline::{restore_region, resume, save_epoch, RestoreRegionError, Resumed, SaveError};
+/// The on-disk incremental checkpoint store (the `writewatch-checkpoint` crate), documented
+/// inline so that links to it work on this crate's page alone.
+#[doc(inline)]
 pub use writewatch_checkpoint as checkpoint;
 pub use writewatch_core::*;
 

@@ -174,6 +174,7 @@ impl CorruptError {
 
 /// Errors reading a segment or manifest file: I/O or corruption.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReadError {
     /// An I/O error.
     #[error(transparent)]
@@ -186,6 +187,7 @@ pub enum ReadError {
 /// Errors from [`Store::create`](crate::Store::create) and
 /// [`Store::open`](crate::Store::open).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// An I/O error.
     #[error(transparent)]
@@ -202,6 +204,10 @@ pub enum OpenError {
     /// Another process holds the store's lock.
     #[error("{}: store is locked by another process", .0.display())]
     Locked(PathBuf),
+    /// `create` on an existing directory that holds files but no store: a store is only made
+    /// in a new or empty directory, so no unrelated file is ever removed or overwritten.
+    #[error("{}: directory is not empty and holds no checkpoint store (no MANIFEST); name a new or empty directory", .0.display())]
+    NotEmpty(PathBuf),
 }
 
 impl From<ReadError> for OpenError {
@@ -218,6 +224,7 @@ impl From<ReadError> for OpenError {
 /// When any of these is returned, the previously committed chain is intact and
 /// the temporary file has been removed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WriteError {
     /// An I/O error (ENOSPC, EIO, ...) on the store.
     #[error(transparent)]
@@ -267,6 +274,7 @@ pub enum WriteError {
 /// On any error nothing is handed back as success; when restoring into caller
 /// memory the buffer content is unspecified.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RestoreError {
     /// An I/O error.
     #[error(transparent)]
@@ -287,6 +295,16 @@ pub enum RestoreError {
         expected: u64,
         /// Destination length.
         got: u64,
+    },
+    /// The destination of [`Store::restore_to_file`](crate::Store::restore_to_file) exists
+    /// and is not a regular file (a device node, directory, FIFO, socket or symbolic link):
+    /// it is left untouched.
+    #[error("{}: refusing to replace a {kind}: restore writes regular files only; name a new path or an existing regular file", path.display())]
+    NotARegularFile {
+        /// The destination.
+        path: PathBuf,
+        /// What it is ("character device", "directory", ...).
+        kind: &'static str,
     },
     /// Creating the mapping failed (`mmap` errno kept).
     #[error("mapping {len} bytes: {source}")]
@@ -310,6 +328,7 @@ impl From<ReadError> for RestoreError {
 
 /// Errors from [`Store::compact`](crate::Store::compact).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CompactError {
     /// Reading the existing chain failed.
     #[error(transparent)]
@@ -325,6 +344,7 @@ pub enum CompactError {
 /// Errors from [`Store::retain_bases`](crate::Store::retain_bases) and
 /// [`Store::discard_after`](crate::Store::discard_after).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RetainError {
     /// Manifest update failed (the previous manifest stays in force).
     #[error(transparent)]
@@ -340,6 +360,7 @@ pub enum RetainError {
 /// Errors that prevent [`Store::verify`](crate::Store::verify) from running at
 /// all (problems found while verifying are listed in the report instead).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VerifyError {
     /// Re-reading the manifest failed.
     #[error(transparent)]

@@ -49,8 +49,8 @@ pub use error::{
     RetainError, VerifyError, WriteError,
 };
 pub use store::{
-    CompactReport, Geometry, RestoredMapping, SegmentInfo, SegmentKind, SegmentWriter, Store,
-    VerifyProblem, VerifyReport, LOCK_NAME, MANIFEST_NAME, TEMP_PREFIX,
+    CastError, CompactReport, Geometry, Leftover, RestoredMapping, SegmentInfo, SegmentKind,
+    SegmentWriter, Store, VerifyProblem, VerifyReport, LOCK_NAME, MANIFEST_NAME, TEMP_PREFIX,
 };
 pub use writer::{Compression, Progress, ProgressFn, WriterOptions};
 

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{CorruptError, Corruption, IoError, RestoreError};
 use crate::format::{RunEntry, RunKind};
@@ -207,6 +208,94 @@ impl Plan {
             }
         }
         self.read_batch(&batch, dst, &mut prog)?;
+        prog.finish();
+        Ok(())
+    }
+
+    /// Restores into `dst` (words; exactly the region length) without a `&mut`: every run
+    /// is read and its checksum (and decompression) verified in a first pass, before `dst` is
+    /// touched; then holes are zeroed, whole raw runs are read by the kernel straight into
+    /// `dst`, and the other pieces are copied word by word (atomic stores).
+    pub(crate) fn restore_into_words(
+        &self,
+        dst: &[AtomicU64],
+        progress: Option<&ProgressFn>,
+    ) -> Result<(), RestoreError> {
+        let ps = self.page_size;
+        let got = std::mem::size_of_val(dst) as u64;
+        if got != self.region_len() || ps % 8 != 0 {
+            return Err(RestoreError::SizeMismatch {
+                expected: self.region_len(),
+                got,
+            });
+        }
+        let mut scratch = Vec::new();
+        let mut out = Vec::new();
+        let groups = self.groups();
+        for g in groups.iter().cloned() {
+            let (seg, run) = self.run(&self.pieces[g.start]);
+            seg.read_run(run, &mut scratch, &mut out)?;
+        }
+        let wpp = ps / 8;
+        let words = |first: u64, count: u64| {
+            let s = first as usize * wpp;
+            &dst[s..s + count as usize * wpp]
+        };
+        let zero = |ws: &[AtomicU64]| {
+            for w in ws {
+                if w.load(Ordering::Relaxed) != 0 {
+                    w.store(0, Ordering::Relaxed);
+                }
+            }
+        };
+        let mut pos = 0u64;
+        for (first, count) in self.data_ranges_by_page() {
+            if first > pos {
+                zero(words(pos, first - pos));
+            }
+            pos = first + count;
+        }
+        zero(words(pos, self.page_count - pos));
+        let mut prog = ProgressTracker::new(progress, self.data_pages());
+        for g in groups.iter().cloned() {
+            let p = &self.pieces[g.start];
+            let (seg, run) = self.run(p);
+            if g.len() == 1 && run.kind == RunKind::Raw && p.count == run.page_count {
+                sys::pread_exact_words(&seg.file, run.data_offset, words(p.first_page, p.count))
+                    .map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            RestoreError::Corrupt(CorruptError::new(
+                                &seg.path,
+                                run.data_offset,
+                                Corruption::Truncated {
+                                    needed: run.stored_len,
+                                    file_len: seg.file_len,
+                                },
+                            ))
+                        } else {
+                            RestoreError::Io(IoError::new("read", &seg.path, e))
+                        }
+                    })?;
+                prog.add(p.count, p.count * ps as u64);
+                continue;
+            }
+            let raw = seg.read_run(run, &mut scratch, &mut out)?;
+            for piece in &self.pieces[g] {
+                let off = ((piece.first_page - run.first_page) as usize) * ps;
+                let len = piece.count as usize * ps;
+                let src = &raw[off..off + len];
+                for (w, b) in words(piece.first_page, piece.count)
+                    .iter()
+                    .zip(src.chunks_exact(8))
+                {
+                    w.store(
+                        u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])),
+                        Ordering::Relaxed,
+                    );
+                }
+                prog.add(piece.count, len as u64);
+            }
+        }
         prog.finish();
         Ok(())
     }

@@ -139,6 +139,7 @@ impl SegmentInfo {
 
 /// A problem found by [`Store::verify`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VerifyProblem {
     /// A file is corrupt or the chain is broken.
     #[error(transparent)]
@@ -150,6 +151,7 @@ pub enum VerifyProblem {
 
 /// Result of [`Store::verify`].
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct VerifyReport {
     /// Segments of the manifest, oldest first.
     pub segments: Vec<SegmentInfo>,
@@ -157,13 +159,33 @@ pub struct VerifyReport {
     pub problems: Vec<VerifyProblem>,
     /// Bytes of run data read and checked.
     pub bytes_checked: u64,
+    /// Files left in the store directory by an interrupted write (temporary files and segment
+    /// files the manifest does not reference). They do not affect the committed chain; a
+    /// read-write [`Store::open`] (for example [`Store::compact`]'s caller) removes them.
+    pub leftovers: Vec<Leftover>,
 }
 
 impl VerifyReport {
-    /// Whether no problem was found.
+    /// Whether no problem was found in the committed chain (leftover files are not problems:
+    /// see [`is_clean`](Self::is_clean)).
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
     }
+
+    /// Whether no problem was found *and* the directory holds no leftover file.
+    pub fn is_clean(&self) -> bool {
+        self.is_ok() && self.leftovers.is_empty()
+    }
+}
+
+/// A file in a store directory that no committed segment uses: a temporary file or an
+/// unreferenced segment file, left by a crash or a kill during a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// File name inside the store directory.
+    pub file_name: String,
+    /// Its length in bytes.
+    pub len: u64,
 }
 
 /// Result of [`Store::compact`].
@@ -223,10 +245,81 @@ impl RestoredMapping {
         self.epoch
     }
 
+    /// The restored bytes as a slice of `T` (for example `u64`), without `unsafe`.
+    ///
+    /// Fails with [`CastError`] if the length is not a multiple of `size_of::<T>()` or the
+    /// mapping is not aligned for `T` (a mapping is page-aligned, so this only happens for
+    /// types aligned to more than a page).
+    ///
+    /// ```
+    /// use writewatch_checkpoint::{SliceSource, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let mut store = Store::create(dir.path().join("s"))?;
+    /// let mut region = vec![0u8; 2 * 4096];
+    /// region[8..16].copy_from_slice(&42u64.to_ne_bytes());
+    /// store.write_base(&SliceSource::new(&region, 4096)?)?;
+    /// let m = store.restore(0)?;
+    /// let words: &[u64] = m.as_slice_of::<u64>()?;
+    /// assert_eq!((words.len(), words[1]), (1024, 42));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn as_slice_of<T: bytemuck::Pod>(&self) -> Result<&[T], CastError> {
+        bytemuck::try_cast_slice(self.as_slice()).map_err(|e| CastError::new::<T>(e, self.len()))
+    }
+
+    /// The restored bytes as a mutable slice of `T`; see [`as_slice_of`](Self::as_slice_of).
+    pub fn as_mut_slice_of<T: bytemuck::Pod>(&mut self) -> Result<&mut [T], CastError> {
+        let len = self.len();
+        bytemuck::try_cast_slice_mut(self.as_mut_slice()).map_err(|e| CastError::new::<T>(e, len))
+    }
+
     /// Releases ownership of the mapping: the caller must `munmap(ptr, len)`
     /// it eventually (or keep it for the life of the process).
     pub fn into_raw(self) -> (*mut u8, usize) {
         self.map.into_raw()
+    }
+}
+
+/// Why restored bytes cannot be viewed as a slice of some type `T`
+/// ([`RestoredMapping::as_slice_of`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CastError {
+    /// The length is not a multiple of the element size.
+    #[error("{len} bytes is not a whole number of {type_name} ({size} bytes each): view it as a type whose size divides the region length")]
+    Size {
+        /// Length of the restored region in bytes.
+        len: usize,
+        /// The element type.
+        type_name: &'static str,
+        /// Its size.
+        size: usize,
+    },
+    /// The mapping is not aligned for the element type.
+    #[error("the mapping is not aligned to {align} bytes as {type_name} needs: view it as bytes and copy")]
+    Alignment {
+        /// The element type.
+        type_name: &'static str,
+        /// Its alignment.
+        align: usize,
+    },
+}
+
+impl CastError {
+    fn new<T>(e: bytemuck::PodCastError, len: usize) -> Self {
+        let type_name = std::any::type_name::<T>();
+        match e {
+            bytemuck::PodCastError::TargetAlignmentGreaterAndInputNotAligned
+            | bytemuck::PodCastError::AlignmentMismatch => CastError::Alignment {
+                type_name,
+                align: std::mem::align_of::<T>(),
+            },
+            _ => CastError::Size {
+                len,
+                type_name,
+                size: std::mem::size_of::<T>(),
+            },
+        }
     }
 }
 
@@ -326,6 +419,7 @@ pub struct Store {
     read_only: bool,
     options: WriterOptions,
     progress: Option<ProgressFn>,
+    removed_on_open: Vec<Leftover>,
 }
 
 impl std::fmt::Debug for Store {
@@ -349,6 +443,23 @@ impl Store {
             .mode(0o700)
             .create(dir)
             .ctx("create directory", dir)?;
+        if dir.join(MANIFEST_NAME).exists() {
+            return Err(OpenError::AlreadyExists(dir.to_path_buf()));
+        }
+        // Never adopt a directory holding someone else's files: a store writes, renames and
+        // removes files in its directory.
+        let foreign = fs::read_dir(dir)
+            .ctx("list", dir)?
+            .filter_map(Result::ok)
+            .any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                // What an interrupted `create` of our own leaves behind.
+                name != LOCK_NAME && !name.starts_with(&format!("{TEMP_PREFIX}manifest-"))
+            });
+        if foreign {
+            return Err(OpenError::NotEmpty(dir.to_path_buf()));
+        }
         let lock = Self::lock(dir, true)?;
         if dir.join(MANIFEST_NAME).exists() {
             return Err(OpenError::AlreadyExists(dir.to_path_buf()));
@@ -360,6 +471,7 @@ impl Store {
             read_only: false,
             options: WriterOptions::default(),
             progress: None,
+            removed_on_open: Vec::new(),
         };
         store.commit_manifest(Manifest::default())?;
         store.cleanup()?;
@@ -428,47 +540,78 @@ impl Store {
         let lock = Self::lock(dir, !read_only)?;
         let manifest =
             read_manifest(dir)?.ok_or_else(|| OpenError::NotAStore(dir.to_path_buf()))?;
-        let store = Store {
+        let mut store = Store {
             dir: dir.to_path_buf(),
             manifest,
             _lock: lock,
             read_only,
             options: WriterOptions::default(),
             progress: None,
+            removed_on_open: Vec::new(),
         };
         if !read_only {
-            store.cleanup()?;
+            store.removed_on_open = store.cleanup()?;
         }
         Ok(store)
     }
 
-    /// Removes temporary files and unreferenced segment files.
-    fn cleanup(&self) -> Result<(), IoError> {
-        let mut removed = false;
-        for ent in fs::read_dir(&self.dir).ctx("list", &self.dir)? {
-            let ent = ent.ctx("list", &self.dir)?;
+    /// Temporary files and segment files that `manifest` does not reference (only regular
+    /// files whose names the store itself generates).
+    fn list_leftovers(dir: &Path, manifest: &Manifest) -> Result<Vec<Leftover>, IoError> {
+        let mut out = Vec::new();
+        for ent in fs::read_dir(dir).ctx("list", dir)? {
+            let ent = ent.ctx("list", dir)?;
             let name = ent.file_name();
             let Some(name) = name.to_str() else { continue };
             let stale = if name.starts_with(TEMP_PREFIX) {
                 true
             } else if is_segment_file_name(name) {
-                !self.manifest.entries.iter().any(|e| e.file_name() == name)
+                !manifest.entries.iter().any(|e| e.file_name() == name)
             } else {
                 false
             };
-            if stale {
-                tracing::info!("removing leftover file {}", ent.path().display());
-                match fs::remove_file(ent.path()) {
-                    Ok(()) => removed = true,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(IoError::new("remove", ent.path(), e)),
-                }
+            if !stale {
+                continue;
+            }
+            match ent.metadata() {
+                Ok(m) if m.is_file() => out.push(Leftover {
+                    file_name: name.to_string(),
+                    len: m.len(),
+                }),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(IoError::new("stat", ent.path(), e)),
             }
         }
-        if removed {
+        out.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+        Ok(out)
+    }
+
+    /// Removes temporary files and unreferenced segment files; returns what it removed.
+    fn cleanup(&self) -> Result<Vec<Leftover>, IoError> {
+        let mut removed = Vec::new();
+        for l in Self::list_leftovers(&self.dir, &self.manifest)? {
+            let path = self.dir.join(&l.file_name);
+            tracing::info!(
+                "removing leftover file {} ({} bytes)",
+                path.display(),
+                l.len
+            );
+            match fs::remove_file(&path) {
+                Ok(()) => removed.push(l),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(IoError::new("remove", path, e)),
+            }
+        }
+        if !removed.is_empty() {
             fsync_dir(&self.dir)?;
         }
-        Ok(())
+        Ok(removed)
+    }
+
+    /// Leftover files a read-write open removed (left by a crash or kill during a write).
+    pub fn removed_leftovers(&self) -> &[Leftover] {
+        &self.removed_on_open
     }
 
     /// Sets the writer options (compression, buffer sizes, background thread).
@@ -531,6 +674,17 @@ impl Store {
             return Err(WriteError::ReadOnly);
         }
         geometry.validate()?;
+        // Geometry first: a region of another size is the real problem, whatever its epoch.
+        if let Some(g) = self.geometry() {
+            if g != geometry {
+                return Err(WriteError::GeometryMismatch {
+                    store_page_size: g.page_size,
+                    store_pages: g.page_count,
+                    page_size: geometry.page_size,
+                    pages: geometry.page_count,
+                });
+            }
+        }
         if let Some(last) = self.manifest.entries.last() {
             if epoch <= last.epoch {
                 return Err(WriteError::EpochNotIncreasing {
@@ -543,16 +697,6 @@ impl Store {
             return Err(WriteError::InvalidInput(
                 "epoch u64::MAX is reserved".into(),
             ));
-        }
-        if let Some(g) = self.geometry() {
-            if g != geometry {
-                return Err(WriteError::GeometryMismatch {
-                    store_page_size: g.page_size,
-                    store_pages: g.page_count,
-                    page_size: geometry.page_size,
-                    pages: geometry.page_count,
-                });
-            }
         }
         Ok(())
     }
@@ -871,11 +1015,49 @@ impl Store {
         plan.restore_into(dst, false, self.progress.as_ref())
     }
 
+    /// Restores `epoch` into memory seen as 64-bit words (`dst` must be exactly the region
+    /// length): for example a live region that other code reads through atomics.
+    ///
+    /// Every checksum the restore needs is verified (and compressed runs decoded) in a first
+    /// pass, **before** `dst` is touched: a corrupt store leaves `dst` unchanged. Then pages
+    /// that are zero at `epoch` are zeroed (words already zero are not written), raw runs are
+    /// read by the kernel straight into `dst`, and the rest is copied with relaxed atomic
+    /// stores. Concurrent writers to `dst` would interleave with the restore (no undefined
+    /// behaviour, but no meaningful content either): quiesce them.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    /// use writewatch_checkpoint::{SliceSource, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let mut store = Store::create(dir.path().join("s"))?;
+    /// let mut image = vec![0u8; 2 * 4096];
+    /// image[4096..4104].copy_from_slice(&9u64.to_ne_bytes());
+    /// store.write_base(&SliceSource::new(&image, 4096)?)?;
+    /// let words: Vec<AtomicU64> = (0..1024).map(|_| AtomicU64::new(1)).collect();
+    /// store.restore_into_words(0, &words)?;
+    /// assert_eq!((words[0].load(Relaxed), words[512].load(Relaxed)), (0, 9));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn restore_into_words(
+        &self,
+        epoch: u64,
+        dst: &[std::sync::atomic::AtomicU64],
+    ) -> Result<(), RestoreError> {
+        let plan = self.plan(epoch)?;
+        plan.restore_into_words(dst, self.progress.as_ref())
+    }
+
     /// Restores `epoch` as a plain image file at `path` (sparse: zero pages
     /// are holes). The image is written to a temporary name next to `path`,
     /// fsynced and renamed, so `path` never holds a partial image.
+    ///
+    /// `path` must be a new path or an existing regular file (which is
+    /// replaced). Anything else (a device node such as `/dev/null`, a
+    /// directory, a FIFO, a socket, a symbolic link) is refused with
+    /// [`RestoreError::NotARegularFile`] and left untouched.
     pub fn restore_to_file(&self, epoch: u64, path: impl AsRef<Path>) -> Result<(), RestoreError> {
         let path = path.as_ref();
+        check_restore_destination(path)?;
         let plan = self.plan(epoch)?;
         let parent = path
             .parent()
@@ -897,6 +1079,8 @@ impl Store {
             .ctx("truncate", &temp_path)?;
         plan.restore_to_file(&file, &temp_path, self.progress.as_ref())?;
         file.sync_all().ctx("fsync", &temp_path)?;
+        // Re-check just before the rename: the destination may have appeared meanwhile.
+        check_restore_destination(path)?;
         fs::rename(&temp_path, path).ctx("rename", &temp_path)?;
         temp.disarm();
         Ok(())
@@ -939,8 +1123,17 @@ impl Store {
                 .iter()
                 .map(|e| SegmentInfo::from_entry(e, &manifest))
                 .collect(),
+            leftovers: Self::list_leftovers(&self.dir, &manifest)?,
             ..Default::default()
         };
+        for l in &report.leftovers {
+            tracing::warn!(
+                "{}: leftover file {} ({} bytes) from an interrupted write",
+                self.dir.display(),
+                l.file_name,
+                l.len
+            );
+        }
         let total: u64 = manifest.entries.iter().map(|e| e.data_pages).sum();
         let mut prog = ProgressTracker::new(self.progress.as_ref(), total);
         let mut scratch = Vec::new();
@@ -1077,6 +1270,38 @@ impl Store {
         self.commit_manifest(next)?;
         Ok(self.remove_segment_files(&gone))
     }
+}
+
+/// Refuses a restore destination that exists and is not a regular file.
+fn check_restore_destination(path: &Path) -> Result<(), RestoreError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(IoError::new("stat", path, e).into()),
+    };
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "non-regular file"
+    };
+    Err(RestoreError::NotARegularFile {
+        path: path.to_path_buf(),
+        kind,
+    })
 }
 
 /// Opens a segment and cross-checks it against its manifest entry.

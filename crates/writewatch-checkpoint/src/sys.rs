@@ -232,6 +232,43 @@ pub(crate) fn preadv_exact(file: &File, mut offset: u64, bufs: &mut [&mut [u8]])
     Ok(())
 }
 
+/// Reads exactly `dst.len() * 8` bytes from `file` at `offset` straight into the words of
+/// `dst` (the kernel writes them; `pread`, retried on short reads and `EINTR`). A premature
+/// end of file is `UnexpectedEof`.
+pub(crate) fn pread_exact_words(
+    file: &File,
+    mut offset: u64,
+    dst: &[std::sync::atomic::AtomicU64],
+) -> io::Result<()> {
+    // `AtomicU64` is an `UnsafeCell<u64>`: memory reached through a shared reference may be
+    // written. Only the kernel writes it here (no Rust reference to it is created).
+    let base: *mut u8 = dst.as_ptr().cast_mut().cast();
+    let len = std::mem::size_of_val(dst);
+    let mut done = 0usize;
+    while done < len {
+        let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `base + done .. base + len` lies inside `dst`, borrowed for the call; its
+        // words are interior-mutable, so the kernel may store into them.
+        let n = unsafe { libc::pread(file.as_raw_fd(), base.add(done).cast(), len - done, off) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file ended early",
+            ));
+        }
+        done += n as usize;
+        offset += n as u64;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Restores epoch `epoch` into the memory at `ptr` of `len` bytes (which
     /// must equal the region length). See [`Store::restore_into`].

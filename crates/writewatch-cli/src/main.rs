@@ -9,18 +9,30 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Value};
+use serde::Serialize;
 use writewatch_checkpoint::{
-    CompactError, OpenError, Progress, RestoreError, SegmentInfo, SegmentKind, Store, VerifyError,
+    CompactError, Leftover, OpenError, Progress, RestoreError, SegmentInfo, SegmentKind, Store,
+    VerifyError,
 };
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0  success
+  1  corruption: verify found a problem, a store file is corrupt, or
+     probe --require-expected found a feature missing
+  2  usage error or any other failure (I/O, locked store, missing epoch,
+     refused destination such as `restore --to /dev/null`)
+
+Logging: RUST_LOG (e.g. RUST_LOG=debug, RUST_LOG=writewatch_checkpoint=info); default warn.";
 
 /// Inspect, verify, restore and compact writewatch checkpoint stores.
 #[derive(Debug, Parser)]
-#[command(name = "writewatch", version, about)]
+#[command(name = "writewatch", version, about, after_help = AFTER_HELP)]
 struct Cli {
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
@@ -36,7 +48,8 @@ enum Command {
         /// Store directory.
         dir: PathBuf,
     },
-    /// Check every checksum and the chain's continuity.
+    /// Check every checksum and the chain's continuity; list files left by an interrupted
+    /// write.
     Verify {
         /// Store directory.
         dir: PathBuf,
@@ -45,14 +58,16 @@ enum Command {
     Restore {
         /// Store directory.
         dir: PathBuf,
-        /// Output image file.
+        /// Output image file: a new path or an existing regular file (replaced atomically).
+        /// Device nodes, directories, FIFOs, sockets and symbolic links are refused (exit 2).
         #[arg(long)]
         to: PathBuf,
         /// Epoch to restore (default: the newest).
         #[arg(long)]
         epoch: Option<u64>,
     },
-    /// Merge the newest chain into a single base segment.
+    /// Merge the newest chain into a single base segment; removes files left by an
+    /// interrupted write.
     Compact {
         /// Store directory.
         dir: PathBuf,
@@ -113,7 +128,7 @@ impl From<VerifyError> for Failure {
     fn from(e: VerifyError) -> Self {
         match e {
             VerifyError::Corrupt(_) => Failure::corrupt(e),
-            VerifyError::Io(_) => Failure::other(e),
+            _ => Failure::other(e),
         }
     }
 }
@@ -127,11 +142,19 @@ impl From<CompactError> for Failure {
     }
 }
 
+/// The JSON printed on failure with `--json`.
+#[derive(Serialize)]
+struct FailureJson<'a> {
+    ok: bool,
+    error: &'a str,
+    exit_code: u8,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WRITEWATCH_LOG")
+            tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
@@ -147,10 +170,11 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             if json {
-                println!(
-                    "{}",
-                    json!({ "ok": false, "error": f.message, "exit_code": f.code })
-                );
+                print_json(&FailureJson {
+                    ok: false,
+                    error: &f.message,
+                    exit_code: f.code,
+                });
             }
             eprintln!("writewatch: error: {}", f.message);
             ExitCode::from(f.code)
@@ -195,27 +219,46 @@ fn probe(require_expected: bool, json: bool) -> Result<u8, Failure> {
         .build()
         .map(|t| t.backend().name());
     if json {
-        let features: serde_json::Map<String, Value> = Feature::ALL
-            .iter()
-            .map(|f| (f.name().to_string(), json!({ "present": p.has(*f), "min_kernel": format!("{}.{}", f.min_kernel().0, f.min_kernel().1) })))
-            .collect();
-        println!(
-            "{}",
-            json!({
-                "kernel": p.kernel_release,
-                "access": format!("{:?}", p.access),
-                "usable": p.usable(),
-                "features_bits": p.features,
-                "features": features,
-                "pagemap_scan": p.pagemap_scan,
-                "soft_dirty": p.soft_dirty,
-                "unprivileged_userfaultfd": p.unprivileged_userfaultfd,
-                "thp": p.thp,
-                "backends": backends.iter().map(|(b, r)| (b.name().to_string(), json!({ "works": r.is_ok(), "error": r.as_ref().err() }))).collect::<serde_json::Map<_, _>>(),
-                "auto": { "dirty_tracking": auto_dirty.as_ref().ok(), "snapshots": auto_snap.as_ref().ok() },
-                "expected_but_missing": missing.iter().map(|f| f.name()).collect::<Vec<_>>(),
-            })
-        );
+        print_json(&ProbeJson {
+            kernel: &p.kernel_release,
+            access: format!("{:?}", p.access),
+            usable: p.usable(),
+            features_bits: p.features,
+            features: Feature::ALL
+                .iter()
+                .map(|f| {
+                    let (major, minor) = f.min_kernel();
+                    (
+                        f.name(),
+                        FeatureJson {
+                            present: p.has(*f),
+                            min_kernel: format!("{major}.{minor}"),
+                        },
+                    )
+                })
+                .collect(),
+            pagemap_scan: p.pagemap_scan,
+            soft_dirty: p.soft_dirty,
+            unprivileged_userfaultfd: p.unprivileged_userfaultfd,
+            thp: p.thp.as_deref(),
+            backends: backends
+                .iter()
+                .map(|(b, r)| {
+                    (
+                        b.name(),
+                        BackendJson {
+                            works: r.is_ok(),
+                            error: r.as_ref().err().map(String::as_str),
+                        },
+                    )
+                })
+                .collect(),
+            auto: AutoJson {
+                dirty_tracking: auto_dirty.as_ref().ok().map(|s| s.as_ref()),
+                snapshots: auto_snap.as_ref().ok().map(|s| s.as_ref()),
+            },
+            expected_but_missing: missing.iter().map(|f| f.name()).collect(),
+        });
     } else {
         print!("{p}");
         println!("backends:");
@@ -254,28 +297,128 @@ fn probe(require_expected: bool, json: bool) -> Result<u8, Failure> {
     })
 }
 
-/// A progress bar on stderr, hidden when stderr is not a terminal.
+#[derive(Serialize)]
+struct FeatureJson {
+    present: bool,
+    min_kernel: String,
+}
+
+#[derive(Serialize)]
+struct BackendJson<'a> {
+    works: bool,
+    error: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct AutoJson<'a> {
+    dirty_tracking: Option<&'a str>,
+    snapshots: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ProbeJson<'a> {
+    kernel: &'a str,
+    access: String,
+    usable: bool,
+    features_bits: u64,
+    features: std::collections::BTreeMap<&'static str, FeatureJson>,
+    pagemap_scan: bool,
+    soft_dirty: bool,
+    unprivileged_userfaultfd: Option<u32>,
+    thp: Option<&'a str>,
+    backends: std::collections::BTreeMap<&'static str, BackendJson<'a>>,
+    auto: AutoJson<'a>,
+    expected_but_missing: Vec<&'static str>,
+}
+
+/// Prints one JSON document on stdout.
+fn print_json(v: &impl Serialize) {
+    match serde_json::to_string(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("writewatch: error: encoding JSON: {e}"),
+    }
+}
+
+/// Width of the progress line: never more than 79 columns (no wrap on an 80-column
+/// terminal), less if `COLUMNS` says the terminal is narrower.
+fn progress_width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .filter(|&c| c >= 20)
+        .map_or(79, |c| (c - 1).min(79))
+}
+
+/// Rates with SI-style suffixes: 950, 12.3k, 4.5M.
+fn human_count(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.1}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// One progress line: `what [bar] done/total pages, N pages/s, X MiB/s, eta`. Page rates
+/// are in pages per second and byte rates come from the bytes actually moved (never pages
+/// labelled as bytes); the line is at most `width` columns.
+fn progress_line(what: &str, p: Progress, elapsed: Duration, width: usize) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let pages_s = p.pages_done as f64 / secs;
+    let bytes_s = p.bytes as f64 / secs;
+    let total = p.pages_total.unwrap_or(0).max(p.pages_done);
+    let eta = if pages_s > 0.0 && total > p.pages_done {
+        format!(" eta {:.0}s", (total - p.pages_done) as f64 / pages_s)
+    } else {
+        String::new()
+    };
+    let tail = format!(
+        " {}/{} pages {} pages/s {}/s{eta}",
+        p.pages_done,
+        total,
+        human_count(pages_s),
+        human_bytes(bytes_s as u64)
+    );
+    let head = format!("{what} ");
+    let room = width.saturating_sub(head.chars().count() + tail.chars().count() + 2);
+    let bar = if room >= 5 {
+        let bar_w = room.min(40);
+        let filled = if total == 0 {
+            0
+        } else {
+            ((p.pages_done as f64 / total as f64) * bar_w as f64) as usize
+        }
+        .min(bar_w);
+        format!("[{}{}]", "=".repeat(filled), " ".repeat(bar_w - filled))
+    } else {
+        String::new()
+    };
+    let line = format!("{head}{bar}{tail}");
+    line.chars().take(width).collect()
+}
+
+/// A progress line on stderr, hidden when stderr is not a terminal.
 fn progress_bar(store: &mut Store, what: &str) -> ProgressBar {
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(0);
         b.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:40}] {pos}/{len} pages {binary_bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        b.set_message(what.to_string());
         b
     } else {
         ProgressBar::hidden()
     };
     let b = bar.clone();
+    let what = what.to_string();
+    let start = Mutex::new(None::<Instant>);
+    let width = progress_width();
     store.set_progress(Some(Arc::new(move |p: Progress| {
-        if let Some(t) = p.pages_total {
-            b.set_length(t);
-        }
-        b.set_position(p.pages_done);
+        let t0 = *start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(Instant::now);
+        b.set_message(progress_line(&what, p, t0.elapsed(), width));
     })));
     bar
 }
@@ -287,20 +430,88 @@ fn kind_str(k: SegmentKind) -> &'static str {
     }
 }
 
-fn segment_json(s: &SegmentInfo) -> Value {
-    json!({
-        "epoch": s.epoch,
-        "parent": s.parent,
-        "kind": kind_str(s.kind),
-        "file": s.file_name,
-        "file_len": s.file_len,
-        "data_pages": s.data_pages,
-        "zero_pages": s.zero_pages,
-        "data_bytes": s.data_bytes,
-        "dirty_ratio": s.dirty_ratio(),
-        "compressed": s.compressed,
-        "checksum": format!("{:08x}", s.checksum),
-    })
+#[derive(Serialize)]
+struct SegmentJson<'a> {
+    epoch: u64,
+    parent: Option<u64>,
+    kind: &'static str,
+    file: &'a str,
+    file_len: u64,
+    data_pages: u64,
+    zero_pages: u64,
+    data_bytes: u64,
+    dirty_ratio: f64,
+    compressed: bool,
+    checksum: String,
+}
+
+fn segment_json(s: &SegmentInfo) -> SegmentJson<'_> {
+    SegmentJson {
+        epoch: s.epoch,
+        parent: s.parent,
+        kind: kind_str(s.kind),
+        file: &s.file_name,
+        file_len: s.file_len,
+        data_pages: s.data_pages,
+        zero_pages: s.zero_pages,
+        data_bytes: s.data_bytes,
+        dirty_ratio: s.dirty_ratio(),
+        compressed: s.compressed,
+        checksum: format!("{:08x}", s.checksum),
+    }
+}
+
+#[derive(Serialize)]
+struct LeftoverJson<'a> {
+    file: &'a str,
+    len: u64,
+}
+
+fn leftovers_json(l: &[Leftover]) -> Vec<LeftoverJson<'_>> {
+    l.iter()
+        .map(|l| LeftoverJson {
+            file: &l.file_name,
+            len: l.len,
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct InspectJson<'a> {
+    ok: bool,
+    store: String,
+    page_size: Option<usize>,
+    page_count: Option<u64>,
+    region_len: Option<u64>,
+    total_bytes: u64,
+    segments: Vec<SegmentJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct VerifyJson<'a> {
+    ok: bool,
+    segments: usize,
+    bytes_checked: u64,
+    problems: Vec<String>,
+    leftovers: Vec<LeftoverJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct RestoreJson {
+    ok: bool,
+    epoch: u64,
+    file: String,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct CompactJson<'a> {
+    ok: bool,
+    base: SegmentJson<'a>,
+    removed: &'a [String],
+    removed_leftovers: Vec<LeftoverJson<'a>>,
+    bytes_before: u64,
+    bytes_after: u64,
 }
 
 fn human_bytes(n: u64) -> String {
@@ -324,18 +535,15 @@ fn inspect(dir: &Path, json_out: bool) -> Result<u8, Failure> {
     let geometry = store.geometry();
     let total: u64 = segs.iter().map(|s| s.file_len).sum();
     if json_out {
-        println!(
-            "{}",
-            json!({
-                "ok": true,
-                "store": dir.display().to_string(),
-                "page_size": geometry.map(|g| g.page_size),
-                "page_count": geometry.map(|g| g.page_count),
-                "region_len": geometry.map(|g| g.region_len()),
-                "total_bytes": total,
-                "segments": segs.iter().map(segment_json).collect::<Vec<_>>(),
-            })
-        );
+        print_json(&InspectJson {
+            ok: true,
+            store: dir.display().to_string(),
+            page_size: geometry.map(|g| g.page_size),
+            page_count: geometry.map(|g| g.page_count),
+            region_len: geometry.map(|g| g.region_len()),
+            total_bytes: total,
+            segments: segs.iter().map(segment_json).collect(),
+        });
         return Ok(0);
     }
     println!("store {}", dir.display());
@@ -377,16 +585,16 @@ fn verify(dir: &Path, json_out: bool) -> Result<u8, Failure> {
     let report = report?;
     let code = if report.is_ok() { 0 } else { EXIT_CORRUPT };
     if json_out {
-        println!(
-            "{}",
-            json!({
-                "ok": report.is_ok(),
-                "segments": report.segments.len(),
-                "bytes_checked": report.bytes_checked,
-                "problems": report.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-            })
-        );
-    } else if report.is_ok() {
+        print_json(&VerifyJson {
+            ok: report.is_ok(),
+            segments: report.segments.len(),
+            bytes_checked: report.bytes_checked,
+            problems: report.problems.iter().map(|p| p.to_string()).collect(),
+            leftovers: leftovers_json(&report.leftovers),
+        });
+        return Ok(code);
+    }
+    if report.is_ok() {
         println!(
             "ok: {} segment(s), {} of data checked",
             report.segments.len(),
@@ -397,6 +605,22 @@ fn verify(dir: &Path, json_out: bool) -> Result<u8, Failure> {
             println!("CORRUPT: {p}");
         }
         println!("{} problem(s) found", report.problems.len());
+    }
+    if !report.leftovers.is_empty() {
+        let bytes: u64 = report.leftovers.iter().map(|l| l.len).sum();
+        for l in &report.leftovers {
+            println!(
+                "LEFTOVER: {} ({}) from an interrupted write",
+                l.file_name,
+                human_bytes(l.len)
+            );
+        }
+        println!(
+            "{} leftover file(s), {} not part of any checkpoint: `writewatch compact {}` removes them",
+            report.leftovers.len(),
+            human_bytes(bytes),
+            dir.display()
+        );
     }
     Ok(code)
 }
@@ -418,10 +642,12 @@ fn restore(dir: &Path, to: &Path, epoch: Option<u64>, json_out: bool) -> Result<
     r?;
     let len = store.geometry().map_or(0, |g| g.region_len());
     if json_out {
-        println!(
-            "{}",
-            json!({ "ok": true, "epoch": epoch, "file": to.display().to_string(), "bytes": len })
-        );
+        print_json(&RestoreJson {
+            ok: true,
+            epoch,
+            file: to.display().to_string(),
+            bytes: len,
+        });
     } else {
         println!(
             "restored epoch {epoch} to {} ({})",
@@ -434,6 +660,7 @@ fn restore(dir: &Path, to: &Path, epoch: Option<u64>, json_out: bool) -> Result<
 
 fn compact(dir: &Path, json_out: bool) -> Result<u8, Failure> {
     let mut store = Store::open(dir)?;
+    let leftovers = store.removed_leftovers().to_vec();
     let before: u64 = store.segments().iter().map(|s| s.file_len).sum();
     let bar = progress_bar(&mut store, "compact");
     let r = store.compact();
@@ -441,17 +668,24 @@ fn compact(dir: &Path, json_out: bool) -> Result<u8, Failure> {
     let report = r?;
     let after: u64 = store.segments().iter().map(|s| s.file_len).sum();
     if json_out {
+        print_json(&CompactJson {
+            ok: true,
+            base: segment_json(&report.base),
+            removed: &report.removed,
+            removed_leftovers: leftovers_json(&leftovers),
+            bytes_before: before,
+            bytes_after: after,
+        });
+        return Ok(0);
+    }
+    for l in &leftovers {
         println!(
-            "{}",
-            json!({
-                "ok": true,
-                "base": segment_json(&report.base),
-                "removed": report.removed,
-                "bytes_before": before,
-                "bytes_after": after,
-            })
+            "removed leftover {} ({}) from an interrupted write",
+            l.file_name,
+            human_bytes(l.len)
         );
-    } else if report.removed.is_empty() {
+    }
+    if report.removed.is_empty() {
         println!(
             "nothing to compact (newest segment is a base, epoch {})",
             report.base.epoch
@@ -466,4 +700,39 @@ fn compact(dir: &Path, json_out: bool) -> Result<u8, Failure> {
         );
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The progress line labelled pages per second as "KiB/s" and wrapped past 80 columns.
+    #[test]
+    fn progress_line_units_and_width() {
+        let p = Progress {
+            pages_done: 123_456_789,
+            pages_total: Some(987_654_321),
+            bytes: 123_456_789 * 4096,
+        };
+        for width in [79, 60, 30] {
+            let line = progress_line("restore", p, Duration::from_secs(2), width);
+            assert!(line.chars().count() <= width, "{line:?}");
+        }
+        let line = progress_line("restore", p, Duration::from_secs(2), 79);
+        // 61.7M pages/s; bytes/s from the bytes moved: 123456789 * 4096 / 2 = 235.5 GiB/s.
+        assert!(line.contains("61.7M pages/s"), "{line}");
+        assert!(line.contains("235.5 GiB/s"), "{line}");
+        assert!(!line.contains("KiB/s"), "{line}");
+        let small = Progress {
+            pages_done: 512,
+            pages_total: Some(1024),
+            bytes: 512 * 4096,
+        };
+        let line = progress_line("verify", small, Duration::from_secs(1), 79);
+        assert!(
+            line.contains("512 pages/s") && line.contains("2.0 MiB/s"),
+            "{line}"
+        );
+        assert!(line.contains('[') && line.contains("eta 1s"), "{line}");
+    }
 }

@@ -170,3 +170,101 @@ fn corruption_and_usage_exit_codes() {
     let v = json(&ww(&["verify", d, "--json"]));
     assert_eq!(v["ok"], false);
 }
+
+/// `writewatch restore <store> --to /dev/null` run as root replaced the device node with a
+/// regular file. Device nodes (a copy of /dev/null's numbers made here, so nothing real is at
+/// risk on the old code), FIFOs, directories and symbolic links are refused with exit 2 and
+/// left as they were.
+#[test]
+fn restore_refuses_non_regular_destinations() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    make_store(&dir);
+    let d = dir.to_str().unwrap();
+    let dev = tmp.path().join("null");
+    let made_dev = Command::new("mknod")
+        .args([dev.to_str().unwrap(), "c", "1", "3"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let fifo = tmp.path().join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let sub = tmp.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let mut targets = vec![fifo.clone(), sub.clone()];
+    if made_dev {
+        targets.push(dev.clone());
+    } else {
+        eprintln!("note: cannot mknod a device node here (not root): case skipped");
+    }
+    for t in &targets {
+        let o = ww(&["restore", d, "--to", t.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}: {o:?}", t.display());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("refusing"), "{err}");
+    }
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(std::fs::symlink_metadata(&sub).unwrap().is_dir());
+    if made_dev {
+        assert!(std::fs::symlink_metadata(&dev)
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
+    let v = json(&ww(&[
+        "restore",
+        d,
+        "--to",
+        fifo.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(
+        (v["ok"].as_bool(), v["exit_code"].as_u64()),
+        (Some(false), Some(2))
+    );
+}
+
+/// `verify` said "ok" while a leftover `.tmp-seg` sat in the store: it lists it (text and
+/// JSON), and `compact` removes it and says so.
+#[test]
+fn verify_lists_leftovers_and_compact_removes_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    make_store(&dir);
+    let d = dir.to_str().unwrap();
+    let name = ".tmp-seg-0000000000000003-0123456789abcdef";
+    std::fs::write(dir.join(name), vec![0u8; 3 << 20]).unwrap();
+    let o = ww(&["verify", d]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("LEFTOVER") && out.contains(name) && out.contains("3.0 MiB"),
+        "{out}"
+    );
+    assert!(out.contains("compact"), "{out}");
+    let v = json(&ww(&["verify", d, "--json"]));
+    assert_eq!(v["leftovers"][0]["file"], name);
+    assert_eq!(v["leftovers"][0]["len"], 3 << 20);
+    let o = ww(&["compact", d]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(stdout(&o).contains(name), "{}", stdout(&o));
+    assert!(!dir.join(name).exists());
+    let v = json(&ww(&["verify", d, "--json"]));
+    assert_eq!(v["leftovers"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn help_documents_exit_codes_and_logging() {
+    let o = ww(&["--help"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("Exit status") && out.contains("0  success") && out.contains("RUST_LOG"),
+        "{out}"
+    );
+}
