@@ -31,6 +31,9 @@ test: setup
 	$(CARGO) run -q -p writewatch-cli -- probe --require-expected
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	$(CARGO) run -q --example kv-checkpoint -- --quick
+	$(CARGO) run -q --example fuzz-reset -- --quick
+	$(CARGO) run -q --example dirty-rate -- --quick
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps -q
 
 doc: setup
@@ -80,6 +83,7 @@ stress: setup
 	WW_STRESS=long $(CARGO) test -q -p writewatch-stress --test stress
 	$(CARGO) test -q -p writewatch-core --test misbehaviour --test fault_injection --test page_state_model
 	PROPTEST_CASES=20000 $(CARGO) test -q -p writewatch-stress --test dirtyset_props --test parsers_fuzz
+	$(CARGO) bench -q -p writewatch --bench rollback
 
 # cargo-fuzz on the checkpoint parsers (needs nightly + cargo-fuzz). Without them, runs the
 # same harness through proptest for a large bounded number of cases and says so.
