@@ -29,6 +29,7 @@ demo: setup
 # that it does not (so no test can be skipped silently on a capable machine).
 test: setup
 	$(CARGO) run -q -p writewatch-cli -- probe --require-expected
+	$(CARGO) build -q --workspace --examples   # tests/demo_dir.rs runs target/debug/examples/uffd-demo
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	$(CARGO) run -q --example kv-checkpoint -- --quick

@@ -32,24 +32,32 @@ fn view_read_into_a_tracked_buffer_while_the_page_is_written_does_not_hang() {
     for in_thread in [false, true] {
         watchdog(60, "read_page into tracked memory", move || {
             let t = tracker(in_thread);
-            let a = Arc::new(t.map_anonymous(4 * PS).unwrap());
+            // B first: mappings grow down, so A lies below B and the service thread, which
+            // services a batch in address order, takes A's fault before B's.
             let b = t.map_anonymous(4 * PS).unwrap();
-            for i in 0..400u64 {
+            let a = Arc::new(t.map_anonymous(4 * PS).unwrap());
+            let (go, done) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+            let (a2, g2, d2) = (Arc::clone(&a), Arc::clone(&go), Arc::clone(&done));
+            let rounds = 500u64;
+            let writer = std::thread::spawn(move || {
+                for i in 1..=rounds {
+                    g2.wait();
+                    touch(&a2, 0, 1_000_000 + i); // faults: the page is needed by the snapshot
+                    d2.wait();
+                }
+            });
+            for i in 1..=rounds {
                 touch(&a, 0, i);
                 let snap = a.snapshot().unwrap();
                 drop(b.cut().unwrap()); // B's pages are write-protected again
-                let a2 = Arc::clone(&a);
-                let writer = std::thread::spawn(move || touch(&a2, 0, u64::MAX));
+                go.wait();
                 // SAFETY: no other thread touches region B.
                 let dst = unsafe { &mut b.as_mut_slice()[..PS] };
                 snap.read_page(0, dst).unwrap();
-                assert_eq!(
-                    word0(dst),
-                    i,
-                    "in_thread {in_thread}: the page as at the snapshot"
-                );
-                writer.join().unwrap();
+                assert_eq!(word0(dst), i, "in_thread {in_thread}: the page as at the snapshot");
+                done.wait(); // the writer's write has landed before the next round's
             }
+            writer.join().unwrap();
         });
     }
 }
