@@ -33,6 +33,7 @@ test: setup
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	$(CARGO) run -q --example kv-checkpoint -- --quick
+	$(CARGO) run -q --example arena-checkpoint -- --quick
 	$(CARGO) run -q --example fuzz-reset -- --quick
 	$(CARGO) run -q --example dirty-rate -- --quick
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps -q

@@ -54,7 +54,11 @@ fn view_read_into_a_tracked_buffer_while_the_page_is_written_does_not_hang() {
                 // SAFETY: no other thread touches region B.
                 let dst = unsafe { &mut b.as_mut_slice()[..PS] };
                 snap.read_page(0, dst).unwrap();
-                assert_eq!(word0(dst), i, "in_thread {in_thread}: the page as at the snapshot");
+                assert_eq!(
+                    word0(dst),
+                    i,
+                    "in_thread {in_thread}: the page as at the snapshot"
+                );
                 done.wait(); // the writer's write has landed before the next round's
             }
             writer.join().unwrap();
