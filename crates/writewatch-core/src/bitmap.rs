@@ -11,32 +11,71 @@
 //! "this page has certainly not been written since the last harvest". Setting a bit is always
 //! safe; clearing one is only done by `harvest`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// A fixed-size bitmap of atomic words.
+/// A fixed-size bitmap of atomic words, with a summary level: one bit per word, set after the
+/// word's own bit by every setter of this type. Harvests and peeks visit only the words whose
+/// summary bit is set, so their cost follows the dirty pages, not the region's size (a 1 TiB
+/// reservation has 4 Mi words). Memory comes zeroed from the allocator: untouched words cost
+/// nothing.
+///
+/// A setter that writes the words directly (the mprotect backend's signal handler, through
+/// [`external_words`](Self::external_words)) bypasses the summary: from then on harvests scan
+/// every word.
 #[derive(Debug)]
 pub(crate) struct AtomicBitmap {
     words: Box<[AtomicU64]>,
+    summary: Box<[AtomicU64]>,
+    /// Set once the words were handed to an external setter: the summary is not complete.
+    external: AtomicBool,
     bits: usize,
+}
+
+/// What [`AtomicBitmap::harvest`] took: the words (zero where nothing was set) and the number
+/// of set bits.
+pub(crate) struct Harvest {
+    pub words: Vec<u64>,
+    pub count: usize,
 }
 
 impl AtomicBitmap {
     /// A bitmap of `bits` clear bits.
     pub(crate) fn new(bits: usize) -> Self {
-        let words = (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
-        Self { words, bits }
+        let n = bits.div_ceil(64);
+        Self {
+            words: crate::sys::zeroed_atomic_u64s(n),
+            summary: crate::sys::zeroed_atomic_u64s(n.div_ceil(64)),
+            external: AtomicBool::new(false),
+            bits,
+        }
     }
 
-    /// The words (for the mprotect backend's signal handler, which sets bits itself).
-    pub(crate) fn words(&self) -> &[AtomicU64] {
+    /// The words, for the mprotect backend's signal handler, which sets bits itself (without
+    /// the summary: harvests scan every word from now on).
+    pub(crate) fn external_words(&self) -> &[AtomicU64] {
+        self.external.store(true, Ordering::SeqCst);
         &self.words
+    }
+
+    /// Address range of the words (to refuse adopting the tracker's own memory).
+    pub(crate) fn words_addr(&self) -> usize {
+        self.words.as_ptr() as usize
+    }
+
+    fn mark(&self, w: usize) {
+        let m = 1u64 << (w % 64);
+        if self.summary[w / 64].load(Ordering::Relaxed) & m == 0 {
+            self.summary[w / 64].fetch_or(m, Ordering::AcqRel);
+        }
     }
 
     /// Sets bit `i`; returns whether it was already set.
     pub(crate) fn set(&self, i: usize) -> bool {
         debug_assert!(i < self.bits);
         let m = 1u64 << (i % 64);
-        self.words[i / 64].fetch_or(m, Ordering::AcqRel) & m != 0
+        let was = self.words[i / 64].fetch_or(m, Ordering::AcqRel) & m != 0;
+        self.mark(i / 64);
+        was
     }
 
     /// Sets bits `[start, start+count)`.
@@ -53,6 +92,7 @@ impl AtomicBitmap {
                 ((1u64 << (hi - lo)) - 1) << lo
             };
             self.words[w].fetch_or(mask, Ordering::AcqRel);
+            self.mark(w);
             i = w * 64 + hi;
         }
     }
@@ -62,38 +102,68 @@ impl AtomicBitmap {
         i < self.bits && self.words[i / 64].load(Ordering::Acquire) & (1u64 << (i % 64)) != 0
     }
 
-    /// A copy of the words (peek; the bitmap is unchanged).
-    pub(crate) fn snapshot(&self) -> Vec<u64> {
-        self.words
-            .iter()
-            .map(|w| w.load(Ordering::Acquire))
-            .collect()
+    /// Indexes of the words that may hold set bits: those under a set summary bit (clearing
+    /// it if `take`), or every word if an external setter writes them.
+    fn candidates(&self, take: bool, mut f: impl FnMut(usize)) {
+        if self.external.load(Ordering::SeqCst) {
+            (0..self.words.len()).for_each(f);
+            return;
+        }
+        for (si, s) in self.summary.iter().enumerate() {
+            let mut bits = if take {
+                s.swap(0, Ordering::AcqRel)
+            } else {
+                s.load(Ordering::Acquire)
+            };
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                f(si * 64 + b);
+            }
+        }
     }
 
-    /// Takes every set bit out of the bitmap: one atomic swap per word.
-    pub(crate) fn harvest(&self) -> Vec<u64> {
-        self.words
-            .iter()
-            .map(|w| w.swap(0, Ordering::AcqRel))
-            .collect()
+    /// A copy of the words (peek; the bitmap is unchanged).
+    pub(crate) fn snapshot(&self) -> Vec<u64> {
+        let mut out = vec![0u64; self.words.len()];
+        self.candidates(false, |w| out[w] = self.words[w].load(Ordering::Acquire));
+        out
+    }
+
+    /// Takes every set bit out of the bitmap: one atomic swap per candidate word.
+    ///
+    /// A setter sets the word's bit, then the summary bit; this clears the summary bit, then
+    /// the word. A bit set concurrently is therefore either taken now, or left in the word
+    /// with its summary bit set for the next harvest: never lost.
+    pub(crate) fn harvest(&self) -> Harvest {
+        let mut words = vec![0u64; self.words.len()];
+        let mut count = 0;
+        self.candidates(true, |w| {
+            let v = self.words[w].swap(0, Ordering::AcqRel);
+            count += v.count_ones() as usize;
+            words[w] = v;
+        });
+        Harvest { words, count }
     }
 
     /// ORs `words` (as returned by `harvest`) back in. Used to undo a harvest whose cut failed,
     /// so a failed cut never loses dirty bits.
     pub(crate) fn restore(&self, words: &[u64]) {
-        for (w, v) in self.words.iter().zip(words) {
+        for (i, (w, v)) in self.words.iter().zip(words).enumerate() {
             if *v != 0 {
                 w.fetch_or(*v, Ordering::AcqRel);
+                self.mark(i);
             }
         }
     }
 
     /// Number of set bits.
     pub(crate) fn count_ones(&self) -> usize {
-        self.words
-            .iter()
-            .map(|w| w.load(Ordering::Acquire).count_ones() as usize)
-            .sum()
+        let mut n = 0;
+        self.candidates(false, |w| {
+            n += self.words[w].load(Ordering::Acquire).count_ones() as usize
+        });
+        n
     }
 }
 
@@ -110,10 +180,12 @@ mod tests {
         assert!(b.get(0) && b.get(129) && !b.get(1) && !b.get(500));
         assert_eq!(b.count_ones(), 2);
         let h = b.harvest();
-        assert_eq!(h, vec![1, 0, 2]);
+        assert_eq!((h.words.clone(), h.count), (vec![1, 0, 2], 2));
         assert_eq!(b.count_ones(), 0);
-        b.restore(&h);
+        assert_eq!(b.harvest().count, 0);
+        b.restore(&h.words);
         assert_eq!(b.count_ones(), 2);
+        assert_eq!(b.harvest().words, vec![1, 0, 2]);
     }
 
     #[test]
@@ -129,5 +201,14 @@ mod tests {
                 assert_eq!(a.snapshot(), b.snapshot(), "start {start} count {count}");
             }
         }
+    }
+
+    #[test]
+    fn external_setters_are_harvested_by_a_full_scan() {
+        let b = AtomicBitmap::new(64 * 200);
+        b.set(5);
+        b.external_words()[150].fetch_or(8, Ordering::SeqCst); // no summary bit
+        let h = b.harvest();
+        assert_eq!((h.count, h.words[0], h.words[150]), (2, 32, 8));
     }
 }

@@ -92,6 +92,26 @@ impl DirtySet {
         }
     }
 
+    /// [`from_words`](Self::from_words) when the number of set bits is known (a harvest
+    /// counted them), so a huge, mostly clean bitmap is not scanned. `words` must have no bit
+    /// set at or past `page_count`.
+    pub(crate) fn from_words_counted(
+        page_size: usize,
+        page_count: u64,
+        mut words: Vec<u64>,
+        count: usize,
+    ) -> Self {
+        let n = page_count as usize;
+        words.resize(n.div_ceil(64), 0);
+        let mut bits = BitVec::from_vec(words);
+        bits.truncate(n);
+        Self {
+            bits,
+            page_size,
+            count,
+        }
+    }
+
     /// The underlying bitmap words (bit `i` of word `i / 64` = page `i`).
     pub(crate) fn words(&self) -> &[u64] {
         self.bits.as_raw_slice()

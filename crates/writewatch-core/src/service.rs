@@ -927,7 +927,7 @@ impl Service {
             start,
             inner.len,
             shift,
-            inner.dirty.words(),
+            inner.dirty.external_words(),
             inner.page_count as usize,
         )
         .ok_or(MapError::Sys {
@@ -1039,6 +1039,9 @@ impl Service {
     /// command returns.
     fn reprotect_runs(&mut self, inner: &RegionInner, set: &DirtySet) -> Result<u64, CutError> {
         let mut calls = 0;
+        if set.is_empty() {
+            return Ok(0); // (`runs` would scan every word of a huge, clean region)
+        }
         for (first, count) in plan_ranges(set.runs(), self.shared.config.merge_gap_pages) {
             let addr = inner.start + first as usize * inner.page_size;
             let len = count as usize * inner.page_size;
@@ -1085,7 +1088,8 @@ impl Service {
             // let this cut re-protect it.
             mark_writable_mappings(&inner);
         }
-        let mut words = inner.dirty.harvest();
+        let harvest = inner.dirty.harvest();
+        let (mut words, mut count) = (harvest.words, Some(harvest.count));
         if self.backend == Backend::Mprotect {
             // Signal handlers that set a bit we just harvested must finish their un-protect
             // before we re-protect, or a page could end up writable with its bit clear.
@@ -1101,8 +1105,12 @@ impl Service {
                     return Err(CutError::Protect { errno });
                 }
             }
+            count = None; // bits were added anywhere: count them all
         }
-        let set = DirtySet::from_words(inner.page_size, inner.page_count, words);
+        let set = match count {
+            Some(n) => DirtySet::from_words_counted(inner.page_size, inner.page_count, words, n),
+            None => DirtySet::from_words(inner.page_size, inner.page_count, words),
+        };
         // 3. Re-protect the dirty runs (faults read meanwhile stay pending until we return),
         // except pages eager re-protection already re-armed.
         let (protect_ioctls, pre_protected) = if self.backend == Backend::AsyncUffd {

@@ -1212,6 +1212,25 @@ pub(crate) mod sigbus {
     }
 }
 
+/// `n` zeroed 64-bit atomics from zeroed memory (see [`zeroed_atomic_u8s`]).
+pub(crate) fn zeroed_atomic_u64s(n: usize) -> Box<[AtomicU64]> {
+    if n == 0 {
+        return Box::new([]);
+    }
+    let Ok(layout) = std::alloc::Layout::array::<AtomicU64>(n) else {
+        std::alloc::handle_alloc_error(std::alloc::Layout::new::<AtomicU64>())
+    };
+    // SAFETY: `layout` has a non-zero size (n > 0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<AtomicU64>();
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: allocated by the global allocator with the layout of `[AtomicU64; n]` and fully
+    // initialised: `AtomicU64` has the size, alignment and bit validity of `u64`, and zero
+    // bytes are `AtomicU64::new(0)`. The box takes sole ownership.
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) }
+}
+
 /// `n` zeroed atomics from zeroed memory: a large allocation comes straight from fresh,
 /// lazily zero-filled pages, so this is O(1) until the cells are touched (a snapshot view of a
 /// huge sparse region costs nothing for its untouched pages).

@@ -914,14 +914,14 @@ impl Tracker {
             unsafe { sys::Mapping::adopted(ptr, len) }.ok_or(MapError::NotMapped { addr: 0 })?;
         let inner = self.new_inner(map, ps, kind);
         // The region's own state, allocated just now, must not live in the range either.
-        let words = inner.dirty.words();
+        let words_addr = inner.dirty.words_addr();
         let own = [
             (
                 Arc::as_ptr(&inner) as usize,
                 "the region's own state (allocated on the heap of the calling thread)",
             ),
             (
-                words.as_ptr() as usize,
+                words_addr,
                 "the region's dirty bitmap (allocated on the heap of the calling thread)",
             ),
         ];
