@@ -10,8 +10,15 @@
 //! ```text
 //! cargo run --release --example uffd-demo -- [--size 1G] [--threads 2] [--epochs 5]
 //!     [--epoch-ms 2000] [--pattern random|seq|zipf] [--backend sync|async|mprotect|auto]
-//!     [--in-thread] [--eager-ms MS] [--dir DIR] [--keep] [--json]
+//!     [--in-thread] [--eager-ms MS] [--dir DIR] [--keep] [--json] [--no-baseline] [--live-cuts]
 //! ```
+//!
+//! Issue 14 figures: before the tracked run the same writers run for the same duration on an
+//! untracked mapping of the same size (skip with `--no-baseline`); the summary reports
+//! `writes/s tracked (with checkpointing) / untracked` and the held-writer stall per cut (the
+//! longest timestamped batch of 64 writes of any writer overlapping the cut), p50/p99/max and
+//! over fork(). The demo quiesces its writers around each cut for its reference (so no writer
+//! can be held by a cut) unless `--live-cuts` is given.
 //! Logging: `RUST_LOG` (e.g. `RUST_LOG=writewatch_core=debug`), as for the `writewatch` CLI.
 //!
 //! `--dir DIR`: a new path or an empty directory gets a new store; an existing store is
@@ -53,6 +60,9 @@ struct DemoJson<'a> {
     fault_ns_p99: u64,
     writes: u64,
     seconds: f64,
+    /// Issue 14 instruments (see `Instruments`): writer throughput and held-writer stalls.
+    #[serde(flatten)]
+    perf: PerfJson,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -113,6 +123,15 @@ struct Args {
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
+    /// Skip the untracked writer baseline (by default the same writers first run for the same
+    /// duration on a plain, untracked mapping of the same size, for the throughput ratio).
+    #[arg(long)]
+    no_baseline: bool,
+    /// Cut while the writers run (no quiesce around the cut): shows the held-writer stall of a
+    /// live cut. The reference CRCs cannot be taken then, so the per-page comparison is skipped
+    /// (the store is still verified and every epoch restored). Copy-before-write backends only.
+    #[arg(long)]
+    live_cuts: bool,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -164,16 +183,31 @@ struct Control {
     writes: AtomicU64,
 }
 
-fn writer(region: Arc<Region>, ctl: Arc<Control>, t: usize, threads: usize, pattern: Pattern) {
-    let words = region.as_atomic_u64();
-    let pages = region.page_count();
-    let wpp = (region.page_size() / 8) as u64;
+/// Writes in batches of `BATCH` stores; each batch is timestamped (two `Instant::now()` per
+/// batch, ~1 % of a batch's time), never each store.
+const BATCH: u64 = 64;
+/// A batch that took at least this long had a stall (a write fault, held or serviced, or the
+/// thread was preempted): a batch of 64 stores normally takes a few microseconds.
+const SLOW_BATCH_NS: u64 = 10_000;
+
+fn writer<M: Target>(
+    mem: Arc<M>,
+    ctl: Arc<Control>,
+    t: usize,
+    threads: usize,
+    pattern: Pattern,
+    base: Instant,
+) -> WriterLog {
+    let words = mem.words();
+    let pages = mem.pages();
+    let wpp = (mem.page_size() / 8) as u64;
     let hot = (pages / 100).max(1);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0xA24B_AED4_963E_E407));
     let share = pages / threads as u64;
     let mut cursor = share * t as u64;
     let mut seq = 0u64;
-    let mut n = 0u64;
+    let mut log = WriterLog::default();
+    log.slow.reserve(1 << 16);
     while !ctl.stop.load(SeqCst) {
         if ctl.pause.load(SeqCst) {
             ctl.paused.fetch_add(1, SeqCst);
@@ -183,31 +217,35 @@ fn writer(region: Arc<Region>, ctl: Arc<Control>, t: usize, threads: usize, patt
             ctl.paused.fetch_sub(1, SeqCst);
             continue;
         }
-        let page = match pattern {
-            Pattern::Random => {
-                if rng.next() % 1000 != 0 {
-                    rng.next() % hot * 97 % pages
-                } else {
-                    rng.next() % pages
+        let t0 = Instant::now();
+        for _ in 0..BATCH {
+            let page = match pattern {
+                Pattern::Random => {
+                    if rng.next() % 1000 != 0 {
+                        rng.next() % hot * 97 % pages
+                    } else {
+                        rng.next() % pages
+                    }
                 }
-            }
-            Pattern::Seq => {
-                cursor += 1;
-                if cursor >= share * (t as u64 + 1) {
-                    cursor = share * t as u64;
+                Pattern::Seq => {
+                    cursor += 1;
+                    if cursor >= share * (t as u64 + 1) {
+                        cursor = share * t as u64;
+                    }
+                    cursor
                 }
-                cursor
-            }
-            Pattern::Zipf => ((rng.unit().powi(4)) * pages as f64) as u64 % pages,
-        };
-        seq += 1;
-        let word = page * wpp + rng.next() % wpp;
-        words[word as usize].store(((t as u64) << 56) | seq, SeqCst);
-        n += 1;
-        if n % 4096 == 0 {
+                Pattern::Zipf => ((rng.unit().powi(4)) * pages as f64) as u64 % pages,
+            };
+            seq += 1;
+            let word = page * wpp + rng.next() % wpp;
+            words[word as usize].store(((t as u64) << 56) | seq, SeqCst);
+        }
+        log.record(base, t0, t0.elapsed());
+        if log.writes % 4096 == 0 {
             ctl.writes.fetch_add(4096, SeqCst);
         }
     }
+    log
 }
 
 fn page_crcs(region: &Region) -> Vec<u32> {
@@ -294,6 +332,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Store::create(&dir).map_err(|e| format!("--dir: {e}"))?
     };
 
+    // Issue 14: the same writers on an untracked mapping first, for the throughput ratio.
+    let untracked = if args.no_baseline {
+        None
+    } else {
+        let dur = Duration::from_millis(args.epoch_ms * args.epochs as u64);
+        if !args.json {
+            eprintln!(
+                "uffd-demo: untracked baseline: {} writers on a plain {} mapping for {:.1} s",
+                args.threads,
+                human(size as f64),
+                dur.as_secs_f64()
+            );
+        }
+        Some(untracked_baseline(size, args.threads, args.pattern, dur)?)
+    };
+
     let mut builder = Tracker::builder()
         .backend(backend)
         .copy_budget(256 << 20)
@@ -314,19 +368,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let resumed_from = store.head().map(|h| h.epoch);
     resume(&mut store, &region, None)
         .map_err(|e| format!("continuing the store in {}: {e}", dir.display()))?;
-    let ctl = Arc::new(Control {
-        stop: AtomicBool::new(false),
-        pause: AtomicBool::new(false),
-        paused: AtomicUsize::new(0),
-        writes: AtomicU64::new(0),
-    });
+    let ctl = Arc::new(Control::new());
+    let base = Instant::now();
     let handles: Vec<_> = (0..args.threads)
         .map(|t| {
             let (r, c) = (Arc::clone(&region), Arc::clone(&ctl));
             let (threads, pattern) = (args.threads, args.pattern);
             std::thread::Builder::new()
                 .name(format!("demo-writer-{t}"))
-                .spawn(move || writer(r, c, t, threads, pattern))
+                .spawn(move || writer(r, c, t, threads, pattern, base))
                 .unwrap()
         })
         .collect();
@@ -364,6 +414,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut ckpt_bytes = Vec::new();
     let mut dirty_pages = Vec::new();
     let mut ckpt_secs = 0.0f64;
+    let mut cut_windows: Vec<(Instant, Instant)> = Vec::new();
+    // --live-cuts: no quiesce around the cut (copy-before-write backends only).
+    let quiesce = !(live && args.live_cuts);
     let t_run = Instant::now();
     for k in 0..args.epochs {
         let t_epoch = Instant::now();
@@ -382,13 +435,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             ));
         }
         // Quiesce the demo's writers (for the reference only), cut, take the reference.
-        ctl.pause.store(true, SeqCst);
-        while ctl.paused.load(SeqCst) < args.threads {
-            std::thread::yield_now();
+        if quiesce {
+            ctl.pause.store(true, SeqCst);
+            while ctl.paused.load(SeqCst) < args.threads {
+                std::thread::yield_now();
+            }
         }
         let (epoch, info) = if live {
+            let c0 = Instant::now();
             let epoch = region.cut()?;
-            refs.push(page_crcs(&region));
+            cut_windows.push((c0, Instant::now()));
+            if quiesce {
+                refs.push(page_crcs(&region));
+            }
             ctl.pause.store(false, SeqCst);
             // Stream the epoch while the writers run again: pages are read as at the cut.
             let t_ck = Instant::now();
@@ -426,9 +485,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let _ = k;
     }
     ctl.stop.store(true, SeqCst);
-    for h in handles {
-        let _ = h.join();
-    }
+    let logs: Vec<WriterLog> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     pb.finish_and_clear();
     let stats = tracker.stats();
     let fork = (0..3).map(|_| fork_ms()).fold(f64::MAX, f64::min);
@@ -438,10 +495,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut mismatches = Vec::new();
     let t_restore = Instant::now();
     let mut restored_bytes = 0u64;
-    for (k, reference) in store_epochs.iter().zip(&refs) {
+    for (i, k) in store_epochs.iter().enumerate() {
         let k = *k;
         let m = store.restore(k)?;
         restored_bytes += m.len() as u64;
+        // --live-cuts: no reference was taken; the restore and the store verify still run.
+        let Some(reference) = refs.get(i) else {
+            continue;
+        };
         let bad = m
             .as_slice()
             .chunks_exact(region.page_size())
@@ -460,6 +521,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let restore_mb_s = restored_bytes as f64 / 1e6 / restore_secs.max(1e-9);
     let p50 = stats.service_ns.percentile(0.5);
     let p99 = stats.service_ns.percentile(0.99);
+    let perf = perf_summary(PerfInput {
+        untracked,
+        logs: &logs,
+        base,
+        cut_windows: &cut_windows,
+        cut_ms: &cut_ms,
+        fork_ms: fork,
+        quiesced: quiesce,
+    });
 
     if args.json {
         let out = DemoJson {
@@ -481,8 +551,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             restore_mb_s,
             fault_ns_p50: p50,
             fault_ns_p99: p99,
-            writes: ctl.writes.load(SeqCst),
+            writes: logs.iter().map(|l| l.writes).sum(),
             seconds: t_run.elapsed().as_secs_f64(),
+            perf,
         };
         println!("{}", serde_json::to_string(&out)?);
     } else {
@@ -514,8 +585,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             o,
             "checkpoint write {checkpoint_mb_s:.0} MB/s, restore {restore_mb_s:.0} MB/s"
         )?;
+        print_perf(&mut o, &perf, args.threads)?;
         if verified {
-            writeln!(o, "verified: every epoch restored from disk equals the reference taken at its cut ({} epochs)", args.epochs)?;
+            if quiesce {
+                writeln!(o, "verified: every epoch restored from disk equals the reference taken at its cut ({} epochs)", args.epochs)?;
+            } else {
+                writeln!(o, "verified: the store verifies and every epoch restores ({} epochs; --live-cuts: no per-page reference to compare with)", args.epochs)?;
+            }
         } else {
             writeln!(
                 o,
@@ -532,4 +608,290 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------ issue 14 instruments
+//
+// Writer throughput against an untracked baseline, and held-writer stalls per cut, measured
+// from the writers' side without touching the engine: each writer timestamps every batch of
+// `BATCH` stores; a batch that took >= `SLOW_BATCH_NS` is logged (start, duration). The main
+// thread records each cut's [start, end]; a cut's stall is the longest logged batch of any
+// writer that overlaps its window (an upper bound of the time that writer was held: it also
+// holds the rest of its batch, a few microseconds, and any preemption meanwhile).
+
+/// Memory the writers write: the tracked region, or a plain mapping for the baseline.
+trait Target: Send + Sync + 'static {
+    fn words(&self) -> &[AtomicU64];
+    fn pages(&self) -> u64;
+    fn page_size(&self) -> usize;
+}
+
+impl Target for Region {
+    fn words(&self) -> &[AtomicU64] {
+        self.as_atomic_u64()
+    }
+    fn pages(&self) -> u64 {
+        self.page_count()
+    }
+    fn page_size(&self) -> usize {
+        Region::page_size(self)
+    }
+}
+
+/// A private anonymous mapping with THP off (like a tracked region), untracked.
+struct PlainMap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: plain memory, only accessed through atomics.
+unsafe impl Send for PlainMap {}
+// SAFETY: as above.
+unsafe impl Sync for PlainMap {}
+
+impl PlainMap {
+    fn new(len: usize) -> std::io::Result<PlainMap> {
+        // SAFETY: a fresh anonymous mapping; arguments are valid.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: our mapping. Best effort, as for tracked regions (4 KiB pages).
+        unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+        Ok(PlainMap { ptr: p.cast(), len })
+    }
+}
+
+impl Target for PlainMap {
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is page-aligned, `len` bytes, alive as long as `self`, and only
+        // accessed through these atomics.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<AtomicU64>(), self.len / 8) }
+    }
+    fn pages(&self) -> u64 {
+        (self.len / 4096) as u64
+    }
+    fn page_size(&self) -> usize {
+        4096
+    }
+}
+
+impl Drop for PlainMap {
+    fn drop(&mut self) {
+        // SAFETY: we mapped exactly this range; no writer is left (joined before the drop).
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+impl Control {
+    fn new() -> Control {
+        Control {
+            stop: AtomicBool::new(false),
+            pause: AtomicBool::new(false),
+            paused: AtomicUsize::new(0),
+            writes: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One writer's record.
+#[derive(Default)]
+struct WriterLog {
+    writes: u64,
+    /// Sum of batch durations: the time the writer was writing (not quiesced by the demo).
+    active_ns: u64,
+    /// Slow batches: (start in ns since the run's base instant, duration in ns).
+    slow: Vec<(u64, u64)>,
+}
+
+impl WriterLog {
+    #[inline]
+    fn record(&mut self, base: Instant, t0: Instant, d: Duration) {
+        let ns = d.as_nanos() as u64;
+        self.writes += BATCH;
+        self.active_ns += ns;
+        if ns >= SLOW_BATCH_NS {
+            self.slow
+                .push((t0.saturating_duration_since(base).as_nanos() as u64, ns));
+        }
+    }
+}
+
+/// Writes per second over the writers' active (unquiesced) time, summed over writers.
+fn writes_per_s(logs: &[WriterLog]) -> f64 {
+    logs.iter()
+        .map(|l| l.writes as f64 / (l.active_ns as f64 / 1e9).max(1e-9))
+        .sum()
+}
+
+/// The untracked baseline: the same writers (threads, pattern) on a plain mapping of the
+/// same size, for the same duration. Returns writes/s as `writes_per_s` computes it.
+fn untracked_baseline(
+    size: usize,
+    threads: usize,
+    pattern: Pattern,
+    dur: Duration,
+) -> std::io::Result<f64> {
+    let mem = Arc::new(PlainMap::new(size)?);
+    let ctl = Arc::new(Control::new());
+    let base = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (m, c) = (Arc::clone(&mem), Arc::clone(&ctl));
+            std::thread::Builder::new()
+                .name(format!("demo-plain-writer-{t}"))
+                .spawn(move || writer(m, c, t, threads, pattern, base))
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(dur);
+    ctl.stop.store(true, SeqCst);
+    let logs: Vec<WriterLog> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    Ok(writes_per_s(&logs))
+}
+
+/// Nearest-rank percentile of a sorted slice (0 for an empty one).
+fn pct(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// The instruments' part of the `--json` output (flattened into it).
+#[derive(Serialize)]
+struct PerfJson {
+    /// Writes per second of the untracked baseline (null with --no-baseline).
+    untracked_writes_per_s: Option<f64>,
+    /// Writes per second of the tracked run, with checkpointing, over the writers' active
+    /// time (the demo's own quiesce for the reference CRCs excluded).
+    tracked_writes_per_s: f64,
+    /// tracked / untracked.
+    writes_ratio: Option<f64>,
+    /// Stores per timestamped batch, and the duration from which a batch counts as stalled.
+    writer_batch: u64,
+    slow_batch_ns: u64,
+    /// Whether the demo quiesced its writers around each cut (then no writer can be held).
+    quiesced_cuts: bool,
+    /// Wall time of each `cut()` call on the main thread.
+    cut_wall_ms: Vec<f64>,
+    /// Largest cut (service-thread duration) / fork().
+    cut_over_fork_max: f64,
+    /// Per cut: the longest batch of any writer overlapping the cut window (0: none >= slow_batch_ns).
+    cut_stall_ms: Vec<f64>,
+    cut_stall_ms_p50: f64,
+    cut_stall_ms_p99: f64,
+    cut_stall_ms_max: f64,
+    cut_stall_p99_over_fork: f64,
+    /// All slow batches of the tracked run (faults, held or not, and preemption).
+    slow_batches: u64,
+    slow_batch_us_p50: f64,
+    slow_batch_us_p99: f64,
+    slow_batch_us_max: f64,
+}
+
+struct PerfInput<'a> {
+    untracked: Option<f64>,
+    logs: &'a [WriterLog],
+    base: Instant,
+    cut_windows: &'a [(Instant, Instant)],
+    cut_ms: &'a [f64],
+    fork_ms: f64,
+    quiesced: bool,
+}
+
+fn perf_summary(p: PerfInput<'_>) -> PerfJson {
+    let tracked = writes_per_s(p.logs);
+    let ns = |i: Instant| i.saturating_duration_since(p.base).as_nanos() as u64;
+    let mut cut_stall_ms = Vec::new();
+    for &(c0, c1) in p.cut_windows {
+        let (s, e) = (ns(c0), ns(c1));
+        let longest = p
+            .logs
+            .iter()
+            .flat_map(|l| l.slow.iter())
+            .filter(|&&(b, d)| b < e && b + d > s)
+            .map(|&(_, d)| d)
+            .max()
+            .unwrap_or(0);
+        cut_stall_ms.push(longest as f64 / 1e6);
+    }
+    let mut sorted = cut_stall_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mut slow: Vec<f64> = p
+        .logs
+        .iter()
+        .flat_map(|l| l.slow.iter().map(|&(_, d)| d as f64 / 1e3))
+        .collect();
+    slow.sort_by(f64::total_cmp);
+    PerfJson {
+        untracked_writes_per_s: p.untracked,
+        tracked_writes_per_s: tracked,
+        writes_ratio: p.untracked.map(|u| tracked / u.max(1e-9)),
+        writer_batch: BATCH,
+        slow_batch_ns: SLOW_BATCH_NS,
+        quiesced_cuts: p.quiesced,
+        cut_wall_ms: p
+            .cut_windows
+            .iter()
+            .map(|(a, b)| (*b - *a).as_secs_f64() * 1e3)
+            .collect(),
+        cut_over_fork_max: p.cut_ms.iter().copied().fold(0.0, f64::max) / p.fork_ms,
+        cut_stall_ms_p50: pct(&sorted, 0.5),
+        cut_stall_ms_p99: pct(&sorted, 0.99),
+        cut_stall_ms_max: sorted.last().copied().unwrap_or(0.0),
+        cut_stall_p99_over_fork: pct(&sorted, 0.99) / p.fork_ms,
+        cut_stall_ms,
+        slow_batches: slow.len() as u64,
+        slow_batch_us_p50: pct(&slow, 0.5),
+        slow_batch_us_p99: pct(&slow, 0.99),
+        slow_batch_us_max: slow.last().copied().unwrap_or(0.0),
+    }
+}
+
+/// The instruments' lines of the human summary.
+fn print_perf(o: &mut impl std::io::Write, p: &PerfJson, threads: usize) -> std::io::Result<()> {
+    let m = |x: f64| x / 1e6;
+    match (p.untracked_writes_per_s, p.writes_ratio) {
+        (Some(u), Some(r)) => writeln!(
+            o,
+            "writer throughput: tracked (with checkpointing) {:.2} M writes/s / untracked {:.2} M writes/s = {r:.3}x ({threads} writers, same pattern and duration; writes/s over the writers' unquiesced time)",
+            m(p.tracked_writes_per_s),
+            m(u)
+        )?,
+        _ => writeln!(
+            o,
+            "writer throughput: tracked (with checkpointing) {:.2} M writes/s (untracked baseline skipped: --no-baseline)",
+            m(p.tracked_writes_per_s)
+        )?,
+    }
+    if p.quiesced_cuts {
+        writeln!(o, "held-writer stall per cut: none possible: the demo quiesces its writers around each cut for the reference (run with --live-cuts to measure it)")?;
+    } else {
+        writeln!(
+            o,
+            "held-writer stall per cut (longest batch of {} writes overlapping the cut): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; p99 = {:.3}x fork",
+            p.writer_batch, p.cut_stall_ms_p50, p.cut_stall_ms_p99, p.cut_stall_ms_max, p.cut_stall_p99_over_fork
+        )?;
+    }
+    writeln!(
+        o,
+        "largest cut / fork: {:.3}x; writer batches slowed >= {} us (faults or preemption): {}, p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+        p.cut_over_fork_max,
+        p.slow_batch_ns / 1000,
+        p.slow_batches,
+        p.slow_batch_us_p50,
+        p.slow_batch_us_p99,
+        p.slow_batch_us_max
+    )
 }
