@@ -55,14 +55,6 @@ use crate::stats::{EpochStat, HISTORY};
 use crate::sys::{self, Addr};
 use crate::tracker::{Backend, Command, CommandRx, Shared, POISONED};
 
-/// The errno inside a `userfaultfd` crate error (the crate uses an older `nix`).
-pub(crate) fn errno_of(e: &userfaultfd::Error) -> Errno {
-    match e {
-        userfaultfd::Error::SystemError(e) => Errno::from_raw(*e as i32),
-        _ => Errno::EIO,
-    }
-}
-
 /// Maximum number of distinct threads tracked in the per-thread fault map.
 const MAX_THREADS: usize = 256;
 /// Reads per loop iteration before commands get a turn again.
@@ -721,7 +713,7 @@ impl Service {
             match self
                 .u()
                 .remove_write_protection(Addr(addr).ptr(), len, true)
-                .map_err(|e| errno_of(&e))
+                .map_err(|e| sys::errno_of(&e))
             {
                 Ok(()) => {
                     self.shared.counters.unprotect_ioctls.fetch_add(1, Relaxed);
@@ -750,7 +742,7 @@ impl Service {
             match self
                 .u()
                 .write_protect(Addr(addr).ptr(), len)
-                .map_err(|e| errno_of(&e))
+                .map_err(|e| sys::errno_of(&e))
             {
                 Ok(()) => {
                     self.shared.counters.protect_ioctls.fetch_add(1, Relaxed);
@@ -866,7 +858,7 @@ impl Service {
         let inner = Arc::clone(inner);
         let ioctls = self.u().register_with_mode(Addr(start).ptr(), inner.len, RegisterMode::WRITE_PROTECT).map_err(
             |e| {
-                let errno = errno_of(&e);
+                let errno = sys::errno_of(&e);
                 match errno {
                     Errno::ENOMEM => MapError::NotMapped { addr: start },
                     Errno::EBUSY => MapError::Sys {
@@ -967,7 +959,7 @@ impl Service {
                 let r = self
                     .u()
                     .unregister(Addr(start).ptr(), entry.inner.len)
-                    .map_err(|e| errno_of(&e));
+                    .map_err(|e| sys::errno_of(&e));
                 // After the unregister no write faults any more; retiring waits for handlers
                 // still serving earlier ones.
                 if let Some((_, slot)) = entry.hook {

@@ -509,7 +509,7 @@ impl TrackerBuilder {
                 sys::uffd_from_fd(fd)
             }
             Err(e) => {
-                return Err(match crate::service::errno_of(&e) {
+                return Err(match crate::sys::errno_of(&e) {
                     errno @ (Errno::EPERM | Errno::EACCES) => {
                         BuildError::PermissionDenied { errno }
                     }

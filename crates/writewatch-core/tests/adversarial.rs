@@ -652,8 +652,8 @@ fn adopt_refusals() {
         }
         std::hint::black_box(&local);
         // Read-only mapping.
-        // SAFETY: our own mapping.
         assert_eq!(
+            // SAFETY: our own mapping.
             unsafe { libc::mprotect(mem.add(6 * PS).cast(), PS, libc::PROT_READ) },
             0
         );
@@ -697,8 +697,8 @@ fn mprotect_guard_page_survives_prepare_overwrite_and_cuts() {
         // SAFETY: our mapping, unmapped at the end after the region is dropped.
         let r = unsafe { t.adopt(mem, 8 * PS) }.unwrap();
         let guard = mem as usize + 4 * PS;
-        // SAFETY: our own mapping; nothing references page 4.
         assert_eq!(
+            // SAFETY: our own mapping; nothing references page 4.
             unsafe { libc::mprotect(guard as *mut _, PS, libc::PROT_NONE) },
             0
         );
