@@ -340,3 +340,60 @@ impl<E: std::fmt::Display> std::fmt::Display for CutAndCopyError<E> {
 }
 
 impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for CutAndCopyError<E> {}
+
+/// Errors of reading a page of an [`Epoch`](crate::Epoch) or [`Snapshot`], and of rollback.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// The page is not part of this epoch (it was not written in it).
+    #[error("page {page} is not in this epoch's dirty set")]
+    NotInEpoch {
+        /// The page index.
+        page: u64,
+    },
+    /// The page was already read (epoch pages are released as they are consumed).
+    #[error("page {page} was already consumed from this epoch")]
+    AlreadyConsumed {
+        /// The page index.
+        page: u64,
+    },
+    /// The application discarded the page's content (`madvise(MADV_DONTNEED)`) after the cut,
+    /// before it was preserved: its content at the cut is gone.
+    #[error("page {page} was discarded by the application (madvise) after the cut; its content at the cut is lost")]
+    Discarded {
+        /// The page index.
+        page: u64,
+    },
+    /// The page index is past the end of the region.
+    #[error("page {page} is out of range (the region has {pages} pages)")]
+    OutOfRange {
+        /// The page index.
+        page: u64,
+        /// Pages in the region.
+        pages: u64,
+    },
+    /// The buffer is not exactly one page long.
+    #[error("the buffer is {len} bytes; a page is {page_size}")]
+    BadBuffer {
+        /// The buffer's length.
+        len: usize,
+        /// The page size.
+        page_size: usize,
+    },
+    /// The region was unmapped or moved by the application.
+    #[error("the region is no longer tracked: {0}")]
+    Invalidated(Invalidation),
+    /// The tracker is shut down or poisoned (live pages can no longer be trusted to be
+    /// unchanged).
+    #[error("{0}")]
+    Unavailable(Unavailable),
+    /// The backend cannot preserve content while writers run (async, mprotect): read pages
+    /// with `Region::cut_and_copy` while the writers are quiesced instead.
+    #[error("the {backend} backend cannot read an epoch's pages as they were at the cut (no copy-before-write): use Region::cut_and_copy with the writers quiesced, or Backend::SyncUffd")]
+    Unsupported {
+        /// The backend in use.
+        backend: &'static str,
+    },
+    /// The snapshot belongs to another region.
+    #[error("the snapshot was taken of another region")]
+    WrongRegion,
+}

@@ -24,10 +24,10 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 
-use crate::region::RegionInner;
-use crate::snapshot::{Preserve, View};
+use crate::range::RegionInner;
+use crate::shared::Shared;
 use crate::sys::sigbus::{InFlight, Outcome, RcuList, Serve};
-use crate::tracker::Shared;
+use crate::view::{Preserve, View};
 
 /// What the `SIGBUS` handler needs to serve faults of one region.
 pub(crate) struct Hook {

@@ -4,7 +4,8 @@
 use nix::errno::Errno;
 
 use crate::error::MapError;
-use crate::region::{Region, RegionKind};
+use crate::range::RegionKind;
+use crate::region::Region;
 use crate::sys;
 use crate::tracker::Tracker;
 

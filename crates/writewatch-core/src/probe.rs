@@ -293,20 +293,6 @@ fn read_trimmed(path: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-pub(crate) fn pagemap_scan_available() -> bool {
-    let Ok(pm) = std::fs::File::open("/proc/self/pagemap") else {
-        return false;
-    };
-    let mut out = [sys::EMPTY_PAGE_REGION; 1];
-    // An empty range: a kernel with PAGEMAP_SCAN answers 0 entries; one without answers ENOTTY.
-    let args = sys::ScanArgs {
-        start: 0x10000,
-        end: 0x10000,
-        ..Default::default()
-    };
-    sys::pagemap_scan(pm.as_raw_fd(), &args, &mut out).is_ok()
-}
-
 /// Probes the running kernel and process. Never fails: what cannot be determined is reported
 /// as absent.
 pub fn probe() -> Probe {
@@ -325,7 +311,7 @@ pub fn probe() -> Probe {
         access,
         features,
         ioctls,
-        pagemap_scan: pagemap_scan_available(),
+        pagemap_scan: crate::pagemap::Pagemap::scan_available(),
         soft_dirty: sys::soft_dirty_probe(),
         unprivileged_userfaultfd: read_trimmed("/proc/sys/vm/unprivileged_userfaultfd")
             .and_then(|s| s.parse().ok()),

@@ -34,7 +34,7 @@
 //!   read while it runs (to unblock an `EAGAIN`) are queued and serviced only after it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::{Arc, Weak};
@@ -45,15 +45,17 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use userfaultfd::{Event, EventBuffer, RegisterMode, Uffd};
 
+use crate::backend::Backend;
+use crate::command::{Command, CommandRx};
 use crate::dirty::{plan_ranges, DirtySet};
+use crate::epoch::{CutStats, Epoch};
 use crate::error::{CutError, Invalidation, MapError};
 use crate::inthread::Hook;
-use crate::region::{CutStats, Epoch, RegionInner};
-use crate::scan;
-use crate::snapshot::{Mode, View};
+use crate::range::RegionInner;
+use crate::shared::{Shared, POISONED};
 use crate::stats::{EpochStat, HISTORY};
 use crate::sys::{self, Addr};
-use crate::tracker::{Backend, Command, CommandRx, Shared, POISONED};
+use crate::view::{Mode, View};
 
 /// Maximum number of distinct threads tracked in the per-thread fault map.
 const MAX_THREADS: usize = 256;
@@ -1266,7 +1268,7 @@ impl Service {
         inner: &Arc<RegionInner>,
         needed: Option<&DirtySet>,
         mode: Mode,
-    ) -> crate::snapshot::ViewHandle {
+    ) -> crate::view::ViewHandle {
         let v = Arc::new(View::new(
             Arc::clone(inner),
             Arc::clone(&self.shared),
@@ -1280,7 +1282,7 @@ impl Service {
                 h.views.update(|l| l.push(Arc::clone(&v)));
             }
         }
-        crate::snapshot::ViewHandle(v)
+        crate::view::ViewHandle(v)
     }
 
     fn hook_slot(&self, start: usize) -> Option<usize> {
@@ -1367,61 +1369,31 @@ impl Service {
         next
     }
 
-    /// The async backend's harvest: `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING` over the whole
-    /// region reports every written page and write-protects it again in the same walk. Loops
-    /// on `walk_end` when the output vector fills up (and grows it for the next cut).
+    /// The async backend's harvest over the whole region ([`crate::pagemap::Pagemap::harvest`]): every written
+    /// page is reported in `words` and write-protected again in the same walk.
     fn async_harvest(&mut self, inner: &RegionInner, words: &mut [u64]) -> Result<u64, Errno> {
-        let fd = self
-            .shared
-            .pagemap
-            .as_ref()
-            .map(|f| f.as_raw_fd())
-            .ok_or(Errno::ENOTTY)?;
-        let (mut cursor, end) = (inner.start, inner.end());
-        let mut ioctls = 0;
-        loop {
-            let args = sys::ScanArgs {
-                flags: sys::pm::PM_SCAN_WP_MATCHING | sys::pm::PM_SCAN_CHECK_WPASYNC,
-                start: cursor,
-                end,
-                category_mask: sys::pm::PAGE_IS_WRITTEN,
-                return_mask: sys::pm::PAGE_IS_WRITTEN,
-                ..Default::default()
-            };
-            ioctls += 1;
-            self.shared.counters.scan_ioctls.fetch_add(1, Relaxed);
-            let (n, walk_end) = sys::pagemap_scan(fd, &args, &mut self.async_out)?;
-            for r in &self.async_out[..n] {
-                let a = inner.page_of(r.start as usize);
-                let b = inner.page_of((r.end as usize).max(r.start as usize + 1) - 1);
-                for p in a..=b {
-                    words[p as usize / 64] |= 1 << (p % 64);
-                }
-            }
-            if n < self.async_out.len() || walk_end >= end || walk_end <= cursor {
-                break;
-            }
-            cursor = walk_end;
-            let grown = self.async_out.len() * 2;
-            self.async_out
-                .resize(grown.min(1 << 20), sys::EMPTY_PAGE_REGION);
-        }
-        Ok(ioctls)
+        let pm = self.shared.pagemap.as_ref().ok_or(Errno::ENOTTY)?;
+        pm.harvest(
+            (inner.start, inner.end(), inner.page_size),
+            words,
+            &mut self.async_out,
+            &self.shared.counters.scan_ioctls,
+        )
     }
 
     /// Sets the dirty bit of every page in the run that is not write-protected (see
-    /// `scan::unprotected`). Returns the number of `PAGEMAP_SCAN` ioctls made. Without
+    /// [`crate::pagemap::Pagemap::unprotected`]). Returns the number of `PAGEMAP_SCAN` ioctls made. Without
     /// `PAGEMAP_SCAN`, marks the whole run (over-report).
     fn mark_unprotected(&mut self, inner: &RegionInner, first: u64, count: u64) -> u64 {
         let start = inner.start + first as usize * inner.page_size;
         let end = start + count as usize * inner.page_size;
-        let Some(pm_fd) = self.shared.pagemap.as_ref().map(|f| f.as_raw_fd()) else {
+        let Some(pm) = self.shared.pagemap.as_ref() else {
             inner.dirty.set_range(first as usize, count as usize);
             return 0;
         };
-        let r = scan::unprotected(pm_fd, start, end, &mut self.scan_out, |a, b| {
-            let pa = inner.page_of(a);
-            let pb = inner.page_of(b.max(a + 1) - 1);
+        let base = (inner.start, inner.page_size);
+        let r = pm.unprotected(base, start, end, &mut self.scan_out, |pages| {
+            let (pa, pb) = pages.into_inner();
             inner.dirty.set_range(pa as usize, (pb - pa + 1) as usize);
         });
         match r {
@@ -1460,7 +1432,7 @@ fn mark_writable_mappings(inner: &RegionInner) {
         inner.dirty.set_range(0, inner.page_count as usize);
         return;
     };
-    for v in crate::region::parse_smaps(&maps) {
+    for v in crate::maps::parse_smaps(&maps) {
         if !v.writable || v.end <= inner.start || v.start >= inner.end() {
             continue;
         }

@@ -16,9 +16,11 @@ use std::sync::atomic::{AtomicI64, AtomicIsize, AtomicU64, AtomicUsize, Ordering
 
 use bytemuck::{NoUninit, Pod};
 
+use crate::epoch::Epoch;
 use crate::error::Invalidation;
-use crate::region::{Epoch, Region};
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::error::SnapshotError;
+use crate::region::Region;
+use crate::snapshot::Snapshot;
 
 mod sealed {
     pub trait Sealed {}
