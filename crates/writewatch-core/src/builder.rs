@@ -18,6 +18,13 @@ use crate::sys;
 use crate::tracker::Tracker;
 use crate::uffd::open_uffd;
 
+impl Tracker {
+    /// A builder with default settings.
+    pub fn builder() -> TrackerBuilder {
+        TrackerBuilder::default()
+    }
+}
+
 /// Builds a [`Tracker`]; see [`Tracker::builder`].
 #[derive(Debug, Clone)]
 pub struct TrackerBuilder {

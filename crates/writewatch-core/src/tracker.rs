@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use nix::errno::Errno;
 
 use crate::backend::{Backend, Features};
-use crate::builder::TrackerBuilder;
 use crate::command::{Command, Control};
 use crate::error::{MapError, Unavailable};
 use crate::maps::{self, Vma};
@@ -66,11 +65,6 @@ impl std::fmt::Debug for Tracker {
 }
 
 impl Tracker {
-    /// A builder with default settings.
-    pub fn builder() -> TrackerBuilder {
-        TrackerBuilder::default()
-    }
-
     /// The handle of a tracker whose service thread `control` commands.
     pub(crate) fn start(control: Control) -> Self {
         Tracker {
