@@ -324,7 +324,7 @@ pub enum CutAndCopyError<E> {
     /// The cut failed.
     Cut(CutError),
     /// A page could not be read as it was at the cut.
-    Read(crate::SnapshotError),
+    Read(SnapshotError),
     /// The sink failed.
     Sink(E),
 }

@@ -1,6 +1,7 @@
 //! The `/proc/self/smaps` parser and classifier used by `adopt`: what kind of memory a range
 //! is, whether it may be adopted, and whether some userfaultfd already write-protects it.
 
+use crate::error::MapError;
 use crate::range::RegionKind;
 use crate::sys;
 
@@ -109,8 +110,7 @@ pub(crate) fn check_adoptable(
     vmas: &[Vma],
     start: usize,
     end: usize,
-) -> Result<(RegionKind, usize), crate::MapError> {
-    use crate::MapError;
+) -> Result<(RegionKind, usize), MapError> {
     let mut cursor = start;
     let mut found: Option<(RegionKind, usize)> = None;
     for v in vmas.iter().filter(|v| v.end > start && v.start < end) {
@@ -225,15 +225,15 @@ VmFlags: rd wr mr mw me ac sd uw
         assert!(v[3].uffd_wp && !v[0].uffd_wp);
         assert!(matches!(
             check_adoptable(&v, 0x56_0000_0000, 0x56_0000_1000),
-            Err(crate::MapError::OwnMemory { .. })
+            Err(MapError::OwnMemory { .. })
         ));
         assert!(matches!(
             check_adoptable(&v, 0x7ff0_0000_1000, 0x7ff0_0000_2000),
-            Err(crate::MapError::OwnMemory { .. })
+            Err(MapError::OwnMemory { .. })
         ));
         assert!(matches!(
             check_adoptable(&v, 0x7f10_0000_0000, 0x7f10_0000_1000),
-            Err(crate::MapError::NotReadWrite { .. })
+            Err(MapError::NotReadWrite { .. })
         ));
         assert_eq!(
             uffd_wp_overlap(&v, 0x7f20_0000_1000, 0x7f20_0000_2000),
@@ -250,21 +250,21 @@ VmFlags: rd wr mr mw me ac sd uw
         );
         assert!(matches!(
             check_adoptable(&v, 0x7f00_0000_0000, 0x7f00_0000_8000),
-            Err(crate::MapError::UnsupportedMemory { .. })
+            Err(MapError::UnsupportedMemory { .. })
         ));
         assert!(matches!(
             check_adoptable(&v, 0x7f00_0040_8000, 0x7f00_0040_9000),
-            Err(crate::MapError::NotMapped {
+            Err(MapError::NotMapped {
                 addr: 0x7f00_0040_8000
             })
         ));
         assert!(matches!(
             check_adoptable(&v, 0x7f00_0000_2000, 0x7f00_0000_5000),
-            Err(crate::MapError::UnsupportedMemory { .. })
+            Err(MapError::UnsupportedMemory { .. })
         ));
         assert!(matches!(
             check_adoptable(&v, 0x7f00_0060_0000, 0x7f00_0060_1000),
-            Err(crate::MapError::UnsupportedMemory { .. })
+            Err(MapError::UnsupportedMemory { .. })
         ));
         assert_eq!(
             check_adoptable(&v, 0x7f00_0000_8000, 0x7f00_0040_8000).unwrap(),

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::backend::Backend;
 use crate::command::{Command, Control};
 use crate::dirty::DirtySet;
 use crate::epoch::Epoch;
@@ -143,7 +144,7 @@ impl Region {
     pub fn dirty_pages(&self) -> Result<DirtySet, RegionError> {
         self.check()?;
         let mut words = self.inner.dirty.snapshot();
-        if self.shared.backend == crate::Backend::AsyncUffd {
+        if self.shared.backend == Backend::AsyncUffd {
             // The kernel resolved the writes: read (without re-arming) which pages are written.
             let inner = &self.inner;
             let mut out = vec![sys::EMPTY_PAGE_REGION; 1024];
@@ -170,7 +171,7 @@ impl Region {
 
     /// Number of pages written so far in the current epoch.
     pub fn dirty_count(&self) -> Result<usize, RegionError> {
-        if self.shared.backend == crate::Backend::AsyncUffd {
+        if self.shared.backend == Backend::AsyncUffd {
             return self.dirty_pages().map(|d| d.len());
         }
         self.check()?;

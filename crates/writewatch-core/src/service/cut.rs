@@ -14,6 +14,7 @@ use crate::dirty::{plan_ranges, DirtySet};
 use crate::epoch::{CutStats, Epoch};
 use crate::error::CutError;
 use crate::range::RegionInner;
+use crate::snapshot::Snapshot;
 use crate::stats::{EpochStat, HISTORY};
 use crate::sys;
 use crate::view::{Mode, View};
@@ -174,7 +175,7 @@ impl Service {
 
     /// A whole-region snapshot: re-protects the pages written in the current epoch without
     /// closing it (their dirty bits stay), then every page is needed by a retain-mode view.
-    pub(super) fn snapshot(&mut self, id: u64) -> Result<crate::Snapshot, CutError> {
+    pub(super) fn snapshot(&mut self, id: u64) -> Result<Snapshot, CutError> {
         if self.backend != Backend::SyncUffd {
             return Err(CutError::Unsupported {
                 what: "snapshot",
@@ -198,7 +199,7 @@ impl Service {
                 eg.arm(first, count);
             }
         }
-        Ok(crate::Snapshot {
+        Ok(Snapshot {
             view: self.attach_view(start, &inner, None, Mode::Retain),
         })
     }

@@ -11,6 +11,7 @@ use super::{Entry, Service};
 use crate::backend::Backend;
 use crate::error::{CutError, Invalidation, MapError};
 use crate::inthread::Hook;
+use crate::probe::Feature;
 use crate::range::RegionInner;
 use crate::sys::{self, Addr};
 
@@ -187,9 +188,7 @@ impl Service {
     /// Without `WP_UNPOPULATED`, protecting a never-touched page is silently skipped by the
     /// kernel, so its first write would go unseen: map every page (read-only zero page) first.
     pub(super) fn populate_if_needed(&self, addr: usize, len: usize) -> Result<(), Errno> {
-        if self.backend == Backend::Mprotect
-            || self.shared.features.has(crate::Feature::WpUnpopulated)
-        {
+        if self.backend == Backend::Mprotect || self.shared.features.has(Feature::WpUnpopulated) {
             return Ok(());
         }
         match sys::madvise_nondestructive(addr as *mut u8, len, libc::MADV_POPULATE_READ) {

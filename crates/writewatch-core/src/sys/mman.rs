@@ -10,6 +10,16 @@ use nix::errno::Errno;
 
 use super::base_page_size;
 
+/// The std atomic integer types that may view tracked memory: [`Mapping::atomic_view`]'s
+/// bound, and the seal of the public `AtomicView` trait (a `pub` trait in a private module:
+/// nothing outside this crate can implement it). `AtomicUsize` / `AtomicIsize` are 8 bytes
+/// only on 64-bit targets; `atomic_view` checks the size at compile time.
+pub trait Atomic8 {}
+impl Atomic8 for AtomicU64 {}
+impl Atomic8 for std::sync::atomic::AtomicI64 {}
+impl Atomic8 for std::sync::atomic::AtomicUsize {}
+impl Atomic8 for std::sync::atomic::AtomicIsize {}
+
 /// Maps `len` bytes of private anonymous, read-write memory.
 pub(crate) fn mmap_anonymous(len: usize, extra_flags: libc::c_int) -> Result<NonNull<u8>, Errno> {
     // SAFETY: a new mapping at an address chosen by the kernel cannot alias any existing Rust
@@ -334,8 +344,8 @@ impl Mapping {
     }
 
     /// The memory as a slice of `T`, one of the 8-byte std atomic integer types
-    /// ([`crate::typed::AtomicView`] is sealed and implemented only for those).
-    pub(crate) fn atomic_view<T: crate::typed::AtomicView>(&self) -> &[T] {
+    /// ([`Atomic8`] is sealed and implemented only for those).
+    pub(crate) fn atomic_view<T: Atomic8>(&self) -> &[T] {
         const {
             assert!(std::mem::size_of::<T>() == 8 && std::mem::align_of::<T>() == 8);
         }
