@@ -8,7 +8,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::backend::{Backend, Features, Purpose};
 use crate::command::Control;
-use crate::error::BuildError;
+use crate::error::{BuildError, PublicErrno};
 use crate::pagemap::Pagemap;
 use crate::probe::Feature;
 use crate::service;
@@ -277,19 +277,19 @@ impl TrackerBuilder {
         if backend == Backend::Mprotect {
             sys::segv::install().map_err(|errno| BuildError::Setup {
                 what: "SIGSEGV handler",
-                errno,
+                errno: errno.public(),
             })?;
         }
         if self.config.in_thread {
             sys::sigbus::install().map_err(|errno| BuildError::Setup {
                 what: "SIGBUS handler",
-                errno,
+                errno: errno.public(),
             })?;
         }
         let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(
             |errno| BuildError::Setup {
                 what: "eventfd",
-                errno,
+                errno: errno.public(),
             },
         )?;
         let pagemap = Pagemap::open();

@@ -1,6 +1,70 @@
 //! Error types: one enum per operation, each keeping the errno and naming the fix.
 
-use nix::errno::Errno;
+/// An error number the kernel returned (`errno`), e.g. `EBUSY`.
+///
+/// Displays as the C library names and describes it (`EBUSY: Device or resource busy`);
+/// [`raw`](Self::raw) gives the number, and it converts into a [`std::io::Error`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Errno(i32);
+
+impl Errno {
+    /// The errno with this number.
+    pub const fn from_raw(errno: i32) -> Self {
+        Self(errno)
+    }
+
+    /// The number (`libc::EBUSY`, ...).
+    pub const fn raw(self) -> i32 {
+        self.0
+    }
+
+    fn nix(self) -> nix::errno::Errno {
+        nix::errno::Errno::from_raw(self.0)
+    }
+}
+
+impl std::fmt::Debug for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.nix(), f)
+    }
+}
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.nix(), f)
+    }
+}
+
+impl std::error::Error for Errno {}
+
+impl From<Errno> for std::io::Error {
+    fn from(e: Errno) -> Self {
+        std::io::Error::from_raw_os_error(e.0)
+    }
+}
+
+/// The public [`Errno`] of an errno from `nix` (crate-internal: `nix` stays out of the API).
+pub(crate) trait PublicErrno {
+    fn public(self) -> Errno;
+}
+
+impl PublicErrno for nix::errno::Errno {
+    fn public(self) -> Errno {
+        Errno(self as i32)
+    }
+}
+
+/// Formats an optional hint as `": hint"` (nothing when there is none).
+struct Hint<'a>(&'a Option<&'static str>);
+
+impl std::fmt::Display for Hint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(h) => write!(f, ": {h}"),
+            None => Ok(()),
+        }
+    }
+}
 
 /// Why a tracker can no longer serve requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +158,7 @@ pub enum BuildError {
         errno: Errno,
     },
     /// The fault-service thread could not be spawned.
-    #[error("spawning the fault-service thread failed: {0}")]
+    #[error("spawning the fault-service thread failed")]
     Spawn(#[source] std::io::Error),
     /// Two builder options cannot be combined.
     #[error("{what} cannot be combined with {with}: {fix}")]
@@ -235,14 +299,14 @@ pub enum MapError {
         needs: &'static str,
     },
     /// A system call failed.
-    #[error("{op} failed ({errno}){hint}")]
+    #[error("{op} failed ({errno}){}", Hint(.hint))]
     Sys {
         /// The operation.
         op: &'static str,
         /// The errno.
         errno: Errno,
-        /// An explanation of the errno in this context (may be empty).
-        hint: &'static str,
+        /// An explanation of the errno in this context, if there is one.
+        hint: Option<&'static str>,
     },
     /// The tracker is shut down or poisoned.
     #[error("{0}")]
@@ -318,28 +382,20 @@ impl From<Unavailable> for RegionError {
     }
 }
 
-/// Errors of [`Region::cut_and_copy`](crate::Region::cut_and_copy).
-#[derive(Debug)]
+/// Errors of [`Region::cut_and_copy`](crate::Region::cut_and_copy). The cause is the
+/// error's [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
 pub enum CutAndCopyError<E> {
     /// The cut failed.
-    Cut(CutError),
+    #[error("cut failed")]
+    Cut(#[source] CutError),
     /// A page could not be read as it was at the cut.
-    Read(SnapshotError),
+    #[error("reading a page failed")]
+    Read(#[source] SnapshotError),
     /// The sink failed.
-    Sink(E),
+    #[error("the sink failed")]
+    Sink(#[source] E),
 }
-
-impl<E: std::fmt::Display> std::fmt::Display for CutAndCopyError<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CutAndCopyError::Cut(e) => write!(f, "cut failed: {e}"),
-            CutAndCopyError::Read(e) => write!(f, "reading a page failed: {e}"),
-            CutAndCopyError::Sink(e) => write!(f, "the sink failed: {e}"),
-        }
-    }
-}
-
-impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for CutAndCopyError<E> {}
 
 /// Errors of reading a page of an [`Epoch`](crate::Epoch) or [`Snapshot`], and of rollback.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -396,4 +452,21 @@ pub enum SnapshotError {
     /// The snapshot belongs to another region.
     #[error("the snapshot was taken of another region")]
     WrongRegion,
+}
+
+impl SnapshotError {
+    /// The page the error is about, if it is about one page.
+    pub fn page(&self) -> Option<u64> {
+        match self {
+            SnapshotError::NotInEpoch { page }
+            | SnapshotError::AlreadyConsumed { page }
+            | SnapshotError::Discarded { page }
+            | SnapshotError::OutOfRange { page, .. } => Some(*page),
+            SnapshotError::BadBuffer { .. }
+            | SnapshotError::Invalidated(_)
+            | SnapshotError::Unavailable(_)
+            | SnapshotError::Unsupported { .. }
+            | SnapshotError::WrongRegion => None,
+        }
+    }
 }

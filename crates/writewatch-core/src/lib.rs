@@ -55,8 +55,8 @@ pub use builder::TrackerBuilder;
 pub use dirty::{DirtySet, Runs};
 pub use epoch::{CutStats, Epoch, EpochReader};
 pub use error::{
-    BuildError, CutAndCopyError, CutError, Invalidation, MapError, RegionError, SnapshotError,
-    Unavailable,
+    BuildError, CutAndCopyError, CutError, Errno, Invalidation, MapError, RegionError,
+    SnapshotError, Unavailable,
 };
 pub use placed::MapAtError;
 pub use probe::{probe, Access, Feature, Probe};

@@ -22,6 +22,7 @@ use std::os::fd::AsRawFd;
 use linux_raw_sys::general as k;
 use nix::errno::Errno;
 
+use crate::error::PublicErrno;
 use crate::sys;
 
 /// How this process can obtain a userfaultfd.
@@ -37,9 +38,9 @@ pub enum Access {
     /// being tracked.
     UserModeOnly,
     /// The kernel refused (`EPERM`/`EACCES`).
-    Denied(Errno),
+    Denied(crate::error::Errno),
     /// The kernel has no userfaultfd (`ENOSYS`) or another error occurred.
-    Absent(Errno),
+    Absent(crate::error::Errno),
 }
 
 /// A capability the probe reports.
@@ -277,13 +278,13 @@ pub(crate) fn open_best(flags: libc::c_int) -> (Access, Option<std::os::fd::Owne
     }
     match sys::userfaultfd_syscall(flags) {
         Ok(fd) => return (Access::Syscall, Some(fd)),
-        Err(Errno::ENOSYS) => return (Access::Absent(Errno::ENOSYS), None),
+        Err(Errno::ENOSYS) => return (Access::Absent(Errno::ENOSYS.public()), None),
         Err(_) => {}
     }
     match sys::userfaultfd_syscall(flags | k::UFFD_USER_MODE_ONLY as libc::c_int) {
         Ok(fd) => (Access::UserModeOnly, Some(fd)),
-        Err(e @ (Errno::EPERM | Errno::EACCES)) => (Access::Denied(e), None),
-        Err(e) => (Access::Absent(e), None),
+        Err(e @ (Errno::EPERM | Errno::EACCES)) => (Access::Denied(e.public()), None),
+        Err(e) => (Access::Absent(e.public()), None),
     }
 }
 

@@ -8,7 +8,7 @@ use nix::errno::Errno;
 
 use crate::backend::{Backend, Features};
 use crate::command::{Command, Control};
-use crate::error::{MapError, Unavailable};
+use crate::error::{MapError, PublicErrno, Unavailable};
 use crate::maps::{self, Vma};
 use crate::probe::Feature;
 use crate::range::{RegionInner, RegionKind};
@@ -114,7 +114,7 @@ impl Tracker {
         self.shared().available()?;
         let map = sys::Mapping::anonymous(len).map_err(|errno| MapError::Sys {
             op: "mmap",
-            errno,
+            errno: errno.public(),
             hint: mmap_hint(errno),
         })?;
         let inner = self.new_inner(map, ps, RegionKind::Anonymous);
@@ -143,7 +143,7 @@ impl Tracker {
         }
         let (map, _) = sys::Mapping::shared(len).map_err(|(errno, op)| MapError::Sys {
             op,
-            errno,
+            errno: errno.public(),
             hint: mmap_hint(errno),
         })?;
         let inner = self.new_inner(map, ps, RegionKind::Shmem);
@@ -238,8 +238,8 @@ impl Tracker {
         }
         let smaps = std::fs::read_to_string("/proc/self/smaps").map_err(|e| MapError::Sys {
             op: "read /proc/self/smaps",
-            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-            hint: "",
+            errno: crate::error::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            hint: None,
         })?;
         let vmas = maps::parse_smaps(&smaps);
         let (kind, ps) = maps::check_adoptable(&vmas, start, end)?;
@@ -466,10 +466,10 @@ fn check_len(len: usize, ps: usize) -> Result<(), MapError> {
     Ok(())
 }
 
-fn mmap_hint(errno: Errno) -> &'static str {
+fn mmap_hint(errno: Errno) -> Option<&'static str> {
     match errno {
-        Errno::ENOMEM => ": not enough address space or memory (check vm.overcommit_memory, vm.max_map_count, ulimit -v)",
-        Errno::EMFILE | Errno::ENFILE => ": too many open files (raise ulimit -n)",
-        _ => "",
+        Errno::ENOMEM => Some("not enough address space or memory (check vm.overcommit_memory, vm.max_map_count, ulimit -v)"),
+        Errno::EMFILE | Errno::ENFILE => Some("too many open files (raise ulimit -n)"),
+        _ => None,
     }
 }

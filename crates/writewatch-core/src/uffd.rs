@@ -8,7 +8,7 @@ use linux_raw_sys::general as k;
 use nix::errno::Errno;
 
 use crate::backend::{Backend, Features, Purpose};
-use crate::error::BuildError;
+use crate::error::{BuildError, PublicErrno};
 use crate::pagemap::Pagemap;
 use crate::probe::{open_best, Access, Feature};
 use crate::sys;
@@ -27,7 +27,7 @@ pub(crate) fn open_uffd(
     let (access, probe_fd) = if force_user_mode_only {
         match sys::userfaultfd_syscall(base | k::UFFD_USER_MODE_ONLY as libc::c_int) {
             Ok(fd) => (Access::UserModeOnly, Some(fd)),
-            Err(e) => (Access::Denied(e), None),
+            Err(e) => (Access::Denied(e.public()), None),
         }
     } else {
         open_best(base)
@@ -38,12 +38,14 @@ pub(crate) fn open_uffd(
         (Access::Absent(errno), None) => return Err(BuildError::NoUserfaultfd { errno }),
         (_, None) => {
             return Err(BuildError::NoUserfaultfd {
-                errno: Errno::ENOSYS,
+                errno: Errno::ENOSYS.public(),
             })
         }
     };
-    let (offered, _) = sys::uffdio_api(probe_fd.as_raw_fd(), 0)
-        .map_err(|errno| BuildError::Handshake { errno })?;
+    let (offered, _) =
+        sys::uffdio_api(probe_fd.as_raw_fd(), 0).map_err(|errno| BuildError::Handshake {
+            errno: errno.public(),
+        })?;
     drop(probe_fd);
     if offered & k::UFFD_FEATURE_PAGEFAULT_FLAG_WP as u64 == 0
         || disabled.contains(&Feature::PagefaultFlagWp)
@@ -115,16 +117,23 @@ pub(crate) fn open_uffd(
                 } else {
                     0
                 };
-            let fd = sys::userfaultfd_syscall(flags)
-                .map_err(|errno| BuildError::PermissionDenied { errno })?;
-            sys::uffdio_api(fd.as_raw_fd(), wanted)
-                .map_err(|errno| BuildError::Handshake { errno })?;
+            let fd =
+                sys::userfaultfd_syscall(flags).map_err(|errno| BuildError::PermissionDenied {
+                    errno: errno.public(),
+                })?;
+            sys::uffdio_api(fd.as_raw_fd(), wanted).map_err(|errno| BuildError::Handshake {
+                errno: errno.public(),
+            })?;
             sys::uffd_from_fd(fd)
         }
         Err(e) => {
             return Err(match sys::errno_of(&e) {
-                errno @ (Errno::EPERM | Errno::EACCES) => BuildError::PermissionDenied { errno },
-                errno => BuildError::Handshake { errno },
+                errno @ (Errno::EPERM | Errno::EACCES) => BuildError::PermissionDenied {
+                    errno: errno.public(),
+                },
+                errno => BuildError::Handshake {
+                    errno: errno.public(),
+                },
             })
         }
     };

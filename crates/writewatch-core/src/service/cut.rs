@@ -12,7 +12,7 @@ use super::{Entry, Service};
 use crate::backend::Backend;
 use crate::dirty::{plan_ranges, DirtySet};
 use crate::epoch::{CutStats, Epoch};
-use crate::error::CutError;
+use crate::error::{CutError, PublicErrno};
 use crate::range::RegionInner;
 use crate::snapshot::Snapshot;
 use crate::stats::{EpochStat, HISTORY};
@@ -62,7 +62,9 @@ impl Service {
                         start: inner.start,
                         reason,
                     },
-                    None => CutError::Protect { errno },
+                    None => CutError::Protect {
+                        errno: errno.public(),
+                    },
                 });
             }
             calls += 1;
@@ -109,7 +111,9 @@ impl Service {
                 Ok(n) => scan_ioctls += n,
                 Err(errno) => {
                     inner.dirty.restore(&words);
-                    return Err(CutError::Protect { errno });
+                    return Err(CutError::Protect {
+                        errno: errno.public(),
+                    });
                 }
             }
         }
@@ -250,7 +254,9 @@ impl Service {
             eg.forget(0, n);
         }
         if self.backend == Backend::Mprotect {
-            sys::mprotect(start, inner.len, true).map_err(|errno| CutError::Protect { errno })?;
+            sys::mprotect(start, inner.len, true).map_err(|errno| CutError::Protect {
+                errno: errno.public(),
+            })?;
         } else {
             self.unprotect(start, inner.len);
         }

@@ -9,7 +9,7 @@ use userfaultfd::RegisterMode;
 use super::eager::Eager;
 use super::{Entry, Service};
 use crate::backend::Backend;
-use crate::error::{CutError, Invalidation, MapError};
+use crate::error::{CutError, Invalidation, MapError, PublicErrno};
 use crate::inthread::Hook;
 use crate::probe::Feature;
 use crate::range::RegionInner;
@@ -44,8 +44,8 @@ impl Service {
             ));
             let slot = sys::sigbus::register(start, inner.len, &h).ok_or(MapError::Sys {
                 op: "register",
-                errno: Errno::ENOSPC,
-                hint: ": in-thread fault handling serves at most 1024 regions per process",
+                errno: Errno::ENOSPC.public(),
+                hint: Some("in-thread fault handling serves at most 1024 regions per process"),
             })?;
             Some((h, slot))
         } else {
@@ -74,19 +74,20 @@ impl Service {
         let ioctls = self.u().register_with_mode(Addr(start).ptr(), inner.len, RegisterMode::WRITE_PROTECT).map_err(
             |e| {
                 let errno = sys::errno_of(&e);
+                let public = errno.public();
                 match errno {
                     Errno::ENOMEM => MapError::NotMapped { addr: start },
                     Errno::EBUSY => MapError::Sys {
                         op: "UFFDIO_REGISTER",
-                        errno,
-                        hint: ": the range is already registered with another userfaultfd (another tracker or library)",
+                        errno: public,
+                        hint: Some("the range is already registered with another userfaultfd (another tracker or library)"),
                     },
                     Errno::EINVAL => MapError::Sys {
                         op: "UFFDIO_REGISTER",
-                        errno,
-                        hint: ": the kernel cannot write-protect this memory (anonymous needs >= 5.7, shmem/hugetlbfs >= 5.19)",
+                        errno: public,
+                        hint: Some("the kernel cannot write-protect this memory (anonymous needs >= 5.7, shmem/hugetlbfs >= 5.19)"),
                     },
-                    _ => MapError::Sys { op: "UFFDIO_REGISTER", errno, hint: "" },
+                    _ => MapError::Sys { op: "UFFDIO_REGISTER", errno: public, hint: None },
                 }
             },
         )?;
@@ -107,8 +108,8 @@ impl Service {
             let _ = self.u().unregister(Addr(start).ptr(), inner.len);
             return Err(MapError::Sys {
                 op: "UFFDIO_WRITEPROTECT",
-                errno,
-                hint: "",
+                errno: errno.public(),
+                hint: None,
             });
         }
         self.by_id.insert(inner.id, start);
@@ -139,8 +140,8 @@ impl Service {
         )
         .ok_or(MapError::Sys {
             op: "register",
-            errno: Errno::ENOSPC,
-            hint: ": the mprotect backend tracks at most 4096 regions per process",
+            errno: Errno::ENOSPC.public(),
+            hint: Some("the mprotect backend tracks at most 4096 regions per process"),
         })?;
         if all_dirty {
             inner.dirty.set_range(0, inner.page_count as usize);
@@ -149,8 +150,8 @@ impl Service {
             sys::segv::unregister(slot);
             return Err(MapError::Sys {
                 op: "mprotect",
-                errno,
-                hint: "",
+                errno: errno.public(),
+                hint: None,
             });
         }
         self.shared.counters.protect_ioctls.fetch_add(1, Relaxed);
