@@ -3,7 +3,7 @@
 
 use crate::probe::Feature;
 
-/// How writes are tracked. Chosen at build time; the same [`Region`] / `cut()` /
+/// How writes are tracked. Chosen at build time; the same [`Region`](crate::Region) / `cut()` /
 /// [`DirtySet`](crate::DirtySet) API on all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -14,7 +14,7 @@ pub enum Backend {
     SyncUffd,
     /// userfaultfd `WP_ASYNC`: the kernel resolves write faults itself (~1 us); a cut is one
     /// `PAGEMAP_SCAN` walk that harvests and re-arms. No copy-before-write: capturing content
-    /// needs the caller's writers quiesced ([`Region::cut_and_copy`]). Linux >= 6.7.
+    /// needs the caller's writers quiesced ([`Region::cut_and_copy`](crate::Region::cut_and_copy)). Linux >= 6.7.
     AsyncUffd,
     /// `mprotect(PROT_READ)` + a SIGSEGV handler: works without userfaultfd. Splits VMAs per
     /// written page; system calls that write tracked memory fail with `EFAULT`; `madvise`

@@ -106,7 +106,7 @@ impl TrackerBuilder {
     /// Memory for pages preserved by copy-before-write for epochs being read, default
     /// 64 MiB. When it is full, a writer whose page must be preserved waits until a reader
     /// consumes (or drops) preserved pages: nothing is dropped. Readers must therefore not be
-    /// the threads that write the region. Snapshots ([`Region::snapshot`]) are not charged:
+    /// the threads that write the region. Snapshots ([`Region::snapshot`](crate::Region::snapshot)) are not charged:
     /// they keep their copies until dropped (at most one per page of the region), so waiting
     /// for them could never end.
     pub fn copy_budget(mut self, bytes: usize) -> Self {

@@ -83,7 +83,7 @@ impl Epoch {
     /// Puts this epoch's dirty pages back into the region's *open* epoch, so the next cut
     /// reports them again. Call it when saving the epoch failed (a full disk, a failing sink):
     /// the pages are then not lost from the incremental chain, only reported one epoch later
-    /// (an over-report). [`Region::cut_and_copy`] and the facade's `save_epoch` do it
+    /// (an over-report). [`Region::cut_and_copy`](crate::Region::cut_and_copy) and the facade's `save_epoch` do it
     /// themselves on failure.
     pub fn requeue(&self) {
         if self.region.invalidation().is_none() {

@@ -397,7 +397,7 @@ pub enum CutAndCopyError<E> {
     Sink(#[source] E),
 }
 
-/// Errors of reading a page of an [`Epoch`](crate::Epoch) or [`Snapshot`], and of rollback.
+/// Errors of reading a page of an [`Epoch`](crate::Epoch) or [`Snapshot`](crate::Snapshot), and of rollback.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SnapshotError {
     /// The page is not part of this epoch (it was not written in it).

@@ -185,7 +185,7 @@ impl Tracker {
     ///
     /// # Safety
     /// `[ptr, ptr+len)` must stay mapped until the returned [`Region`] (and every
-    /// [`Epoch`] taken from it) is dropped, and the caller must not unmap or remap it while
+    /// [`Epoch`](crate::Epoch) taken from it) is dropped, and the caller must not unmap or remap it while
     /// tracked except as documented (such a change invalidates the region). The caller's other
     /// accesses to the memory must follow the rules of [`Region::as_mut_slice`].
     #[allow(unsafe_code)] // a public unsafe contract, forwarded to `sys::Mapping::adopted`
