@@ -137,6 +137,17 @@ impl Region {
         Ok(())
     }
 
+    /// [`CutError::Invalidated`] if the application unmapped or moved the range.
+    fn check_live(&self) -> Result<(), CutError> {
+        match self.inner.invalidation() {
+            Some(reason) => Err(CutError::Invalidated {
+                start: self.inner.start,
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The pages written so far in the current epoch (a peek: the epoch stays open).
     ///
     /// A write whose fault has been serviced is included; a write still waiting for the
@@ -186,12 +197,7 @@ impl Region {
     /// a small gap are merged), not per region page. A write racing with the cut is reported
     /// in this epoch or the next, never in neither.
     pub fn cut(&self) -> Result<Epoch, CutError> {
-        if let Some(reason) = self.inner.invalidation() {
-            return Err(CutError::Invalidated {
-                start: self.inner.start,
-                reason,
-            });
-        }
+        self.check_live()?;
         let id = self.inner.id;
         self.shared.call(|reply| Command::Cut { id, reply })?
     }
@@ -247,12 +253,7 @@ impl Region {
     /// closing the current epoch. From now on, the first write to any page copies the page
     /// first; see [`Snapshot`].
     pub fn snapshot(&self) -> Result<Snapshot, CutError> {
-        if let Some(reason) = self.inner.invalidation() {
-            return Err(CutError::Invalidated {
-                start: self.inner.start,
-                reason,
-            });
-        }
+        self.check_live()?;
         let id = self.inner.id;
         self.shared.call(|reply| Command::Snapshot { id, reply })?
     }
@@ -345,12 +346,7 @@ impl Region {
     /// # Ok(()) }
     /// ```
     pub fn prepare_overwrite(&self) -> Result<(), CutError> {
-        if let Some(reason) = self.inner.invalidation() {
-            return Err(CutError::Invalidated {
-                start: self.inner.start,
-                reason,
-            });
-        }
+        self.check_live()?;
         let id = self.inner.id;
         self.shared
             .call(|reply| Command::PrepareOverwrite { id, reply })?

@@ -118,16 +118,21 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// A new private anonymous mapping with THP disabled (4 KiB dirty granularity).
     pub(crate) fn anonymous(len: usize) -> Result<Self, Errno> {
-        let ptr = mmap_anonymous(len, 0)?;
+        Ok(Self::owned_private(mmap_anonymous(len, 0)?, len))
+    }
+
+    /// Takes ownership of a private anonymous mapping just created, with THP disabled (4 KiB
+    /// dirty granularity).
+    fn owned_private(ptr: NonNull<u8>, len: usize) -> Self {
         // Best effort: fails only on kernels without THP, where it does not matter.
         let _ = madvise_nondestructive(ptr.as_ptr(), len, libc::MADV_NOHUGEPAGE);
-        Ok(Self {
+        Self {
             ptr,
             len,
             owned: true,
             leaked: false.into(),
             _memfd: None,
-        })
+        }
     }
 
     /// A new memfd of `len` bytes mapped shared.
@@ -333,14 +338,7 @@ impl Mapping {
             return Err(Errno::ENOTSUP);
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or(Errno::EINVAL)?;
-        let _ = madvise_nondestructive(ptr.as_ptr(), len, libc::MADV_NOHUGEPAGE);
-        Ok(Self {
-            ptr,
-            len,
-            owned: true,
-            leaked: false.into(),
-            _memfd: None,
-        })
+        Ok(Self::owned_private(ptr, len))
     }
 
     /// The memory as a slice of `T`, one of the 8-byte std atomic integer types

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Mutex, OnceLock};
 
-use super::signals::{self as common, Grace};
+use super::signals::{self as common, Grace, SavedErrno};
 
 use nix::errno::Errno;
 
@@ -69,9 +69,7 @@ pub(crate) fn register(
 ) -> Option<usize> {
     let _g = ALLOC.lock().unwrap_or_else(|e| e.into_inner());
     let n = NSLOTS.load(Acquire);
-    let idx = (0..n)
-        .find(|&i| SLOTS[i].start.load(Acquire) == 0)
-        .or_else(|| (n < MAX_SLOTS).then_some(n))?;
+    let idx = common::free_slot(n, MAX_SLOTS, |i| SLOTS[i].start.load(Acquire) == 0)?;
     let s = &SLOTS[idx];
     s.owner.store(0, Release);
     s.end.store(start + len, Release);
@@ -104,47 +102,37 @@ pub(crate) fn set_owner(start: usize, owner: usize) {
     }
 }
 
-/// Whether the fault is known to be a read or an instruction fetch (x86_64: the page-fault
-/// error code's W bit, saved in the signal context). `false` when it cannot be told.
-fn known_not_write(ctx: *mut libc::c_void) -> bool {
+/// The page-fault error code saved in the signal context (x86_64); `None` when it cannot be
+/// told.
+fn fault_error_code(ctx: *mut libc::c_void) -> Option<i64> {
     #[cfg(target_arch = "x86_64")]
     {
         if ctx.is_null() {
-            return false;
+            return None;
         }
         // SAFETY: for an SA_SIGINFO handler the kernel passes a valid ucontext_t.
-        let err = unsafe {
+        Some(unsafe {
             (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_ERR as usize]
-        };
-        err & 2 == 0
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = ctx;
-        false
+        None
     }
+}
+
+/// Whether the fault is known to be a read or an instruction fetch (x86_64: the page-fault
+/// error code's W bit, saved in the signal context). `false` when it cannot be told.
+fn known_not_write(ctx: *mut libc::c_void) -> bool {
+    fault_error_code(ctx).is_some_and(|err| err & 2 == 0)
 }
 
 /// Whether the fault hit a present page (x86_64: the P bit of the page-fault error code).
 /// Such a page is readable (x86 maps `PROT_NONE` pages not-present), so the readability
 /// probe can be skipped. `false` when it cannot be told.
 fn known_present(ctx: *mut libc::c_void) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if ctx.is_null() {
-            return false;
-        }
-        // SAFETY: for an SA_SIGINFO handler the kernel passes a valid ucontext_t.
-        let err = unsafe {
-            (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_ERR as usize]
-        };
-        err & 1 != 0
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = ctx;
-        false
-    }
+    fault_error_code(ctx).is_some_and(|err| err & 1 != 0)
 }
 
 /// Whether the byte at `addr` may be read (the mapping has `PROT_READ`), asked without
@@ -180,20 +168,14 @@ pub(crate) fn synchronize() {
 /// Whether `addr` lies in a published slot (checked before the costlier tests).
 fn in_any_slot(addr: usize) -> bool {
     let n = NSLOTS.load(Acquire);
-    SLOTS[..n].iter().any(|s| {
-        let start = s.start.load(Acquire);
-        start != 0 && addr >= start && addr < s.end.load(Acquire)
-    })
+    SLOTS[..n]
+        .iter()
+        .any(|s| common::slot_contains(&s.start, &s.end, addr))
 }
 
 extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: errno is thread-local; saved and restored so the interrupted code never
-    // sees our mprotect's errno.
-    let errno_ptr = unsafe { libc::__errno_location() };
-    // SAFETY: as above.
-    let saved = unsafe { *errno_ptr };
-    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
-    let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
+    let saved = SavedErrno::save();
+    let (addr, code) = common::fault_of(info);
     let g = GRACE.enter();
     let mut handled = false;
     // Tracked pages are never made unreadable by the tracker: a read fault, or any fault on
@@ -249,8 +231,7 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         }
     }
     GRACE.leave(g);
-    // SAFETY: restoring the saved errno.
-    unsafe { *errno_ptr = saved };
+    saved.restore();
     if handled {
         return;
     }

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use nix::errno::Errno;
 
-use super::signals::{self as common, Grace};
+use super::signals::{self as common, Grace, SavedErrno};
 
 const MAX_SLOTS: usize = 1024;
 
@@ -95,9 +95,7 @@ pub(crate) fn register<H: Serve + 'static>(
 ) -> Option<usize> {
     let _g = ALLOC.lock().unwrap_or_else(|e| e.into_inner());
     let n = NSLOTS.load(Acquire);
-    let idx = (0..n)
-        .find(|&i| SLOTS[i].start.load(Acquire) == 0)
-        .or_else(|| (n < MAX_SLOTS).then_some(n))?;
+    let idx = common::free_slot(n, MAX_SLOTS, |i| SLOTS[i].start.load(Acquire) == 0)?;
     let s = &SLOTS[idx];
     s.cutting.store(false, SeqCst);
     let hook: HookPtr = Arc::clone(hook) as HookPtr;
@@ -197,24 +195,14 @@ impl<T> Drop for RcuList<T> {
 
 fn lookup(addr: usize) -> Option<usize> {
     let n = NSLOTS.load(Acquire);
-    (0..n).find(|&i| {
-        let s = &SLOTS[i];
-        let start = s.start.load(Acquire);
-        start != 0 && addr >= start && addr < s.end.load(Acquire)
-    })
+    (0..n).find(|&i| common::slot_contains(&SLOTS[i].start, &SLOTS[i].end, addr))
 }
 
 extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: errno is thread-local; saved and restored so the interrupted code never
-    // sees our system calls' errno.
-    let errno_ptr = unsafe { libc::__errno_location() };
-    // SAFETY: as above.
-    let saved = unsafe { *errno_ptr };
-    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
-    let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
+    let saved = SavedErrno::save();
+    let (addr, code) = common::fault_of(info);
     let mine = code == libc::BUS_ADRERR && serve_fault(addr);
-    // SAFETY: restoring the saved errno.
-    unsafe { *errno_ptr = saved };
+    saved.restore();
     if !mine {
         common::chain(&OLD, sig, info, ctx);
     }

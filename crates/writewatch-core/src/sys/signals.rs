@@ -1,7 +1,8 @@
 //! What the two signal-handler backends share: installing a handler once per process while
 //! remembering the previous one, passing foreign signals on to it, and a grace period for
 //! handlers in flight.
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{Acquire, SeqCst};
 use std::sync::{Mutex, OnceLock};
 
 use nix::errno::Errno;
@@ -123,4 +124,48 @@ impl Grace {
             }
         }
     }
+}
+
+/// The thread's `errno`, saved on entry to a handler and put back by [`SavedErrno::restore`]
+/// before the handler returns or chains, so the interrupted code never sees our system calls'
+/// errno.
+pub(crate) struct SavedErrno {
+    ptr: *mut libc::c_int,
+    value: libc::c_int,
+}
+
+impl SavedErrno {
+    pub(crate) fn save() -> Self {
+        // SAFETY: errno is thread-local; `__errno_location` returns this thread's, valid for
+        // the thread's life.
+        let ptr = unsafe { libc::__errno_location() };
+        // SAFETY: as above.
+        let value = unsafe { *ptr };
+        Self { ptr, value }
+    }
+
+    pub(crate) fn restore(self) {
+        // SAFETY: restoring the saved errno through this thread's errno pointer.
+        unsafe { *self.ptr = self.value };
+    }
+}
+
+/// The faulting address and `si_code` of a signal delivered to an `SA_SIGINFO` handler.
+pub(crate) fn fault_of(info: *mut libc::siginfo_t) -> (usize, libc::c_int) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    unsafe { ((*info).si_addr() as usize, (*info).si_code) }
+}
+
+/// Whether `addr` lies in a published slot range `[start, end)` (`start == 0`: unpublished).
+pub(crate) fn slot_contains(start: &AtomicUsize, end: &AtomicUsize, addr: usize) -> bool {
+    let start = start.load(Acquire);
+    start != 0 && addr >= start && addr < end.load(Acquire)
+}
+
+/// The index of a free slot among the `n` in use (`is_free`), or `n` when there is room for
+/// one more; `None` when all `max` are taken. Callers hold their slot table's lock.
+pub(crate) fn free_slot(n: usize, max: usize, is_free: impl Fn(usize) -> bool) -> Option<usize> {
+    (0..n)
+        .find(|&i| is_free(i))
+        .or_else(|| (n < max).then_some(n))
 }
