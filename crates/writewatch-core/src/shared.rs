@@ -52,7 +52,7 @@ pub(crate) struct Shared {
     /// Memory for preserved (copy-before-write) pages.
     pub budget: Budget,
     /// Incremented before and after each userfaultfd read's events are processed (odd while
-    /// in progress); see `snapshot::View::read`.
+    /// in progress); see `view::View::read`.
     pub read_seq: AtomicU64,
 }
 

@@ -27,7 +27,7 @@ impl Service {
         evs.clear();
         // Odd while a read's non-cooperative events are not yet processed: snapshot readers
         // whose copy overlapped this window re-validate (a madvise zap may start the moment
-        // the REMOVE event is read). See snapshot.rs.
+        // the REMOVE event is read). See view.rs.
         self.shared.read_seq.fetch_add(1, Ordering::SeqCst);
         let uffd = self.uffd.as_ref().expect("a userfaultfd backend");
         match uffd.read_events(&mut self.buf) {

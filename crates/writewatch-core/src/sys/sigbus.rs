@@ -1,8 +1,12 @@
 //! In-thread fault handling: a process-wide `SIGBUS` handler for userfaultfds opened with
 //! `UFFD_FEATURE_SIGBUS`. The kernel raises `SIGBUS` (`BUS_ADRERR`) in the thread whose write
 //! hit a write-protected page; the handler finds the region in a static slot table and calls
-//! the region's [`Serve`] hook (`crate::inthread`) on that thread, which preserves the page for live views, sets
-//! its dirty bit and un-protects it. The write then re-executes.
+//! the region's [`Serve`] hook (`crate::inthread`) on that thread, which preserves the page for
+//! live views, sets its dirty bit and un-protects it. The write then re-executes.
+//!
+//! This is the one call from `sys` up into the crate. It is not an import: the service thread
+//! hands each slot its hook as an `Arc<dyn Serve>` at [`register`], so this file names nothing
+//! above `sys`.
 //!
 //! ```text
 //!   handler:  INFLIGHT[gen]++ ; slot = lookup(addr)
