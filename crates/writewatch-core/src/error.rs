@@ -470,3 +470,49 @@ impl SnapshotError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_prints_as_nix_did() {
+        let e = nix::errno::Errno::EBUSY.public();
+        assert_eq!(e.raw(), libc::EBUSY);
+        assert_eq!(e.to_string(), nix::errno::Errno::EBUSY.to_string());
+        assert_eq!(format!("{e:?}"), "EBUSY");
+        assert_eq!(std::io::Error::from(e).raw_os_error(), Some(libc::EBUSY));
+    }
+
+    #[test]
+    fn hints_and_sources_print_once() {
+        let with = MapError::Sys {
+            op: "mmap",
+            errno: Errno::from_raw(libc::ENOMEM),
+            hint: Some("not enough memory"),
+        };
+        assert!(with.to_string().ends_with(": not enough memory"), "{with}");
+        let without = MapError::Sys {
+            op: "mmap",
+            errno: Errno::from_raw(libc::ENOMEM),
+            hint: None,
+        };
+        assert!(without.to_string().ends_with(')'), "{without}");
+        let spawn = BuildError::Spawn(std::io::Error::from_raw_os_error(libc::EAGAIN));
+        assert_eq!(
+            spawn.to_string(),
+            "spawning the fault-service thread failed"
+        );
+        assert!(std::error::Error::source(&spawn).is_some());
+    }
+
+    #[test]
+    fn snapshot_error_page() {
+        assert_eq!(SnapshotError::Discarded { page: 7 }.page(), Some(7));
+        assert_eq!(
+            SnapshotError::OutOfRange { page: 9, pages: 4 }.page(),
+            Some(9)
+        );
+        assert_eq!(SnapshotError::WrongRegion.page(), None);
+    }
+}
