@@ -470,7 +470,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             };
             let epoch = region
                 .cut_and_copy(|page, bytes| w.push_page(page, bytes))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| match std::error::Error::source(&e) {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                })?;
             let info = w.commit()?;
             ckpt_secs += t_ck.elapsed().as_secs_f64();
             ctl.pause.store(false, SeqCst);

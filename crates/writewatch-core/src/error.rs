@@ -1,6 +1,70 @@
 //! Error types: one enum per operation, each keeping the errno and naming the fix.
 
-use nix::errno::Errno;
+/// An error number the kernel returned (`errno`), e.g. `EBUSY`.
+///
+/// Displays as the C library names and describes it (`EBUSY: Device or resource busy`);
+/// [`raw`](Self::raw) gives the number, and it converts into a [`std::io::Error`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Errno(i32);
+
+impl Errno {
+    /// The errno with this number.
+    pub const fn from_raw(errno: i32) -> Self {
+        Self(errno)
+    }
+
+    /// The number (`libc::EBUSY`, ...).
+    pub const fn raw(self) -> i32 {
+        self.0
+    }
+
+    fn nix(self) -> nix::errno::Errno {
+        nix::errno::Errno::from_raw(self.0)
+    }
+}
+
+impl std::fmt::Debug for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.nix(), f)
+    }
+}
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.nix(), f)
+    }
+}
+
+impl std::error::Error for Errno {}
+
+impl From<Errno> for std::io::Error {
+    fn from(e: Errno) -> Self {
+        std::io::Error::from_raw_os_error(e.0)
+    }
+}
+
+/// The public [`Errno`] of an errno from `nix` (crate-internal: `nix` stays out of the API).
+pub(crate) trait PublicErrno {
+    fn public(self) -> Errno;
+}
+
+impl PublicErrno for nix::errno::Errno {
+    fn public(self) -> Errno {
+        Errno(self as i32)
+    }
+}
+
+/// Formats an optional hint as `": hint"` (nothing when there is none).
+struct Hint<'a>(&'a Option<&'static str>);
+
+impl std::fmt::Display for Hint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(h) => write!(f, ": {h}"),
+            None => Ok(()),
+        }
+    }
+}
 
 /// Why a tracker can no longer serve requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +158,7 @@ pub enum BuildError {
         errno: Errno,
     },
     /// The fault-service thread could not be spawned.
-    #[error("spawning the fault-service thread failed: {0}")]
+    #[error("spawning the fault-service thread failed")]
     Spawn(#[source] std::io::Error),
     /// Two builder options cannot be combined.
     #[error("{what} cannot be combined with {with}: {fix}")]
@@ -235,14 +299,14 @@ pub enum MapError {
         needs: &'static str,
     },
     /// A system call failed.
-    #[error("{op} failed ({errno}){hint}")]
+    #[error("{op} failed ({errno}){}", Hint(.hint))]
     Sys {
         /// The operation.
         op: &'static str,
         /// The errno.
         errno: Errno,
-        /// An explanation of the errno in this context (may be empty).
-        hint: &'static str,
+        /// An explanation of the errno in this context, if there is one.
+        hint: Option<&'static str>,
     },
     /// The tracker is shut down or poisoned.
     #[error("{0}")]
@@ -318,25 +382,137 @@ impl From<Unavailable> for RegionError {
     }
 }
 
-/// Errors of [`Region::cut_and_copy`](crate::Region::cut_and_copy).
-#[derive(Debug)]
+/// Errors of [`Region::cut_and_copy`](crate::Region::cut_and_copy). The cause is the
+/// error's [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
 pub enum CutAndCopyError<E> {
     /// The cut failed.
-    Cut(CutError),
+    #[error("cut failed")]
+    Cut(#[source] CutError),
     /// A page could not be read as it was at the cut.
-    Read(crate::SnapshotError),
+    #[error("reading a page failed")]
+    Read(#[source] SnapshotError),
     /// The sink failed.
-    Sink(E),
+    #[error("the sink failed")]
+    Sink(#[source] E),
 }
 
-impl<E: std::fmt::Display> std::fmt::Display for CutAndCopyError<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+/// Errors of reading a page of an [`Epoch`](crate::Epoch) or [`Snapshot`](crate::Snapshot), and of rollback.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// The page is not part of this epoch (it was not written in it).
+    #[error("page {page} is not in this epoch's dirty set")]
+    NotInEpoch {
+        /// The page index.
+        page: u64,
+    },
+    /// The page was already read (epoch pages are released as they are consumed).
+    #[error("page {page} was already consumed from this epoch")]
+    AlreadyConsumed {
+        /// The page index.
+        page: u64,
+    },
+    /// The application discarded the page's content (`madvise(MADV_DONTNEED)`) after the cut,
+    /// before it was preserved: its content at the cut is gone.
+    #[error("page {page} was discarded by the application (madvise) after the cut; its content at the cut is lost")]
+    Discarded {
+        /// The page index.
+        page: u64,
+    },
+    /// The page index is past the end of the region.
+    #[error("page {page} is out of range (the region has {pages} pages)")]
+    OutOfRange {
+        /// The page index.
+        page: u64,
+        /// Pages in the region.
+        pages: u64,
+    },
+    /// The buffer is not exactly one page long.
+    #[error("the buffer is {len} bytes; a page is {page_size}")]
+    BadBuffer {
+        /// The buffer's length.
+        len: usize,
+        /// The page size.
+        page_size: usize,
+    },
+    /// The region was unmapped or moved by the application.
+    #[error("the region is no longer tracked: {0}")]
+    Invalidated(Invalidation),
+    /// The tracker is shut down or poisoned (live pages can no longer be trusted to be
+    /// unchanged).
+    #[error("{0}")]
+    Unavailable(Unavailable),
+    /// The backend cannot preserve content while writers run (async, mprotect): read pages
+    /// with `Region::cut_and_copy` while the writers are quiesced instead.
+    #[error("the {backend} backend cannot read an epoch's pages as they were at the cut (no copy-before-write): use Region::cut_and_copy with the writers quiesced, or Backend::SyncUffd")]
+    Unsupported {
+        /// The backend in use.
+        backend: &'static str,
+    },
+    /// The snapshot belongs to another region.
+    #[error("the snapshot was taken of another region")]
+    WrongRegion,
+}
+
+impl SnapshotError {
+    /// The page the error is about, if it is about one page.
+    pub fn page(&self) -> Option<u64> {
         match self {
-            CutAndCopyError::Cut(e) => write!(f, "cut failed: {e}"),
-            CutAndCopyError::Read(e) => write!(f, "reading a page failed: {e}"),
-            CutAndCopyError::Sink(e) => write!(f, "the sink failed: {e}"),
+            SnapshotError::NotInEpoch { page }
+            | SnapshotError::AlreadyConsumed { page }
+            | SnapshotError::Discarded { page }
+            | SnapshotError::OutOfRange { page, .. } => Some(*page),
+            SnapshotError::BadBuffer { .. }
+            | SnapshotError::Invalidated(_)
+            | SnapshotError::Unavailable(_)
+            | SnapshotError::Unsupported { .. }
+            | SnapshotError::WrongRegion => None,
         }
     }
 }
 
-impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for CutAndCopyError<E> {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_prints_as_nix_did() {
+        let e = nix::errno::Errno::EBUSY.public();
+        assert_eq!(e.raw(), libc::EBUSY);
+        assert_eq!(e.to_string(), nix::errno::Errno::EBUSY.to_string());
+        assert_eq!(format!("{e:?}"), "EBUSY");
+        assert_eq!(std::io::Error::from(e).raw_os_error(), Some(libc::EBUSY));
+    }
+
+    #[test]
+    fn hints_and_sources_print_once() {
+        let with = MapError::Sys {
+            op: "mmap",
+            errno: Errno::from_raw(libc::ENOMEM),
+            hint: Some("not enough memory"),
+        };
+        assert!(with.to_string().ends_with(": not enough memory"), "{with}");
+        let without = MapError::Sys {
+            op: "mmap",
+            errno: Errno::from_raw(libc::ENOMEM),
+            hint: None,
+        };
+        assert!(without.to_string().ends_with(')'), "{without}");
+        let spawn = BuildError::Spawn(std::io::Error::from_raw_os_error(libc::EAGAIN));
+        assert_eq!(
+            spawn.to_string(),
+            "spawning the fault-service thread failed"
+        );
+        assert!(std::error::Error::source(&spawn).is_some());
+    }
+
+    #[test]
+    fn snapshot_error_page() {
+        assert_eq!(SnapshotError::Discarded { page: 7 }.page(), Some(7));
+        assert_eq!(
+            SnapshotError::OutOfRange { page: 9, pages: 4 }.page(),
+            Some(9)
+        );
+        assert_eq!(SnapshotError::WrongRegion.page(), None);
+    }
+}

@@ -24,19 +24,10 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 
-use crate::region::RegionInner;
-use crate::snapshot::{Preserve, View};
-use crate::sys::sigbus::{InFlight, RcuList};
-use crate::tracker::Shared;
-
-/// What a handler does next.
-pub(crate) enum Outcome {
-    /// The page is un-protected (or the range is gone): return and let the write re-execute.
-    Done,
-    /// Not now (copy budget full, or a non-cooperative event pending): leave the in-flight
-    /// section, wait briefly, try again.
-    Wait,
-}
+use crate::range::RegionInner;
+use crate::shared::Shared;
+use crate::sys::sigbus::{InFlight, Outcome, RcuList, Serve};
+use crate::view::{Preserve, View};
 
 /// What the `SIGBUS` handler needs to serve faults of one region.
 pub(crate) struct Hook {
@@ -77,13 +68,19 @@ impl Hook {
     }
 }
 
+impl Serve for Hook {
+    fn serve(&self, addr: usize, in_flight: &InFlight) -> Outcome {
+        serve(self, addr, in_flight)
+    }
+}
+
 /// Serves a write-protect fault at `addr` on the faulting thread (called from the `SIGBUS`
 /// handler, inside its in-flight section). Async-signal-safety: atomics, system calls, and the
 /// tracker's page pool and copy maps, whose mutexes our code never holds while writing tracked
 /// memory (so the interrupted thread cannot hold them).
 ///
 /// Never writes tracked memory: the copy reads it.
-pub(crate) fn serve(h: &Hook, addr: usize, in_flight: &InFlight) -> Outcome {
+fn serve(h: &Hook, addr: usize, in_flight: &InFlight) -> Outcome {
     let inner = &h.inner;
     if inner.invalidation().is_some() || addr < inner.start || addr >= inner.end() {
         return Outcome::Done;

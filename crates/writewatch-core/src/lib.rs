@@ -25,33 +25,47 @@
 #![deny(unsafe_code)]
 
 mod arena;
+mod backend;
 mod bitmap;
+mod builder;
+mod command;
 mod dirty;
+mod epoch;
 mod error;
 mod inthread;
+mod maps;
+mod pagemap;
 mod pins;
 mod placed;
 mod probe;
+mod range;
 mod region;
-mod scan;
 mod service;
+mod shared;
 mod snapshot;
 mod stats;
 mod sys;
 mod tracker;
 mod typed;
+mod uffd;
+mod view;
 
 pub use arena::{Arena, ArenaError, Handle, SliceHandle};
+pub use backend::{Backend, Features, Purpose};
+pub use builder::TrackerBuilder;
 pub use dirty::{DirtySet, Runs};
+pub use epoch::{CutStats, Epoch, EpochReader};
 pub use error::{
-    BuildError, CutAndCopyError, CutError, Invalidation, MapError, RegionError, Unavailable,
+    BuildError, CutAndCopyError, CutError, Errno, Invalidation, MapError, RegionError,
+    SnapshotError, Unavailable,
 };
 pub use placed::MapAtError;
 pub use probe::{probe, Access, Feature, Probe};
-pub use region::{CutStats, Epoch, EpochReader, Region, RegionKind};
-pub use snapshot::{Snapshot, SnapshotError};
+pub use range::RegionKind;
+pub use region::Region;
+pub use snapshot::Snapshot;
 pub use stats::{
     EpochStat, Histogram, HistogramSummary, NotEarlier, RegionStats, ThreadFaults, TrackerStats,
 };
-pub use tracker::{Backend, Features, Purpose, Tracker, TrackerBuilder};
+pub use tracker::Tracker;
 pub use typed::{AccessError, AtomicView, TypedReadError};

@@ -3,8 +3,9 @@
 
 use nix::errno::Errno;
 
-use crate::error::MapError;
-use crate::region::{Region, RegionKind};
+use crate::error::{MapError, PublicErrno};
+use crate::range::RegionKind;
+use crate::region::Region;
 use crate::sys;
 use crate::tracker::Tracker;
 
@@ -95,12 +96,10 @@ impl Tracker {
             Errno::ENOTSUP => MapAtError::NotHonoured,
             errno => MapAtError::Map(MapError::Sys {
                 op: "mmap(MAP_FIXED_NOREPLACE)",
-                errno,
-                hint: if errno == Errno::ENOMEM {
-                    ": not enough address space or memory, or the range is past the process's address space limit"
-                } else {
-                    ""
-                },
+                errno: errno.public(),
+                hint: (errno == Errno::ENOMEM).then_some(
+                    "not enough address space or memory, or the range is past the process's address space limit",
+                ),
             }),
         })?;
         let inner = self.new_inner(map, ps, RegionKind::Anonymous);

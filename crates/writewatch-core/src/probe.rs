@@ -22,6 +22,7 @@ use std::os::fd::AsRawFd;
 use linux_raw_sys::general as k;
 use nix::errno::Errno;
 
+use crate::error::PublicErrno;
 use crate::sys;
 
 /// How this process can obtain a userfaultfd.
@@ -37,9 +38,9 @@ pub enum Access {
     /// being tracked.
     UserModeOnly,
     /// The kernel refused (`EPERM`/`EACCES`).
-    Denied(Errno),
+    Denied(crate::error::Errno),
     /// The kernel has no userfaultfd (`ENOSYS`) or another error occurred.
-    Absent(Errno),
+    Absent(crate::error::Errno),
 }
 
 /// A capability the probe reports.
@@ -277,13 +278,13 @@ pub(crate) fn open_best(flags: libc::c_int) -> (Access, Option<std::os::fd::Owne
     }
     match sys::userfaultfd_syscall(flags) {
         Ok(fd) => return (Access::Syscall, Some(fd)),
-        Err(Errno::ENOSYS) => return (Access::Absent(Errno::ENOSYS), None),
+        Err(Errno::ENOSYS) => return (Access::Absent(Errno::ENOSYS.public()), None),
         Err(_) => {}
     }
     match sys::userfaultfd_syscall(flags | k::UFFD_USER_MODE_ONLY as libc::c_int) {
         Ok(fd) => (Access::UserModeOnly, Some(fd)),
-        Err(e @ (Errno::EPERM | Errno::EACCES)) => (Access::Denied(e), None),
-        Err(e) => (Access::Absent(e), None),
+        Err(e @ (Errno::EPERM | Errno::EACCES)) => (Access::Denied(e.public()), None),
+        Err(e) => (Access::Absent(e.public()), None),
     }
 }
 
@@ -291,20 +292,6 @@ fn read_trimmed(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_string())
-}
-
-pub(crate) fn pagemap_scan_available() -> bool {
-    let Ok(pm) = std::fs::File::open("/proc/self/pagemap") else {
-        return false;
-    };
-    let mut out = [sys::EMPTY_PAGE_REGION; 1];
-    // An empty range: a kernel with PAGEMAP_SCAN answers 0 entries; one without answers ENOTTY.
-    let args = sys::ScanArgs {
-        start: 0x10000,
-        end: 0x10000,
-        ..Default::default()
-    };
-    sys::pagemap_scan(pm.as_raw_fd(), &args, &mut out).is_ok()
 }
 
 /// Probes the running kernel and process. Never fails: what cannot be determined is reported
@@ -325,7 +312,7 @@ pub fn probe() -> Probe {
         access,
         features,
         ioctls,
-        pagemap_scan: pagemap_scan_available(),
+        pagemap_scan: crate::pagemap::Pagemap::scan_available(),
         soft_dirty: sys::soft_dirty_probe(),
         unprivileged_userfaultfd: read_trimmed("/proc/sys/vm/unprivileged_userfaultfd")
             .and_then(|s| s.parse().ok()),

@@ -16,17 +16,12 @@ use std::sync::atomic::{AtomicI64, AtomicIsize, AtomicU64, AtomicUsize, Ordering
 
 use bytemuck::{NoUninit, Pod};
 
+use crate::epoch::Epoch;
 use crate::error::Invalidation;
-use crate::region::{Epoch, Region};
-use crate::snapshot::{Snapshot, SnapshotError};
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for std::sync::atomic::AtomicU64 {}
-    impl Sealed for std::sync::atomic::AtomicI64 {}
-    impl Sealed for std::sync::atomic::AtomicUsize {}
-    impl Sealed for std::sync::atomic::AtomicIsize {}
-}
+use crate::error::SnapshotError;
+use crate::region::Region;
+use crate::snapshot::Snapshot;
+use crate::sys;
 
 /// The atomic types a region can be viewed as with [`Region::as_atomic`]: the 8-byte std
 /// atomic integers (`AtomicU64`, `AtomicI64`, and on 64-bit targets `AtomicUsize`,
@@ -38,7 +33,7 @@ mod sealed {
 /// behaviour when one of them writes; a safe narrower view would let safe code cause it.
 /// Read and write narrower values with [`Region::read_at`] / [`Region::write_at`], which
 /// splice them into 8-byte words with compare-and-swap.
-pub trait AtomicView: sealed::Sealed + Sync + Send + 'static {}
+pub trait AtomicView: sys::Atomic8 + Sync + Send + 'static {}
 impl AtomicView for AtomicU64 {}
 impl AtomicView for AtomicI64 {}
 #[cfg(target_pointer_width = "64")]

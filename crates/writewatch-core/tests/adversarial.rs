@@ -652,9 +652,11 @@ fn adopt_refusals() {
         }
         std::hint::black_box(&local);
         // Read-only mapping.
-        // SAFETY: our own mapping.
-        let rc = unsafe { libc::mprotect(mem.add(6 * PS).cast(), PS, libc::PROT_READ) };
-        assert_eq!(rc, 0);
+        assert_eq!(
+            // SAFETY: our own mapping.
+            unsafe { libc::mprotect(mem.add(6 * PS).cast(), PS, libc::PROT_READ) },
+            0
+        );
         // SAFETY: must be refused.
         match unsafe { u.adopt(mem.add(6 * PS), PS) } {
             Err(MapError::NotReadWrite { .. }) => {}
@@ -695,9 +697,11 @@ fn mprotect_guard_page_survives_prepare_overwrite_and_cuts() {
         // SAFETY: our mapping, unmapped at the end after the region is dropped.
         let r = unsafe { t.adopt(mem, 8 * PS) }.unwrap();
         let guard = mem as usize + 4 * PS;
-        // SAFETY: our own mapping; nothing references page 4.
-        let rc = unsafe { libc::mprotect(guard as *mut _, PS, libc::PROT_NONE) };
-        assert_eq!(rc, 0);
+        assert_eq!(
+            // SAFETY: our own mapping; nothing references page 4.
+            unsafe { libc::mprotect(guard as *mut _, PS, libc::PROT_NONE) },
+            0
+        );
         touch(&r, 1, 1);
         drop(r.cut().unwrap());
         assert_eq!(perms_of(guard), "---p", "after cut");

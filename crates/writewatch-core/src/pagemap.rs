@@ -1,0 +1,167 @@
+//! [`Pagemap`]: the one owner of `PAGEMAP_SCAN` (`/proc/self/pagemap`), used by the service
+//! thread (async harvest, suspect runs), region peeks and snapshot readers. The ioctl itself is
+//! `sys::pagemap_scan`; the questions asked of it are here.
+
+use std::ops::RangeInclusive;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use nix::errno::Errno;
+
+use crate::sys::{self, pm, PageRegion, ScanArgs};
+
+/// An open `/proc/self/pagemap`.
+#[derive(Debug)]
+pub(crate) struct Pagemap {
+    file: std::fs::File,
+}
+
+/// The pages (numbered from `base`, `page_size` each) that the scanned address range
+/// `[a, b)` touches.
+pub(crate) fn pages_of(base: usize, page_size: usize, a: usize, b: usize) -> RangeInclusive<u64> {
+    let page = |addr: usize| ((addr - base) / page_size) as u64;
+    page(a)..=page(b.max(a + 1) - 1)
+}
+
+/// Sets the dirty bits of `pages` in a bitmap's words.
+pub(crate) fn set_dirty_bits(words: &mut [u64], pages: RangeInclusive<u64>) {
+    for p in pages {
+        words[p as usize / 64] |= 1 << (p % 64);
+    }
+}
+
+impl Pagemap {
+    /// Opens `/proc/self/pagemap` (None if it cannot be opened).
+    pub(crate) fn open() -> Option<Self> {
+        std::fs::File::open("/proc/self/pagemap")
+            .ok()
+            .map(|file| Self { file })
+    }
+
+    /// Whether the running kernel has `PAGEMAP_SCAN`.
+    pub(crate) fn scan_available() -> bool {
+        let Some(pm) = Self::open() else {
+            return false;
+        };
+        let mut out = [sys::EMPTY_PAGE_REGION; 1];
+        // An empty range: a kernel with PAGEMAP_SCAN answers 0 entries; one without answers ENOTTY.
+        let args = ScanArgs {
+            start: 0x10000,
+            end: 0x10000,
+            ..Default::default()
+        };
+        sys::pagemap_scan(pm.file.as_raw_fd(), &args, &mut out).is_ok()
+    }
+
+    /// Calls `f(pages)` for every page run (numbered from `base`) in `[start, end)` whose pages
+    /// are **not** write-protected: present (or swapped) without the uffd-wp bit
+    /// (`PAGE_IS_WRITTEN`), or empty PTEs that carry no protection marker (zapped by
+    /// `madvise`). Returns the number of ioctls.
+    ///
+    /// Both are asked in separate walks because `PAGEMAP_SCAN` matches a conjunction of
+    /// categories per walk. Each walk loops on `walk_end` when `out` fills up.
+    pub(crate) fn unprotected(
+        &self,
+        (base, page_size): (usize, usize),
+        start: usize,
+        end: usize,
+        out: &mut [PageRegion],
+        mut f: impl FnMut(RangeInclusive<u64>),
+    ) -> Result<u64, Errno> {
+        let queries = [
+            ScanArgs {
+                category_mask: pm::PAGE_IS_WRITTEN,
+                return_mask: pm::PAGE_IS_WRITTEN,
+                ..Default::default()
+            },
+            ScanArgs {
+                category_inverted: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
+                category_mask: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
+                return_mask: pm::PAGE_IS_PRESENT,
+                ..Default::default()
+            },
+        ];
+        let fd = self.file.as_raw_fd();
+        let mut ioctls = 0;
+        for q in queries {
+            let mut cursor = start;
+            while cursor < end {
+                let args = ScanArgs {
+                    start: cursor,
+                    end,
+                    ..q
+                };
+                ioctls += 1;
+                let (n, walk_end) = sys::pagemap_scan(fd, &args, out)?;
+                for r in &out[..n] {
+                    f(pages_of(base, page_size, r.start as usize, r.end as usize));
+                }
+                if n < out.len() || walk_end <= cursor {
+                    break;
+                }
+                cursor = walk_end;
+            }
+        }
+        Ok(ioctls)
+    }
+
+    /// Whether the page at `start` (`page_size` long) is still write-protected (present with
+    /// the uffd-wp bit, or a protection marker). False when it cannot be determined.
+    pub(crate) fn is_protected(&self, start: usize, page_size: usize) -> bool {
+        let mut out = [sys::EMPTY_PAGE_REGION; 4];
+        let mut unprotected = false;
+        match self.unprotected(
+            (start, page_size),
+            start,
+            start + page_size,
+            &mut out,
+            |_| unprotected = true,
+        ) {
+            Ok(_) => !unprotected,
+            Err(_) => false,
+        }
+    }
+
+    /// The async backend's harvest: `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING` over
+    /// `[start, end)` reports every written page (setting its bit in `words`, pages numbered
+    /// from `start`) and write-protects it again in the same walk. Loops on `walk_end` when
+    /// the output vector fills up (and grows it for the next cut). Counts each ioctl in
+    /// `scan_ioctls` as it is made; returns their number.
+    pub(crate) fn harvest(
+        &self,
+        (start, end, page_size): (usize, usize, usize),
+        words: &mut [u64],
+        out: &mut Vec<PageRegion>,
+        scan_ioctls: &AtomicU64,
+    ) -> Result<u64, Errno> {
+        let fd = self.file.as_raw_fd();
+        let mut cursor = start;
+        let mut ioctls = 0;
+        loop {
+            let args = ScanArgs {
+                flags: pm::PM_SCAN_WP_MATCHING | pm::PM_SCAN_CHECK_WPASYNC,
+                start: cursor,
+                end,
+                category_mask: pm::PAGE_IS_WRITTEN,
+                return_mask: pm::PAGE_IS_WRITTEN,
+                ..Default::default()
+            };
+            ioctls += 1;
+            scan_ioctls.fetch_add(1, Relaxed);
+            let (n, walk_end) = sys::pagemap_scan(fd, &args, out)?;
+            for r in &out[..n] {
+                set_dirty_bits(
+                    words,
+                    pages_of(start, page_size, r.start as usize, r.end as usize),
+                );
+            }
+            if n < out.len() || walk_end >= end || walk_end <= cursor {
+                break;
+            }
+            cursor = walk_end;
+            let grown = out.len() * 2;
+            out.resize(grown.min(1 << 20), sys::EMPTY_PAGE_REGION);
+        }
+        Ok(ioctls)
+    }
+}

@@ -1,0 +1,373 @@
+//! The fault-service thread.
+//!
+//! One thread per tracker. It waits in `poll(2)` on two fds: the userfaultfd (faults and
+//! non-cooperative events) and an eventfd that command senders write after queueing a
+//! [`Command`] on the crossbeam channel. Every change of page protection happens on this
+//! thread, so the protection state of a page is only ever changed by one thread (plus the
+//! kernel itself for `madvise(MADV_DONTNEED)` on anonymous memory, handled below).
+//!
+//! ```text
+//!            +-----------------------------------------------------------+
+//!            |  poll(uffd, eventfd)                                      |
+//!            |    eventfd -> drain commands: Register / Cut / Unregister |
+//!            |               / Shutdown  (a Cut reads no fault until done)|
+//!            |    uffd    -> read(2) a batch of up to N uffd_msg         |
+//!            |               PAGEFAULT(WP) -> pending                    |
+//!            |               REMOVE -> mark dirty + suspect range        |
+//!            |               UNMAP / REMAP -> invalidate region          |
+//!            |    pending -> sort, coalesce per region:                  |
+//!            |               set dirty bits, THEN un-protect + wake      |
+//!            +-----------------------------------------------------------+
+//! ```
+//!
+//! # What each backend does (the contract of this folder)
+//!
+//! | backend | register (`register.rs`) | first write to a page | cut (`cut.rs`) | release (`register.rs`) |
+//! |---|---|---|---|---|
+//! | sync uffd | `UFFDIO_REGISTER` (WP), populate if no `WP_UNPOPULATED`, protect the range | `PAGEFAULT(WP)` read here (`events.rs`): preserve for live views, dirty bit, THEN un-protect + wake | hold faults, harvest the bitmap, re-protect the dirty runs (skipping eager-armed pages, `eager.rs`), publish a copy-before-write view | `UFFDIO_UNREGISTER`: writes complete untracked |
+//! | sync uffd, in-thread | as above, but first a `sys::sigbus` slot holding the region's hook | the `SIGBUS` handler does the same on the writing thread (`crate::inthread`) | the slot's `cutting` flag holds the handlers (`Holding`) | unregister, then retire the slot |
+//! | async uffd | as sync, with `WP_ASYNC` | resolved by the kernel; no message | `Pagemap::harvest`: one `PAGEMAP_SCAN` walk reports and re-protects; no view | `UFFDIO_UNREGISTER` |
+//! | mprotect | a `sys::segv` slot (the bitmap), then `mprotect(PROT_READ)` | the `SIGSEGV` handler sets the bit and makes the page writable; never this thread | mark pages the application made writable, harvest, `segv::synchronize`, `mprotect` the dirty runs; no view | `mprotect` read-write, then retire the slot |
+//!
+//! For every backend, runs the application `madvise`d away (REMOVE) are re-checked with
+//! `PAGEMAP_SCAN` at each cut (`mark_unprotected`), and UNMAP / REMAP invalidate the region.
+//!
+//! # Invariants relied on here
+//! - **The service thread never writes into tracked memory** (it would fault on itself and
+//!   deadlock). It only reads it (populate-read without `WP_UNPOPULATED`), issues ioctls on
+//!   its addresses, and writes its own heap. Reads never raise write-protect faults.
+//! - **The service thread never blocks on a lock that a faulting thread may hold**: the only
+//!   locks it takes are the per-thread fault map and the per-region history, which no code
+//!   holds while touching tracked memory.
+//! - **Dirty bit before un-protect**: a page's dirty bit is set before the ioctl that lets its
+//!   write proceed, so a page that is writable always has its bit set (sync backend
+//!   invariant: bit clear => write-protected).
+//! - **Cuts are atomic with respect to faults**: a cut runs inside a command handler; faults
+//!   read while it runs (to unblock an `EAGAIN`) are queued and serviced only after it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use userfaultfd::{EventBuffer, Uffd};
+
+use crate::backend::Backend;
+use crate::command::{Command, CommandRx};
+use crate::inthread::Hook;
+use crate::range::RegionInner;
+use crate::shared::{Shared, POISONED};
+use crate::sys;
+use crate::view::View;
+
+mod cut;
+mod eager;
+mod events;
+mod register;
+
+use eager::Eager;
+
+/// Reads per loop iteration before commands get a turn again.
+const MAX_READS_PER_ROUND: usize = 16;
+
+pub(crate) fn spawn(
+    uffd: Option<Uffd>,
+    shared: Arc<Shared>,
+    rx: CommandRx,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let name = shared.config.thread_name.clone();
+    std::thread::Builder::new().name(name).spawn(move || {
+        let mut svc = Service::new(uffd, shared, rx);
+        let r = catch_unwind(AssertUnwindSafe(|| svc.run()));
+        if r.is_err() {
+            svc.poison();
+        } else {
+            svc.drain_commands();
+        }
+        // Dropping `svc` closes the userfaultfd: the kernel releases any thread still waiting.
+    })
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Fault {
+    addr: usize,
+    tid: i32,
+    t: Instant,
+}
+
+enum Ev {
+    Fault(Fault),
+    Remove(usize, usize),
+    Unmap(usize, usize),
+    Remap(usize, usize, usize),
+    Other,
+}
+
+struct Entry {
+    inner: Arc<RegionInner>,
+    /// Copy-before-write views of this region still alive (epochs being read, snapshots).
+    views: Vec<Weak<View>>,
+    /// Fault-around state: the page after the last serviced run, and the current run-ahead.
+    next_expected: u64,
+    ahead: u64,
+    /// The mprotect backend's signal-handler slot.
+    slot: Option<usize>,
+    /// Eager re-protection state (sync backend with `eager_reprotect` only).
+    eager: Option<Eager>,
+    /// In-thread fault handling: the `SIGBUS` handler's hook and its slot.
+    hook: Option<(Arc<Hook>, usize)>,
+}
+
+impl Entry {
+    fn new(inner: Arc<RegionInner>) -> Self {
+        Self {
+            inner,
+            views: Vec::new(),
+            next_expected: u64::MAX,
+            ahead: 0,
+            slot: None,
+            eager: None,
+            hook: None,
+        }
+    }
+
+    fn live_views(&mut self) -> Vec<Arc<View>> {
+        self.views.retain(|w| w.strong_count() > 0);
+        self.views.iter().filter_map(Weak::upgrade).collect()
+    }
+}
+
+enum Flow {
+    Continue,
+    Exit,
+}
+
+struct Service {
+    /// The userfaultfd (None for the mprotect backend).
+    uffd: Option<Uffd>,
+    backend: Backend,
+    shared: Arc<Shared>,
+    rx: CommandRx,
+    by_start: BTreeMap<usize, Entry>,
+    by_id: HashMap<u64, usize>,
+    buf: EventBuffer,
+    evs: Vec<Ev>,
+    /// Faults read but not yet serviced (held while a cut runs).
+    pending: Vec<Fault>,
+    /// Faults whose page must be preserved but the copy budget is full: their writers stay
+    /// blocked until readers free budget (back-pressure).
+    deferred: Vec<Fault>,
+    /// The budget's generation loaded before the attempt that deferred faults: they are
+    /// retried as soon as it moves (see `Budget::gen`).
+    deferred_gen: u64,
+    scan_out: Vec<sys::PageRegion>,
+    /// Output buffer of the async backend's harvest (grown when a pass fills it).
+    async_out: Vec<sys::PageRegion>,
+    tids: Vec<(i32, u64)>,
+    /// When eager re-protection next has work due (None: nothing queued).
+    eager_due: Option<Instant>,
+}
+
+impl Service {
+    fn new(uffd: Option<Uffd>, shared: Arc<Shared>, rx: CommandRx) -> Self {
+        let batch = shared.config.event_batch;
+        Self {
+            uffd,
+            backend: shared.backend,
+            async_out: vec![sys::EMPTY_PAGE_REGION; 8192],
+            shared,
+            rx,
+            by_start: BTreeMap::new(),
+            by_id: HashMap::new(),
+            buf: EventBuffer::new(batch),
+            evs: Vec::with_capacity(batch),
+            pending: Vec::with_capacity(batch * 4),
+            deferred: Vec::new(),
+            deferred_gen: 0,
+            scan_out: vec![sys::EMPTY_PAGE_REGION; 512],
+            tids: Vec::with_capacity(16),
+            eager_due: None,
+        }
+    }
+
+    /// The userfaultfd. Only called on paths of the uffd backends (faults and events never
+    /// arrive without one).
+    fn u(&self) -> &Uffd {
+        self.uffd.as_ref().expect("a userfaultfd backend")
+    }
+
+    fn run(&mut self) {
+        loop {
+            let (uffd_ready, wake_ready) = self.wait();
+            if wake_ready {
+                let _ = self.shared.wake.read();
+                self.prune_hooks();
+                if !self.deferred.is_empty() {
+                    self.retry_deferred(true);
+                }
+            }
+            while let Ok(cmd) = self.rx.try_recv() {
+                if let Flow::Exit = self.command(cmd) {
+                    return;
+                }
+            }
+            if uffd_ready {
+                for _ in 0..MAX_READS_PER_ROUND {
+                    if self.read_batch() < self.shared.config.event_batch {
+                        break;
+                    }
+                }
+            }
+            if !self.pending.is_empty() {
+                self.service_pending();
+            }
+            if !self.deferred.is_empty() {
+                self.retry_deferred(false);
+            }
+            if self.pending.is_empty() {
+                self.eager_if_due();
+            }
+            if self.uffd.is_some() && !self.shared.config.spin.is_zero() && self.deferred.is_empty()
+            {
+                if let Flow::Exit = self.spin_phase() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Busy-polls for `spin` after the last event: non-blocking `read(2)` on the userfaultfd
+    /// (no `poll`) and `try_recv` on the command channel (no syscall), so a fault arriving
+    /// meanwhile is serviced without the cost of waking this thread. Back to `poll` when idle.
+    fn spin_phase(&mut self) -> Flow {
+        let spin = self.shared.config.spin;
+        let mut until = Instant::now() + spin;
+        loop {
+            while let Ok(cmd) = self.rx.try_recv() {
+                if let Flow::Exit = self.command(cmd) {
+                    return Flow::Exit;
+                }
+            }
+            if self.read_batch() > 0 || !self.pending.is_empty() {
+                self.service_pending();
+                until = Instant::now() + spin;
+            } else if Instant::now() >= until {
+                return Flow::Continue;
+            } else if !self.eager_if_due() {
+                std::hint::spin_loop();
+            }
+            if !self.deferred.is_empty() {
+                return Flow::Continue;
+            }
+        }
+    }
+
+    /// Moves deferred faults back to `pending` if anything that could let them proceed
+    /// happened since the attempt that deferred them (or a view was dropped: `woken`).
+    ///
+    /// No lost wake-up: the generation was loaded (SeqCst) *before* that attempt, and every
+    /// freeing side bumps it (SeqCst) before it looks at `waiting`. A free before our load of
+    /// the generation was seen by the attempt itself; a free after it moves the generation,
+    /// which this check (made before the thread blocks) sees; and a free after `waiting` was
+    /// raised also kicks the eventfd.
+    fn retry_deferred(&mut self, woken: bool) {
+        let gen = self.shared.budget.gen.load(Ordering::SeqCst);
+        if woken || gen != self.deferred_gen {
+            self.pending.append(&mut self.deferred);
+        }
+    }
+
+    /// Blocks until the uffd or the eventfd is readable (not at all if faults are pending),
+    /// or until eager re-protection has work due.
+    fn wait(&self) -> (bool, bool) {
+        let timeout = if !self.pending.is_empty() {
+            PollTimeout::ZERO
+        } else if let Some(due) = self.eager_due {
+            // Round up to whole milliseconds (poll's unit): never wake before it is due.
+            let left = due.saturating_duration_since(Instant::now());
+            let ms = left.as_micros().div_ceil(1000);
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+        } else {
+            PollTimeout::NONE
+        };
+        loop {
+            let wake = PollFd::new(self.shared.wake.as_fd(), PollFlags::POLLIN);
+            let mut fds = match &self.uffd {
+                Some(u) => vec![wake, PollFd::new(u.as_fd(), PollFlags::POLLIN)],
+                None => vec![wake],
+            };
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(_) => {
+                    let r = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                    return (fds.get(1).is_some_and(r), r(&fds[0]));
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(%e, "poll on the userfaultfd failed");
+                    return (true, true);
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Register {
+                region,
+                all_dirty,
+                reply,
+            } => {
+                let r = self.register(region, all_dirty);
+                let _ = reply.send(r);
+            }
+            Command::Unregister { id, reply } => {
+                let r = self.unregister(id);
+                let _ = reply.send(r);
+            }
+            Command::Cut { id, reply } => {
+                let r = self.cut(id);
+                let _ = reply.send(r);
+            }
+            Command::Snapshot { id, reply } => {
+                let r = self.snapshot(id);
+                let _ = reply.send(r);
+            }
+            Command::Rearm {
+                id,
+                view,
+                pages,
+                reply,
+            } => {
+                let r = self.rearm(id, &view, &pages);
+                let _ = reply.send(r);
+            }
+            Command::PrepareOverwrite { id, reply } => {
+                let r = self.prepare_overwrite(id);
+                let _ = reply.send(r);
+            }
+            Command::Shutdown { reply } => {
+                self.release_all();
+                let _ = reply.send(());
+                return Flow::Exit;
+            }
+            Command::InjectPanic => panic!("writewatch: injected service-thread panic (test hook)"),
+        }
+        Flow::Continue
+    }
+
+    fn drain_commands(&mut self) {
+        // Dropping queued commands drops their reply senders: callers get `Unavailable`.
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    fn poison(&mut self) {
+        self.shared.state.store(POISONED, Ordering::SeqCst);
+        tracing::error!("writewatch fault-service thread panicked; releasing every range and poisoning the tracker");
+        self.release_all();
+        self.drain_commands();
+    }
+}

@@ -1,0 +1,168 @@
+//! The only module of `writewatch-core` that contains `unsafe` code: the single module to edit
+//! if writewatch is ever ported (another OS, another architecture).
+//!
+//! Everything here is a thin, documented wrapper over one system call or one raw-memory
+//! operation. The rest of the crate is `#![forbid(unsafe_code)]`-clean by construction:
+//! `lib.rs` denies `unsafe_code` in every other module.
+//!
+//! | file | what |
+//! |---|---|
+//! | `mman.rs` | mappings (`Mapping`), `mmap` / `munmap` / `madvise` / `mprotect`, memfd |
+//! | `uffd.rs` | opening and handshaking a userfaultfd; `UffdRef` for the `SIGBUS` handler |
+//! | `pagemap.rs` | the `PAGEMAP_SCAN` ioctl and `/proc/self/pagemap` probes |
+//! | `signals.rs` | what both signal handlers share: install, chain, grace period |
+//! | `segv.rs` | the mprotect backend's `SIGSEGV` handler and slot table |
+//! | `sigbus.rs` | the in-thread (`UFFD_FEATURE_SIGBUS`) handler, its slot table and RCU list |
+//!
+//! Kernel ABI values come from `linux-raw-sys` (the `userfaultfd` crate's bindgen bindings are
+//! generated from the build machine's headers, which may predate `UFFD_FEATURE_WP_UNPOPULATED`
+//! or `PAGEMAP_SCAN`). The few values that `linux-raw-sys` does not export as constants are
+//! derived from its structs with `nix`'s ioctl-number macros, never typed in by hand.
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+
+use linux_raw_sys::general as k;
+use nix::errno::Errno;
+
+mod mman;
+mod pagemap;
+mod signals;
+mod uffd;
+
+pub(crate) mod segv;
+pub(crate) mod sigbus;
+
+pub(crate) use mman::{madvise_nondestructive, mprotect, Atomic8, Mapping};
+pub(crate) use pagemap::{
+    pagemap_scan, pm, soft_dirty_probe, PageRegion, ScanArgs, EMPTY_PAGE_REGION,
+};
+pub(crate) use uffd::{uffd_from_fd, uffdio_api, userfaultfd_dev, userfaultfd_syscall, UffdRef};
+
+// Compile-time checks: the ABI this crate relies on, cross-checked between linux-raw-sys and the
+// values the `userfaultfd` crate was built with (which come from the build machine's headers).
+const _: () = {
+    assert!(k::UFFD_FEATURE_WP_ASYNC == 1 << 15);
+    assert!(k::UFFD_FEATURE_WP_UNPOPULATED == 1 << 13);
+    assert!(
+        k::UFFD_FEATURE_PAGEFAULT_FLAG_WP as u64
+            == userfaultfd::FeatureFlags::PAGEFAULT_FLAG_WP.bits()
+    );
+    assert!(k::UFFD_FEATURE_THREAD_ID as u64 == userfaultfd::FeatureFlags::THREAD_ID.bits());
+    assert!(k::UFFD_FEATURE_EVENT_REMOVE as u64 == userfaultfd::FeatureFlags::EVENT_REMOVE.bits());
+    assert!(k::UFFD_FEATURE_EVENT_UNMAP as u64 == userfaultfd::FeatureFlags::EVENT_UNMAP.bits());
+    assert!(k::UFFD_FEATURE_EVENT_REMAP as u64 == userfaultfd::FeatureFlags::EVENT_REMAP.bits());
+    assert!(k::UFFD_FEATURE_SIGBUS as u64 == userfaultfd::FeatureFlags::SIGBUS.bits());
+    assert!(std::mem::size_of::<k::pm_scan_arg>() == 96);
+    assert!(std::mem::size_of::<k::page_region>() == 24);
+};
+
+/// The errno inside a `userfaultfd` crate error (the crate uses an older `nix`).
+pub(crate) fn errno_of(e: &userfaultfd::Error) -> Errno {
+    match e {
+        userfaultfd::Error::SystemError(e) => Errno::from_raw(*e as i32),
+        _ => Errno::EIO,
+    }
+}
+/// The system's base page size.
+pub(crate) fn base_page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v <= 0 {
+        4096
+    } else {
+        v as usize
+    }
+}
+
+/// The stack `[low, high)` of the calling thread.
+pub(crate) fn current_thread_stack() -> Option<(usize, usize)> {
+    // SAFETY: pthread_self has no preconditions.
+    thread_stack(unsafe { libc::pthread_self() })
+}
+
+/// The stack `[low, high)` of a live thread (`pthread_getattr_np`). `None` if the C library
+/// cannot say.
+pub(crate) fn thread_stack(t: libc::pthread_t) -> Option<(usize, usize)> {
+    // SAFETY: a zeroed pthread_attr_t is a valid out-parameter for pthread_getattr_np, which
+    // initialises it; we destroy it only after a successful init. `t` is a live thread (the
+    // caller holds its JoinHandle or is the thread): pthread_getattr_np only reads its
+    // descriptor.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(t, &mut attr) != 0 {
+            return None;
+        }
+        let mut addr: *mut c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let r = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        (r == 0 && !addr.is_null()).then(|| (addr as usize, addr as usize + size))
+    }
+}
+
+/// Reads one byte of every `step` bytes of `[ptr, ptr+len)`, mapping each page (the zero page
+/// for untouched anonymous memory). Reads never raise write-protect faults, so the service
+/// thread may call this on tracked memory.
+pub(crate) fn touch_read(ptr: *const u8, len: usize, step: usize) {
+    let mut off = 0;
+    while off < len {
+        // SAFETY: the caller passes a range of a mapped, readable region; a volatile read of
+        // one byte has no other effect than mapping the page.
+        unsafe { std::ptr::read_volatile(ptr.add(off)) };
+        off += step;
+    }
+}
+
+/// A raw pointer that may be sent to the service thread. It is only ever used as an address
+/// (for ioctls and `/proc` lookups), never dereferenced by the service thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Addr(pub usize);
+
+impl Addr {
+    pub(crate) fn ptr(self) -> *mut c_void {
+        self.0 as *mut c_void
+    }
+}
+
+/// `n` zeroed 64-bit atomics from zeroed memory (see [`zeroed_atomic_u8s`]).
+pub(crate) fn zeroed_atomic_u64s(n: usize) -> Box<[std::sync::atomic::AtomicU64]> {
+    use std::sync::atomic::AtomicU64;
+    if n == 0 {
+        return Box::new([]);
+    }
+    let Ok(layout) = std::alloc::Layout::array::<AtomicU64>(n) else {
+        std::alloc::handle_alloc_error(std::alloc::Layout::new::<AtomicU64>())
+    };
+    // SAFETY: `layout` has a non-zero size (n > 0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<AtomicU64>();
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: allocated by the global allocator with the layout of `[AtomicU64; n]` and fully
+    // initialised: `AtomicU64` has the size, alignment and bit validity of `u64`, and zero
+    // bytes are `AtomicU64::new(0)`. The box takes sole ownership.
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) }
+}
+
+/// `n` zeroed atomics from zeroed memory: a large allocation comes straight from fresh,
+/// lazily zero-filled pages, so this is O(1) until the cells are touched (a snapshot view of a
+/// huge sparse region costs nothing for its untouched pages).
+pub(crate) fn zeroed_atomic_u8s(n: usize) -> Box<[std::sync::atomic::AtomicU8]> {
+    use std::sync::atomic::AtomicU8;
+    if n == 0 {
+        return Box::new([]);
+    }
+    let Ok(layout) = std::alloc::Layout::array::<AtomicU8>(n) else {
+        std::alloc::handle_alloc_error(std::alloc::Layout::new::<AtomicU8>())
+    };
+    // SAFETY: `layout` has a non-zero size (n > 0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<AtomicU8>();
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[AtomicU8; n]`
+    // and is fully initialised: `AtomicU8` has the size, alignment and bit validity of `u8`,
+    // and all-zero bytes are a valid `AtomicU8::new(0)`. The box takes sole ownership.
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) }
+}

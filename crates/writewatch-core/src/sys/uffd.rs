@@ -1,0 +1,92 @@
+//! Opening a userfaultfd and its `UFFDIO_API` handshake, without the `userfaultfd` crate where
+//! it cannot help; `UffdRef`, the `SIGBUS` handler's handle on the service thread's fd.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use linux_raw_sys::general as k;
+use nix::errno::Errno;
+
+use super::Addr;
+
+/// Opens a userfaultfd without the `userfaultfd` crate (used only when the crate's
+/// `/dev/userfaultfd`-first strategy fails with a permission error but the syscall may work).
+pub(crate) fn userfaultfd_syscall(flags: libc::c_int) -> Result<OwnedFd, Errno> {
+    // SAFETY: the syscall takes an int and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags as libc::c_long) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Opens `/dev/userfaultfd` and asks it for a userfaultfd (`USERFAULTFD_IOC_NEW`).
+pub(crate) fn userfaultfd_dev(flags: libc::c_int) -> Result<OwnedFd, Errno> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/userfaultfd")
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    // USERFAULTFD_IOC_NEW = _IO(0xAA, 0x00)
+    let req = nix::request_code_none!(0xAA, 0x00) as libc::c_ulong;
+    // SAFETY: USERFAULTFD_IOC_NEW takes its flags by value and returns a new fd.
+    let fd = unsafe { libc::ioctl(dev.as_raw_fd(), req as _, flags as libc::c_long) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `UFFDIO_API` handshake on a raw userfaultfd. Returns `(features, ioctls)` granted.
+pub(crate) fn uffdio_api(fd: RawFd, features: u64) -> Result<(u64, u64), Errno> {
+    let mut api = k::uffdio_api {
+        api: k::UFFD_API as u64,
+        features,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_API reads and writes exactly one `uffdio_api`, which lives on our stack.
+    let r = unsafe {
+        libc::ioctl(
+            fd,
+            linux_raw_sys::ioctl::UFFDIO_API as _,
+            &mut api as *mut k::uffdio_api,
+        )
+    };
+    Errno::result(r).map(|_| (api.features, api.ioctls))
+}
+
+/// Wraps a userfaultfd opened and handshaken here into the `userfaultfd` crate's type.
+pub(crate) fn uffd_from_fd(fd: OwnedFd) -> userfaultfd::Uffd {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: `fd` is an open userfaultfd we own; ownership moves into the `Uffd`, which
+    // closes it on drop.
+    unsafe { userfaultfd::Uffd::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// A second handle on the service thread's userfaultfd, for the `SIGBUS` handler's
+/// un-protect ioctls (the `userfaultfd` crate's call, so no ioctl constant is copied here).
+/// It never closes the fd.
+pub(crate) struct UffdRef(std::mem::ManuallyDrop<userfaultfd::Uffd>);
+
+impl UffdRef {
+    /// `uffd` must outlive every use of the handle: the service thread retires every slot
+    /// (and so every hook holding one) before it drops its `Uffd`.
+    pub(crate) fn new(uffd: &userfaultfd::Uffd) -> Self {
+        // SAFETY: the fd is open (borrowed from a live Uffd) and ManuallyDrop never closes
+        // it; the owner outlives this handle (see above).
+        Self(std::mem::ManuallyDrop::new(unsafe {
+            userfaultfd::Uffd::from_raw_fd(uffd.as_raw_fd())
+        }))
+    }
+
+    /// Un-protects `[addr, addr+len)` without waking anyone (in-thread mode: nobody sleeps on
+    /// the fault). Async-signal-safe: one system call, no allocation.
+    pub(crate) fn unprotect(&self, addr: usize, len: usize) -> Result<(), Errno> {
+        self.0
+            .remove_write_protection(Addr(addr).ptr(), len, false)
+            .map_err(|e| crate::sys::errno_of(&e))
+    }
+}
