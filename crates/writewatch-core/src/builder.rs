@@ -48,6 +48,7 @@ impl Default for TrackerBuilder {
                 spin: std::time::Duration::ZERO,
                 eager: None,
                 in_thread: false,
+                lazy: true,
             },
             disabled: Vec::new(),
             force_user_mode_only: false,
@@ -203,6 +204,31 @@ impl TrackerBuilder {
         self
     }
 
+    /// Arm owned anonymous regions lazily (default: on). A region made by
+    /// [`Tracker::map_anonymous`] or [`Tracker::map_anonymous_at`] is then registered for
+    /// missing-page faults as well as write-protect faults, and write-protected 2 MiB chunk by
+    /// chunk when first touched, so creating it, its page tables and a cut cost what was
+    /// touched, not what was reserved (a 1 TiB reservation is created at once; eager
+    /// protection costs about 2 MiB of page tables and 10-13 ms per reserved GiB). Reading a
+    /// never-touched chunk costs one fault (it is mapped to the zero page, protected).
+    ///
+    /// Applies to the sync backend with faults served by the service thread; with
+    /// [`in_thread_faults`](Self::in_thread_faults), on the async and mprotect backends, and
+    /// for adopted or shared regions, protection is eager whatever this says.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tracker = writewatch_core::Tracker::builder().build()?;  // lazy by default
+    /// let region = tracker.map_anonymous(1 << 40)?;                  // 1 TiB, at once
+    /// region.as_atomic_u64()[12345 * 512].store(1, std::sync::atomic::Ordering::SeqCst);
+    /// assert_eq!(region.cut()?.dirty().iter().collect::<Vec<_>>(), vec![12345]);
+    /// # Ok(()) }
+    /// ```
+    pub fn lazy_arming(mut self, on: bool) -> Self {
+        self.config.lazy = on;
+        self
+    }
+
     /// Do not request `feature` even if the kernel offers it (for testing fallbacks, e.g. the
     /// populate-before-protect path used without `WP_UNPOPULATED`).
     pub fn without(mut self, feature: Feature) -> Self {
@@ -293,6 +319,19 @@ impl TrackerBuilder {
             },
         )?;
         let pagemap = Pagemap::open();
+        let mut config = self.config.clone();
+        // Lazy arming needs the service thread to see every fault (sync backend, no in-thread
+        // handler), PAGEMAP_SCAN (to wait for madvise zaps) and /proc/self/mem (to read pages
+        // without faulting).
+        let mem = (config.lazy
+            && backend == Backend::SyncUffd
+            && !config.in_thread
+            && pagemap.is_some()
+            && Pagemap::scan_available())
+        .then(|| std::fs::File::open("/proc/self/mem").ok())
+        .flatten()
+        .map(Arc::new);
+        config.lazy = mem.is_some();
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             wake,
@@ -301,9 +340,10 @@ impl TrackerBuilder {
             threads: Mutex::new(HashMap::new()),
             features,
             backend,
-            config: self.config.clone(),
+            config,
             next_id: AtomicU64::new(1),
             pagemap,
+            mem,
             budget: Budget::new(self.copy_budget),
             read_seq: AtomicU64::new(0),
         });

@@ -105,6 +105,21 @@ impl Pagemap {
         Ok(ioctls)
     }
 
+    /// Whether any page of `[start, end)` has a present or swapped entry (content, or a
+    /// protection marker): false once a `madvise` zap of the whole range is done.
+    pub(crate) fn has_content(&self, start: usize, end: usize) -> Result<bool, Errno> {
+        let mut out = [sys::EMPTY_PAGE_REGION; 1];
+        let args = ScanArgs {
+            start,
+            end,
+            category_anyof_mask: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
+            return_mask: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
+            ..Default::default()
+        };
+        let (n, _) = sys::pagemap_scan(self.file.as_raw_fd(), &args, &mut out)?;
+        Ok(n > 0)
+    }
+
     /// Whether the page at `start` (`page_size` long) is still write-protected (present with
     /// the uffd-wp bit, or a protection marker). False when it cannot be determined.
     pub(crate) fn is_protected(&self, start: usize, page_size: usize) -> bool {

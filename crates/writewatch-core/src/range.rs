@@ -62,6 +62,10 @@ pub(crate) struct RegionInner {
     suspect: Mutex<Vec<(u64, u64)>>,
     has_suspect: AtomicBool,
     pub counters: RegionCounters,
+    /// Lazily armed (see `service::lazy`): `/proc/self/mem`, through which live pages are
+    /// copied without faulting (a never-touched page raises a missing fault, which the
+    /// service thread, if it were the reader, could not serve). None: eagerly protected.
+    pub lazy: Option<std::sync::Arc<std::fs::File>>,
     /// The memory (unmapped when the last reference goes, if owned). By then the service
     /// thread has unregistered the range (Region::drop waits for it), so the munmap raises no
     /// UNMAP event and never waits on the service thread.
@@ -86,6 +90,7 @@ impl RegionInner {
             suspect: Mutex::new(Vec::new()),
             has_suspect: AtomicBool::new(false),
             counters: RegionCounters::default(),
+            lazy: None,
             mapping,
         }
     }
@@ -177,14 +182,36 @@ impl RegionInner {
         }
     }
 
-    /// Copies page `page` into `buf` with atomic 8-byte loads (sound even if the page were
-    /// written concurrently; callers copy only pages the protocol keeps write-protected).
+    /// Copies page `page` into `buf` as it is now: with atomic 8-byte loads (sound even if
+    /// the page were written concurrently; callers copy only pages the protocol keeps
+    /// write-protected), or, in a lazily armed region, through `/proc/self/mem`, which never
+    /// faults: a page with no content (never touched, or zapped) reads as zeros, which is its
+    /// content.
     pub(crate) fn copy_page(&self, page: u64, buf: &mut [u8]) {
+        if let Some(mem) = &self.lazy {
+            use std::os::unix::fs::FileExt;
+            let addr = self.start + page as usize * self.page_size;
+            match mem.read_exact_at(buf, addr as u64) {
+                Ok(()) => return,
+                // EIO/EFAULT: no page there (the kernel refuses to fault it in for us).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EFAULT)) => {
+                    buf.fill(0);
+                    return;
+                }
+                Err(e) => tracing::warn!(%e, "reading /proc/self/mem failed; copying directly"),
+            }
+        }
         let wpp = self.page_size / 8;
         let words = &self.mapping.atomic_words()[page as usize * wpp..(page as usize + 1) * wpp];
         for (w, out) in words.iter().zip(buf.chunks_exact_mut(8)) {
             out.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
         }
+    }
+
+    /// Makes the region lazily armed (before it is registered); `mem` is the tracker's
+    /// `/proc/self/mem`.
+    pub(crate) fn make_lazy(&mut self, mem: std::sync::Arc<std::fs::File>) {
+        self.lazy = Some(mem);
     }
 
     /// Writes `data` over page `page` with atomic 8-byte stores (rollback). The stores are

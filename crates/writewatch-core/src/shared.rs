@@ -34,6 +34,9 @@ pub(crate) struct Config {
     pub eager: Option<std::time::Duration>,
     /// In-thread fault handling (`UFFD_FEATURE_SIGBUS`, sync backend).
     pub in_thread: bool,
+    /// Lazy arming of owned anonymous regions (see `service::lazy`); the builder turns it off
+    /// where it does not apply (async and mprotect backends, in-thread faults).
+    pub lazy: bool,
 }
 
 /// State shared between tracker handles, regions, views and the service thread.
@@ -49,6 +52,8 @@ pub(crate) struct Shared {
     pub next_id: AtomicU64,
     /// `/proc/self/pagemap`, for `PAGEMAP_SCAN` (None if it cannot be opened).
     pub pagemap: Option<Pagemap>,
+    /// `/proc/self/mem` of the process that built the tracker, when regions are armed lazily.
+    pub mem: Option<std::sync::Arc<std::fs::File>>,
     /// Memory for preserved (copy-before-write) pages.
     pub budget: Budget,
     /// Incremented before and after each userfaultfd read's events are processed (odd while

@@ -404,6 +404,8 @@ pub(crate) struct Counters {
     pub faults: AtomicU64,
     pub wp_faults: AtomicU64,
     pub foreign_faults: AtomicU64,
+    /// Missing faults served (lazily armed regions).
+    pub missing_faults: AtomicU64,
     pub reads: AtomicU64,
     pub remove_events: AtomicU64,
     pub unmap_events: AtomicU64,
@@ -453,6 +455,9 @@ pub struct TrackerStats {
     pub wp_faults: u64,
     /// Faults on addresses of no live region (woken, not tracked).
     pub foreign_faults: u64,
+    /// Missing-page faults served: first accesses to empty pages of lazily armed regions
+    /// (see [`TrackerBuilder::lazy_arming`](crate::TrackerBuilder::lazy_arming)).
+    pub missing_faults: u64,
     /// `read(2)` calls that returned events (each returns a batch).
     pub reads: u64,
     /// `UFFD_EVENT_REMOVE` events (madvise DONTNEED/REMOVE by the application).
@@ -522,6 +527,7 @@ impl Counters {
             faults: self.faults.load(Relaxed),
             wp_faults: self.wp_faults.load(Relaxed),
             foreign_faults: self.foreign_faults.load(Relaxed),
+            missing_faults: self.missing_faults.load(Relaxed),
             reads: self.reads.load(Relaxed),
             remove_events: self.remove_events.load(Relaxed),
             unmap_events: self.unmap_events.load(Relaxed),

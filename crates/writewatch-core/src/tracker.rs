@@ -371,7 +371,14 @@ impl Tracker {
         kind: RegionKind,
     ) -> Arc<RegionInner> {
         let id = self.shared().next_id.fetch_add(1, Ordering::Relaxed);
-        Arc::new(RegionInner::new(id, map, ps, kind))
+        let mut inner = RegionInner::new(id, map, ps, kind);
+        // Owned private anonymous memory starts empty: it can be armed lazily.
+        if let Some(mem) = &self.shared().mem {
+            if kind == RegionKind::Anonymous && inner.mapping.owned() {
+                inner.make_lazy(Arc::clone(mem));
+            }
+        }
+        Arc::new(inner)
     }
 
     pub(crate) fn register(

@@ -56,10 +56,14 @@ impl Service {
         for (first, count) in plan_ranges(set.runs(), self.shared.config.merge_gap_pages) {
             let addr = inner.start + first as usize * inner.page_size;
             let len = count as usize * inner.page_size;
-            if let Err(errno) = self
-                .populate_if_needed(addr, len)
-                .and_then(|()| self.protect(addr, len))
-            {
+            // (A lazily armed region needs no populate: its empty pages take missing faults,
+            // and populating them from this thread would wait on itself.)
+            let populated = if inner.lazy.is_some() {
+                Ok(())
+            } else {
+                self.populate_if_needed(addr, len)
+            };
+            if let Err(errno) = populated.and_then(|()| self.protect(addr, len)) {
                 return Err(match inner.invalidation() {
                     Some(reason) => CutError::Invalidated {
                         start: inner.start,
@@ -266,6 +270,21 @@ impl Service {
                 errno: errno.public(),
             })?;
         } else {
+            if inner.lazy.is_some() {
+                // Empty pages would each take a missing fault: give them the zero page now
+                // (written pages then copy it on write, at memory speed).
+                self.zero_fill(start, inner.len)
+                    .map_err(|errno| CutError::Protect {
+                        errno: errno.public(),
+                    })?;
+                if let Some(c) = self
+                    .by_start
+                    .get_mut(&start)
+                    .and_then(|e| e.populated.as_mut())
+                {
+                    c.set_all(inner.page_count);
+                }
+            }
             self.unprotect(start, inner.len);
         }
         Ok(())

@@ -34,13 +34,19 @@ impl Service {
             Ok(it) => {
                 for e in it {
                     evs.push(match e {
-                        // Only write-protect faults can occur: ranges are registered in WP mode only.
+                        // Write-protect faults, and missing faults of lazily armed regions.
                         Ok(Event::Pagefault {
-                            addr, thread_id, ..
+                            kind,
+                            rw,
+                            addr,
+                            thread_id,
+                            ..
                         }) => Ev::Fault(Fault {
                             addr: addr as usize,
                             tid: thread_id.as_raw(),
                             t,
+                            missing: kind == userfaultfd::FaultKind::Missing,
+                            write: rw == userfaultfd::ReadWrite::Write,
                         }),
                         Ok(Event::Remove { start, end }) => {
                             Ev::Remove(start as usize, end as usize)
@@ -115,6 +121,10 @@ impl Service {
             let Some(entry) = self.by_start.get_mut(&key) else {
                 continue;
             };
+            if entry.populated.is_some() {
+                self.on_remove_lazy(key, start, end);
+                continue;
+            }
             let views = entry.live_views();
             let inner = &entry.inner;
             let s = start.max(inner.start);
@@ -182,6 +192,11 @@ impl Service {
     /// pages; each run's dirty bits are set, then the run is un-protected (waking its writers).
     pub(super) fn service_pending(&mut self) {
         let mut faults = std::mem::take(&mut self.pending);
+        // Missing faults first (lazily armed regions): arming changes no content and a
+        // reader may be waiting on one; write-protect faults may then wait for readers.
+        if faults.iter().any(|f| f.missing) {
+            faults = self.serve_missing(faults);
+        }
         faults.sort_unstable_by_key(|f| f.addr);
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters;

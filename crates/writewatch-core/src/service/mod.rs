@@ -67,6 +67,7 @@ use crate::view::View;
 mod cut;
 mod eager;
 mod events;
+mod lazy;
 mod register;
 
 use eager::Eager;
@@ -97,6 +98,10 @@ struct Fault {
     addr: usize,
     tid: i32,
     t: Instant,
+    /// A missing-page fault (lazily armed regions), not a write-protect fault.
+    missing: bool,
+    /// The faulting access was a write.
+    write: bool,
 }
 
 enum Ev {
@@ -120,6 +125,8 @@ struct Entry {
     eager: Option<Eager>,
     /// In-thread fault handling: the `SIGBUS` handler's hook and its slot.
     hook: Option<(Arc<Hook>, usize)>,
+    /// Lazily armed regions: the pages that may have content.
+    populated: Option<lazy::Populated>,
 }
 
 impl Entry {
@@ -132,6 +139,7 @@ impl Entry {
             slot: None,
             eager: None,
             hook: None,
+            populated: None,
         }
     }
 
@@ -170,6 +178,8 @@ struct Service {
     tids: Vec<(i32, u64)>,
     /// When eager re-protection next has work due (None: nothing queued).
     eager_due: Option<Instant>,
+    /// A page of zeros, the source of pages installed for missing faults (lazy regions).
+    zeros: Vec<u8>,
 }
 
 impl Service {
@@ -191,6 +201,7 @@ impl Service {
             scan_out: vec![sys::EMPTY_PAGE_REGION; 512],
             tids: Vec::with_capacity(16),
             eager_due: None,
+            zeros: Vec::new(),
         }
     }
 

@@ -71,7 +71,14 @@ impl Service {
     ) -> Result<(), MapError> {
         let start = inner.start;
         let inner = Arc::clone(inner);
-        let ioctls = self.u().register_with_mode(Addr(start).ptr(), inner.len, RegisterMode::WRITE_PROTECT).map_err(
+        // Lazily armed regions also take missing faults: their never-touched pages stay
+        // unprotected (no page tables) until first touched (see `lazy`).
+        let mode = if inner.lazy.is_some() {
+            RegisterMode::WRITE_PROTECT | RegisterMode::MISSING
+        } else {
+            RegisterMode::WRITE_PROTECT
+        };
+        let ioctls = self.u().register_with_mode(Addr(start).ptr(), inner.len, mode).map_err(
             |e| {
                 let errno = sys::errno_of(&e);
                 let public = errno.public();
@@ -101,9 +108,12 @@ impl Service {
         if all_dirty {
             inner.dirty.set_range(0, inner.page_count as usize);
         }
-        let r = self
-            .populate_if_needed(start, inner.len)
-            .and_then(|()| self.protect(start, inner.len));
+        let r = if inner.lazy.is_some() {
+            Ok(()) // every page is empty: missing faults guard it
+        } else {
+            self.populate_if_needed(start, inner.len)
+                .and_then(|()| self.protect(start, inner.len))
+        };
         if let Err(errno) = r {
             let _ = self.u().unregister(Addr(start).ptr(), inner.len);
             return Err(MapError::Sys {
@@ -114,6 +124,9 @@ impl Service {
         }
         self.by_id.insert(inner.id, start);
         let mut entry = Entry::new(inner);
+        if entry.inner.lazy.is_some() {
+            entry.populated = Some(super::lazy::Populated::default());
+        }
         if self.backend == Backend::SyncUffd && self.shared.config.eager.is_some() {
             // Every page is protected now: all armed (the first cut skips them all).
             let mut eg = Eager::new(entry.inner.page_count);

@@ -37,7 +37,10 @@ pub(crate) use mman::{madvise_nondestructive, mprotect, Atomic8, Mapping};
 pub(crate) use pagemap::{
     pagemap_scan, pm, soft_dirty_probe, PageRegion, ScanArgs, EMPTY_PAGE_REGION,
 };
-pub(crate) use uffd::{uffd_from_fd, uffdio_api, userfaultfd_dev, userfaultfd_syscall, UffdRef};
+pub(crate) use uffd::{
+    copy_zero_page, uffd_from_fd, uffdio_api, userfaultfd_dev, userfaultfd_syscall, zeropage,
+    UffdRef,
+};
 
 // Compile-time checks: the ABI this crate relies on, cross-checked between linux-raw-sys and the
 // values the `userfaultfd` crate was built with (which come from the build machine's headers).
@@ -60,7 +63,9 @@ const _: () = {
 /// The errno inside a `userfaultfd` crate error (the crate uses an older `nix`).
 pub(crate) fn errno_of(e: &userfaultfd::Error) -> Errno {
     match e {
-        userfaultfd::Error::SystemError(e) => Errno::from_raw(*e as i32),
+        userfaultfd::Error::SystemError(e)
+        | userfaultfd::Error::ZeropageFailed(e)
+        | userfaultfd::Error::CopyFailed(e) => Errno::from_raw(*e as i32),
         _ => Errno::EIO,
     }
 }

@@ -90,3 +90,55 @@ impl UffdRef {
             .map_err(|e| crate::sys::errno_of(&e))
     }
 }
+
+/// `UFFDIO_ZEROPAGE` over `[addr, addr + len)` of a range registered (in missing mode) with
+/// `uffd`, without waking the faulting threads. Returns the bytes mapped from the start: all
+/// of `len`, or fewer when a page that already has content (or a page table entry) stops it;
+/// `EEXIST` when the first page does.
+pub(crate) fn zeropage(uffd: &userfaultfd::Uffd, addr: usize, len: usize) -> Result<usize, Errno> {
+    // SAFETY: UFFDIO_ZEROPAGE only fills empty page-table entries (or uffd-wp markers) of a
+    // registered range with the shared zero page, and stops with EEXIST at any page that has
+    // content: no byte that any Rust object can observe changes (an empty anonymous page reads
+    // as zeros already).
+    unsafe { uffd.zeropage(Addr(addr).ptr(), len, false) }.map_err(|e| super::errno_of(&e))
+}
+
+/// `UFFDIO_COPY` of `zeros` (whole pages of zeros) to `addr` (page-aligned, in a range
+/// registered in missing mode with the userfaultfd `fd`), write-protected in the same step if
+/// `wp`, waking the faulting threads if `wake`. `EEXIST` if the first page has content
+/// already; `EAGAIN` if a later one stopped the copy (or a non-cooperative event is pending).
+/// Each page is installed with its protection atomically: no thread can write it in between.
+pub(crate) fn copy_zero_page(
+    fd: RawFd,
+    addr: usize,
+    zeros: &[u8],
+    wp: bool,
+    wake: bool,
+) -> Result<(), Errno> {
+    let mut mode = 0u64;
+    if wp {
+        mode |= u64::from(k::UFFDIO_COPY_MODE_WP);
+    }
+    if !wake {
+        mode |= u64::from(k::UFFDIO_COPY_MODE_DONTWAKE);
+    }
+    let mut arg = k::uffdio_copy {
+        dst: addr as u64,
+        src: zeros.as_ptr() as u64,
+        len: zeros.len() as u64,
+        mode,
+        copy: 0,
+    };
+    // SAFETY: UFFDIO_COPY reads `arg` on our stack and `zeros.len()` bytes from `zeros` (a live
+    // slice), and fills only an empty page-table entry (or a uffd-wp marker) of the registered
+    // range at `addr` with a new page holding those zeros (EEXIST otherwise): an empty
+    // anonymous page already reads as zeros, so no byte any Rust object can observe changes.
+    let r = unsafe {
+        libc::ioctl(
+            fd,
+            linux_raw_sys::ioctl::UFFDIO_COPY as _,
+            &mut arg as *mut k::uffdio_copy,
+        )
+    };
+    Errno::result(r).map(|_| ())
+}

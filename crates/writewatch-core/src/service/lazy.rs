@@ -1,0 +1,274 @@
+//! Lazy arming of owned anonymous regions: a reservation costs what is touched.
+//!
+//! Protecting every page of a region up front (`UFFDIO_WRITEPROTECT` with `WP_UNPOPULATED`)
+//! installs a marker in every page-table entry: 2 MiB of page tables and 10-13 ms per
+//! reserved GiB, 2 GiB and ~24 s for 1 TiB. A lazily armed region is registered for
+//! *missing* faults as well as write-protect faults and protects nothing at first:
+//!
+//! ```text
+//!   empty page (never touched, or zapped) --read: MISSING--> a zeroed page is installed
+//!                                                            write-protected (one ioctl)
+//!                                         --write: MISSING--> the same, then the write is
+//!                                                            served as a write-protect fault
+//!                                                            (copy for views, dirty bit,
+//!                                                            un-protect, wake)
+//!   protected page --write: WP fault--> the usual path
+//! ```
+//!
+//! Invariants (sync backend, faults served by the service thread):
+//! - **No access escapes both fault kinds**: an empty entry (or a `uffd-wp` marker, in a
+//!   missing-mode range) raises MISSING; a page gets content only through `UFFDIO_COPY` with
+//!   `MODE_WP`, which installs page and protection in one step, or through
+//!   `prepare_overwrite`, which sets every dirty bit first. So a present page without the
+//!   `uffd-wp` bit exists only after a served write (dirty bit set first).
+//! - **`populated` over-approximates the pages with content**: set right after a page gets
+//!   content through us, with no event read in between (a REMOVE read while an install
+//!   waits on `EAGAIN` forgets its range, and must not forget a page that gets content after
+//!   it; the first version set the bit before the install and lost exactly that, caught by
+//!   `snapshot.rs::madvise_racing_copy_before_write_is_never_silently_wrong`), and cleared
+//!   only for a range whose `madvise` zap has finished.
+//! - **Live pages are read through `/proc/self/mem`** (`RegionInner::copy_page`), which returns
+//!   `EIO` for an empty page instead of faulting (a fault on the service thread would wait
+//!   on itself); an empty page reads as zeros, its content.
+//! - **A zap is complete before any later view is made**: on `MADV_DONTNEED` the kernel zaps
+//!   the pages *after* the REMOVE event is read; `on_remove_lazy` marks the populated pages of
+//!   the range dirty (and LOST for the views), then waits (bounded) until the range has no
+//!   present or swapped entry, serving no fault meanwhile, so no page of the range gets
+//!   content again until then. So an empty page of a later snapshot or epoch is empty at its
+//!   cut, and zeros are its content there. (Without the wait, a view could take a page that a
+//!   late zap then empties and a later write fills: that write would be copied as the page's
+//!   content at the cut.)
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+
+use super::{Fault, Service};
+use crate::sys::{self, Addr};
+
+/// How long `on_remove_lazy` waits for a zap to finish before it gives up (and logs).
+const ZAP_WAIT: Duration = Duration::from_secs(2);
+/// Pages per entry of [`Populated`].
+const SPAN: u64 = 512;
+/// A read of an empty page installs up to this many zeroed, protected pages from it on
+/// (readers of fresh memory take one fault per 64 KiB, not per page).
+const READ_AHEAD: u64 = 16;
+
+/// The pages of a lazily armed region that may have content, sparse: one 512-bit entry per
+/// 2 MiB that was ever touched.
+#[derive(Default)]
+pub(super) struct Populated(BTreeMap<u64, [u64; 8]>);
+
+impl Populated {
+    fn set(&mut self, p: u64) {
+        let w = self.0.entry(p / SPAN).or_default();
+        let i = (p % SPAN) as usize;
+        w[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Every page of `0..pages`.
+    pub(super) fn set_all(&mut self, pages: u64) {
+        for s in 0..pages.div_ceil(SPAN) {
+            self.0.insert(s, [u64::MAX; 8]);
+        }
+    }
+
+    /// The runs of populated pages in `first..=last`, as `(first, count)`.
+    fn runs(&self, first: u64, last: u64) -> Vec<(u64, u64)> {
+        let mut runs = Vec::new();
+        for (&s, w) in self.0.range(first / SPAN..=last / SPAN) {
+            for i in 0..SPAN {
+                let p = s * SPAN + i;
+                if p < first || p > last || w[(i / 64) as usize] & (1 << (i % 64)) == 0 {
+                    continue;
+                }
+                crate::dirty::add_run(&mut runs, p, 1);
+            }
+        }
+        runs
+    }
+
+    /// Forgets the pages of `first..=last` (their zap is done).
+    fn clear(&mut self, first: u64, last: u64) {
+        for (&s, w) in self.0.range_mut(first / SPAN..=last / SPAN) {
+            for i in 0..SPAN {
+                let p = s * SPAN + i;
+                if p >= first && p <= last {
+                    w[(i / 64) as usize] &= !(1 << (i % 64));
+                }
+            }
+        }
+    }
+}
+
+impl Service {
+    /// Serves the missing faults among `faults` (lazily armed regions): installs a zeroed,
+    /// write-protected page; a read is woken, a write is returned to be served as a
+    /// write-protect fault (which copies the page for views, sets the dirty bit, un-protects
+    /// and wakes). Returns the other faults plus those writes.
+    pub(super) fn serve_missing(&mut self, faults: Vec<Fault>) -> Vec<Fault> {
+        let mut rest = Vec::with_capacity(faults.len());
+        let ps = sys::base_page_size();
+        for f in faults {
+            if !f.missing {
+                rest.push(f);
+                continue;
+            }
+            let page_addr = f.addr & !(ps - 1);
+            let Some(key) = self.region_key(f.addr) else {
+                let _ = self.u().wake(Addr(page_addr).ptr(), ps);
+                continue;
+            };
+            let entry = self.by_start.get_mut(&key).expect("a live key");
+            let p = entry.inner.page_of(f.addr);
+            let n = if f.write {
+                1
+            } else {
+                READ_AHEAD.min(entry.inner.page_count - p)
+            };
+            let r = self.install_zero(page_addr, n as usize * ps, !f.write);
+            // Recorded after the install, with no event read in between: a REMOVE read while
+            // the install waited (`EAGAIN`) forgets the range's pages, and must not forget
+            // these, which got content after it.
+            if let Some(pop) = self
+                .by_start
+                .get_mut(&key)
+                .and_then(|e| e.populated.as_mut())
+            {
+                for q in p..p + n {
+                    pop.set(q);
+                }
+            }
+            if let Err(e) = r {
+                tracing::warn!(addr = format_args!("{page_addr:#x}"), %e, "installing a page failed");
+                let _ = self.u().wake(Addr(page_addr).ptr(), ps);
+                continue;
+            }
+            self.shared
+                .counters
+                .missing_faults
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if f.write {
+                rest.push(Fault {
+                    missing: false,
+                    ..f
+                });
+            } else {
+                let _ = self.u().wake(Addr(page_addr).ptr(), ps);
+            }
+        }
+        rest
+    }
+
+    /// `UFFDIO_COPY` of zeroed, write-protected pages to `[addr, addr+len)`, from `addr` up
+    /// to the first page that has content (`EEXIST` on the first page: fine). The page at
+    /// `addr` is installed (or had content) on success. Reads (and holds) events on `EAGAIN`
+    /// (which also reports a partial copy: the retry then stops at `EEXIST`).
+    fn install_zero(&mut self, addr: usize, len: usize, wake: bool) -> Result<(), Errno> {
+        let fd = self.u().as_raw_fd();
+        if self.zeros.len() < len {
+            self.zeros = vec![0u8; len];
+        }
+        for attempt in 0..100_000 {
+            match sys::copy_zero_page(fd, addr, &self.zeros[..len], true, wake) {
+                Ok(()) | Err(Errno::EEXIST) => return Ok(()),
+                Err(Errno::EAGAIN) if attempt < 99_999 => self.pump(),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Errno::EAGAIN)
+    }
+
+    /// Maps the zero page into every empty entry of `[addr, addr+len)`, skipping pages that
+    /// have content (`prepare_overwrite`, after every dirty bit was set: a write that lands
+    /// on such a zero page before the next cut is reported by those bits). Reads (and holds)
+    /// events on `EAGAIN`.
+    pub(super) fn zero_fill(&mut self, addr: usize, len: usize) -> Result<(), Errno> {
+        let ps = sys::base_page_size();
+        let (mut cur, end) = (addr, addr + len);
+        let mut again = 0u32;
+        while cur < end {
+            match sys::zeropage(self.u(), cur, end - cur) {
+                Ok(n) if n > 0 => cur += n,
+                Ok(_) | Err(Errno::EEXIST) => cur += ps, // a page with content: keep it
+                Err(Errno::EAGAIN) if again < 100_000 => {
+                    again += 1;
+                    self.pump();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// A REMOVE event (`madvise(MADV_DONTNEED)`) on a lazily armed region: the populated
+    /// pages of the range become zero (dirty; content at earlier cuts not yet preserved is
+    /// LOST for the views; a CLEAN page must be rewritten by the next rollback). Then waits
+    /// until the kernel's zap is done and forgets them: they are empty again, and take a
+    /// missing fault at their next access.
+    pub(super) fn on_remove_lazy(&mut self, key: usize, start: usize, end: usize) {
+        let Some(entry) = self.by_start.get_mut(&key) else {
+            return;
+        };
+        let inner = std::sync::Arc::clone(&entry.inner);
+        let views = entry.live_views();
+        let (s, e) = (start.max(inner.start), end.min(inner.end()));
+        let (first, last) = (inner.page_of(s), inner.page_of(e - 1));
+        let runs = entry
+            .populated
+            .as_ref()
+            .map(|p| p.runs(first, last))
+            .unwrap_or_default();
+        inner
+            .counters
+            .remove_events
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for &(a, n) in &runs {
+            inner.dirty.set_range(a as usize, n as usize);
+            if let Some(eg) = entry.eager.as_mut() {
+                eg.forget(a, n);
+            }
+            for v in &views {
+                for p in a..a + n {
+                    v.mark_lost(p);
+                }
+            }
+        }
+        self.wait_for_zap(s, e);
+        if let Some(pop) = self
+            .by_start
+            .get_mut(&key)
+            .and_then(|e| e.populated.as_mut())
+        {
+            pop.clear(first, last);
+        }
+    }
+
+    /// Waits until the kernel's zap of `[start, end)` is done (no present or swapped entry
+    /// left). No fault is served meanwhile, so nothing in the range gets content again.
+    fn wait_for_zap(&self, start: usize, end: usize) {
+        let Some(pm) = &self.shared.pagemap else {
+            return;
+        };
+        let t0 = Instant::now();
+        let mut spins = 0u32;
+        while pm.has_content(start, end).unwrap_or(false) {
+            if t0.elapsed() > ZAP_WAIT {
+                tracing::warn!(
+                    start = format_args!("{start:#x}"),
+                    end = format_args!("{end:#x}"),
+                    "a madvise zap did not finish in time; continuing"
+                );
+                return;
+            }
+            spins += 1;
+            if spins < 16 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Lazy arming (issue 12, "a huge sparse reservation must be cheap"): owned anonymous regions
+//! on the sync backend are registered for missing *and* write-protect faults and protected
+//! 2 MiB chunk by chunk on first touch, so creating a region and cutting it cost what was
+//! touched, not what was reserved. Oracles: the kernel's page-table accounting (`VmPTE` in
+//! `/proc/self/status`) and plain copies of what was written.
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Instant;
+
+use common::*;
+use writewatch_core::Tracker;
+
+const PS: usize = 4096;
+
+fn status_kib(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// 1 TiB reserved, 1000 scattered pages written: page tables grow by what was touched (a
+/// 4 KiB table per touched 2 MiB chunk), not by 2 GiB; every cut is exact; an empty cut and a
+/// snapshot of the whole reservation work.
+#[test]
+fn a_1_tib_reservation_costs_what_is_touched() {
+    let t = Tracker::builder().build().unwrap();
+    let pte0 = status_kib("VmPTE:");
+    let t0 = Instant::now();
+    let region = t.map_anonymous(1 << 40).unwrap();
+    let created = t0.elapsed();
+    let pages = region.page_count();
+    let w = region.as_atomic_u64();
+    let mut rng = Rng(11);
+    let mut written = BTreeSet::new();
+    for _ in 0..1000 {
+        let p = rng.below(pages);
+        written.insert(p);
+        w[p as usize * (PS / 8)].store(p + 1, SeqCst);
+    }
+    let t1 = Instant::now();
+    let e = region.cut().unwrap();
+    let cut = t1.elapsed();
+    assert_eq!(e.dirty().iter().collect::<BTreeSet<_>>(), written);
+    drop(e);
+    let t2 = Instant::now();
+    let empty = region.cut().unwrap();
+    let empty_cut = t2.elapsed();
+    assert!(empty.dirty().is_empty());
+    let grown = status_kib("VmPTE:").saturating_sub(pte0);
+    // One 4 KiB page table per touched 2 MiB chunk (<= 1000), plus upper levels.
+    assert!(
+        grown < 16 << 10,
+        "page tables grew by {grown} KiB for 1000 touched pages of 1 TiB (eager protection: ~2 GiB)"
+    );
+    // A snapshot of the whole reservation, then writes to touched and untouched pages.
+    let snap = region.snapshot().unwrap();
+    let p0 = *written.iter().next().unwrap();
+    w[p0 as usize * (PS / 8)].store(u64::MAX, SeqCst);
+    let fresh = (0..pages).find(|p| !written.contains(p)).unwrap();
+    w[fresh as usize * (PS / 8)].store(u64::MAX, SeqCst);
+    let mut buf = vec![0u8; PS];
+    snap.read_page(p0, &mut buf).unwrap();
+    assert_eq!(u64::from_ne_bytes(buf[..8].try_into().unwrap()), p0 + 1);
+    snap.read_page(fresh, &mut buf).unwrap();
+    assert!(
+        buf.iter().all(|&b| b == 0),
+        "an untouched page reads as zeros"
+    );
+    let far = pages - 1; // never touched, never faulted
+    snap.read_page(far, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    assert_eq!(region.rollback(&snap).unwrap(), 2);
+    assert_eq!(w[p0 as usize * (PS / 8)].load(SeqCst), p0 + 1);
+    assert_eq!(w[fresh as usize * (PS / 8)].load(SeqCst), 0);
+    eprintln!(
+        "1 TiB: created in {created:?}, cut of 1000 pages {cut:?}, empty cut {empty_cut:?}, VmPTE +{grown} KiB"
+    );
+}
+
+/// Reads of never-written memory are not writes: a region read end to end reports nothing,
+/// and a later write of one page reports that page only.
+#[test]
+fn reading_untouched_memory_is_not_a_write() {
+    let t = Tracker::builder().build().unwrap();
+    let region = t.map_anonymous(64 << 20).unwrap();
+    let w = region.as_atomic_u64();
+    let sum: u64 = w.iter().step_by(PS / 8).map(|x| x.load(SeqCst)).sum();
+    assert_eq!(sum, 0);
+    assert!(region.cut().unwrap().dirty().is_empty());
+    w[1000 * (PS / 8) + 3].store(7, SeqCst);
+    let d: Vec<u64> = region.cut().unwrap().dirty().iter().collect();
+    assert_eq!(d, vec![1000]);
+}
+
+/// madvise(MADV_DONTNEED) of written pages, then writes: reported, and a snapshot taken
+/// around it reads as the content at the snapshot (or says Discarded), never a later write.
+#[test]
+fn madvise_then_write_in_a_lazy_region() {
+    let t = Tracker::builder().build().unwrap();
+    let region = t.map_anonymous(8 << 20).unwrap();
+    let w = region.as_atomic_u64();
+    for p in 0..64usize {
+        w[p * (PS / 8)].store(p as u64 + 1, SeqCst);
+    }
+    drop(region.cut().unwrap());
+    // SAFETY: pages 8..16 of the region; no references into them.
+    let rc = unsafe {
+        libc::madvise(
+            region.as_ptr().add(8 * PS).cast(),
+            8 * PS,
+            libc::MADV_DONTNEED,
+        )
+    };
+    assert_eq!(rc, 0);
+    let snap = region.snapshot().unwrap();
+    for p in 0..64usize {
+        w[p * (PS / 8)].store(1000 + p as u64, SeqCst);
+    }
+    let d: BTreeSet<u64> = region.cut().unwrap().dirty().iter().collect();
+    assert_eq!(
+        d,
+        (0..64).collect(),
+        "every written page reported, zapped ones included"
+    );
+    let mut buf = vec![0u8; PS];
+    for p in 0..64u64 {
+        snap.read_page(p, &mut buf).unwrap();
+        let v = u64::from_ne_bytes(buf[..8].try_into().unwrap());
+        let want = if (8..16).contains(&p) { 0 } else { p + 1 };
+        assert_eq!(v, want, "page {p} as at the snapshot");
+    }
+}
