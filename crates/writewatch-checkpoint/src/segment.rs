@@ -30,20 +30,28 @@ fn read_exact_at(
     off: u64,
     file_len: u64,
 ) -> Result<(), ReadError> {
-    file.read_exact_at(buf, off).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ReadError::Corrupt(CorruptError::new(
-                path,
-                off,
-                Corruption::Truncated {
-                    needed: buf.len() as u64,
-                    file_len,
-                },
-            ))
-        } else {
-            ReadError::Io(IoError::new("read", path, e))
-        }
-    })
+    file.read_exact_at(buf, off)
+        .map_err(|e| read_failure(path, e, off, buf.len() as u64, file_len))
+}
+
+/// The error of a failed exact read of `needed` bytes at `off`: a premature end of file is
+/// a truncated file, anything else an I/O error.
+pub(crate) fn read_failure(
+    path: &Path,
+    e: std::io::Error,
+    off: u64,
+    needed: u64,
+    file_len: u64,
+) -> ReadError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        ReadError::Corrupt(CorruptError::new(
+            path,
+            off,
+            Corruption::Truncated { needed, file_len },
+        ))
+    } else {
+        ReadError::Io(IoError::new("read", path, e))
+    }
 }
 
 impl SegmentFile {
@@ -134,6 +142,17 @@ impl SegmentFile {
             ));
         }
         Ok(())
+    }
+
+    /// The error of a failed exact read of run `run`'s stored bytes.
+    pub(crate) fn run_read_failure(&self, run: &RunEntry, e: std::io::Error) -> ReadError {
+        read_failure(
+            &self.path,
+            e,
+            run.data_offset,
+            run.stored_len,
+            self.file_len,
+        )
     }
 
     /// Reads run `run` (a data run), verifies it and returns its raw page
