@@ -316,7 +316,7 @@ impl Plan {
         for (&pi, s) in batch.iter().zip(slices.iter()) {
             let p = &self.pieces[pi];
             let run = &seg.runs[p.run];
-            seg.check_crc(run, s)?;
+            run.check_crc(&seg.path, s)?;
             prog.add(p.count, s.len() as u64);
         }
         Ok(())

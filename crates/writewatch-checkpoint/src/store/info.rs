@@ -2,8 +2,7 @@
 
 use crate::error::{CorruptError, IoError, WriteError};
 use crate::format::{
-    Manifest, ManifestEntry, FLAG_BASE, FLAG_COMPRESSED, MAX_PAGE_SIZE, MAX_REGION_LEN,
-    MIN_PAGE_SIZE, NO_PARENT,
+    check_geometry, GeometryFault, Manifest, ManifestEntry, FLAG_BASE, FLAG_COMPRESSED, NO_PARENT,
 };
 
 /// Page size and page count of a region.
@@ -23,23 +22,18 @@ impl Geometry {
 
     pub(super) fn validate(&self) -> Result<(), WriteError> {
         let ps = self.page_size as u64;
-        if !ps.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&ps) {
-            return Err(WriteError::InvalidInput(format!(
+        // An overflowing length is over the limit too.
+        let len = self.page_count.checked_mul(ps).unwrap_or(u64::MAX);
+        match check_geometry(ps, len) {
+            Err(GeometryFault::PageSize) => Err(WriteError::InvalidInput(format!(
                 "page size {ps} is not a power of two in 512..=1GiB"
-            )));
-        }
-        if self.page_count == 0
-            || self
-                .page_count
-                .checked_mul(ps)
-                .map_or(true, |l| l > MAX_REGION_LEN)
-        {
-            return Err(WriteError::InvalidInput(format!(
+            ))),
+            Err(GeometryFault::RegionLen) => Err(WriteError::InvalidInput(format!(
                 "page count {} must be > 0 with a region of at most 128 TiB",
                 self.page_count
-            )));
+            ))),
+            Ok(()) => Ok(()),
         }
-        Ok(())
     }
 }
 
