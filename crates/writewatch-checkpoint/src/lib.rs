@@ -36,20 +36,24 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![deny(unsafe_code)]
+
 mod error;
 mod files;
+#[doc(hidden)]
 pub mod format;
 mod progress;
 mod restore;
 mod segment;
 mod source;
 mod store;
+#[allow(unsafe_code)]
 mod sys;
 mod writer;
 
 pub use error::{
-    CompactError, CorruptError, Corruption, IoError, OpenError, ReadError, RestoreError,
-    RetainError, VerifyError, WriteError,
+    CheckpointError, CompactError, CorruptError, Corruption, IoError, OpenError, ReadError,
+    RestoreError, RetainError, VerifyError, WriteError,
 };
 pub use files::TEMP_PREFIX;
 pub use progress::{Progress, ProgressFn};

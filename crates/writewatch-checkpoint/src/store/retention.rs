@@ -123,7 +123,7 @@ impl Store {
         }
         if !removed.is_empty() {
             if let Err(e) = fsync_dir(&self.dir) {
-                tracing::warn!("{e}");
+                tracing::warn!("{e}: {}", e.source);
             }
         }
         removed
