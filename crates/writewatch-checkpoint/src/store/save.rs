@@ -112,6 +112,17 @@ impl Store {
         })
     }
 
+    /// Starts the store's next segment at [`next_epoch`](Self::next_epoch): a base when
+    /// the store is empty, a delta otherwise.
+    pub fn begin_next(&mut self, geometry: Geometry) -> Result<SegmentWriter<'_>, WriteError> {
+        let epoch = self.next_epoch();
+        if self.manifest.entries.is_empty() {
+            self.begin_base(epoch, geometry)
+        } else {
+            self.begin_delta(epoch, geometry)
+        }
+    }
+
     /// Writes a base checkpoint of all pages of `source` at
     /// [`next_epoch`](Self::next_epoch). All-zero pages are not stored.
     pub fn write_base<S: PageSource + ?Sized>(
