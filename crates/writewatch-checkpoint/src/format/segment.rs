@@ -377,6 +377,14 @@ pub fn decode_index(
             ));
         }
         let raw_len = count * ps; // <= region_len, no overflow
+        if kind != RunKind::Zero && raw_len > max_run {
+            return Err(bad(
+                8,
+                "page_count",
+                count,
+                "run longer than the maximum run",
+            ));
+        }
         match kind {
             RunKind::Zero => {
                 if stored_len != 0 || crc != 0 {
@@ -385,14 +393,6 @@ pub fn decode_index(
                 zero_pages += count;
             }
             RunKind::Raw => {
-                if raw_len > max_run {
-                    return Err(bad(
-                        8,
-                        "page_count",
-                        count,
-                        "run longer than the maximum run",
-                    ));
-                }
                 if stored_len != raw_len {
                     return Err(bad(
                         24,
@@ -404,14 +404,6 @@ pub fn decode_index(
                 data_pages += count;
             }
             RunKind::Lz4 => {
-                if raw_len > max_run {
-                    return Err(bad(
-                        8,
-                        "page_count",
-                        count,
-                        "run longer than the maximum run",
-                    ));
-                }
                 // lz4 cannot expand by more than ~255x: bounds the output
                 // allocation by bytes actually present in the file.
                 if !lz4_len_plausible(raw_len, stored_len) {

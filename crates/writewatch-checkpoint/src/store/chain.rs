@@ -74,34 +74,18 @@ pub(super) fn open_segment(
         )
         .into()
     };
-    if seg.file_len != e.file_len {
-        return Err(mismatch("file_len", e.file_len, seg.file_len));
-    }
-    if seg.footer_crc != e.footer_crc {
-        return Err(mismatch(
-            "checksum",
-            e.footer_crc.into(),
-            seg.footer_crc.into(),
-        ));
-    }
-    if h.epoch != e.epoch {
-        return Err(mismatch("epoch", e.epoch, h.epoch));
-    }
-    if h.parent_epoch != e.parent_epoch {
-        return Err(mismatch("parent_epoch", e.parent_epoch, h.parent_epoch));
-    }
-    if h.flags != e.flags {
-        return Err(mismatch("flags", e.flags.into(), h.flags.into()));
-    }
-    if h.page_size != manifest.page_size {
-        return Err(mismatch(
-            "page_size",
-            manifest.page_size.into(),
-            h.page_size.into(),
-        ));
-    }
-    if h.region_len != manifest.region_len {
-        return Err(mismatch("region_len", manifest.region_len, h.region_len));
+    // (field, manifest, segment), in the order they are checked.
+    let pairs = [
+        ("file_len", e.file_len, seg.file_len),
+        ("checksum", e.footer_crc.into(), seg.footer_crc.into()),
+        ("epoch", e.epoch, h.epoch),
+        ("parent_epoch", e.parent_epoch, h.parent_epoch),
+        ("flags", e.flags.into(), h.flags.into()),
+        ("page_size", manifest.page_size.into(), h.page_size.into()),
+        ("region_len", manifest.region_len, h.region_len),
+    ];
+    if let Some(&(field, m, s)) = pairs.iter().find(|(_, m, s)| m != s) {
+        return Err(mismatch(field, m, s));
     }
     Ok(seg)
 }

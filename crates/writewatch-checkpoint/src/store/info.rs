@@ -23,7 +23,7 @@ impl Geometry {
     pub(super) fn validate(&self) -> Result<(), WriteError> {
         let ps = self.page_size as u64;
         // An overflowing length is over the limit too.
-        let len = self.page_count.checked_mul(ps).unwrap_or(u64::MAX);
+        let len = self.page_count.saturating_mul(ps);
         match check_geometry(ps, len) {
             Err(GeometryFault::PageSize) => Err(WriteError::InvalidInput(format!(
                 "page size {ps} is not a power of two in 512..=1GiB"

@@ -251,23 +251,21 @@ fn check_restore_destination(path: &Path) -> Result<(), RestoreError> {
         Err(e) => return Err(IoError::new("stat", path, e).into()),
     };
     let t = meta.file_type();
-    let kind = if t.is_file() {
+    if t.is_file() {
         return Ok(());
-    } else if t.is_dir() {
-        "directory"
-    } else if t.is_symlink() {
-        "symbolic link"
-    } else if t.is_char_device() {
-        "character device"
-    } else if t.is_block_device() {
-        "block device"
-    } else if t.is_fifo() {
-        "FIFO"
-    } else if t.is_socket() {
-        "socket"
-    } else {
-        "non-regular file"
-    };
+    }
+    let kinds: [(bool, &'static str); 6] = [
+        (t.is_dir(), "directory"),
+        (t.is_symlink(), "symbolic link"),
+        (t.is_char_device(), "character device"),
+        (t.is_block_device(), "block device"),
+        (t.is_fifo(), "FIFO"),
+        (t.is_socket(), "socket"),
+    ];
+    let kind = kinds
+        .iter()
+        .find_map(|&(is, kind)| is.then_some(kind))
+        .unwrap_or("non-regular file");
     Err(RestoreError::NotARegularFile {
         path: path.to_path_buf(),
         kind,

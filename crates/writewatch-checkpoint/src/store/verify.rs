@@ -5,7 +5,7 @@ use std::fs::File;
 
 use super::chain::open_segment;
 use super::manifest::{read_manifest, MANIFEST_NAME};
-use super::{SegmentInfo, Store, VerifyReport};
+use super::{SegmentInfo, Store, VerifyProblem, VerifyReport};
 use crate::error::{CorruptError, Corruption, IoContext, IoError, ReadError, VerifyError};
 use crate::format::RunKind;
 use crate::progress::ProgressTracker;
@@ -67,12 +67,8 @@ impl Store {
         for e in &manifest.entries {
             let seg = match open_segment(&self.dir, &manifest, e) {
                 Ok(s) => s,
-                Err(ReadError::Io(err)) => {
-                    report.problems.push(err.into());
-                    continue;
-                }
-                Err(ReadError::Corrupt(err)) => {
-                    report.problems.push(err.into());
+                Err(err) => {
+                    report.problems.push(problem(err));
                     continue;
                 }
             };
@@ -82,12 +78,8 @@ impl Store {
                         report.bytes_checked += run.stored_len;
                         prog.add(run.page_count, run.stored_len);
                     }
-                    Err(ReadError::Io(err)) => {
-                        report.problems.push(err.into());
-                        break;
-                    }
-                    Err(ReadError::Corrupt(err)) => {
-                        report.problems.push(err.into());
+                    Err(err) => {
+                        report.problems.push(problem(err));
                         break;
                     }
                 }
@@ -95,5 +87,13 @@ impl Store {
         }
         prog.finish();
         Ok(report)
+    }
+}
+
+/// A failed read is a problem of the report.
+fn problem(e: ReadError) -> VerifyProblem {
+    match e {
+        ReadError::Io(e) => e.into(),
+        ReadError::Corrupt(e) => e.into(),
     }
 }
