@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
-use writewatch::checkpoint::{Geometry, Store, MANIFEST_NAME};
-use writewatch::{resume, save_epoch, Backend, Region, Tracker};
+use writewatch::checkpoint::{Store, MANIFEST_NAME};
+use writewatch::{cut_and_save_epoch, resume, save_epoch, Backend, Region, Tracker};
 
 /// The `--json` output.
 #[derive(Serialize)]
@@ -202,7 +202,7 @@ fn writer<M: Target>(
     let pages = mem.pages();
     let wpp = (mem.page_size() / 8) as u64;
     let hot = (pages / 100).max(1);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0xA24B_AED4_963E_E407));
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
     let share = pages / threads as u64;
     let mut cursor = share * t as u64;
     let mut seq = 0u64;
@@ -458,23 +458,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             // No copy-before-write: copy the dirty pages while the writers stay quiesced.
             refs.push(page_crcs(&region));
             let t_ck = Instant::now();
-            let geometry = Geometry {
-                page_size: region.page_size(),
-                page_count: region.page_count(),
-            };
-            let number = store.next_epoch();
-            let mut w = if store.head().is_none() {
-                store.begin_base(number, geometry)?
-            } else {
-                store.begin_delta(number, geometry)?
-            };
-            let epoch = region
-                .cut_and_copy(|page, bytes| w.push_page(page, bytes))
-                .map_err(|e| match std::error::Error::source(&e) {
-                    Some(cause) => format!("{e}: {cause}"),
-                    None => e.to_string(),
-                })?;
-            let info = w.commit()?;
+            let (epoch, info) = cut_and_save_epoch(&mut store, &region)?;
             ckpt_secs += t_ck.elapsed().as_secs_f64();
             ctl.pause.store(false, SeqCst);
             (epoch, info)

@@ -25,7 +25,10 @@
 
 mod pipeline;
 
-pub use pipeline::{restore_region, resume, save_epoch, RestoreRegionError, Resumed, SaveError};
+pub use pipeline::{
+    cut_and_save, cut_and_save_epoch, restore_region, resume, save_epoch, RestoreRegionError,
+    Resumed, SaveError,
+};
 /// The on-disk incremental checkpoint store (the `writewatch-checkpoint` crate), documented
 /// inline so that links to it work on this crate's page alone.
 #[doc(inline)]

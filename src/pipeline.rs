@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use writewatch_checkpoint::{Geometry, SegmentInfo, Store, WriteError};
-use writewatch_core::{CutError, Epoch, Region, SnapshotError};
+use writewatch_core::{CutAndCopyError, CutError, Epoch, Region, SnapshotError};
 
 /// Errors of [`save_epoch`].
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,9 @@ pub enum SaveError {
     /// Writing the segment failed; the store's previous chain is intact.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// [`cut_and_save`] could not cut the region (nothing was written).
+    #[error("cutting the region")]
+    Cut(#[source] CutError),
 }
 
 /// Streams `epoch` into `store` as one segment, in ascending page order, with bounded memory,
@@ -70,25 +73,21 @@ pub enum SaveError {
 /// # std::fs::remove_dir_all(&dir)?; Ok(()) }
 /// ```
 pub fn save_epoch(store: &mut Store, epoch: &Epoch) -> Result<SegmentInfo, SaveError> {
-    if let Some(head) = store.head() {
+    if let Some(g) = store.geometry() {
         let dirty = epoch.dirty();
-        if let Some(g) = store.geometry() {
-            if g.page_size != dirty.page_size() || g.page_count != dirty.page_count() {
-                // Geometry first: a region of another size is the real problem.
-                return Err(WriteError::GeometryMismatch {
-                    store_page_size: g.page_size,
-                    store_pages: g.page_count,
-                    page_size: dirty.page_size(),
-                    pages: dirty.page_count(),
-                }
-                .into());
+        if g.page_size != dirty.page_size() || g.page_count != dirty.page_count() {
+            // Geometry first: a region of another size is the real problem.
+            return Err(WriteError::GeometryMismatch {
+                store_page_size: g.page_size,
+                store_pages: g.page_count,
+                page_size: dirty.page_size(),
+                pages: dirty.page_count(),
             }
-        }
-        if epoch.number() == 0 && (dirty.len() as u64) < dirty.page_count() {
-            // Nothing to requeue: the epoch is fine, the store is the wrong one for it.
-            return Err(SaveError::NotResumed { head: head.epoch });
+            .into());
         }
     }
+    // Nothing to requeue: the epoch is fine, the store is the wrong one for it.
+    check_resumed(store.head().map(|h| h.epoch), epoch)?;
     let r = write_epoch(store, epoch);
     if r.is_err() {
         // The store keeps its previous chain; the region reports these pages again at the
@@ -96,6 +95,92 @@ pub fn save_epoch(store: &mut Store, epoch: &Epoch) -> Result<SegmentInfo, SaveE
         epoch.requeue();
     }
     r
+}
+
+/// Refuses the first epoch of a region that was not resumed from a store whose newest
+/// epoch is `head` (unless it reports every page, as an adopted region's does).
+fn check_resumed(head: Option<u64>, epoch: &Epoch) -> Result<(), SaveError> {
+    let dirty = epoch.dirty();
+    match head {
+        Some(head) if epoch.number() == 0 && (dirty.len() as u64) < dirty.page_count() => {
+            Err(SaveError::NotResumed { head })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Cuts `region` and saves the epoch into `store` in one call: the segment is a base when
+/// the store is empty, a delta otherwise ([`Store::begin_next`]). Works on every backend:
+/// on the sync backend the pages are read as they were at the cut while the application
+/// keeps writing; on the others (no copy before a write) **the caller must quiesce the
+/// region's writers** until it returns, as for [`Region::cut_and_copy`]. The checks and the
+/// failure handling are [`save_epoch`]'s: on failure the store keeps its previous chain and
+/// the epoch's pages are requeued. See [`cut_and_save_epoch`] to keep the epoch (its dirty
+/// set and cut statistics).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::atomic::Ordering::SeqCst;
+/// use writewatch::{checkpoint::Store, cut_and_save, Tracker};
+/// let dir = std::env::temp_dir().join(format!("ww-cut-save-doc-{}", std::process::id()));
+/// let mut store = Store::create(&dir)?;
+/// let tracker = Tracker::builder().build()?;
+/// let region = tracker.map_anonymous(16 * 4096)?;
+/// region.as_atomic_u64()[0].store(7, SeqCst);
+/// cut_and_save(&mut store, &region)?;                        // base, epoch 0
+/// region.as_atomic_u64()[512].store(8, SeqCst);
+/// let info = cut_and_save(&mut store, &region)?;             // delta: page 1 only
+/// assert_eq!((info.epoch, info.data_pages), (1, 1));
+/// # std::fs::remove_dir_all(&dir)?; Ok(()) }
+/// ```
+pub fn cut_and_save(store: &mut Store, region: &Region) -> Result<SegmentInfo, SaveError> {
+    cut_and_save_epoch(store, region).map(|(_, info)| info)
+}
+
+/// [`cut_and_save`], handing back the closed epoch too (its dirty set and cut statistics;
+/// its pages are consumed).
+pub fn cut_and_save_epoch(
+    store: &mut Store,
+    region: &Region,
+) -> Result<(Epoch, SegmentInfo), SaveError> {
+    let head = store.head().map(|h| h.epoch);
+    let geometry = Geometry {
+        page_size: region.page_size(),
+        page_count: region.page_count(),
+    };
+    // Fails (region not cut) on a geometry mismatch or a read-only store.
+    let mut w = store.begin_next(geometry)?;
+    let epoch = region
+        .cut_and_copy(|page, bytes| w.push_page(page, bytes))
+        .map_err(|e| match e {
+            CutAndCopyError::Cut(e) => SaveError::Cut(e),
+            CutAndCopyError::Read(e) => page_error(region.epoch().saturating_sub(1), e),
+            CutAndCopyError::Sink(e) => SaveError::Write(e),
+        })?;
+    // cut_and_copy requeued the pages on its own failures; these are ours.
+    let r = check_resumed(head, &epoch).and_then(|()| Ok(w.commit()?));
+    match r {
+        Ok(info) => Ok((epoch, info)),
+        Err(e) => {
+            epoch.requeue();
+            Err(e)
+        }
+    }
+}
+
+/// A page of epoch `number` that could not be read as it was at the cut.
+fn page_error(number: u64, e: SnapshotError) -> SaveError {
+    let page = match &e {
+        SnapshotError::Discarded { page }
+        | SnapshotError::NotInEpoch { page }
+        | SnapshotError::AlreadyConsumed { page } => *page,
+        _ => 0,
+    };
+    SaveError::Page {
+        epoch: number,
+        page,
+        source: e,
+    }
 }
 
 fn geometry(epoch: &Epoch) -> Geometry {
@@ -106,28 +191,10 @@ fn geometry(epoch: &Epoch) -> Geometry {
 }
 
 fn write_epoch(store: &mut Store, epoch: &Epoch) -> Result<SegmentInfo, SaveError> {
-    let geometry = geometry(epoch);
-    let number = store.next_epoch();
-    let mut w = if store.head().is_none() {
-        store.begin_base(number, geometry)?
-    } else {
-        store.begin_delta(number, geometry)?
-    };
+    let mut w = store.begin_next(geometry(epoch))?;
     let mut reader = epoch.reader();
     while let Some(r) = reader.next_page() {
-        let (page, bytes) = r.map_err(|e| {
-            let page = match &e {
-                SnapshotError::Discarded { page }
-                | SnapshotError::NotInEpoch { page }
-                | SnapshotError::AlreadyConsumed { page } => *page,
-                _ => 0,
-            };
-            SaveError::Page {
-                epoch: epoch.number(),
-                page,
-                source: e,
-            }
-        })?;
+        let (page, bytes) = r.map_err(|e| page_error(epoch.number(), e))?;
         w.push_page(page, bytes)?;
     }
     Ok(w.commit()?)

@@ -2,8 +2,10 @@
 //!
 //! Every I/O failure keeps the original [`std::io::Error`] (and therefore the
 //! errno, see [`IoError::raw_os_error`]) together with the operation and the
-//! path it was applied to. Every detected corruption is a [`CorruptError`]
-//! naming the file and the byte offset of the offending structure.
+//! path it was applied to; the original error is the [`source`](std::error::Error::source),
+//! not repeated in the message (print the chain to see both). Every detected corruption is
+//! a [`CorruptError`] naming the file and the byte offset of the offending structure; every
+//! error type tells it apart from other failures with [`CheckpointError::is_corruption`].
 
 use std::fmt;
 use std::io;
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// An I/O failure on a given path, keeping the underlying [`io::Error`].
 #[derive(Debug, thiserror::Error)]
-#[error("{op} {}: {source}", path.display())]
+#[error("{op} {}", path.display())]
 pub struct IoError {
     /// What was being done (`"open"`, `"write"`, `"fsync"`, ...).
     pub op: &'static str,
@@ -210,15 +212,6 @@ pub enum OpenError {
     NotEmpty(PathBuf),
 }
 
-impl From<ReadError> for OpenError {
-    fn from(e: ReadError) -> Self {
-        match e {
-            ReadError::Io(e) => OpenError::Io(e),
-            ReadError::Corrupt(e) => OpenError::Corrupt(e),
-        }
-    }
-}
-
 /// Errors while writing a checkpoint segment.
 ///
 /// When any of these is returned, the previously committed chain is intact and
@@ -230,7 +223,7 @@ pub enum WriteError {
     #[error(transparent)]
     Io(#[from] IoError),
     /// The [`PageSource`](crate::PageSource) failed to provide a page.
-    #[error("reading page {page} from the source: {source}")]
+    #[error("reading page {page} from the source")]
     Source {
         /// Page index.
         page: u64,
@@ -307,7 +300,7 @@ pub enum RestoreError {
         kind: &'static str,
     },
     /// Creating the mapping failed (`mmap` errno kept).
-    #[error("mapping {len} bytes: {source}")]
+    #[error("mapping {len} bytes")]
     Map {
         /// Requested length.
         len: u64,
@@ -315,15 +308,6 @@ pub enum RestoreError {
         #[source]
         source: io::Error,
     },
-}
-
-impl From<ReadError> for RestoreError {
-    fn from(e: ReadError) -> Self {
-        match e {
-            ReadError::Io(e) => RestoreError::Io(e),
-            ReadError::Corrupt(e) => RestoreError::Corrupt(e),
-        }
-    }
 }
 
 /// Errors from [`Store::compact`](crate::Store::compact).
@@ -370,11 +354,51 @@ pub enum VerifyError {
     Corrupt(#[from] CorruptError),
 }
 
-impl From<ReadError> for VerifyError {
-    fn from(e: ReadError) -> Self {
-        match e {
-            ReadError::Io(e) => VerifyError::Io(e),
-            ReadError::Corrupt(e) => VerifyError::Corrupt(e),
+/// `From<ReadError>` for the operation errors that have an `Io` and a `Corrupt` variant:
+/// a [`ReadError`] is one of the two.
+macro_rules! from_read_error {
+    ($($t:ident),+) => {$(
+        impl From<ReadError> for $t {
+            fn from(e: ReadError) -> Self {
+                match e {
+                    ReadError::Io(e) => $t::Io(e),
+                    ReadError::Corrupt(e) => $t::Corrupt(e),
+                }
+            }
         }
-    }
+    )+};
 }
+
+from_read_error!(OpenError, RestoreError, VerifyError);
+
+/// What every error of this crate tells: whether it reports a corrupt store (a checksum,
+/// structure or chain problem, or a missing file the manifest refers to) or another failure
+/// (I/O, a lock, a bad argument...). A command-line tool maps the first to its
+/// "corruption" exit status.
+pub trait CheckpointError: std::error::Error {
+    /// Whether the error reports a corrupt store file.
+    fn is_corruption(&self) -> bool;
+}
+
+/// Implements [`CheckpointError`] for each type: a corruption is a value matching the
+/// pattern given (no pattern: the type never reports one).
+macro_rules! corruption_when {
+    ($($t:ty $(=> $p:pat)?),+ $(,)?) => {$(
+        impl CheckpointError for $t {
+            fn is_corruption(&self) -> bool {
+                false $(|| matches!(self, $p))?
+            }
+        }
+    )+};
+}
+
+corruption_when!(
+    CorruptError => _,
+    ReadError => ReadError::Corrupt(_),
+    OpenError => OpenError::Corrupt(_),
+    RestoreError => RestoreError::Corrupt(_),
+    VerifyError => VerifyError::Corrupt(_),
+    CompactError => CompactError::Read(RestoreError::Corrupt(_)),
+    WriteError,
+    RetainError,
+);

@@ -10,11 +10,11 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::{CorruptError, Corruption, IoError, RestoreError};
+use crate::error::{IoError, RestoreError};
 use crate::format::{RunEntry, RunKind};
+use crate::progress::{ProgressFn, ProgressTracker};
 use crate::segment::SegmentFile;
 use crate::sys;
-use crate::writer::{Progress, ProgressFn};
 
 /// A range of pages whose newest version is in run `run` of segment `seg`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,20 +262,7 @@ impl Plan {
             let (seg, run) = self.run(p);
             if g.len() == 1 && run.kind == RunKind::Raw && p.count == run.page_count {
                 sys::pread_exact_words(&seg.file, run.data_offset, words(p.first_page, p.count))
-                    .map_err(|e| {
-                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                            RestoreError::Corrupt(CorruptError::new(
-                                &seg.path,
-                                run.data_offset,
-                                Corruption::Truncated {
-                                    needed: run.stored_len,
-                                    file_len: seg.file_len,
-                                },
-                            ))
-                        } else {
-                            RestoreError::Io(IoError::new("read", &seg.path, e))
-                        }
-                    })?;
+                    .map_err(|e| seg.run_read_failure(run, e))?;
                 prog.add(p.count, p.count * ps as u64);
                 continue;
             }
@@ -324,24 +311,12 @@ impl Plan {
             rest = tail;
             base = (p.first_page + p.count) as usize * ps;
         }
-        if let Err(e) = sys::preadv_exact(&seg.file, first_run.data_offset, &mut slices) {
-            return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                RestoreError::Corrupt(CorruptError::new(
-                    &seg.path,
-                    first_run.data_offset,
-                    Corruption::Truncated {
-                        needed: first_run.stored_len,
-                        file_len: seg.file_len,
-                    },
-                ))
-            } else {
-                RestoreError::Io(IoError::new("read", &seg.path, e))
-            });
-        }
+        sys::preadv_exact(&seg.file, first_run.data_offset, &mut slices)
+            .map_err(|e| seg.run_read_failure(first_run, e))?;
         for (&pi, s) in batch.iter().zip(slices.iter()) {
             let p = &self.pieces[pi];
             let run = &seg.runs[p.run];
-            seg.check_crc(run, s)?;
+            run.check_crc(&seg.path, s)?;
             prog.add(p.count, s.len() as u64);
         }
         Ok(())
@@ -405,49 +380,5 @@ impl Plan {
             }
         }
         Ok(())
-    }
-}
-
-/// Rate-limited progress reporting (every 4 MiB).
-pub(crate) struct ProgressTracker<'a> {
-    cb: Option<&'a ProgressFn>,
-    total: u64,
-    pages: u64,
-    bytes: u64,
-    last_report: u64,
-}
-
-impl<'a> ProgressTracker<'a> {
-    pub(crate) fn new(cb: Option<&'a ProgressFn>, total: u64) -> Self {
-        ProgressTracker {
-            cb,
-            total,
-            pages: 0,
-            bytes: 0,
-            last_report: 0,
-        }
-    }
-
-    pub(crate) fn add(&mut self, pages: u64, bytes: u64) {
-        self.pages += pages;
-        self.bytes += bytes;
-        if self.bytes - self.last_report >= 4 << 20 {
-            self.report();
-        }
-    }
-
-    fn report(&mut self) {
-        self.last_report = self.bytes;
-        if let Some(cb) = self.cb {
-            cb(Progress {
-                pages_done: self.pages,
-                pages_total: Some(self.total),
-                bytes: self.bytes,
-            });
-        }
-    }
-
-    pub(crate) fn finish(&mut self) {
-        self.report();
     }
 }

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{CorruptError, Corruption, IoContext, IoError, ReadError};
 use crate::format::{
-    decode_index, RunEntry, RunKind, SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN,
-    RUN_ENTRY_LEN,
+    decode_frame, decode_index, RunEntry, RunKind, SegmentHeader, HEADER_LEN, RUN_ENTRY_LEN,
 };
 use crate::sys;
 
@@ -30,20 +29,28 @@ fn read_exact_at(
     off: u64,
     file_len: u64,
 ) -> Result<(), ReadError> {
-    file.read_exact_at(buf, off).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ReadError::Corrupt(CorruptError::new(
-                path,
-                off,
-                Corruption::Truncated {
-                    needed: buf.len() as u64,
-                    file_len,
-                },
-            ))
-        } else {
-            ReadError::Io(IoError::new("read", path, e))
-        }
-    })
+    file.read_exact_at(buf, off)
+        .map_err(|e| read_failure(path, e, off, buf.len() as u64, file_len))
+}
+
+/// The error of a failed exact read of `needed` bytes at `off`: a premature end of file is
+/// a truncated file, anything else an I/O error.
+pub(crate) fn read_failure(
+    path: &Path,
+    e: std::io::Error,
+    off: u64,
+    needed: u64,
+    file_len: u64,
+) -> ReadError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        ReadError::Corrupt(CorruptError::new(
+            path,
+            off,
+            Corruption::Truncated { needed, file_len },
+        ))
+    } else {
+        ReadError::Io(IoError::new("read", path, e))
+    }
 }
 
 impl SegmentFile {
@@ -70,35 +77,10 @@ impl SegmentFile {
         let mut hbuf = [0u8; HEADER_LEN];
         let hlen = (file_len.min(HEADER_LEN as u64)) as usize;
         read_exact_at(&file, path, &mut hbuf[..hlen], 0, file_len)?;
-        let (header, header_crc) = SegmentHeader::decode(path, &hbuf[..hlen], file_len)?;
-        let min = (HEADER_LEN + FOOTER_LEN) as u64;
-        if file_len < min {
-            return Err(CorruptError::new(
-                path,
-                HEADER_LEN as u64,
-                Corruption::Truncated {
-                    needed: min,
-                    file_len,
-                },
-            )
-            .into());
-        }
-        let footer_off = file_len - FOOTER_LEN as u64;
-        let mut fbuf = [0u8; FOOTER_LEN];
-        read_exact_at(&file, path, &mut fbuf, footer_off, file_len)?;
-        let (footer, footer_crc) = SegmentFooter::decode(path, &fbuf, footer_off, file_len)?;
-        if footer.header_crc != header_crc {
-            return Err(CorruptError::new(
-                path,
-                footer_off + 48,
-                Corruption::Checksum {
-                    what: "header (copy in footer)",
-                    stored: footer.header_crc,
-                    computed: header_crc,
-                },
-            )
-            .into());
-        }
+        let (header, footer, footer_crc) =
+            decode_frame(path, &hbuf[..hlen], file_len, |off, fbuf| {
+                read_exact_at(&file, path, fbuf, off, file_len)
+            })?;
         // Size checked against the file length by SegmentFooter::decode.
         let index_len = (footer.run_count * RUN_ENTRY_LEN as u64) as usize;
         let mut index = vec![0u8; index_len];
@@ -119,21 +101,15 @@ impl SegmentFile {
         self.header.page_size as usize
     }
 
-    /// Checks a run's stored bytes against its checksum.
-    pub(crate) fn check_crc(&self, run: &RunEntry, stored: &[u8]) -> Result<(), CorruptError> {
-        let computed = crc32c::crc32c(stored);
-        if computed != run.crc {
-            return Err(CorruptError::new(
-                &self.path,
-                run.data_offset,
-                Corruption::Checksum {
-                    what: "run data",
-                    stored: run.crc,
-                    computed,
-                },
-            ));
-        }
-        Ok(())
+    /// The error of a failed exact read of run `run`'s stored bytes.
+    pub(crate) fn run_read_failure(&self, run: &RunEntry, e: std::io::Error) -> ReadError {
+        read_failure(
+            &self.path,
+            e,
+            run.data_offset,
+            run.stored_len,
+            self.file_len,
+        )
     }
 
     /// Reads run `run` (a data run), verifies it and returns its raw page
@@ -154,32 +130,6 @@ impl SegmentFile {
             run.data_offset,
             self.file_len,
         )?;
-        self.check_crc(run, scratch)?;
-        match run.kind {
-            RunKind::Lz4 => {
-                let raw_len = (run.page_count * u64::from(self.header.page_size)) as usize;
-                out.resize(raw_len, 0);
-                match lz4_flex::block::decompress_into(scratch, out) {
-                    Ok(n) if n == raw_len => Ok(&out[..]),
-                    Ok(n) => Err(CorruptError::new(
-                        &self.path,
-                        run.data_offset,
-                        Corruption::Decompress {
-                            message: format!("decompressed to {n} bytes, expected {raw_len}"),
-                        },
-                    )
-                    .into()),
-                    Err(e) => Err(CorruptError::new(
-                        &self.path,
-                        run.data_offset,
-                        Corruption::Decompress {
-                            message: e.to_string(),
-                        },
-                    )
-                    .into()),
-                }
-            }
-            _ => Ok(&scratch[..]),
-        }
+        Ok(run.decode_data(&self.path, self.header.page_size, scratch, out)?)
     }
 }

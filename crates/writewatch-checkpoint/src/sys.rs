@@ -1,14 +1,17 @@
 //! The only module with `unsafe` code: thin wrappers over `mmap`, `munmap`,
-//! `preadv`, `flock`, `posix_fadvise`, `sync_file_range`, and the raw-pointer
-//! restore entry point.
+//! `preadv`, `flock`, `posix_fadvise`, `sync_file_range` (this file, which imports nothing
+//! of the crate), and the raw-pointer restore entry point of the public API.
+
+// `Store::restore_into_raw` is an `unsafe fn`, allowed in this module only: its file stands
+// in `store/` beside the API it belongs to, and is declared here, so that this file imports
+// nothing of the crate.
+#[path = "store/raw.rs"]
+mod raw_api;
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
-
-use crate::error::RestoreError;
-use crate::store::Store;
 
 /// An owned private anonymous read-write mapping, unmapped on drop.
 pub(crate) struct AnonMap {
@@ -190,7 +193,7 @@ pub(crate) fn preadv_exact(file: &File, mut offset: u64, bufs: &mut [&mut [u8]])
                 }
             })
             .collect();
-        let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let off = file_offset(offset)?;
         // SAFETY: every iovec points into a distinct `&mut [u8]` borrowed
         // from `bufs` for the duration of the call, with its exact length;
         // the count fits in c_int (<= IOV_MAX).
@@ -202,20 +205,9 @@ pub(crate) fn preadv_exact(file: &File, mut offset: u64, bufs: &mut [&mut [u8]])
                 off,
             )
         };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file ended early",
-            ));
-        }
-        let mut n = n as usize;
+        let Some(mut n) = read_step(n)? else {
+            continue;
+        };
         offset += n as u64;
         while n > 0 {
             let left = bufs[idx].len() - skip;
@@ -246,56 +238,40 @@ pub(crate) fn pread_exact_words(
     let len = std::mem::size_of_val(dst);
     let mut done = 0usize;
     while done < len {
-        let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let off = file_offset(offset)?;
         // SAFETY: `base + done .. base + len` lies inside `dst`, borrowed for the call; its
         // words are interior-mutable, so the kernel may store into them.
         let n = unsafe { libc::pread(file.as_raw_fd(), base.add(done).cast(), len - done, off) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file ended early",
-            ));
-        }
-        done += n as usize;
+        let Some(n) = read_step(n)? else {
+            continue;
+        };
+        done += n;
         offset += n as u64;
     }
     Ok(())
 }
 
-impl Store {
-    /// Restores epoch `epoch` into the memory at `ptr` of `len` bytes (which
-    /// must equal the region length). See [`Store::restore_into`].
-    ///
-    /// On error, the memory content is unspecified and the error is returned;
-    /// there is no partial success.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` must be valid for reads and writes of `len` bytes for the whole
-    /// call, and no other reference to that memory may be used concurrently
-    /// (the call writes to it as through a `&mut [u8]`).
-    pub unsafe fn restore_into_raw(
-        &self,
-        epoch: u64,
-        ptr: *mut u8,
-        len: usize,
-    ) -> Result<(), RestoreError> {
-        if len == 0 || ptr.is_null() {
-            return Err(RestoreError::SizeMismatch {
-                expected: self.geometry().map_or(0, |g| g.region_len()),
-                got: 0,
-            });
+/// A file offset as `off_t` (`EINVAL` if it does not fit).
+fn file_offset(offset: u64) -> io::Result<i64> {
+    i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Interprets the return value of one `pread`/`preadv` call of a read-exactly loop:
+/// `Ok(None)` to retry (`EINTR`), `Ok(Some(n))` for `n > 0` bytes read, and an error
+/// otherwise (`UnexpectedEof` at the end of the file).
+fn read_step(n: isize) -> io::Result<Option<usize>> {
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(None);
         }
-        // SAFETY: the caller guarantees `ptr..ptr+len` is valid, writable and
-        // exclusively ours for the duration of the call.
-        let dst = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-        self.restore_into(epoch, dst)
+        return Err(e);
     }
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file ended early",
+        ));
+    }
+    Ok(Some(n as usize))
 }

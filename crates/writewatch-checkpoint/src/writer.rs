@@ -3,19 +3,19 @@
 //! compressing) and large sequential writes, optionally on a background
 //! thread.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::error::{IoContext, IoError, WriteError};
+use crate::files::TempFile;
 use crate::format::{
     encode_index, is_zero, lz4_len_plausible, max_run_bytes, RunEntry, RunKind, SegmentFooter,
     SegmentHeader, FLAG_BASE, FLAG_COMPRESSED, FOOTER_LEN, HEADER_LEN,
 };
+use crate::progress::{Progress, ProgressFn};
 use crate::sys;
 
 /// Per-run compression of page data.
@@ -28,21 +28,6 @@ pub enum Compression {
     /// not shrink is stored raw.
     Lz4,
 }
-
-/// Progress of a long operation (write, restore, verify, compact).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Progress {
-    /// Pages processed so far.
-    pub pages_done: u64,
-    /// Total pages to process, when known.
-    pub pages_total: Option<u64>,
-    /// Bytes written or read so far.
-    pub bytes: u64,
-}
-
-/// A progress callback; called from the thread doing the operation every few
-/// MiB and once at the end.
-pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
 /// Tuning of the segment writer.
 #[derive(Debug, Clone)]
@@ -67,34 +52,6 @@ impl Default for WriterOptions {
             buffer_size: 4 << 20,
             background: true,
             early_writeback: true,
-        }
-    }
-}
-
-/// Removes a temporary file on drop unless disarmed.
-#[derive(Debug)]
-pub(crate) struct TempFile {
-    pub(crate) path: PathBuf,
-    armed: bool,
-}
-
-impl TempFile {
-    pub(crate) fn new(path: PathBuf) -> Self {
-        TempFile { path, armed: true }
-    }
-    pub(crate) fn disarm(&mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if self.armed {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!("removing temporary file {}: {e}", self.path.display());
-                }
-            }
         }
     }
 }
@@ -187,13 +144,7 @@ impl SegmentBuilder {
         if opts.compression == Compression::Lz4 {
             header.flags |= FLAG_COMPRESSED;
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp_path)
-            .ctx("create", &temp_path)?;
-        let temp = TempFile::new(temp_path);
+        let (temp, file) = TempFile::create(temp_path)?;
         let sink = if opts.background {
             let (tx, thread_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(2);
             let (thread_tx, rx) = mpsc::sync_channel::<Returned>(2);
@@ -338,14 +289,19 @@ impl SegmentBuilder {
                 return Err(self.io_err("write", io::Error::other("segment already finished")))
             }
         }
+        self.report(self.data_end);
+        Ok(())
+    }
+
+    /// Calls the progress callback, if any, with `bytes` written so far.
+    fn report(&self, bytes: u64) {
         if let Some(p) = &self.progress {
             p(Progress {
                 pages_done: self.pages_done,
                 pages_total: self.pages_total,
-                bytes: self.data_end,
+                bytes,
             });
         }
-        Ok(())
     }
 
     /// Appends bytes to the output, flushing as needed.
@@ -645,13 +601,7 @@ impl SegmentBuilder {
                 return Err(self.io_err("write", io::Error::other("segment already finished")))
             }
         };
-        if let Some(p) = &self.progress {
-            p(Progress {
-                pages_done: self.pages_done,
-                pages_total: self.pages_total,
-                bytes: file_len,
-            });
-        }
+        self.report(file_len);
         let temp = TempFile::new(self.temp.path.clone());
         self.temp.disarm();
         Ok(FinishedSegment {

@@ -73,7 +73,8 @@ fn enospc_keeps_previous_chain() {
         WriteError::Io(e) => assert_eq!(e.raw_os_error(), Some(ENOSPC), "{e}"),
         other => panic!("expected ENOSPC, got {other}"),
     }
-    let msg = err.to_string();
+    // The message names the file; the OS error is its source (not repeated in the message).
+    let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
     assert!(
         msg.contains(".tmp-seg-") && msg.contains("No space left"),
         "{msg}"

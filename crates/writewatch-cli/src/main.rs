@@ -16,8 +16,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use writewatch_checkpoint::{
-    CompactError, Leftover, OpenError, Progress, RestoreError, SegmentInfo, SegmentKind, Store,
-    VerifyError,
+    CheckpointError, Leftover, Progress, RestoreError, SegmentInfo, SegmentKind, Store,
 };
 
 const AFTER_HELP: &str = "\
@@ -91,55 +90,31 @@ struct Failure {
     message: String,
 }
 
-impl Failure {
-    fn corrupt(e: impl std::fmt::Display) -> Self {
+/// A checkpoint error is a corruption (exit 1) or another failure (exit 2).
+impl<E: CheckpointError> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let message = chain(&e);
         Failure {
-            code: EXIT_CORRUPT,
-            message: e.to_string(),
-        }
-    }
-    fn other(e: impl std::fmt::Display) -> Self {
-        Failure {
-            code: EXIT_OTHER,
-            message: e.to_string(),
-        }
-    }
-}
-
-impl From<OpenError> for Failure {
-    fn from(e: OpenError) -> Self {
-        match e {
-            OpenError::Corrupt(_) => Failure::corrupt(e),
-            _ => Failure::other(e),
+            code: if e.is_corruption() {
+                EXIT_CORRUPT
+            } else {
+                EXIT_OTHER
+            },
+            message,
         }
     }
 }
 
-impl From<RestoreError> for Failure {
-    fn from(e: RestoreError) -> Self {
-        match e {
-            RestoreError::Corrupt(_) => Failure::corrupt(e),
-            _ => Failure::other(e),
-        }
+/// An error and its sources, `: `-separated (an error does not repeat its source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
     }
-}
-
-impl From<VerifyError> for Failure {
-    fn from(e: VerifyError) -> Self {
-        match e {
-            VerifyError::Corrupt(_) => Failure::corrupt(e),
-            _ => Failure::other(e),
-        }
-    }
-}
-
-impl From<CompactError> for Failure {
-    fn from(e: CompactError) -> Self {
-        match e {
-            CompactError::Read(RestoreError::Corrupt(_)) => Failure::corrupt(e),
-            _ => Failure::other(e),
-        }
-    }
+    s
 }
 
 /// The JSON printed on failure with `--json`.
@@ -589,7 +564,7 @@ fn verify(dir: &Path, json_out: bool) -> Result<u8, Failure> {
             ok: report.is_ok(),
             segments: report.segments.len(),
             bytes_checked: report.bytes_checked,
-            problems: report.problems.iter().map(|p| p.to_string()).collect(),
+            problems: report.problems.iter().map(|p| chain(p)).collect(),
             leftovers: leftovers_json(&report.leftovers),
         });
         return Ok(code);
@@ -602,7 +577,7 @@ fn verify(dir: &Path, json_out: bool) -> Result<u8, Failure> {
         );
     } else {
         for p in &report.problems {
-            println!("CORRUPT: {p}");
+            println!("CORRUPT: {}", chain(p));
         }
         println!("{} problem(s) found", report.problems.len());
     }
@@ -632,7 +607,7 @@ fn restore(dir: &Path, to: &Path, epoch: Option<u64>, json_out: bool) -> Result<
         None => {
             store
                 .head()
-                .ok_or_else(|| Failure::other(RestoreError::Empty))?
+                .ok_or_else(|| Failure::from(RestoreError::Empty))?
                 .epoch
         }
     };

@@ -1,0 +1,91 @@
+//! The chain behind an epoch: finding it, opening its segments and checking each against
+//! the manifest, and planning its restore.
+
+use std::path::Path;
+
+use super::manifest::MANIFEST_NAME;
+use super::Store;
+use crate::error::{CorruptError, Corruption, ReadError, RestoreError};
+use crate::format::{Manifest, ManifestEntry, FLAG_BASE};
+use crate::restore::Plan;
+use crate::segment::SegmentFile;
+
+impl Store {
+    pub(super) fn find(&self, epoch: u64) -> Result<usize, RestoreError> {
+        if self.manifest.entries.is_empty() {
+            return Err(RestoreError::Empty);
+        }
+        self.manifest
+            .entries
+            .iter()
+            .position(|e| e.epoch == epoch)
+            .ok_or(RestoreError::NoSuchEpoch(epoch))
+    }
+
+    /// Opens and cross-checks the segments of the chain ending at entry `idx`.
+    pub(super) fn open_chain(&self, idx: usize) -> Result<Vec<SegmentFile>, RestoreError> {
+        let entries = &self.manifest.entries;
+        let base = (0..=idx)
+            .rev()
+            .find(|&i| entries[i].flags & FLAG_BASE != 0)
+            .ok_or_else(|| {
+                CorruptError::new(
+                    &self.dir.join(MANIFEST_NAME),
+                    0,
+                    Corruption::Chain {
+                        reason: "no base before the requested epoch".into(),
+                    },
+                )
+            })?;
+        entries[base..=idx]
+            .iter()
+            .map(|e| self.open_segment(e).map_err(RestoreError::from))
+            .collect()
+    }
+
+    pub(super) fn open_segment(&self, e: &ManifestEntry) -> Result<SegmentFile, ReadError> {
+        open_segment(&self.dir, &self.manifest, e)
+    }
+
+    pub(super) fn plan(&self, epoch: u64) -> Result<Plan, RestoreError> {
+        let idx = self.find(epoch)?;
+        Ok(Plan::build(self.open_chain(idx)?))
+    }
+}
+
+/// Opens a segment and cross-checks it against its manifest entry.
+pub(super) fn open_segment(
+    dir: &Path,
+    manifest: &Manifest,
+    e: &ManifestEntry,
+) -> Result<SegmentFile, ReadError> {
+    let path = dir.join(e.file_name());
+    let seg = SegmentFile::open(&path)?;
+    let h = &seg.header;
+    let mismatch = |field: &'static str, manifest: u64, segment: u64| -> ReadError {
+        CorruptError::new(
+            &path,
+            0,
+            Corruption::ManifestMismatch {
+                field,
+                manifest,
+                segment,
+            },
+        )
+        .into()
+    };
+    // (field, manifest, segment), in the order they are checked.
+    let pairs = [
+        ("file_len", e.file_len, seg.file_len),
+        ("checksum", e.footer_crc.into(), seg.footer_crc.into()),
+        ("epoch", e.epoch, h.epoch),
+        ("parent_epoch", e.parent_epoch, h.parent_epoch),
+        ("flags", e.flags.into(), h.flags.into()),
+        ("page_size", manifest.page_size.into(), h.page_size.into()),
+        ("region_len", manifest.region_len, h.region_len),
+    ];
+    if let Some(&(field, m, s)) = pairs.iter().find(|(_, m, s)| m != s) {
+        return Err(mismatch(field, m, s));
+    }
+    Ok(seg)
+}

@@ -1,0 +1,198 @@
+//! Creating and opening a store: the directory, its lock, and the removal of what an
+//! interrupted write left behind.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+
+use super::manifest::{read_manifest, MANIFEST_NAME};
+use super::{Leftover, Store};
+use crate::error::{IoContext, IoError, OpenError};
+use crate::files::{fsync_dir, TEMP_PREFIX};
+use crate::format::{is_segment_file_name, Manifest};
+use crate::sys;
+use crate::writer::WriterOptions;
+
+/// Name of the lock file inside a store directory.
+pub const LOCK_NAME: &str = "LOCK";
+
+impl Store {
+    /// Creates a new, empty store in `dir` (created with mode 0700 if
+    /// missing). Fails if a store already exists there.
+    pub fn create(dir: impl AsRef<Path>) -> Result<Store, OpenError> {
+        let dir = dir.as_ref();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .ctx("create directory", dir)?;
+        if dir.join(MANIFEST_NAME).exists() {
+            return Err(OpenError::AlreadyExists(dir.to_path_buf()));
+        }
+        // Never adopt a directory holding someone else's files: a store writes, renames and
+        // removes files in its directory.
+        let foreign = fs::read_dir(dir)
+            .ctx("list", dir)?
+            .filter_map(Result::ok)
+            .any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                // What an interrupted `create` of our own leaves behind.
+                name != LOCK_NAME && !name.starts_with(&format!("{TEMP_PREFIX}manifest-"))
+            });
+        if foreign {
+            return Err(OpenError::NotEmpty(dir.to_path_buf()));
+        }
+        let lock = Self::lock(dir, true)?;
+        if dir.join(MANIFEST_NAME).exists() {
+            return Err(OpenError::AlreadyExists(dir.to_path_buf()));
+        }
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            manifest: Manifest::default(),
+            _lock: lock,
+            read_only: false,
+            options: WriterOptions::default(),
+            progress: None,
+            removed_on_open: Vec::new(),
+        };
+        store.commit_manifest(Manifest::default())?;
+        store.cleanup()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store read-write: takes the exclusive lock and
+    /// removes temporary files and segment files not in the manifest (left by
+    /// a crash).
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store, OpenError> {
+        Self::open_impl(dir.as_ref(), false)
+    }
+
+    /// Opens an existing store, or creates it if `dir` has no manifest.
+    pub fn open_or_create(dir: impl AsRef<Path>) -> Result<Store, OpenError> {
+        let dir = dir.as_ref();
+        match Self::open(dir) {
+            Err(OpenError::NotAStore(_)) => Self::create(dir),
+            Err(OpenError::Io(e)) if e.source.kind() == io::ErrorKind::NotFound => {
+                Self::create(dir)
+            }
+            r => r,
+        }
+    }
+
+    /// Opens an existing store read-only (shared lock, no cleanup). Temporary
+    /// files are ignored.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Store, OpenError> {
+        Self::open_impl(dir.as_ref(), true)
+    }
+
+    fn lock(dir: &Path, exclusive: bool) -> Result<File, OpenError> {
+        let path = dir.join(LOCK_NAME);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .or_else(|e| {
+                if !exclusive
+                    && (e.kind() == io::ErrorKind::PermissionDenied
+                        || e.raw_os_error() == Some(libc::EROFS))
+                {
+                    File::open(dir)
+                } else {
+                    Err(e)
+                }
+            })
+            .ctx("open lock file", &path)?;
+        if !sys::flock(&file, exclusive).ctx("lock", &path)? {
+            return Err(OpenError::Locked(dir.to_path_buf()));
+        }
+        Ok(file)
+    }
+
+    fn open_impl(dir: &Path, read_only: bool) -> Result<Store, OpenError> {
+        let meta = fs::metadata(dir).ctx("open store", dir)?;
+        if !meta.is_dir() {
+            return Err(OpenError::NotAStore(dir.to_path_buf()));
+        }
+        if !dir.join(MANIFEST_NAME).exists() {
+            return Err(OpenError::NotAStore(dir.to_path_buf()));
+        }
+        let lock = Self::lock(dir, !read_only)?;
+        let manifest =
+            read_manifest(dir)?.ok_or_else(|| OpenError::NotAStore(dir.to_path_buf()))?;
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            manifest,
+            _lock: lock,
+            read_only,
+            options: WriterOptions::default(),
+            progress: None,
+            removed_on_open: Vec::new(),
+        };
+        if !read_only {
+            store.removed_on_open = store.cleanup()?;
+        }
+        Ok(store)
+    }
+
+    /// Temporary files and segment files that `manifest` does not reference (only regular
+    /// files whose names the store itself generates).
+    pub(super) fn list_leftovers(
+        dir: &Path,
+        manifest: &Manifest,
+    ) -> Result<Vec<Leftover>, IoError> {
+        let mut out = Vec::new();
+        for ent in fs::read_dir(dir).ctx("list", dir)? {
+            let ent = ent.ctx("list", dir)?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let stale = if name.starts_with(TEMP_PREFIX) {
+                true
+            } else if is_segment_file_name(name) {
+                !manifest.entries.iter().any(|e| e.file_name() == name)
+            } else {
+                false
+            };
+            if !stale {
+                continue;
+            }
+            match ent.metadata() {
+                Ok(m) if m.is_file() => out.push(Leftover {
+                    file_name: name.to_string(),
+                    len: m.len(),
+                }),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(IoError::new("stat", ent.path(), e)),
+            }
+        }
+        out.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+        Ok(out)
+    }
+
+    /// Removes temporary files and unreferenced segment files; returns what it removed.
+    fn cleanup(&self) -> Result<Vec<Leftover>, IoError> {
+        let mut removed = Vec::new();
+        for l in Self::list_leftovers(&self.dir, &self.manifest)? {
+            let path = self.dir.join(&l.file_name);
+            tracing::info!(
+                "removing leftover file {} ({} bytes)",
+                path.display(),
+                l.len
+            );
+            match fs::remove_file(&path) {
+                Ok(()) => removed.push(l),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(IoError::new("remove", path, e)),
+            }
+        }
+        if !removed.is_empty() {
+            fsync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+}
