@@ -104,7 +104,7 @@ miri:
 	  MIRIFLAGS=-Zmiri-disable-isolation PROPTEST_CASES=8 $(CARGO) +nightly miri test -p writewatch-stress --test dirtyset_props && \
 	  $(CARGO) +nightly miri test -p writewatch-core --test page_state_model; \
 	else \
-	  echo "miri: cannot run here: the nightly toolchain has no miri component (rustup +nightly component add miri needs network access to static.rust-lang.org, which this machine does not have)."; \
+	  echo "miri: cannot run here: the nightly toolchain has no miri component (rustup +nightly component add miri needs network access to static.rust-lang.org, which the reference machine does not have)."; \
 	  echo "miri: the same tests run natively in 'make test' (dirtyset_props, page_state_model)."; \
 	fi
 

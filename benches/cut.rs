@@ -7,7 +7,7 @@
 //!   the tracked region resident: what a fork-based snapshot pays up front;
 //! * `ww_cut_0.1pct`, `ww_cut_1pct`, `ww_cut_10pct` - wall time of `region.cut()` (command
 //!   round trip included) after writing every 1000th / 100th / 10th page (a regular stride,
-//!   as in `shared/reference/cut.c`; the writes are tracked faults and are not timed);
+//!   as in the reference machine's C cut probe; the writes are tracked faults and are not timed);
 //! * `ww_cut_eager_*` - the same cuts on a tracker built with
 //!   `.eager_reprotect(1 ms)`: after the writes the bench waits (not timed) until the service
 //!   thread has re-armed the written pages in the background, then times the cut, which

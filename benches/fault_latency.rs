@@ -8,7 +8,7 @@
 //! region (mapping, populating, protecting, forking, snapshotting, ...) is never timed. So the
 //! reported time is directly the cost of one first write.
 //!
-//! Rows (function ids), same as `shared/reference/baseline.c` and `variants.c` where they
+//! Rows (function ids), same as the reference machine's C baseline probes where they
 //! exist:
 //! * `untracked` - 8-byte store to an already-populated page (floor);
 //! * `memcpy_4k` - copy of one populated 4 KiB page (the copy in copy-before-write);

@@ -15,7 +15,7 @@ fn tracker() -> Tracker {
         .expect("build tracker (needs userfaultfd: run as root or see the error)")
 }
 
-/// One tracker per backend this machine supports. A backend the probe says this kernel
+/// One tracker per backend the running machine supports. A backend the probe says this kernel
 /// should have but that fails to build is a test failure, never a silent skip.
 fn all_backends() -> Vec<Tracker> {
     let probe = writewatch_core::probe();

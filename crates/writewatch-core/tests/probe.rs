@@ -18,7 +18,7 @@ fn probe_matches_kernel_version() {
     if p.kernel_version >= (5, 7, 0) {
         assert!(
             p.usable(),
-            "userfaultfd must be usable on this machine: {p}"
+            "userfaultfd must be usable on the machine running the tests: {p}"
         );
         assert!(p.has(Feature::PagefaultFlagWp));
     }
