@@ -83,13 +83,7 @@ impl DirtySet {
             }
         }
         let count = words.iter().map(|w| w.count_ones() as usize).sum();
-        let mut bits = BitVec::from_vec(words);
-        bits.truncate(n);
-        Self {
-            bits,
-            page_size,
-            count,
-        }
+        Self::from_words_counted(page_size, page_count, words, count)
     }
 
     /// [`from_words`](Self::from_words) when the number of set bits is known (a harvest
