@@ -68,6 +68,14 @@ fn run(len: usize, budget: Duration, in_thread: bool) -> (f64, f64) {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench binaries without `--bench`: a short smoke run
+    // (it must work; the figures are for `cargo bench`).
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    if smoke {
+        let (ww, mc) = run(1 << 20, Duration::from_millis(50), false);
+        println!("rollback smoke run: {ww:.0} cases/s vs memcpy {mc:.0}/s");
+        return;
+    }
     let quick = std::env::var("WW_BENCH_QUICK").is_ok_and(|v| v == "1");
     let budget = Duration::from_millis(if quick { 700 } else { 2000 });
     let mut sizes = vec![("4 MiB", 4usize << 20), ("64 MiB", 64 << 20)];
