@@ -110,7 +110,7 @@ impl SegmentInfo {
     }
 }
 
-/// A problem found by [`Store::verify`].
+/// A problem found by [`Store::verify`](crate::Store::verify).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyProblem {
@@ -122,7 +122,7 @@ pub enum VerifyProblem {
     Io(#[from] IoError),
 }
 
-/// Result of [`Store::verify`].
+/// Result of [`Store::verify`](crate::Store::verify).
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct VerifyReport {
@@ -134,7 +134,7 @@ pub struct VerifyReport {
     pub bytes_checked: u64,
     /// Files left in the store directory by an interrupted write (temporary files and segment
     /// files the manifest does not reference). They do not affect the committed chain; a
-    /// read-write [`Store::open`] (for example [`Store::compact`]'s caller) removes them.
+    /// read-write [`Store::open`](crate::Store::open) (for example [`Store::compact`](crate::Store::compact)'s caller) removes them.
     pub leftovers: Vec<Leftover>,
 }
 
@@ -161,7 +161,7 @@ pub struct Leftover {
     pub len: u64,
 }
 
-/// Result of [`Store::compact`].
+/// Result of [`Store::compact`](crate::Store::compact).
 #[derive(Debug, Clone)]
 pub struct CompactReport {
     /// The new base (or the existing one if there was nothing to merge).
