@@ -361,8 +361,7 @@ fn fork_child_writes_without_hanging() {
     let region = t.map_anonymous(64 * 4096).unwrap();
     touch(&region, 1, 1);
     region.cut().unwrap();
-    let ptr = region.as_ptr() as usize;
-    fork_and_write(ptr, 64);
+    fork_and_write(region.as_atomic_u64(), 64);
     // The parent's tracking is unaffected and its memory unchanged by the child.
     touch(&region, 7, 2);
     assert_eq!(

@@ -502,7 +502,7 @@ fn fork_with_snapshot_in_progress_child_free_parent_exact() {
         }
     });
     std::thread::sleep(Duration::from_millis(5));
-    fork_and_write(region.as_ptr() as usize, pages);
+    fork_and_write(region.as_atomic_u64(), pages);
     stop.store(true, SeqCst);
     watchdog(10, "parent writer", move || writer.join().unwrap());
     let mut buf = vec![0u8; PS];
@@ -534,7 +534,7 @@ fn fork_without_snapshot_child_free_parent_tracking_exact() {
     let region = t.map_anonymous(pages * PS).unwrap();
     touch(&region, 1, 1);
     region.cut().unwrap();
-    fork_and_write(region.as_ptr() as usize, pages);
+    fork_and_write(region.as_atomic_u64(), pages);
     // The parent's pages are COW-shared with the (gone) child: its writes still fault and
     // are tracked exactly.
     for pg in [0u64, 5, 63] {
