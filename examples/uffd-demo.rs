@@ -35,6 +35,7 @@ use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use writewatch::checkpoint::{Store, MANIFEST_NAME};
 use writewatch::{cut_and_save_epoch, resume, save_epoch, Backend, Region, Tracker};
+use writewatch_testkit::XorShift64;
 
 /// The `--json` output.
 #[derive(Serialize)]
@@ -162,19 +163,6 @@ fn default_size() -> usize {
     (1usize << 30).min(ram / 4) / 4096 * 4096
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Writers: pause on request (to let the demo take its reference), otherwise write forever.
 struct Control {
     stop: AtomicBool,
@@ -202,7 +190,7 @@ fn writer<M: Target>(
     let pages = mem.pages();
     let wpp = (mem.page_size() / 8) as u64;
     let hot = (pages / 100).max(1);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut rng = XorShift64(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
     let share = pages / threads as u64;
     let mut cursor = share * t as u64;
     let mut seq = 0u64;
