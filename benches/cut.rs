@@ -185,7 +185,8 @@ fn cut(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        uffd.wp(m.as_ptr() as usize, len, false).expect("un-protect");
+                        uffd.wp(m.as_ptr() as usize, len, false)
+                            .expect("un-protect");
                         let t = Instant::now();
                         uffd.wp(m.as_ptr() as usize, len, true).expect("protect");
                         total += t.elapsed();

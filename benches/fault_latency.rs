@@ -389,7 +389,11 @@ fn bench_order(c: &mut Criterion, label: &str, order: Vec<usize>) {
             for &p in pages {
                 // SAFETY: both mappings have n pages; p < n.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(src.as_ptr().add(p * PS), dst.as_ptr().add(p * PS), PS)
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr().add(p * PS),
+                        dst.as_ptr().add(p * PS),
+                        PS,
+                    )
                 };
             }
             let d = t.elapsed();
@@ -449,7 +453,11 @@ fn fault_latency(c: &mut Criterion) {
         ],
     );
     bench_order(c, "seq", (0..n).collect());
-    bench_order(c, "rand", writewatch_testkit::Rng::shuffled(n, 0x5eed_1234_abcd_ef01));
+    bench_order(
+        c,
+        "rand",
+        writewatch_testkit::Rng::shuffled(n, 0x5eed_1234_abcd_ef01),
+    );
     common::write_meta("fault_latency-end", &[]);
 }
 

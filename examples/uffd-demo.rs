@@ -190,7 +190,8 @@ fn writer<M: Target>(
     let pages = mem.pages();
     let wpp = (mem.page_size() / 8) as u64;
     let hot = (pages / 100).max(1);
-    let mut rng = XorShift64(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut rng =
+        XorShift64(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
     let share = pages / threads as u64;
     let mut cursor = share * t as u64;
     let mut seq = 0u64;

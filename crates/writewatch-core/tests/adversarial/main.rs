@@ -14,10 +14,10 @@ use writewatch_core::{
     TrackerBuilder, Unavailable,
 };
 
-mod rollback_overwrite;
-mod teardown;
 mod adopt;
 mod madvise_budget;
+mod rollback_overwrite;
+mod teardown;
 
 const PS: usize = 4096;
 const WPP: usize = PS / 8;
@@ -250,4 +250,3 @@ fn fuzz_rollback_snapshots_epochs_model() {
         }
     }
 }
-

@@ -13,11 +13,11 @@ use std::time::Duration;
 use common::*;
 use writewatch_core::{Backend, CutError, Invalidation, Region, SnapshotError, Tracker};
 
-mod unmap;
 mod madvise;
 mod mprotect;
 mod process;
 mod shutdown;
+mod unmap;
 
 const PS: usize = 4096;
 
@@ -82,4 +82,3 @@ fn run_child(test: &str, env: &str, secs: u64) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
-

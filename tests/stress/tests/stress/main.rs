@@ -26,9 +26,9 @@ use writewatch::{
 };
 use writewatch_stress::{boundary_page_counts, page_hash, run_suite, within, Gate, Mode, Summary};
 
-mod pipeline;
-mod kill;
 mod eio;
+mod kill;
+mod pipeline;
 mod poison;
 
 use eio::eio;
@@ -259,4 +259,3 @@ fn dirty(mode: Mode, b: Backend) -> Summary {
     s.threads = max_threads as u64;
     s
 }
-
