@@ -15,7 +15,7 @@ pub mod rng;
 mod sys;
 pub mod watchdog;
 
-pub use fork::fork_and_write;
+pub use fork::{fork_and_write, run_child};
 pub use mmap::Mmap;
 pub use rng::{Rng, SplitMix64, XorShift64};
 pub use watchdog::{watch, watchdog, within, Outcome};

@@ -64,6 +64,15 @@ impl SplitMix64 {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+
+    /// Fills `buf` with random bytes (8 per `next()`, little-endian; never leaves a page
+    /// all-zero in practice).
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
 }
 
 /// Plain xorshift64 (13/7/17): `next` returns the new state. The state must not be 0.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use writewatch_core::{Backend, CutError, Invalidation, Region, SnapshotError, Tracker};
+use writewatch_testkit::run_child;
 
 mod madvise;
 mod mprotect;
@@ -56,29 +57,4 @@ fn sync_trackers() -> Vec<Tracker> {
 fn mmap_anon(pages: usize) -> *mut u8 {
     let p = anon_mmap(pages * PS);
     p.cast()
-}
-
-/// Re-executes this test binary to run only `test` with `env` set; returns its status, or
-/// panics if it does not finish within `secs`.
-fn run_child(test: &str, env: &str, secs: u64) -> std::process::ExitStatus {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = std::process::Command::new(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(env, "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if t0.elapsed() > Duration::from_secs(secs) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("child {test} did not finish within {secs} s (hang)");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
