@@ -69,7 +69,7 @@ fn cut(c: &mut Criterion) {
         let mem = Mmap::populated(len);
         // SAFETY: `mem` outlives `region` (dropped after it, below) and is not unmapped or
         // remapped while tracked; we access it only through the region.
-        let region = unsafe { tracker.adopt(mem.ptr, len) }.expect("adopt");
+        let region = unsafe { tracker.adopt(mem.as_ptr(), len) }.expect("adopt");
         drop(region.cut().expect("first cut").into_dirty()); // all pages resident + protected
 
         g.bench_function("fork", |b| {
@@ -127,7 +127,7 @@ fn cut(c: &mut Criterion) {
             .build()
             .expect("Tracker::build");
         // SAFETY: as above; the previous region over `mem` was dropped (unregistered).
-        let region = unsafe { tracker.adopt(mem.ptr, len) }.expect("adopt");
+        let region = unsafe { tracker.adopt(mem.as_ptr(), len) }.expect("adopt");
         drop(region.cut().expect("first cut").into_dirty());
         for (fname, stride) in FRACTIONS {
             let words = region.as_atomic_u64();
@@ -180,14 +180,15 @@ fn cut(c: &mut Criterion) {
         {
             let m = Mmap::populated(len);
             let uffd = RawUffd::new();
-            uffd.register_wp(m.ptr, len);
+            uffd.register_wp(m.as_ptr(), len);
             g.bench_function("raw_wp_whole", |b| {
                 b.iter_custom(|iters| {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        uffd.wp(m.ptr as usize, len, false).expect("un-protect");
+                        uffd.wp(m.as_ptr() as usize, len, false)
+                            .expect("un-protect");
                         let t = Instant::now();
-                        uffd.wp(m.ptr as usize, len, true).expect("protect");
+                        uffd.wp(m.as_ptr() as usize, len, true).expect("protect");
                         total += t.elapsed();
                     }
                     total

@@ -389,16 +389,20 @@ fn bench_order(c: &mut Criterion, label: &str, order: Vec<usize>) {
             for &p in pages {
                 // SAFETY: both mappings have n pages; p < n.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(src.ptr.add(p * PS), dst.ptr.add(p * PS), PS)
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr().add(p * PS),
+                        dst.as_ptr().add(p * PS),
+                        PS,
+                    )
                 };
             }
             let d = t.elapsed();
-            std::hint::black_box(dst.ptr);
+            std::hint::black_box(dst.as_ptr());
             d
         });
     }
     first_writes(&mut g, "minor_fault", &order, |pages, v| {
-        let m = Mmap::new(len);
+        let m = Mmap::no_thp(len);
         time_raw_writes(&m, pages, v)
     });
     first_writes(&mut g, "fork_cow", &order, |pages, v| {
@@ -413,11 +417,11 @@ fn bench_order(c: &mut Criterion, label: &str, order: Vec<usize>) {
         first_writes(&mut g, "mprotect_sigsegv", &order, |pages, v| {
             let m = Mmap::populated(len);
             let backup = Mmap::populated(len);
-            SEGV_BACKUP.store(backup.ptr as usize, Ordering::SeqCst);
-            SEGV_BASE.store(m.ptr as usize, Ordering::SeqCst);
+            SEGV_BACKUP.store(backup.as_ptr() as usize, Ordering::SeqCst);
+            SEGV_BASE.store(m.as_ptr() as usize, Ordering::SeqCst);
             SEGV_LEN.store(len, Ordering::SeqCst);
             // SAFETY: our mapping.
-            let r = unsafe { libc::mprotect(m.ptr.cast(), len, libc::PROT_READ) };
+            let r = unsafe { libc::mprotect(m.as_ptr().cast(), len, libc::PROT_READ) };
             assert_eq!(r, 0);
             let d = time_raw_writes(&m, pages, v);
             SEGV_LEN.store(0, Ordering::SeqCst);
@@ -449,7 +453,11 @@ fn fault_latency(c: &mut Criterion) {
         ],
     );
     bench_order(c, "seq", (0..n).collect());
-    bench_order(c, "rand", common::shuffled(n, 0x5eed_1234_abcd_ef01));
+    bench_order(
+        c,
+        "rand",
+        writewatch_testkit::Rng::shuffled(n, 0x5eed_1234_abcd_ef01),
+    );
     common::write_meta("fault_latency-end", &[]);
 }
 

@@ -12,18 +12,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use writewatch::Tracker;
+use writewatch_testkit::XorShift64;
 
 const PS: usize = 4096;
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 fn run(len: usize, budget: Duration, in_thread: bool) -> (f64, f64) {
     let t = Tracker::builder()
@@ -37,7 +28,7 @@ fn run(len: usize, budget: Duration, in_thread: bool) -> (f64, f64) {
     }
     let pages = (len / PS) as u64;
     let snap = region.snapshot().expect("snapshot");
-    let mut rng = Rng(0x2545_f491);
+    let mut rng = XorShift64(0x2545_f491);
     let wpp = (PS / 8) as u64;
     // writewatch: scribble + rollback.
     let (mut cases, t0) = (0u64, Instant::now());

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use common::{Mmap, Value, PS};
 use writewatch::{Region, Tracker};
+use writewatch_testkit::XorShift64;
 
 const GIB: usize = 1 << 30;
 const DIRTY: usize = 2_621;
@@ -152,13 +153,9 @@ fn writer(
 ) -> Log {
     let wpp = (PS / 8) as u64;
     let hot = (pages / 100).max(1);
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407);
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let x = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407);
+    let mut rng = XorShift64(x);
+    let mut next = move || rng.next();
     let mut log = Log::default();
     log.slow.reserve(1 << 16);
     let mut seq = 0u64;
@@ -267,7 +264,7 @@ fn threads_rows(dur: Duration) -> Vec<ThreadRow> {
                 // SAFETY: the mapping is ours, page-aligned and alive for the run; only
                 // accessed through these atomics.
                 let words =
-                    unsafe { std::slice::from_raw_parts(m.ptr.cast::<AtomicU64>(), len / 8) };
+                    unsafe { std::slice::from_raw_parts(m.as_ptr().cast::<AtomicU64>(), len / 8) };
                 let (logs, _, _) = run_writers(words, None, threads, pat, dur);
                 writes_per_s(&logs)
             };
@@ -275,7 +272,7 @@ fn threads_rows(dur: Duration) -> Vec<ThreadRow> {
             let tracker = Tracker::builder().build().expect("Tracker::build");
             // SAFETY: `m` outlives the region (dropped after it) and is only accessed
             // through the region while tracked.
-            let region = unsafe { tracker.adopt(m.ptr, len) }.expect("adopt");
+            let region = unsafe { tracker.adopt(m.as_ptr(), len) }.expect("adopt");
             drop(region.cut().expect("first cut").into_dirty());
             let before = tracker.stats();
             let t = Instant::now();

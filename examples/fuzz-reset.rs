@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use writewatch::Tracker;
+use writewatch_testkit::Rng;
 
 #[derive(Parser, Debug)]
 #[command(about = "Snapshot fuzz loop: scribble pages, roll back, check against a copy")]
@@ -36,22 +37,6 @@ struct Args {
     /// Short run for `make test`: 16 MiB, 2000 cases, full compare every 250.
     #[arg(long)]
     quick: bool,
-}
-
-/// xorshift64*.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 fn main() -> ExitCode {

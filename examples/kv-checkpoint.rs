@@ -29,6 +29,7 @@ use clap::Parser;
 use writewatch::checkpoint::format::is_segment_file_name;
 use writewatch::checkpoint::{Store, LOCK_NAME, MANIFEST_NAME};
 use writewatch::{resume, save_epoch, Tracker};
+use writewatch_testkit::SplitMix64;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -68,21 +69,10 @@ struct Args {
 /// Puts and deletes per epoch.
 const OPS: u64 = 2000;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// The batch of store epoch `s`: `(key, Some(value))` puts, `(key, None)` deletes. Keys are
 /// in `1..=keyspace` (0 marks an empty slot), values are never 0.
 fn batch(s: u64, keyspace: u64) -> impl Iterator<Item = (u64, Option<u64>)> {
-    let mut rng = Rng(s ^ 0x6B76_6B76);
+    let mut rng = SplitMix64(s ^ 0x6B76_6B76);
     (0..OPS).map(move |_| {
         let key = rng.next() % keyspace + 1;
         let r = rng.next();
@@ -235,7 +225,7 @@ fn parent(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let delay = Duration::from_micros(Rng(seed).next() % (args.interval_ms * 1000 + 1));
+    let delay = Duration::from_micros(SplitMix64(seed).next() % (args.interval_ms * 1000 + 1));
     eprintln!(
         "kv-checkpoint: {} MiB table, store {}, child killed after {} epochs + {delay:?} (seed {seed})",
         args.size_mib,

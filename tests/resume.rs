@@ -14,28 +14,17 @@ use std::time::Duration;
 
 use writewatch::checkpoint::Store;
 use writewatch::{resume, save_epoch, SaveError, Tracker};
+use writewatch_testkit::SplitMix64;
 
 const PAGES: usize = 512;
 const WPP: usize = 512; // u64 slots per 4 KiB page
 const SLOTS: usize = PAGES * WPP;
 const CHILD_ENV: &str = "WRITEWATCH_RESUME_CHILD_DIR";
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// The writes that turn store epoch `s - 1`'s table into epoch `s`'s: a deterministic
 /// function of `s` only. Some steps zero a whole page (zero pages must restore as zero).
 fn step(s: u64, mut set: impl FnMut(usize, u64)) {
-    let mut rng = Rng(s.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0x5EED);
+    let mut rng = SplitMix64(s.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0x5EED);
     for _ in 0..64 {
         let slot = (rng.next() % SLOTS as u64) as usize;
         set(slot, rng.next() | 1);
@@ -151,7 +140,7 @@ fn kill_9_then_resume_and_restore_any_epoch() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     eprintln!("kill delays seeded with {seed}");
 
     // Two generations of children, each killed at a random point of its loop.

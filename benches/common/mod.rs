@@ -81,87 +81,13 @@ pub enum Value {
     S(String),
 }
 
-/// Deterministic xorshift64* shuffle of `0..n`.
-pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..n).collect();
-    let mut x = seed | 1;
-    for i in (1..n).rev() {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        v.swap(i, (r % (i as u64 + 1)) as usize);
-    }
-    v
-}
-
 fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
-/// A private anonymous mapping with THP off, unmapped on drop.
-pub struct Mmap {
-    pub ptr: *mut u8,
-    pub len: usize,
-}
-
-// SAFETY: the mapping is plain memory; the benches synchronise their own accesses.
-unsafe impl Send for Mmap {}
-// SAFETY: as above.
-unsafe impl Sync for Mmap {}
-
-impl Mmap {
-    pub fn new(len: usize) -> Mmap {
-        // SAFETY: a fresh anonymous mapping; arguments are valid.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert!(p != libc::MAP_FAILED, "mmap {len}: {}", errno());
-        // SAFETY: the range was just mapped by us.
-        unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
-        Mmap { ptr: p.cast(), len }
-    }
-
-    /// Maps and writes one byte to every page (all pages resident).
-    pub fn populated(len: usize) -> Mmap {
-        let m = Mmap::new(len);
-        m.touch_all();
-        m
-    }
-
-    pub fn pages(&self) -> usize {
-        self.len / PS
-    }
-
-    pub fn touch_all(&self) {
-        for p in 0..self.pages() {
-            // SAFETY: p < pages, the mapping is ours and writable.
-            unsafe { std::ptr::write_volatile(self.ptr.add(p * PS), 1u8) };
-        }
-    }
-
-    /// One 8-byte store into page `p` (offset 8, as the C reference programs do).
-    #[inline(always)]
-    pub fn write_page(&self, p: usize, v: u64) {
-        debug_assert!(p < self.pages());
-        // SAFETY: in bounds, aligned; tracked pages are resolved by a fault handler.
-        unsafe { std::ptr::write_volatile(self.ptr.add(p * PS + 8).cast::<u64>(), v) };
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: we mapped exactly this range.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
+/// An owned private anonymous mapping (`Mmap::no_thp`: THP off; `Mmap::populated`: THP off
+/// and every page resident), unmapped on drop.
+pub use writewatch_testkit::Mmap;
 
 // ------------------------------------------------------------------ raw userfaultfd
 
@@ -291,8 +217,8 @@ impl RawUffdLoop {
         let region = Mmap::populated(len);
         let backup = std::sync::Arc::new(Mmap::populated(len));
         let uffd = std::sync::Arc::new(RawUffd::new());
-        uffd.register_wp(region.ptr, len);
-        uffd.wp(region.ptr as usize, len, true)
+        uffd.register_wp(region.as_ptr(), len);
+        uffd.wp(region.as_ptr() as usize, len, true)
             .expect("UFFDIO_WRITEPROTECT whole range");
         // SAFETY: plain syscall.
         let stop_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -300,11 +226,11 @@ impl RawUffdLoop {
         let (u, b, base) = (
             std::sync::Arc::clone(&uffd),
             std::sync::Arc::clone(&backup),
-            region.ptr as usize,
+            region.as_ptr() as usize,
         );
         let thread = std::thread::Builder::new()
             .name("raw-uffd-svc".into())
-            .spawn(move || raw_service(u.fd, stop_fd, base, b.ptr as usize))
+            .spawn(move || raw_service(u.fd, stop_fd, base, b.as_ptr() as usize))
             .expect("spawn raw uffd service thread");
         RawUffdLoop {
             region,

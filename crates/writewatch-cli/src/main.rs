@@ -6,17 +6,18 @@
 //! Exit codes: 0 success, 1 verification failure or corruption, 2 usage or
 //! any other error.
 
-use std::io::IsTerminal;
+mod probe;
+mod progress;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use probe::probe;
+use progress::progress_bar;
 use serde::Serialize;
 use writewatch_checkpoint::{
-    CheckpointError, Leftover, Progress, RestoreError, SegmentInfo, SegmentKind, Store,
+    CheckpointError, Leftover, RestoreError, SegmentInfo, SegmentKind, Store,
 };
 
 const AFTER_HELP: &str = "\
@@ -167,235 +168,12 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
-fn probe(require_expected: bool, json: bool) -> Result<u8, Failure> {
-    use writewatch_core::{Backend, Feature, Purpose, Tracker};
-    let p = writewatch_core::probe();
-    let missing = p.expected_but_missing();
-    let backends: Vec<(Backend, Result<(), String>)> =
-        [Backend::SyncUffd, Backend::AsyncUffd, Backend::Mprotect]
-            .into_iter()
-            .map(|b| {
-                (
-                    b,
-                    Tracker::builder()
-                        .backend(b)
-                        .build()
-                        .map(drop)
-                        .map_err(|e| e.to_string()),
-                )
-            })
-            .collect();
-    let auto_dirty = Tracker::builder()
-        .purpose(Purpose::DirtyTracking)
-        .build()
-        .map(|t| t.backend().name());
-    let auto_snap = Tracker::builder()
-        .purpose(Purpose::Snapshots)
-        .build()
-        .map(|t| t.backend().name());
-    if json {
-        print_json(&ProbeJson {
-            kernel: &p.kernel_release,
-            access: format!("{:?}", p.access),
-            usable: p.usable(),
-            features_bits: p.features,
-            features: Feature::ALL
-                .iter()
-                .map(|f| {
-                    let (major, minor) = f.min_kernel();
-                    (
-                        f.name(),
-                        FeatureJson {
-                            present: p.has(*f),
-                            min_kernel: format!("{major}.{minor}"),
-                        },
-                    )
-                })
-                .collect(),
-            pagemap_scan: p.pagemap_scan,
-            soft_dirty: p.soft_dirty,
-            unprivileged_userfaultfd: p.unprivileged_userfaultfd,
-            thp: p.thp.as_deref(),
-            backends: backends
-                .iter()
-                .map(|(b, r)| {
-                    (
-                        b.name(),
-                        BackendJson {
-                            works: r.is_ok(),
-                            error: r.as_ref().err().map(String::as_str),
-                        },
-                    )
-                })
-                .collect(),
-            auto: AutoJson {
-                dirty_tracking: auto_dirty.as_ref().ok().map(|s| s.as_ref()),
-                snapshots: auto_snap.as_ref().ok().map(|s| s.as_ref()),
-            },
-            expected_but_missing: missing.iter().map(|f| f.name()).collect(),
-        });
-    } else {
-        print!("{p}");
-        println!("backends:");
-        for (b, r) in &backends {
-            let need = match b {
-                Backend::SyncUffd => "userfaultfd + UFFD_FEATURE_PAGEFAULT_FLAG_WP (Linux >= 5.7); copy-before-write snapshots",
-                Backend::AsyncUffd => "UFFD_FEATURE_WP_ASYNC + WP_UNPOPULATED + PAGEMAP_SCAN (Linux >= 6.7); dirty sets only",
-                _ => "nothing (mprotect + SIGSEGV); dirty sets only, syscalls writing tracked memory get EFAULT",
-            };
-            match r {
-                Ok(()) => println!("  {:<9} works   needs {need}", b.name()),
-                Err(e) => println!("  {:<9} NO      {e}", b.name()),
-            }
-        }
-        println!(
-            "auto picks: {} for dirty tracking, {} for snapshots",
-            auto_dirty.as_deref().unwrap_or("none"),
-            auto_snap.as_deref().unwrap_or("none")
-        );
-        if !missing.is_empty() {
-            println!(
-                "MISSING although kernel {} should have them: {}",
-                p.kernel_release,
-                missing
-                    .iter()
-                    .map(|f| f.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-    }
-    Ok(if require_expected && !missing.is_empty() {
-        EXIT_CORRUPT
-    } else {
-        0
-    })
-}
-
-#[derive(Serialize)]
-struct FeatureJson {
-    present: bool,
-    min_kernel: String,
-}
-
-#[derive(Serialize)]
-struct BackendJson<'a> {
-    works: bool,
-    error: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct AutoJson<'a> {
-    dirty_tracking: Option<&'a str>,
-    snapshots: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct ProbeJson<'a> {
-    kernel: &'a str,
-    access: String,
-    usable: bool,
-    features_bits: u64,
-    features: std::collections::BTreeMap<&'static str, FeatureJson>,
-    pagemap_scan: bool,
-    soft_dirty: bool,
-    unprivileged_userfaultfd: Option<u32>,
-    thp: Option<&'a str>,
-    backends: std::collections::BTreeMap<&'static str, BackendJson<'a>>,
-    auto: AutoJson<'a>,
-    expected_but_missing: Vec<&'static str>,
-}
-
 /// Prints one JSON document on stdout.
 fn print_json(v: &impl Serialize) {
     match serde_json::to_string(v) {
         Ok(s) => println!("{s}"),
         Err(e) => eprintln!("writewatch: error: encoding JSON: {e}"),
     }
-}
-
-/// Width of the progress line: never more than 79 columns (no wrap on an 80-column
-/// terminal), less if `COLUMNS` says the terminal is narrower.
-fn progress_width() -> usize {
-    std::env::var("COLUMNS")
-        .ok()
-        .and_then(|c| c.parse::<usize>().ok())
-        .filter(|&c| c >= 20)
-        .map_or(79, |c| (c - 1).min(79))
-}
-
-/// Rates with SI-style suffixes: 950, 12.3k, 4.5M.
-fn human_count(x: f64) -> String {
-    if x >= 1e6 {
-        format!("{:.1}M", x / 1e6)
-    } else if x >= 1e3 {
-        format!("{:.1}k", x / 1e3)
-    } else {
-        format!("{x:.0}")
-    }
-}
-
-/// One progress line: `what [bar] done/total pages, N pages/s, X MiB/s, eta`. Page rates
-/// are in pages per second and byte rates come from the bytes actually moved (never pages
-/// labelled as bytes); the line is at most `width` columns.
-fn progress_line(what: &str, p: Progress, elapsed: Duration, width: usize) -> String {
-    let secs = elapsed.as_secs_f64().max(1e-3);
-    let pages_s = p.pages_done as f64 / secs;
-    let bytes_s = p.bytes as f64 / secs;
-    let total = p.pages_total.unwrap_or(0).max(p.pages_done);
-    let eta = if pages_s > 0.0 && total > p.pages_done {
-        format!(" eta {:.0}s", (total - p.pages_done) as f64 / pages_s)
-    } else {
-        String::new()
-    };
-    let tail = format!(
-        " {}/{} pages {} pages/s {}/s{eta}",
-        p.pages_done,
-        total,
-        human_count(pages_s),
-        human_bytes(bytes_s as u64)
-    );
-    let head = format!("{what} ");
-    let room = width.saturating_sub(head.chars().count() + tail.chars().count() + 2);
-    let bar = if room >= 5 {
-        let bar_w = room.min(40);
-        let filled = if total == 0 {
-            0
-        } else {
-            ((p.pages_done as f64 / total as f64) * bar_w as f64) as usize
-        }
-        .min(bar_w);
-        format!("[{}{}]", "=".repeat(filled), " ".repeat(bar_w - filled))
-    } else {
-        String::new()
-    };
-    let line = format!("{head}{bar}{tail}");
-    line.chars().take(width).collect()
-}
-
-/// A progress line on stderr, hidden when stderr is not a terminal.
-fn progress_bar(store: &mut Store, what: &str) -> ProgressBar {
-    let bar = if std::io::stderr().is_terminal() {
-        let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
-    let b = bar.clone();
-    let what = what.to_string();
-    let start = Mutex::new(None::<Instant>);
-    let width = progress_width();
-    store.set_progress(Some(Arc::new(move |p: Progress| {
-        let t0 = *start
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(Instant::now);
-        b.set_message(progress_line(&what, p, t0.elapsed(), width));
-    })));
-    bar
 }
 
 fn kind_str(k: SegmentKind) -> &'static str {
@@ -675,39 +453,4 @@ fn compact(dir: &Path, json_out: bool) -> Result<u8, Failure> {
         );
     }
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The progress line labelled pages per second as "KiB/s" and wrapped past 80 columns.
-    #[test]
-    fn progress_line_units_and_width() {
-        let p = Progress {
-            pages_done: 123_456_789,
-            pages_total: Some(987_654_321),
-            bytes: 123_456_789 * 4096,
-        };
-        for width in [79, 60, 30] {
-            let line = progress_line("restore", p, Duration::from_secs(2), width);
-            assert!(line.chars().count() <= width, "{line:?}");
-        }
-        let line = progress_line("restore", p, Duration::from_secs(2), 79);
-        // 61.7M pages/s; bytes/s from the bytes moved: 123456789 * 4096 / 2 = 235.5 GiB/s.
-        assert!(line.contains("61.7M pages/s"), "{line}");
-        assert!(line.contains("235.5 GiB/s"), "{line}");
-        assert!(!line.contains("KiB/s"), "{line}");
-        let small = Progress {
-            pages_done: 512,
-            pages_total: Some(1024),
-            bytes: 512 * 4096,
-        };
-        let line = progress_line("verify", small, Duration::from_secs(1), 79);
-        assert!(
-            line.contains("512 pages/s") && line.contains("2.0 MiB/s"),
-            "{line}"
-        );
-        assert!(line.contains('[') && line.contains("eta 1s"), "{line}");
-    }
 }

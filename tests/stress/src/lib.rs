@@ -1,12 +1,12 @@
 //! Shared pieces of the writewatch reliability suite (see `docs/reliability.md`): the run mode
 //! (short for `make test`, long for `make stress`), the per-suite summary line and the
-//! watchdog that turns any hang into a failure.
-
-pub mod parsers;
+//! watchdog that turns any hang into a failure (on `writewatch_testkit::watch`).
 
 use std::fmt;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+pub use writewatch_testkit::within;
+use writewatch_testkit::{watch, Outcome};
 
 /// How long and hard to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,25 +110,17 @@ pub fn run_suite(
     secs: u64,
     f: impl FnOnce() -> Summary + Send + 'static,
 ) -> Summary {
-    let (tx, rx) = mpsc::channel();
     let t0 = Instant::now();
-    let h = std::thread::Builder::new()
-        .name(format!("suite-{name}"))
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .expect("spawn suite thread");
-    let s = match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(s) => s,
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            let _ = h.join();
+    let s = match watch(Some(format!("suite-{name}")), Duration::from_secs(secs), f) {
+        Outcome::Finished(s) => s,
+        Outcome::Panicked => {
             let mut s = Summary::new(name, backend);
             s.violations = 1;
             println!("{s}");
             eprintln!("suite {name} panicked");
             return s;
         }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
+        Outcome::Hung => {
             let mut s = Summary::new(name, backend);
             s.hangs = 1;
             println!("{s}");
@@ -136,20 +128,9 @@ pub fn run_suite(
             std::process::exit(2);
         }
     };
-    let _ = h.join();
     println!("{s}");
     eprintln!("  ({name}: {:.1} s)", t0.elapsed().as_secs_f64());
     s
-}
-
-/// Runs `f` on a helper thread and returns `None` if it does not finish within `d` (the
-/// thread is abandoned; callers count a hang).
-pub fn within<T: Send + 'static>(d: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(d).ok()
 }
 
 /// Page counts at the interesting boundaries: 1 page, 2^k - 1, 2^k, 2^k + 1 up to 1025 (the

@@ -1,32 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
-/// splitmix64: a tiny deterministic generator.
-#[derive(Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// Fills `buf` with random bytes (never leaves a page all-zero in practice).
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next_u64().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
+/// splitmix64 (`next`, `below`, `fill`), from `writewatch-testkit`.
+pub use writewatch_testkit::SplitMix64 as Rng;
 
 /// Sorted unique page indexes -> coalesced `(first, count)` runs.
 pub fn coalesce(pages: &mut Vec<u64>) -> Vec<(u64, u64)> {

@@ -10,30 +10,7 @@ pub fn is_variant(e: &impl std::fmt::Debug, name: &str) -> bool {
     d == name || d.starts_with(&format!("{name} ")) || d.starts_with(&format!("{name}("))
 }
 
-/// Re-executes this test binary to run only `test` with `env` set; returns its status, or
-/// panics if it does not finish within `secs` (the child is killed).
-pub fn run_child(test: &str, env: &str, secs: u64) -> std::process::ExitStatus {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = std::process::Command::new(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(env, "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if t0.elapsed() > Duration::from_secs(secs) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("child {test} did not finish within {secs} s (hang)");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+pub use writewatch_testkit::run_child;
 
 /// How a forked child ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -111,19 +88,7 @@ pub fn memfd_mapping(len: usize) -> (std::os::fd::OwnedFd, *mut u8) {
 
 /// A private anonymous mapping of `len` bytes with protection `prot` (owned by the caller).
 pub fn mmap_prot(len: usize, prot: libc::c_int) -> *mut u8 {
-    // SAFETY: a new mapping at an address chosen by the kernel aliases nothing.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            prot,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    p.cast()
+    writewatch_testkit::Mmap::with_prot(len, prot).into_raw()
 }
 
 /// The `[start, end)` of the first `/proc/self/maps` line whose path is `name`.

@@ -1,5 +1,6 @@
-//! Shared test helpers: a deterministic RNG, a watchdog, and the dirty-set oracle suite that
-//! every backend must pass.
+//! Helpers specific to the core tests: the dirty-set and consistency oracles every backend
+//! must pass. The generic helpers (RNG, watchdog, mappings, fork) come from
+//! `writewatch-testkit`.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -10,62 +11,13 @@ use writewatch_core::Region;
 
 pub const WORDS_PER_PAGE: usize = 4096 / 8;
 
-/// xorshift64*: deterministic, seedable, no dependency.
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-}
+#[allow(unused_imports)] // each test crate uses a subset
+pub use writewatch_testkit::{fork_and_write, watchdog, Rng};
 
 /// A fresh private anonymous read-write mapping of `len` bytes owned by the caller (who
 /// unmaps it); panics if the kernel refuses.
 pub fn anon_mmap(len: usize) -> *mut libc::c_void {
-    // SAFETY: a new mapping at an address chosen by the kernel aliases nothing.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(
-        p,
-        libc::MAP_FAILED,
-        "mmap: {}",
-        std::io::Error::last_os_error()
-    );
-    p
-}
-
-/// Runs `f` on a thread and fails the test if it does not finish within `secs`.
-pub fn watchdog<T: Send + 'static>(
-    secs: u64,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(v) => v,
-        Err(_) => panic!("watchdog: {what} did not finish within {secs} s (hang)"),
-    }
+    writewatch_testkit::Mmap::new(len).into_raw().cast()
 }
 
 /// Writes one word of `page` (volatile-equivalent: an atomic store the compiler cannot move).
@@ -394,31 +346,4 @@ pub fn consistency_oracle(
     }
     r.writes = published.iter().map(|p| p.load(SeqCst)).sum();
     r
-}
-
-/// Forks; the child writes 0xC0FFEE at byte 64 of each of `pages` pages from `ptr` (its
-/// private copy of the mapping) and exits; the parent waits for it (under a watchdog) and
-/// asserts a clean exit.
-pub fn fork_and_write(ptr: usize, pages: usize) {
-    // SAFETY: the child only performs volatile stores to its copy of the region and _exit.
-    match unsafe { libc::fork() } {
-        0 => {
-            for p in 0..pages {
-                // SAFETY: the child's private copy of the mapping.
-                unsafe { std::ptr::write_volatile((ptr + p * 4096 + 64) as *mut u64, 0xC0FFEE) };
-            }
-            // SAFETY: async-signal-safe exit of the forked child.
-            unsafe { libc::_exit(0) };
-        }
-        pid if pid > 0 => {
-            let status = watchdog(20, "forked child writing a tracked region", move || {
-                let mut st = 0;
-                // SAFETY: waiting for our own child.
-                unsafe { libc::waitpid(pid, &mut st, 0) };
-                st
-            });
-            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
-        }
-        _ => panic!("fork failed"),
-    }
 }

@@ -25,6 +25,8 @@
 //! continued (resumed from its newest epoch; `--size` must match it). Any other non-empty
 //! directory is refused (exit 2): the demo never deletes or overwrites what it did not create.
 
+mod instruments;
+
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -32,9 +34,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use instruments::*;
 use serde::Serialize;
 use writewatch::checkpoint::{Store, MANIFEST_NAME};
 use writewatch::{cut_and_save_epoch, resume, save_epoch, Backend, Region, Tracker};
+use writewatch_testkit::XorShift64;
 
 /// The `--json` output.
 #[derive(Serialize)]
@@ -162,19 +166,6 @@ fn default_size() -> usize {
     (1usize << 30).min(ram / 4) / 4096 * 4096
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Writers: pause on request (to let the demo take its reference), otherwise write forever.
 struct Control {
     stop: AtomicBool,
@@ -202,7 +193,8 @@ fn writer<M: Target>(
     let pages = mem.pages();
     let wpp = (mem.page_size() / 8) as u64;
     let hot = (pages / 100).max(1);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut rng =
+        XorShift64(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
     let share = pages / threads as u64;
     let mut cursor = share * t as u64;
     let mut seq = 0u64;
@@ -595,290 +587,4 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(1);
     }
     Ok(())
-}
-
-// ------------------------------------------------------------------ issue 14 instruments
-//
-// Writer throughput against an untracked baseline, and held-writer stalls per cut, measured
-// from the writers' side without touching the engine: each writer timestamps every batch of
-// `BATCH` stores; a batch that took >= `SLOW_BATCH_NS` is logged (start, duration). The main
-// thread records each cut's [start, end]; a cut's stall is the longest logged batch of any
-// writer that overlaps its window (an upper bound of the time that writer was held: it also
-// holds the rest of its batch, a few microseconds, and any preemption meanwhile).
-
-/// Memory the writers write: the tracked region, or a plain mapping for the baseline.
-trait Target: Send + Sync + 'static {
-    fn words(&self) -> &[AtomicU64];
-    fn pages(&self) -> u64;
-    fn page_size(&self) -> usize;
-}
-
-impl Target for Region {
-    fn words(&self) -> &[AtomicU64] {
-        self.as_atomic_u64()
-    }
-    fn pages(&self) -> u64 {
-        self.page_count()
-    }
-    fn page_size(&self) -> usize {
-        Region::page_size(self)
-    }
-}
-
-/// A private anonymous mapping with THP off (like a tracked region), untracked.
-struct PlainMap {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: plain memory, only accessed through atomics.
-unsafe impl Send for PlainMap {}
-// SAFETY: as above.
-unsafe impl Sync for PlainMap {}
-
-impl PlainMap {
-    fn new(len: usize) -> std::io::Result<PlainMap> {
-        // SAFETY: a fresh anonymous mapping; arguments are valid.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: our mapping. Best effort, as for tracked regions (4 KiB pages).
-        unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
-        Ok(PlainMap { ptr: p.cast(), len })
-    }
-}
-
-impl Target for PlainMap {
-    fn words(&self) -> &[AtomicU64] {
-        // SAFETY: the mapping is page-aligned, `len` bytes, alive as long as `self`, and only
-        // accessed through these atomics.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<AtomicU64>(), self.len / 8) }
-    }
-    fn pages(&self) -> u64 {
-        (self.len / 4096) as u64
-    }
-    fn page_size(&self) -> usize {
-        4096
-    }
-}
-
-impl Drop for PlainMap {
-    fn drop(&mut self) {
-        // SAFETY: we mapped exactly this range; no writer is left (joined before the drop).
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-impl Control {
-    fn new() -> Control {
-        Control {
-            stop: AtomicBool::new(false),
-            pause: AtomicBool::new(false),
-            paused: AtomicUsize::new(0),
-            writes: AtomicU64::new(0),
-        }
-    }
-}
-
-/// One writer's record.
-#[derive(Default)]
-struct WriterLog {
-    writes: u64,
-    /// Sum of batch durations: the time the writer was writing (not quiesced by the demo).
-    active_ns: u64,
-    /// Slow batches: (start in ns since the run's base instant, duration in ns).
-    slow: Vec<(u64, u64)>,
-}
-
-impl WriterLog {
-    #[inline]
-    fn record(&mut self, base: Instant, t0: Instant, d: Duration) {
-        let ns = d.as_nanos() as u64;
-        self.writes += BATCH;
-        self.active_ns += ns;
-        if ns >= SLOW_BATCH_NS {
-            self.slow
-                .push((t0.saturating_duration_since(base).as_nanos() as u64, ns));
-        }
-    }
-}
-
-/// Writes per second over the writers' active (unquiesced) time, summed over writers.
-fn writes_per_s(logs: &[WriterLog]) -> f64 {
-    logs.iter()
-        .map(|l| l.writes as f64 / (l.active_ns as f64 / 1e9).max(1e-9))
-        .sum()
-}
-
-/// The untracked baseline: the same writers (threads, pattern) on a plain mapping of the
-/// same size, for the same duration. Returns writes/s as `writes_per_s` computes it.
-fn untracked_baseline(
-    size: usize,
-    threads: usize,
-    pattern: Pattern,
-    dur: Duration,
-) -> std::io::Result<f64> {
-    let mem = Arc::new(PlainMap::new(size)?);
-    let ctl = Arc::new(Control::new());
-    let base = Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let (m, c) = (Arc::clone(&mem), Arc::clone(&ctl));
-            std::thread::Builder::new()
-                .name(format!("demo-plain-writer-{t}"))
-                .spawn(move || writer(m, c, t, threads, pattern, base))
-                .unwrap()
-        })
-        .collect();
-    std::thread::sleep(dur);
-    ctl.stop.store(true, SeqCst);
-    let logs: Vec<WriterLog> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    Ok(writes_per_s(&logs))
-}
-
-/// Nearest-rank percentile of a sorted slice (0 for an empty one).
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-/// The instruments' part of the `--json` output (flattened into it).
-#[derive(Serialize)]
-struct PerfJson {
-    /// Writes per second of the untracked baseline (null with --no-baseline).
-    untracked_writes_per_s: Option<f64>,
-    /// Writes per second of the tracked run, with checkpointing, over the writers' active
-    /// time (the demo's own quiesce for the reference CRCs excluded).
-    tracked_writes_per_s: f64,
-    /// tracked / untracked.
-    writes_ratio: Option<f64>,
-    /// Stores per timestamped batch, and the duration from which a batch counts as stalled.
-    writer_batch: u64,
-    slow_batch_ns: u64,
-    /// Whether the demo quiesced its writers around each cut (then no writer can be held).
-    quiesced_cuts: bool,
-    /// Wall time of each `cut()` call on the main thread.
-    cut_wall_ms: Vec<f64>,
-    /// Largest cut (service-thread duration) / fork().
-    cut_over_fork_max: f64,
-    /// Per cut: the longest batch of any writer overlapping the cut window (0: none >= slow_batch_ns).
-    cut_stall_ms: Vec<f64>,
-    cut_stall_ms_p50: f64,
-    cut_stall_ms_p99: f64,
-    cut_stall_ms_max: f64,
-    cut_stall_p99_over_fork: f64,
-    /// All slow batches of the tracked run (faults, held or not, and preemption).
-    slow_batches: u64,
-    slow_batch_us_p50: f64,
-    slow_batch_us_p99: f64,
-    slow_batch_us_max: f64,
-}
-
-struct PerfInput<'a> {
-    untracked: Option<f64>,
-    logs: &'a [WriterLog],
-    base: Instant,
-    cut_windows: &'a [(Instant, Instant)],
-    cut_ms: &'a [f64],
-    fork_ms: f64,
-    quiesced: bool,
-}
-
-fn perf_summary(p: PerfInput<'_>) -> PerfJson {
-    let tracked = writes_per_s(p.logs);
-    let ns = |i: Instant| i.saturating_duration_since(p.base).as_nanos() as u64;
-    let mut cut_stall_ms = Vec::new();
-    for &(c0, c1) in p.cut_windows {
-        let (s, e) = (ns(c0), ns(c1));
-        let longest = p
-            .logs
-            .iter()
-            .flat_map(|l| l.slow.iter())
-            .filter(|&&(b, d)| b < e && b + d > s)
-            .map(|&(_, d)| d)
-            .max()
-            .unwrap_or(0);
-        cut_stall_ms.push(longest as f64 / 1e6);
-    }
-    let mut sorted = cut_stall_ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let mut slow: Vec<f64> = p
-        .logs
-        .iter()
-        .flat_map(|l| l.slow.iter().map(|&(_, d)| d as f64 / 1e3))
-        .collect();
-    slow.sort_by(f64::total_cmp);
-    PerfJson {
-        untracked_writes_per_s: p.untracked,
-        tracked_writes_per_s: tracked,
-        writes_ratio: p.untracked.map(|u| tracked / u.max(1e-9)),
-        writer_batch: BATCH,
-        slow_batch_ns: SLOW_BATCH_NS,
-        quiesced_cuts: p.quiesced,
-        cut_wall_ms: p
-            .cut_windows
-            .iter()
-            .map(|(a, b)| (*b - *a).as_secs_f64() * 1e3)
-            .collect(),
-        cut_over_fork_max: p.cut_ms.iter().copied().fold(0.0, f64::max) / p.fork_ms,
-        cut_stall_ms_p50: pct(&sorted, 0.5),
-        cut_stall_ms_p99: pct(&sorted, 0.99),
-        cut_stall_ms_max: sorted.last().copied().unwrap_or(0.0),
-        cut_stall_p99_over_fork: pct(&sorted, 0.99) / p.fork_ms,
-        cut_stall_ms,
-        slow_batches: slow.len() as u64,
-        slow_batch_us_p50: pct(&slow, 0.5),
-        slow_batch_us_p99: pct(&slow, 0.99),
-        slow_batch_us_max: slow.last().copied().unwrap_or(0.0),
-    }
-}
-
-/// The instruments' lines of the human summary.
-fn print_perf(o: &mut impl std::io::Write, p: &PerfJson, threads: usize) -> std::io::Result<()> {
-    let m = |x: f64| x / 1e6;
-    match (p.untracked_writes_per_s, p.writes_ratio) {
-        (Some(u), Some(r)) => writeln!(
-            o,
-            "writer throughput: tracked (with checkpointing) {:.2} M writes/s / untracked {:.2} M writes/s = {r:.3}x ({threads} writers, same pattern and duration; writes/s over the writers' unquiesced time)",
-            m(p.tracked_writes_per_s),
-            m(u)
-        )?,
-        _ => writeln!(
-            o,
-            "writer throughput: tracked (with checkpointing) {:.2} M writes/s (untracked baseline skipped: --no-baseline)",
-            m(p.tracked_writes_per_s)
-        )?,
-    }
-    if p.quiesced_cuts {
-        writeln!(o, "held-writer stall per cut: none possible: the demo quiesces its writers around each cut for the reference (run with --live-cuts to measure it)")?;
-    } else {
-        writeln!(
-            o,
-            "held-writer stall per cut (longest batch of {} writes overlapping the cut): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; p99 = {:.3}x fork",
-            p.writer_batch, p.cut_stall_ms_p50, p.cut_stall_ms_p99, p.cut_stall_ms_max, p.cut_stall_p99_over_fork
-        )?;
-    }
-    writeln!(
-        o,
-        "largest cut / fork: {:.3}x; writer batches slowed >= {} us (faults or preemption): {}, p50 {:.0} us, p99 {:.0} us, max {:.0} us",
-        p.cut_over_fork_max,
-        p.slow_batch_ns / 1000,
-        p.slow_batches,
-        p.slow_batch_us_p50,
-        p.slow_batch_us_p99,
-        p.slow_batch_us_max
-    )
 }

@@ -1,0 +1,50 @@
+//! Child processes: a forked child that writes to its copy of tracked memory, and a
+//! re-executed test binary running one test under a deadline.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use crate::{sys, watchdog, PAGE_SIZE};
+
+/// Forks; the child writes 0xC0FFEE at byte 64 of each of the first `pages` pages of
+/// `words` (its private copy of the mapping, or the shared pages) and exits; the parent
+/// waits for it (under a 20 s watchdog) and asserts a clean exit.
+pub fn fork_and_write(words: &[AtomicU64], pages: usize) {
+    let wpp = PAGE_SIZE / 8;
+    assert!(
+        pages * wpp <= words.len(),
+        "fork_and_write: {pages} pages out of range"
+    );
+    let stores: Vec<(usize, u64)> = (0..pages).map(|p| (p * wpp + 64 / 8, 0xC0FFEE)).collect();
+    let pid = sys::fork_storing(words, &stores);
+    let status = watchdog(20, "forked child writing a tracked region", move || {
+        sys::wait_child(pid)
+    });
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+}
+
+/// Re-executes this test binary to run only `test` (its full path, `module::name` for a test
+/// in a module) with `env` set to 1; returns its status, or panics if it does not finish
+/// within `secs` (the child is killed).
+pub fn run_child(test: &str, env: &str, secs: u64) -> std::process::ExitStatus {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(env, "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if t0.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child {test} did not finish within {secs} s (hang)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,24 @@
+//! Test support shared by the writewatch test suites, benches, examples and the cargo-fuzz
+//! target (not published): deterministic PRNGs ([`rng`]), watchdogs that turn hangs into
+//! failures ([`watchdog`]), owned anonymous mappings ([`mmap`]), a fork helper ([`fork`]) and,
+//! with the `parsers` feature, the checkpoint parser harness and its seed inputs
+//! ([`parsers`]).
+//!
+//! All `unsafe` code lives in the private `sys` module; every public item is safe and sound
+//! whatever the caller does.
+
+pub mod fork;
+pub mod mmap;
+#[cfg(feature = "parsers")]
+pub mod parsers;
+pub mod rng;
+mod sys;
+pub mod watchdog;
+
+pub use fork::{fork_and_write, run_child};
+pub use mmap::Mmap;
+pub use rng::{Rng, SplitMix64, XorShift64};
+pub use watchdog::{watch, watchdog, within, Outcome};
+
+/// The page size the tests assume (x86-64 and aarch64 base pages as configured here).
+pub const PAGE_SIZE: usize = 4096;

@@ -1,0 +1,67 @@
+//! The only `unsafe` code of the testkit: raw `mmap`/`munmap` and `fork`/`waitpid`/`_exit`.
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+/// A fresh private anonymous mapping of `len` bytes with protection `prot`; panics if the
+/// kernel refuses.
+pub(crate) fn map_anonymous(len: usize, prot: libc::c_int) -> *mut u8 {
+    // SAFETY: a new mapping at an address chosen by the kernel aliases nothing; the
+    // arguments are plain values.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap {len}: {}",
+        std::io::Error::last_os_error()
+    );
+    p.cast()
+}
+
+/// `madvise(MADV_NOHUGEPAGE)` on a mapping we own (advice only: errors are ignored).
+pub(crate) fn no_huge_pages(ptr: *mut u8, len: usize) {
+    // SAFETY: advice on a range mapped by `map_anonymous`; it changes no content.
+    unsafe { libc::madvise(ptr.cast(), len, libc::MADV_NOHUGEPAGE) };
+}
+
+/// Unmaps a range returned by [`map_anonymous`] (called once, by its owner).
+pub(crate) fn unmap(ptr: *mut u8, len: usize) {
+    // SAFETY: the owner (`Mmap`) maps exactly this range, hands out no reference that
+    // outlives it, and calls this once, on drop.
+    unsafe { libc::munmap(ptr.cast(), len) };
+}
+
+/// Forks; the child performs `stores` (index, value) atomic stores into its copy of `words`
+/// and exits with `_exit(0)`; returns the child's pid to the parent. Panics if fork fails.
+pub(crate) fn fork_storing(words: &[AtomicU64], stores: &[(usize, u64)]) -> libc::pid_t {
+    // SAFETY: the child only performs atomic stores into memory it owns a copy of (no
+    // allocation, no lock) and `_exit`s, which is what a multithreaded process may do
+    // after fork.
+    match unsafe { libc::fork() } {
+        0 => {
+            for &(i, v) in stores {
+                words[i].store(v, SeqCst);
+            }
+            // SAFETY: async-signal-safe exit of the forked child.
+            unsafe { libc::_exit(0) }
+        }
+        pid if pid > 0 => pid,
+        _ => panic!("fork failed: {}", std::io::Error::last_os_error()),
+    }
+}
+
+/// Waits for our child `pid`; returns its wait status.
+pub(crate) fn wait_child(pid: libc::pid_t) -> libc::c_int {
+    let mut st = 0;
+    // SAFETY: waiting for our own child with a valid status pointer.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    st
+}
