@@ -50,13 +50,7 @@ fn main() -> ExitCode {
         args.seconds = 1.0;
         args.interval_ms = 50;
     }
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("dirty-rate: FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    writewatch_testkit::exit_code("dirty-rate", run(&args))
 }
 
 /// What a writer reports when it stops.

@@ -46,13 +46,7 @@ fn main() -> ExitCode {
         args.cases = 2_000;
         args.full_every = 250;
     }
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fuzz-reset: FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    writewatch_testkit::exit_code("fuzz-reset", run(&args))
 }
 
 fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {

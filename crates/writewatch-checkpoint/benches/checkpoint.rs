@@ -185,9 +185,7 @@ fn main() {
         let src = SliceSource::new(&region, PS).unwrap();
         let plain = tmp.path().join(format!("plain-{pct}"));
 
-        let mut g = c.benchmark_group(format!("write-{mib}MiB"));
-        g.sampling_mode(SamplingMode::Flat);
-        g.throughput(Throughput::Bytes(bytes as u64));
+        let mut g = flat_group(&mut c, format!("write-{mib}MiB"), bytes);
         g.bench_function(BenchmarkId::new("checkpoint", format!("{pct}%")), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -223,9 +221,7 @@ fn main() {
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
-        let mut g = c.benchmark_group(format!("restore-{mib}MiB-cold"));
-        g.sampling_mode(SamplingMode::Flat);
-        g.throughput(Throughput::Bytes(bytes as u64));
+        let mut g = flat_group(&mut c, format!("restore-{mib}MiB-cold"), bytes);
         g.bench_function(BenchmarkId::new("checkpoint", format!("{pct}%")), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -292,4 +288,16 @@ fn main() {
             }
         }
     }
+}
+
+/// A benchmark group with flat sampling and byte throughput (`bytes` per iteration).
+fn flat_group(
+    c: &mut Criterion,
+    name: String,
+    bytes: usize,
+) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sampling_mode(SamplingMode::Flat);
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g
 }

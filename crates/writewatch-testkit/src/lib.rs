@@ -7,6 +7,7 @@
 //! All `unsafe` code lives in the private `sys` module; every public item is safe and sound
 //! whatever the caller does.
 
+pub mod exit;
 pub mod fork;
 pub mod mmap;
 #[cfg(feature = "parsers")]
@@ -15,6 +16,7 @@ pub mod rng;
 mod sys;
 pub mod watchdog;
 
+pub use exit::exit_code;
 pub use fork::{fork_and_write, run_child};
 pub use mmap::Mmap;
 pub use rng::{Rng, SplitMix64, XorShift64};

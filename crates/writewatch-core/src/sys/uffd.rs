@@ -47,15 +47,21 @@ pub(crate) fn uffdio_api(fd: RawFd, features: u64) -> Result<(u64, u64), Errno> 
         features,
         ioctls: 0,
     };
-    // SAFETY: UFFDIO_API reads and writes exactly one `uffdio_api`, which lives on our stack.
-    let r = unsafe {
-        libc::ioctl(
-            fd,
-            linux_raw_sys::ioctl::UFFDIO_API as _,
-            &mut api as *mut k::uffdio_api,
-        )
-    };
-    Errno::result(r).map(|_| (api.features, api.ioctls))
+    // SAFETY: UFFDIO_API reads and writes exactly one `uffdio_api`, which lives on our stack;
+    // it changes no memory.
+    unsafe { uffd_ioctl(fd, linux_raw_sys::ioctl::UFFDIO_API, &mut api) }?;
+    Ok((api.features, api.ioctls))
+}
+
+/// Runs the userfaultfd ioctl `req` on `fd` with its argument struct `arg`.
+///
+/// # Safety
+/// `req` must be a userfaultfd ioctl whose argument is exactly one `T`, read and written in
+/// place, and what the ioctl does to memory must be sound for the caller to allow.
+unsafe fn uffd_ioctl<T>(fd: RawFd, req: u32, arg: &mut T) -> Result<(), Errno> {
+    // SAFETY: the caller's contract: `arg` is a live, exclusive `T` of the ioctl's layout.
+    let r = unsafe { libc::ioctl(fd, req as _, arg as *mut T) };
+    Errno::result(r).map(|_| ())
 }
 
 /// Wraps a userfaultfd opened and handshaken here into the `userfaultfd` crate's type.
@@ -133,12 +139,5 @@ pub(crate) fn copy_zero_page(
     // slice), and fills only an empty page-table entry (or a uffd-wp marker) of the registered
     // range at `addr` with a new page holding those zeros (EEXIST otherwise): an empty
     // anonymous page already reads as zeros, so no byte any Rust object can observe changes.
-    let r = unsafe {
-        libc::ioctl(
-            fd,
-            linux_raw_sys::ioctl::UFFDIO_COPY as _,
-            &mut arg as *mut k::uffdio_copy,
-        )
-    };
-    Errno::result(r).map(|_| ())
+    unsafe { uffd_ioctl(fd, linux_raw_sys::ioctl::UFFDIO_COPY, &mut arg) }
 }

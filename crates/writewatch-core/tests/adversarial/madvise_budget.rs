@@ -9,14 +9,7 @@ use super::*;
 fn read_view_into_own_region_pending_page() {
     for in_thread in [false, true] {
         watchdog(30, "read into own region", move || {
-            let t = Tracker::builder()
-                .in_thread_faults(in_thread)
-                .build()
-                .unwrap();
-            let r = t.map_anonymous(8 * PS).unwrap();
-            for p in 0..8 {
-                touch(&r, p, 0x10 + p);
-            }
+            let (_t, r) = filled(in_thread, 0x10);
             let e = r.cut().unwrap();
             let snap = r.snapshot().unwrap();
             // SAFETY: single-threaded; the slice is the only access while it lives.
@@ -46,14 +39,7 @@ fn read_view_into_own_region_pending_page() {
 fn madvise_clean_page_between_rollbacks() {
     for in_thread in [false, true] {
         watchdog(30, "madvise clean", move || {
-            let t = Tracker::builder()
-                .in_thread_faults(in_thread)
-                .build()
-                .unwrap();
-            let r = t.map_anonymous(8 * PS).unwrap();
-            for p in 0..8 {
-                touch(&r, p, 0x30 + p);
-            }
+            let (_t, r) = filled(in_thread, 0x30);
             let snap = r.snapshot().unwrap();
             for round in 0..50 {
                 touch(&r, 2, 1000 + round);

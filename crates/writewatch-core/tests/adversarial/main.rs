@@ -22,6 +22,20 @@ mod teardown;
 const PS: usize = 4096;
 const WPP: usize = PS / 8;
 
+/// A tracker (faults served in the writer's thread if `in_thread`) and an 8-page region whose
+/// page `p` holds `base + p` in its first word.
+fn filled(in_thread: bool, base: u64) -> (Tracker, Region) {
+    let t = Tracker::builder()
+        .in_thread_faults(in_thread)
+        .build()
+        .unwrap();
+    let r = t.map_anonymous(8 * PS).unwrap();
+    for p in 0..8 {
+        touch(&r, p, base + p);
+    }
+    (t, r)
+}
+
 fn word0(buf: &[u8]) -> u64 {
     u64::from_ne_bytes(buf[..8].try_into().unwrap())
 }

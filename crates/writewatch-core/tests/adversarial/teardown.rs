@@ -73,14 +73,7 @@ fn drop_adopted_region_while_reader_reads_then_unmap() {
 fn shutdown_with_views_alive() {
     for in_thread in [false, true] {
         watchdog(60, "shutdown with views", move || {
-            let t = Tracker::builder()
-                .in_thread_faults(in_thread)
-                .build()
-                .unwrap();
-            let r = t.map_anonymous(8 * PS).unwrap();
-            for p in 0..8 {
-                touch(&r, p, 10 + p);
-            }
+            let (t, r) = filled(in_thread, 10);
             let e = r.cut().unwrap();
             let snap = r.snapshot().unwrap();
             touch(&r, 2, 99);
