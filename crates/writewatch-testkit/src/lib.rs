@@ -1,8 +1,8 @@
 //! Test support shared by the writewatch test suites, benches, examples and the cargo-fuzz
 //! target (not published): deterministic PRNGs ([`rng`]), watchdogs that turn hangs into
-//! failures ([`watchdog`]), owned anonymous mappings ([`mmap`]), a fork helper ([`fork`]) and,
+//! failures ([`mod@watchdog`]), owned anonymous mappings ([`mmap`]), a fork helper ([`fork`]) and,
 //! with the `parsers` feature, the checkpoint parser harness and its seed inputs
-//! ([`parsers`]).
+//! (module `parsers`).
 //!
 //! All `unsafe` code lives in the private `sys` module; every public item is safe and sound
 //! whatever the caller does.
