@@ -2,11 +2,13 @@
 //! target (not published): deterministic PRNGs ([`rng`]), watchdogs that turn hangs into
 //! failures ([`mod@watchdog`]), owned anonymous mappings ([`mmap`]), a fork helper ([`fork`]) and,
 //! with the `parsers` feature, the checkpoint parser harness and its seed inputs
-//! (module `parsers`).
+//! (module `parsers`); with the `checkpoint` feature, small store chains (module `chain`).
 //!
 //! All `unsafe` code lives in the private `sys` module; every public item is safe and sound
 //! whatever the caller does.
 
+#[cfg(feature = "checkpoint")]
+pub mod chain;
 pub mod exit;
 pub mod fork;
 pub mod mmap;
