@@ -25,22 +25,16 @@ fn make_store(dir: &Path) -> Vec<Vec<u8>> {
     for p in 0..100 {
         region[p * PS..(p + 1) * PS].fill(p as u8 + 1);
     }
-    write_chain(
-        dir,
-        region,
-        PS,
-        &mut [
-            &mut |r: &mut [u8]| {
-                r[10 * PS..12 * PS].fill(0xAA);
-                r[50 * PS..51 * PS].fill(0);
-                vec![(10, 2), (50, 1)]
-            },
-            &mut |r: &mut [u8]| {
-                r[200 * PS..201 * PS].fill(0xBB);
-                vec![(200, 1)]
-            },
-        ],
-    )
+    let mut delta1 = |r: &mut [u8]| {
+        r[10 * PS..12 * PS].fill(0xAA);
+        r[50 * PS..51 * PS].fill(0);
+        vec![(10, 2), (50, 1)]
+    };
+    let mut delta2 = |r: &mut [u8]| {
+        r[200 * PS..201 * PS].fill(0xBB);
+        vec![(200, 1)]
+    };
+    write_chain(dir, region, PS, &mut [&mut delta1, &mut delta2])
 }
 
 fn json(o: &Output) -> serde_json::Value {
