@@ -1,4 +1,4 @@
-//! An owned private anonymous mapping, unmapped on drop.
+//! An owned mapping (private anonymous, or of a file), unmapped on drop.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
@@ -35,6 +35,18 @@ impl Mmap {
         let readable = prot & libc::PROT_READ != 0;
         let writable = readable && prot & libc::PROT_WRITE != 0;
         Mmap { ptr, len, writable }
+    }
+
+    /// A read-write mapping of the first `len` bytes of `file` (which must be open read-write
+    /// and at least `len` long): `MAP_SHARED` (writes reach the file) or `MAP_PRIVATE`
+    /// (the first write to a page copies it). Panics if the kernel refuses.
+    pub fn file(file: &std::fs::File, len: usize, shared: bool) -> Mmap {
+        let ptr = sys::map_file(file, len, shared);
+        Mmap {
+            ptr,
+            len,
+            writable: true,
+        }
     }
 
     /// A read-write mapping with transparent huge pages off (`MADV_NOHUGEPAGE`), as the

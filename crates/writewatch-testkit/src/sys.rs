@@ -26,13 +26,42 @@ pub(crate) fn map_anonymous(len: usize, prot: libc::c_int) -> *mut u8 {
     p.cast()
 }
 
+/// A read-write mapping of the first `len` bytes of `file` (opened read-write),
+/// `MAP_SHARED` or `MAP_PRIVATE`; panics if the kernel refuses.
+pub(crate) fn map_file(file: &std::fs::File, len: usize, shared: bool) -> *mut u8 {
+    let flags = if shared {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    };
+    // SAFETY: a new mapping at an address chosen by the kernel aliases no Rust object; the
+    // file descriptor is live for the call.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap file {len}: {}",
+        std::io::Error::last_os_error()
+    );
+    p.cast()
+}
+
 /// `madvise(MADV_NOHUGEPAGE)` on a mapping we own (advice only: errors are ignored).
 pub(crate) fn no_huge_pages(ptr: *mut u8, len: usize) {
     // SAFETY: advice on a range mapped by `map_anonymous`; it changes no content.
     unsafe { libc::madvise(ptr.cast(), len, libc::MADV_NOHUGEPAGE) };
 }
 
-/// Unmaps a range returned by [`map_anonymous`] (called once, by its owner).
+/// Unmaps a range returned by [`map_anonymous`] or [`map_file`] (called once, by its owner).
 pub(crate) fn unmap(ptr: *mut u8, len: usize) {
     // SAFETY: the owner (`Mmap`) maps exactly this range, hands out no reference that
     // outlives it, and calls this once, on drop.
