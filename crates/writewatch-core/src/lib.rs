@@ -32,6 +32,7 @@ mod command;
 mod dirty;
 mod epoch;
 mod error;
+pub mod inspect;
 mod inthread;
 mod maps;
 mod pagemap;
