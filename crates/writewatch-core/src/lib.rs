@@ -32,6 +32,7 @@ mod command;
 mod dirty;
 mod epoch;
 mod error;
+pub mod inspect;
 mod inthread;
 mod maps;
 mod pagemap;
@@ -43,6 +44,7 @@ mod region;
 mod service;
 mod shared;
 mod snapshot;
+mod statics;
 mod stats;
 mod sys;
 mod tracker;
@@ -64,6 +66,7 @@ pub use probe::{probe, Access, Feature, Probe};
 pub use range::RegionKind;
 pub use region::Region;
 pub use snapshot::Snapshot;
+pub use statics::StaticPages;
 pub use stats::{
     EpochStat, Histogram, HistogramSummary, NotEarlier, RegionStats, ThreadFaults, TrackerStats,
 };

@@ -1,6 +1,6 @@
 //! Test support shared by the writewatch test suites, benches, examples and the cargo-fuzz
 //! target (not published): deterministic PRNGs ([`rng`]), watchdogs that turn hangs into
-//! failures ([`mod@watchdog`]), owned anonymous mappings ([`mmap`]), a fork helper ([`fork`]) and,
+//! failures ([`mod@watchdog`]), owned mappings ([`mmap`]), a `/proc/PID/smaps` reader ([`smaps`]), a fork helper ([`fork`]) and,
 //! with the `parsers` feature, the checkpoint parser harness and its seed inputs
 //! (module `parsers`); with the `checkpoint` feature, small store chains (module `chain`).
 //!
@@ -15,6 +15,7 @@ pub mod mmap;
 #[cfg(feature = "parsers")]
 pub mod parsers;
 pub mod rng;
+pub mod smaps;
 mod sys;
 pub mod watchdog;
 

@@ -1,6 +1,6 @@
 //! An owned mapping (private anonymous, or of a file / memfd), unmapped on drop.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
 use crate::{sys, PAGE_SIZE};
@@ -63,10 +63,11 @@ impl Mmap {
         (fd, m)
     }
 
-    /// `len` bytes of `fd` (from offset 0) mapped read-write: `shared` = `MAP_SHARED` (writes
-    /// reach the file), otherwise `MAP_PRIVATE` (the first write to a page copies it).
-    pub fn file(fd: BorrowedFd<'_>, len: usize, shared: bool) -> Mmap {
-        let ptr = sys::map_file(fd, len, shared);
+    /// `len` bytes of `fd` (a file or memfd open read-write, at least `len` long; from offset
+    /// 0) mapped read-write: `shared` = `MAP_SHARED` (writes reach the file), otherwise
+    /// `MAP_PRIVATE` (the first write to a page copies it). Panics if the kernel refuses.
+    pub fn file(fd: impl AsFd, len: usize, shared: bool) -> Mmap {
+        let ptr = sys::map_file(fd.as_fd(), len, shared);
         Mmap {
             ptr,
             len,

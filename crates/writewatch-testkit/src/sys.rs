@@ -54,7 +54,7 @@ pub(crate) fn no_huge_pages(ptr: *mut u8, len: usize) {
     unsafe { libc::madvise(ptr.cast(), len, libc::MADV_NOHUGEPAGE) };
 }
 
-/// Unmaps a range returned by [`map_anonymous`] (called once, by its owner).
+/// Unmaps a range returned by [`map_anonymous`] or [`map_file`] (called once, by its owner).
 pub(crate) fn unmap(ptr: *mut u8, len: usize) {
     // SAFETY: the owner (`Mmap`) maps exactly this range, hands out no reference that
     // outlives it, and calls this once, on drop.
