@@ -6,6 +6,7 @@ use std::sync::{Mutex, RwLock};
 
 use crate::bitmap::AtomicBitmap;
 use crate::error::Invalidation;
+use crate::fork::lineage::{Lineage, PageSource};
 use crate::stats::RegionCounters;
 use crate::sys;
 
@@ -66,6 +67,9 @@ pub(crate) struct RegionInner {
     /// copied without faulting (a never-touched page raises a missing fault, which the
     /// service thread, if it were the reader, could not serve). None: eagerly protected.
     pub lazy: Option<std::sync::Arc<std::fs::File>>,
+    /// A fork clone's inheritance (see `fork`): which pages still share the parent's content.
+    /// None: not a clone.
+    pub lineage: Option<std::sync::Arc<Lineage>>,
     /// The memory (unmapped when the last reference goes, if owned). By then the service
     /// thread has unregistered the range (Region::drop waits for it), so the munmap raises no
     /// UNMAP event and never waits on the service thread.
@@ -91,6 +95,7 @@ impl RegionInner {
             has_suspect: AtomicBool::new(false),
             counters: RegionCounters::default(),
             lazy: None,
+            lineage: None,
             mapping,
         }
     }
@@ -187,7 +192,18 @@ impl RegionInner {
     /// write-protected), or, in a lazily armed region, through `/proc/self/mem`, which never
     /// faults: a page with no content (never touched, or zapped) reads as zeros, which is its
     /// content.
+    ///
+    /// A fork clone's page that still shares its parent's content is copied from the parent.
     pub(crate) fn copy_page(&self, page: u64, buf: &mut [u8]) {
+        match &self.lineage {
+            Some(l) => l.copy(page, buf, |b| self.copy_own_page(page, b)),
+            None => self.copy_own_page(page, buf),
+        }
+    }
+
+    /// [`copy_page`](Self::copy_page) of the page in this mapping (a clone's shared page reads
+    /// as zeros here: it has no content of its own).
+    pub(crate) fn copy_own_page(&self, page: u64, buf: &mut [u8]) {
         if let Some(mem) = &self.lazy {
             use std::os::unix::fs::FileExt;
             let addr = self.start + page as usize * self.page_size;
@@ -208,6 +224,11 @@ impl RegionInner {
         }
     }
 
+    /// Makes the region a fork clone (before it is registered).
+    pub(crate) fn make_clone(&mut self, lineage: std::sync::Arc<Lineage>) {
+        self.lineage = Some(lineage);
+    }
+
     /// Makes the region lazily armed (before it is registered); `mem` is the tracker's
     /// `/proc/self/mem`.
     pub(crate) fn make_lazy(&mut self, mem: std::sync::Arc<std::fs::File>) {
@@ -225,5 +246,18 @@ impl RegionInner {
                 w.store(v, Ordering::Relaxed);
             }
         }
+    }
+}
+
+impl PageSource for RegionInner {
+    /// A clone's parent page as it is now, unless the parent was dropped or invalidated (its
+    /// memory may be gone). The read gate keeps a drop from completing during the copy.
+    fn read_source_page(&self, page: u64, buf: &mut [u8]) -> bool {
+        let _g = self.read_gate();
+        if self.invalidation().is_some() {
+            return false;
+        }
+        self.copy_page(page, buf);
+        true
     }
 }

@@ -62,7 +62,7 @@ const READ_AHEAD: u64 = 16;
 pub(super) struct Populated(BTreeMap<u64, [u64; 8]>);
 
 impl Populated {
-    fn set(&mut self, p: u64) {
+    pub(super) fn set(&mut self, p: u64) {
         let w = self.0.entry(p / SPAN).or_default();
         let i = (p % SPAN) as usize;
         w[i / 64] |= 1 << (i % 64);
@@ -122,6 +122,21 @@ impl Service {
                 continue;
             };
             let entry = self.by_start.get_mut(&key).expect("a live key");
+            if entry.inner.lineage.is_some() {
+                // A fork clone: its page's content is inherited (see service/fork.rs).
+                match self.serve_missing_clone(key, page_addr, !f.write) {
+                    Ok(()) if f.write => rest.push(Fault {
+                        missing: false,
+                        ..f
+                    }),
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(addr = format_args!("{page_addr:#x}"), %e, "installing a clone page failed");
+                        let _ = self.u().wake(Addr(page_addr).ptr(), ps);
+                    }
+                }
+                continue;
+            }
             let p = entry.inner.page_of(f.addr);
             let n = if f.write {
                 1

@@ -67,6 +67,7 @@ use crate::view::View;
 mod cut;
 mod eager;
 mod events;
+mod fork;
 mod lazy;
 mod register;
 
@@ -180,6 +181,9 @@ struct Service {
     eager_due: Option<Instant>,
     /// A page of zeros, the source of pages installed for missing faults (lazy regions).
     zeros: Vec<u8>,
+    /// Fork clones of each region (service/fork.rs), and a page buffer for their copies.
+    family: fork::Family,
+    page_buf: Vec<u8>,
 }
 
 impl Service {
@@ -202,6 +206,8 @@ impl Service {
             tids: Vec::with_capacity(16),
             eager_due: None,
             zeros: Vec::new(),
+            family: fork::Family::default(),
+            page_buf: Vec::new(),
         }
     }
 
@@ -358,6 +364,10 @@ impl Service {
             }
             Command::PrepareOverwrite { id, reply } => {
                 let r = self.prepare_overwrite(id);
+                let _ = reply.send(r);
+            }
+            Command::Fork { id, child, reply } => {
+                let r = self.fork(id, child);
                 let _ = reply.send(r);
             }
             Command::Shutdown { reply } => {

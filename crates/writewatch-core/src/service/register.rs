@@ -217,6 +217,9 @@ impl Service {
     }
 
     pub(super) fn unregister(&mut self, id: u64) -> Result<(), Errno> {
+        // Fork clones of this region get every page they still share; a clone lets go of its
+        // parent (service/fork.rs).
+        self.release_lineage(id, true);
         let Some(start) = self.by_id.remove(&id) else {
             return Ok(());
         };
@@ -234,6 +237,8 @@ impl Service {
     }
 
     pub(super) fn release_all(&mut self) {
+        // Untracked clones could not inherit pages any more: give them all now.
+        self.materialise_all();
         for (start, entry) in std::mem::take(&mut self.by_start) {
             // Unregistering wakes every thread waiting on a fault in the range; their writes
             // then complete untracked.
