@@ -1,6 +1,7 @@
 //! Test support shared by the writewatch test suites, benches, examples and the cargo-fuzz
 //! target (not published): deterministic PRNGs ([`rng`]), watchdogs that turn hangs into
-//! failures ([`mod@watchdog`]), owned anonymous mappings ([`mmap`]), a fork helper ([`fork`]) and,
+//! failures ([`mod@watchdog`]), owned anonymous mappings ([`mmap`]), a fork helper ([`fork`]), `/proc/self/smaps`
+//! figures of a mapping ([`smaps`]) and,
 //! with the `parsers` feature, the checkpoint parser harness and its seed inputs
 //! (module `parsers`).
 //!
@@ -13,6 +14,7 @@ pub mod mmap;
 #[cfg(feature = "parsers")]
 pub mod parsers;
 pub mod rng;
+pub mod smaps;
 mod sys;
 pub mod watchdog;
 
@@ -20,6 +22,7 @@ pub use exit::exit_code;
 pub use fork::{fork_and_write, run_child};
 pub use mmap::Mmap;
 pub use rng::{Rng, SplitMix64, XorShift64};
+pub use smaps::{smaps_of, Smaps};
 pub use watchdog::{watch, watchdog, within, Outcome};
 
 /// The page size the tests assume (x86-64 and aarch64 base pages as configured here).

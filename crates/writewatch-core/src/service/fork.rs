@@ -75,21 +75,33 @@ impl Service {
 
     /// Gives every clone of `parent` that still shares a page of `first..=last` its own copy,
     /// before the caller lets the parent's pages change. The parent's pages are protected
-    /// (their writers blocked), so the copies are the content at the fork.
+    /// (their writers blocked), so the copies are the content at the fork. Each parent page
+    /// is read once for all its clones.
     pub(super) fn privatise(&mut self, parent: &Arc<RegionInner>, first: u64, last: u64) {
         let Some(kids) = self.family.children(parent.id) else {
             return;
         };
-        for kid in &kids {
-            for p in first..=last.min(kid.page_count.saturating_sub(1)) {
-                self.give_page(kid, parent, p, Why::Privatise);
+        let last = last.min(parent.page_count.saturating_sub(1));
+        let mut buf = std::mem::take(&mut self.page_buf);
+        buf.resize(parent.page_size, 0);
+        for p in first..=last {
+            let needy: Vec<&Arc<RegionInner>> = kids
+                .iter()
+                .filter(|k| k.lineage.as_ref().is_some_and(|l| !l.owns(p)))
+                .collect();
+            if needy.is_empty() {
+                continue;
+            }
+            parent.copy_page(p, &mut buf);
+            for kid in needy {
+                self.give(kid, p, &buf);
             }
         }
+        self.page_buf = buf;
     }
 
     /// Gives `kid`'s page `p`, if it is still shared, its own copy of `from`'s page (the
-    /// kid's parent, or the kid itself when it materialises its inheritance). An all-zero page
-    /// is not installed: the kid's empty page, once owned, reads as zeros.
+    /// kid's parent, or the kid itself when it materialises its inheritance).
     fn give_page(&mut self, kid: &Arc<RegionInner>, from: &RegionInner, p: u64, why: Why) {
         let Some(l) = kid.lineage.as_ref() else {
             return;
@@ -97,21 +109,31 @@ impl Service {
         if l.owns(p) {
             return;
         }
-        let ps = kid.page_size;
-        if self.zeros.len() < ps {
-            self.zeros = vec![0u8; ps];
-        }
         let mut buf = std::mem::take(&mut self.page_buf);
-        buf.resize(ps, 0);
+        buf.resize(kid.page_size, 0);
         if why == Why::Materialise && std::ptr::eq(from, &**kid) {
             // The kid's own inheritance: its parent's page (the kid's page is empty).
             l.copy(p, &mut buf, |b| b.fill(0));
         } else {
             from.copy_page(p, &mut buf);
         }
-        if buf.iter().any(|&b| b != 0) {
-            let addr = kid.start + p as usize * ps;
-            match self.install(kid, addr, &buf) {
+        self.give(kid, p, &buf);
+        self.page_buf = buf;
+    }
+
+    /// Installs `content` as `kid`'s page `p` (unless it became owned meanwhile) and marks
+    /// it owned. An all-zero page is not installed: the kid's empty page, once owned, reads
+    /// as zeros.
+    fn give(&mut self, kid: &Arc<RegionInner>, p: u64, content: &[u8]) {
+        let Some(l) = kid.lineage.as_ref() else {
+            return;
+        };
+        if l.owns(p) {
+            return;
+        }
+        if content.iter().any(|&b| b != 0) {
+            let addr = kid.start + p as usize * kid.page_size;
+            match self.install(kid, addr, content) {
                 Ok(()) => self.mark_populated(kid, p),
                 Err(e) => {
                     tracing::error!(
@@ -123,7 +145,6 @@ impl Service {
             }
         }
         l.own(p);
-        self.page_buf = buf;
     }
 
     /// `UFFDIO_COPY` of one page into a clone, write-protected, without waking anyone (a

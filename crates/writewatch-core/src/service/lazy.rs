@@ -124,7 +124,14 @@ impl Service {
             let entry = self.by_start.get_mut(&key).expect("a live key");
             if entry.inner.lineage.is_some() {
                 // A fork clone: its page's content is inherited (see service/fork.rs).
-                match self.serve_missing_clone(key, page_addr, !f.write) {
+                let r = self.serve_missing_clone(key, page_addr, !f.write);
+                if r.is_ok() {
+                    self.shared
+                        .counters
+                        .missing_faults
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                match r {
                     Ok(()) if f.write => rest.push(Fault {
                         missing: false,
                         ..f
