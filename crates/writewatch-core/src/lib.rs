@@ -57,8 +57,8 @@ pub use builder::TrackerBuilder;
 pub use dirty::{DirtySet, Runs};
 pub use epoch::{CutStats, Epoch, EpochReader};
 pub use error::{
-    BuildError, CutAndCopyError, CutError, Errno, ForkError, Invalidation, MapError,
-    RegionError, SnapshotError, Unavailable,
+    BuildError, CutAndCopyError, CutError, Errno, ForkError, Invalidation, MapError, RegionError,
+    SnapshotError, Unavailable,
 };
 pub use placed::MapAtError;
 pub use probe::{probe, Access, Feature, Probe};

@@ -196,23 +196,28 @@ impl RegionInner {
     /// A fork clone's page that still shares its parent's content is copied from the parent.
     pub(crate) fn copy_page(&self, page: u64, buf: &mut [u8]) {
         match &self.lineage {
-            Some(l) => l.copy(page, buf, |b| self.copy_own_page(page, b)),
-            None => self.copy_own_page(page, buf),
+            Some(l) => l.copy(page, buf, |b| {
+                self.copy_own_page(page, b);
+            }),
+            None => {
+                self.copy_own_page(page, buf);
+            }
         }
     }
 
     /// [`copy_page`](Self::copy_page) of the page in this mapping (a clone's shared page reads
-    /// as zeros here: it has no content of its own).
-    pub(crate) fn copy_own_page(&self, page: u64, buf: &mut [u8]) {
+    /// as zeros here: it has no content of its own). False when a lazily armed region's page
+    /// had no content (it read as zeros).
+    pub(crate) fn copy_own_page(&self, page: u64, buf: &mut [u8]) -> bool {
         if let Some(mem) = &self.lazy {
             use std::os::unix::fs::FileExt;
             let addr = self.start + page as usize * self.page_size;
             match mem.read_exact_at(buf, addr as u64) {
-                Ok(()) => return,
+                Ok(()) => return true,
                 // EIO/EFAULT: no page there (the kernel refuses to fault it in for us).
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EFAULT)) => {
                     buf.fill(0);
-                    return;
+                    return false;
                 }
                 Err(e) => tracing::warn!(%e, "reading /proc/self/mem failed; copying directly"),
             }
@@ -222,6 +227,7 @@ impl RegionInner {
         for (w, out) in words.iter().zip(buf.chunks_exact_mut(8)) {
             out.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
         }
+        true
     }
 
     /// Makes the region a fork clone (before it is registered).

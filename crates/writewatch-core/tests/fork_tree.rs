@@ -81,7 +81,10 @@ fn tree_of_depth_5_matches_a_model_of_every_node() {
             }
         }
         let depth = nodes.iter().map(|n| n.1).max().unwrap();
-        println!("fork tree: {forks} forks, {} nodes left, max depth {depth}", nodes.len());
+        println!(
+            "fork tree: {forks} forks, {} nodes left, max depth {depth}",
+            nodes.len()
+        );
         assert!(forks >= 10);
     });
 }
@@ -124,7 +127,12 @@ fn dropping_in_every_order_changes_no_other_node() {
                 nodes[k] = None;
                 for (j, n) in nodes.iter().enumerate() {
                     if let Some(r) = n {
-                        check(r, &models[j], true, &format!("order {order:?} step {step} node {j}"));
+                        check(
+                            r,
+                            &models[j],
+                            true,
+                            &format!("order {order:?} step {step} node {j}"),
+                        );
                     }
                 }
             }
@@ -193,12 +201,18 @@ fn fork_while_another_forks_first_writes_are_in_flight() {
             let written: Vec<bool> = (0..pages)
                 .map(|p| {
                     let x = v[p * WPP + th].load(SeqCst);
-                    assert!(x == 1 || x == stamp(th, p as u64 + 1), "fork 2 page {p}: {x:#x}");
+                    assert!(
+                        x == 1 || x == stamp(th, p as u64 + 1),
+                        "fork 2 page {p}: {x:#x}"
+                    );
                     x != 1
                 })
                 .collect();
             let k = written.iter().take_while(|&&b| b).count();
-            assert!(written[k..].iter().all(|&b| !b), "fork 2 thread {th}: not a prefix");
+            assert!(
+                written[k..].iter().all(|&b| !b),
+                "fork 2 thread {th}: not a prefix"
+            );
         }
     });
 }
@@ -227,7 +241,11 @@ fn shutdown_and_prepare_overwrite_keep_clones_intact() {
         let d = c.fork().unwrap();
         t.shutdown();
         for p in 0..pages {
-            assert_eq!(d.as_atomic_u64()[p * WPP].load(SeqCst), 7 + p as u64, "page {p}");
+            assert_eq!(
+                d.as_atomic_u64()[p * WPP].load(SeqCst),
+                7 + p as u64,
+                "page {p}"
+            );
             if p > 0 {
                 assert_eq!(b.as_atomic_u64()[p * WPP].load(SeqCst), 7 + p as u64);
             }
@@ -263,9 +281,61 @@ fn madvise_on_either_side() {
                 8..=11 => (0, 40 + p as u64),
                 _ => (40 + p as u64, 40 + p as u64),
             };
-            assert_eq!(a.as_atomic_u64()[p * WPP].load(SeqCst), ea, "origin page {p}");
-            assert_eq!(b.as_atomic_u64()[p * WPP].load(SeqCst), eb, "clone page {p}");
-            assert_eq!(c.as_atomic_u64()[p * WPP].load(SeqCst), 40 + p as u64, "clone 2 page {p}");
+            assert_eq!(
+                a.as_atomic_u64()[p * WPP].load(SeqCst),
+                ea,
+                "origin page {p}"
+            );
+            assert_eq!(
+                b.as_atomic_u64()[p * WPP].load(SeqCst),
+                eb,
+                "clone page {p}"
+            );
+            assert_eq!(
+                c.as_atomic_u64()[p * WPP].load(SeqCst),
+                40 + p as u64,
+                "clone 2 page {p}"
+            );
+        }
+    });
+}
+
+/// Repeated forks re-protect only what was un-protected since the previous fork: writes made
+/// between forks (by faults, and after `prepare_overwrite`, which un-protects everything)
+/// must still be captured by the next fork and kept out of the earlier ones.
+#[test]
+fn repeated_forks_see_writes_made_between_them() {
+    watchdog(60, "repeated forks", || {
+        let t = Tracker::builder().build().unwrap();
+        let pages = 64;
+        let a = t.map_anonymous(pages * PS).unwrap();
+        let w = a.as_atomic_u64();
+        let mut clones = Vec::new();
+        for round in 1..=6u64 {
+            match round {
+                3 => {
+                    a.prepare_overwrite().unwrap();
+                    // SAFETY (test): no other thread touches `a`.
+                    unsafe { a.as_mut_slice() }.fill(round as u8);
+                }
+                _ => {
+                    for p in (round as usize % 3..pages).step_by(3) {
+                        w[p * WPP].store(round, SeqCst);
+                    }
+                }
+            }
+            let image: Vec<u64> = (0..pages).map(|p| w[p * WPP].load(SeqCst)).collect();
+            clones.push((a.fork().unwrap(), image));
+        }
+        w[0].store(99, SeqCst);
+        for (k, (c, image)) in clones.iter().enumerate() {
+            for p in 0..pages {
+                assert_eq!(
+                    c.as_atomic_u64()[p * WPP].load(SeqCst),
+                    image[p],
+                    "clone {k} page {p}"
+                );
+            }
         }
     });
 }

@@ -22,7 +22,7 @@ pub use exit::exit_code;
 pub use fork::{fork_and_write, run_child};
 pub use mmap::Mmap;
 pub use rng::{Rng, SplitMix64, XorShift64};
-pub use smaps::{smaps_of, Smaps};
+pub use smaps::{resident_of, smaps_of, smaps_of_ranges, Smaps};
 pub use watchdog::{watch, watchdog, within, Outcome};
 
 /// The page size the tests assume (x86-64 and aarch64 base pages as configured here).

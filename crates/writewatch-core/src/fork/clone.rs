@@ -57,11 +57,7 @@ pub(crate) fn fork(
     let mut inner = RegionInner::new(id, map, parent.page_size, RegionKind::Anonymous);
     inner.make_lazy(mem);
     let source: Arc<dyn PageSource> = Arc::clone(parent) as Arc<dyn PageSource>;
-    inner.make_clone(Arc::new(Lineage::new(
-        parent.id,
-        parent.page_count,
-        source,
-    )));
+    inner.make_clone(Arc::new(Lineage::new(parent.id, parent.page_count, source)));
     let child = Arc::new(inner);
     let span = tracing::debug_span!(
         "fork",

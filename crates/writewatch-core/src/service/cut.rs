@@ -201,7 +201,7 @@ impl Service {
         let (start, inner) = self.region_by_id(id)?;
         let _g = tracing::debug_span!("snapshot", start = format_args!("{start:#x}")).entered();
         let _held = Holding::new(self.hook_slot(start));
-        self.protect_open_epoch(start, &inner)?;
+        self.protect_open_epoch(start, &inner, None)?;
         Ok(Snapshot {
             view: self.attach_view(start, &inner, None, Mode::Retain),
         })
@@ -210,10 +210,15 @@ impl Service {
     /// Write-protects every page written in the open epoch without closing it (dirty bits
     /// stay): afterwards every page of the region is protected, so the next write to any page
     /// faults. The instant of a snapshot or a fork.
+    ///
+    /// `only`: a bitmap of the pages that may be writable (a fork's record of the pages
+    /// un-protected since its region's previous fork); dirty pages outside it are protected
+    /// already and skipped. Suspect runs are always re-protected.
     pub(super) fn protect_open_epoch(
         &mut self,
         start: usize,
         inner: &Arc<RegionInner>,
+        only: Option<&[u64]>,
     ) -> Result<(), CutError> {
         // (In-thread mode: the caller holds the handlers.)
         // Pages the kernel un-protected behind our back (a madvise zap that ran after its
@@ -222,7 +227,15 @@ impl Service {
         for &(first, count) in &suspect {
             self.mark_unprotected(inner, first, count);
         }
-        let dirty = DirtySet::from_words(inner.page_size, inner.page_count, inner.dirty.snapshot());
+        let mut words = inner.dirty.snapshot();
+        if let Some(only) = only {
+            let mut mask = only.to_vec();
+            for &(first, count) in &suspect {
+                crate::pagemap::set_dirty_bits(&mut mask, first..=first + count - 1);
+            }
+            words.iter_mut().zip(&mask).for_each(|(w, m)| *w &= m);
+        }
+        let dirty = DirtySet::from_words(inner.page_size, inner.page_count, words);
         self.reprotect_dirty(start, inner, &dirty, &suspect)?;
         // Every dirty page is protected now (armed => protected holds).
         if let Some(eg) = self.eager_of(start) {

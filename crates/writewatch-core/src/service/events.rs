@@ -285,6 +285,7 @@ impl Service {
             if self.family.has_children(inner.id) {
                 self.privatise(&inner, first, last);
             }
+            self.family.unprotecting(inner.id, first, last);
             let Some(entry) = self.by_start.get_mut(&key) else {
                 // Invalidated while events were read: the unregister woke its writers.
                 i = j;

@@ -21,13 +21,23 @@ use crate::error::ForkError;
 use crate::range::RegionInner;
 use crate::sys::{self, Addr};
 
-/// Parent id -> its live clones (registered with this service thread).
+/// Parent id -> its live clones (registered with this service thread); and, per region
+/// forked at least once, the pages un-protected since its last fork (so the next fork
+/// re-protects only those, not every page of the open epoch).
 #[derive(Default)]
-pub(super) struct Family(HashMap<u64, Vec<Arc<RegionInner>>>);
+pub(super) struct Family(HashMap<u64, Vec<Arc<RegionInner>>>, HashMap<u64, Vec<u64>>);
 
 impl Family {
     fn children(&self, parent: u64) -> Option<Vec<Arc<RegionInner>>> {
         self.0.get(&parent).filter(|v| !v.is_empty()).cloned()
+    }
+
+    /// Service thread, before un-protecting `first..=last` of region `id` (every un-protect
+    /// path: fault service, fault-around; `prepare_overwrite` marks all).
+    pub(super) fn unprotecting(&mut self, id: u64, first: u64, last: u64) {
+        if let Some(w) = self.1.get_mut(&id) {
+            crate::pagemap::set_dirty_bits(w, first..=last);
+        }
     }
 
     /// Whether `parent` has live clones (the fast check on every serviced fault run).
@@ -62,8 +72,17 @@ impl Service {
             e => ForkError::Protect(e),
         })?;
         let _g = tracing::debug_span!("fork", start = format_args!("{start:#x}")).entered();
-        self.protect_open_epoch(start, &inner)
-            .map_err(ForkError::Protect)?;
+        // After a first fork, only the pages un-protected since need protecting again.
+        let only = self.family.1.remove(&id);
+        if let Err(e) = self.protect_open_epoch(start, &inner, only.as_deref()) {
+            if let Some(w) = only {
+                self.family.1.insert(id, w);
+            }
+            return Err(ForkError::Protect(e));
+        }
+        self.family
+            .1
+            .insert(id, vec![0u64; (inner.page_count as usize).div_ceil(64)]);
         // Every page of the parent is protected (or empty, in a lazily armed parent: its
         // first access is a missing fault, served before its write). The clone's first epoch
         // reports every page: its content is new to the tracker (as for `adopt`), so a
@@ -212,8 +231,13 @@ impl Service {
     }
 
     /// A REMOVE event (`madvise`) on `[start, end)`: clones of the regions there get their own
-    /// copies of the shared pages first (the zap may already be running: see docs/design.md
-    /// "Fork", a parent's madvise), and a clone's own pages in the range become owned (zero).
+    /// copies of the shared pages first, and a clone's own pages in the range become owned
+    /// (their content is zero from now on).
+    ///
+    /// The kernel zaps the range once the event is read, concurrently with this copy
+    /// (docs/design.md, "Fork"): a page copied while still present is its content before
+    /// the zap; a lazily armed parent's page that had content and is already gone when read
+    /// is lost for the clones that still shared it. They get zeros, and it is logged.
     pub(super) fn before_remove(&mut self, start: usize, end: usize) {
         for key in self.overlapping(start, end) {
             let Some(inner) = self.by_start.get(&key).map(|e| Arc::clone(&e.inner)) else {
@@ -221,8 +245,34 @@ impl Service {
             };
             let (s, e) = (start.max(inner.start), end.min(inner.end()));
             let (first, last) = (inner.page_of(s), inner.page_of(e - 1));
-            if self.family.has_children(inner.id) {
-                self.privatise(&inner, first, last);
+            if let Some(kids) = self.family.children(inner.id) {
+                let mut buf = vec![0u8; inner.page_size];
+                let mut lost = 0u64;
+                for p in first..=last {
+                    let needy: Vec<&Arc<RegionInner>> = kids
+                        .iter()
+                        .filter(|k| k.lineage.as_ref().is_some_and(|l| !l.owns(p)))
+                        .collect();
+                    if needy.is_empty() {
+                        continue;
+                    }
+                    let inherited = inner.lineage.as_ref().is_some_and(|l| !l.owns(p));
+                    if inherited {
+                        inner.copy_page(p, &mut buf);
+                    } else if !inner.copy_own_page(p, &mut buf) && self.may_have_content(key, p) {
+                        lost += 1;
+                    }
+                    for kid in needy {
+                        self.give(kid, p, &buf);
+                    }
+                }
+                if lost > 0 {
+                    tracing::error!(
+                        start = format_args!("{s:#x}"),
+                        pages = lost,
+                        "madvise zapped pages of a forked region before its clones got their copies: those clones read zeros there"
+                    );
+                }
             }
             if let Some(l) = &inner.lineage {
                 for p in first..=last {
@@ -232,10 +282,19 @@ impl Service {
         }
     }
 
+    /// Whether page `p` of the lazily armed region at `key` may have had content.
+    fn may_have_content(&self, key: usize, p: u64) -> bool {
+        self.by_start
+            .get(&key)
+            .and_then(|e| e.populated.as_ref())
+            .is_some_and(|pop| pop.contains(p))
+    }
+
     /// Before region `id` goes away (drop, or the application unmapped it): its clones get
     /// every page they still share (unless its memory is already gone: `readable` false, then
     /// those pages are lost and reported), and it lets go of its own parent.
     pub(super) fn release_lineage(&mut self, id: u64, readable: bool) {
+        self.family.1.remove(&id);
         if let Some(kids) = self.family.0.remove(&id) {
             let parent = self
                 .by_id
@@ -297,6 +356,8 @@ impl Service {
     /// writable without faults): its clones get their copies first, and, if it is a clone,
     /// it gets every page it still shares.
     pub(super) fn before_overwrite(&mut self, inner: &Arc<RegionInner>) {
+        self.family
+            .unprotecting(inner.id, 0, inner.page_count.saturating_sub(1));
         if self.family.has_children(inner.id) {
             self.privatise(inner, 0, inner.page_count.saturating_sub(1));
         }
@@ -330,5 +391,6 @@ impl Service {
             }
         }
         self.family.0.clear();
+        self.family.1.clear();
     }
 }

@@ -68,6 +68,13 @@ impl Populated {
         w[i / 64] |= 1 << (i % 64);
     }
 
+    /// Whether page `p` may have content.
+    pub(super) fn contains(&self, p: u64) -> bool {
+        self.0
+            .get(&(p / SPAN))
+            .is_some_and(|w| w[((p % SPAN) / 64) as usize] & (1 << (p % 64)) != 0)
+    }
+
     /// Every page of `0..pages`.
     pub(super) fn set_all(&mut self, pages: u64) {
         for s in 0..pages.div_ceil(SPAN) {
