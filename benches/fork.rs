@@ -1,8 +1,10 @@
 //! `Region::fork` (issue 17) against the kernel's own `fork()`, all in one run:
 //!
-//! * **fork time**: `Region::fork()` of a populated region (every page written in the open
-//!   epoch, the worst case: the fork re-protects them all) beside `fork()` of this process
-//!   with that region mapped (time in the parent; the child `_exit`s at once), min / median;
+//! * **fork time**: the first `Region::fork()` of a freshly populated region (every page
+//!   written since it was protected, the worst case: the fork re-protects them all), and
+//!   repeated forks of one region with 1% of its pages written between two forks, beside
+//!   `fork()` of this process with that region mapped (time in the parent; the child
+//!   `_exit`s at once), min / median;
 //! * **first write after the fork**: one word per page on N random pages, on the origin
 //!   (write-protect fault, the clone's copy, un-protect) and on the clone (missing fault that
 //!   installs the inherited page, then the write-protect fault), beside the parent's writes
@@ -53,6 +55,7 @@ fn first_writes(w: &[std::sync::atomic::AtomicU64], order: &[usize]) -> Duration
 
 struct Row {
     size: &'static str,
+    first_fork: (Duration, Duration),
     ww_fork: (Duration, Duration),
     os_fork: (Duration, Duration),
     origin_write: Duration,
@@ -64,11 +67,28 @@ struct Row {
 fn run(size: &'static str, len: usize, reps: usize, writes: usize) -> Row {
     let t = Tracker::builder().build().expect("tracker");
     let pages = len / PS;
-    // Fork time: populated region, every page dirty in the open epoch.
+    // First fork of a freshly written region: every page was written since the region was
+    // last protected, so the fork re-protects them all (the worst case).
+    let mut first = Vec::new();
+    for _ in 0..reps.min(3) {
+        let fresh = populated(&t, len);
+        let t0 = Instant::now();
+        let clone = fresh.fork().expect("fork");
+        first.push(t0.elapsed());
+        drop(clone);
+    }
+    // Repeated forks of one region, 1% of its pages written between two forks: only those
+    // are re-protected. Beside the process's fork() with the same region mapped.
     let origin = populated(&t, len);
+    drop(origin.fork().expect("fork"));
     let mut ww = Vec::new();
     let mut os = Vec::new();
-    for _ in 0..reps {
+    let mut rng = Rng(0x1F0);
+    for round in 0..reps {
+        for _ in 0..pages / 100 {
+            origin.as_atomic_u64()[rng.below(pages as u64) as usize * WPP]
+                .store(round as u64, Relaxed);
+        }
         let t0 = Instant::now();
         let clone = origin.fork().expect("fork");
         ww.push(t0.elapsed());
@@ -105,6 +125,7 @@ fn run(size: &'static str, len: usize, reps: usize, writes: usize) -> Row {
     drop(child);
     Row {
         size,
+        first_fork: min_median(first),
         ww_fork: min_median(ww),
         os_fork: min_median(os),
         origin_write,
@@ -124,18 +145,21 @@ fn main() {
         vec![("64 MiB", 64 << 20), ("1 GiB", 1 << 30)]
     };
     let reps = if smoke { 2 } else { 7 };
-    println!("| region | Region::fork min / median | process fork() min / median | fork ratio (median) | first write: origin / clone / kernel fork-COW (us) | write ratio origin, clone | memory at 1%+1% written / written |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| region | first Region::fork (all pages written) min / median | Region::fork, 1% written since the last, min / median | process fork() min / median | fork ratio first, repeated (median) | first write: origin / clone / kernel fork-COW (us) | write ratio origin, clone | memory at 1%+1% written / written |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, len) in sizes {
         let r = run(name, len, reps, 2000);
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         println!(
-            "| {} | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.2}x | {:.1} / {:.1} / {:.2} | {:.1}x, {:.1}x | {:.3}x |",
+            "| {} | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.2}x, {:.3}x | {:.1} / {:.1} / {:.2} | {:.1}x, {:.1}x | {:.3}x |",
             r.size,
+            ms(r.first_fork.0),
+            ms(r.first_fork.1),
             ms(r.ww_fork.0),
             ms(r.ww_fork.1),
             ms(r.os_fork.0),
             ms(r.os_fork.1),
+            ms(r.first_fork.1) / ms(r.os_fork.1),
             ms(r.ww_fork.1) / ms(r.os_fork.1),
             us(r.origin_write),
             us(r.clone_write),

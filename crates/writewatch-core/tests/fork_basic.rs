@@ -270,3 +270,34 @@ fn backends_that_cannot_fork_name_sync_uffd() {
     assert!(matches!(e, ForkError::InThread), "{e:?}");
     assert!(e.to_string().contains("Backend::SyncUffd"), "{e}");
 }
+
+/// An adopted (eagerly protected) origin forks like an owned one; dropping it gives the clone
+/// every page it still shared, so the application may then unmap its memory.
+#[test]
+fn adopted_origin_forks_and_can_be_unmapped_after_its_drop() {
+    watchdog(60, "adopted origin", || {
+        let t = Tracker::builder().build().unwrap();
+        let pages = 32;
+        let len = pages * PS;
+        let p = anon_mmap(len);
+        // SAFETY (test): our mapping, unmapped only after the region is dropped.
+        let origin = unsafe { t.adopt(p.cast(), len) }.unwrap();
+        let w = origin.as_atomic_u64();
+        for q in 0..pages {
+            w[q * WORDS_PER_PAGE].store(500 + q as u64, SeqCst);
+        }
+        let clone = origin.fork().unwrap();
+        w[3 * WORDS_PER_PAGE].store(1, SeqCst);
+        drop(origin);
+        // SAFETY (test): the region is dropped; nothing refers to the mapping any more.
+        unsafe { libc::munmap(p, len) };
+        let v = clone.as_atomic_u64();
+        for q in 0..pages {
+            assert_eq!(
+                v[q * WORDS_PER_PAGE].load(SeqCst),
+                500 + q as u64,
+                "page {q}"
+            );
+        }
+    });
+}

@@ -371,6 +371,9 @@ impl Service {
                 let _ = reply.send(r);
             }
             Command::Shutdown { reply } => {
+                // Untracked clones could not inherit pages any more: give them all now
+                // (an orderly shutdown only; a poisoned tracker releases at once).
+                self.materialise_all();
                 self.release_all();
                 let _ = reply.send(());
                 return Flow::Exit;

@@ -237,8 +237,6 @@ impl Service {
     }
 
     pub(super) fn release_all(&mut self) {
-        // Untracked clones could not inherit pages any more: give them all now.
-        self.materialise_all();
         for (start, entry) in std::mem::take(&mut self.by_start) {
             // Unregistering wakes every thread waiting on a fault in the range; their writes
             // then complete untracked.
