@@ -117,9 +117,7 @@ fn run(size: &'static str, len: usize, reps: usize, writes: usize) -> Row {
     drop(origin);
     // Kernel fork-COW: the parent writes pages a blocked child still maps.
     let plain = writewatch_testkit::Mmap::populated(len);
-    // SAFETY: the mapping is ours, page-aligned and len long; viewed as atomics only.
-    let words: &[std::sync::atomic::AtomicU64] =
-        unsafe { std::slice::from_raw_parts(plain.as_ptr().cast(), len / 8) };
+    let words = plain.as_atomic_u64();
     let (child, _) = common::BlockedChild::fork();
     let cow_write = first_writes(words, &order[..n]);
     drop(child);

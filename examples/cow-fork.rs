@@ -140,18 +140,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let clone = origin.fork()?;
     let fork_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let t0 = Instant::now();
-    // SAFETY: the example's own process, no thread writes memory during fork(); the child
-    // only calls _exit.
-    let pid = unsafe { libc::fork() };
-    let os_fork_ms = t0.elapsed().as_secs_f64() * 1e3;
-    if pid == 0 {
-        // SAFETY: async-signal-safe.
-        unsafe { libc::_exit(0) };
-    }
-    let mut st = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut st, 0) };
+    let os_fork_ms = writewatch_testkit::timed_fork_exit().as_secs_f64() * 1e3;
     println!(
         "  Region::fork {fork_ms:.2} ms; this process's fork() at the same resident size {os_fork_ms:.2} ms ({:.2}x)",
         fork_ms / os_fork_ms

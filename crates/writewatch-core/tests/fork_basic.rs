@@ -18,11 +18,12 @@ fn request_scenario_byte_for_byte() {
     watchdog(30, "request scenario", || {
         let t = Tracker::builder().build().unwrap();
         let origin = t.map_anonymous(PS).unwrap();
-        // SAFETY (test): no other thread touches these regions.
+        // SAFETY: no other thread touches these regions.
         unsafe { origin.as_mut_slice()[0] = b'a' };
         let clone = origin.fork().unwrap();
         assert_ne!(clone.as_ptr(), origin.as_ptr());
         assert_eq!(clone.len(), origin.len());
+        // SAFETY: as above; one slice at a time.
         unsafe {
             assert_eq!(origin.as_slice()[0], b'a');
             assert_eq!(clone.as_slice()[0], b'a');
@@ -229,9 +230,10 @@ fn forking_an_invalidated_region_is_a_typed_error() {
         let t = Tracker::builder().build().unwrap();
         let len = 4 * PS;
         let p = anon_mmap(len);
-        // SAFETY (test): the mapping is ours; it is unmapped below while tracked, which
+        // SAFETY: the mapping is ours; it is unmapped below while tracked, which
         // invalidates the region (documented).
         let r = unsafe { t.adopt(p.cast(), len) }.unwrap();
+        // SAFETY: our mapping; unmapping it while tracked invalidates the region (documented).
         unsafe { libc::munmap(p, len) };
         // The UNMAP event is read asynchronously: wait for the invalidation.
         for _ in 0..1000 {
@@ -280,7 +282,7 @@ fn adopted_origin_forks_and_can_be_unmapped_after_its_drop() {
         let pages = 32;
         let len = pages * PS;
         let p = anon_mmap(len);
-        // SAFETY (test): our mapping, unmapped only after the region is dropped.
+        // SAFETY: our mapping, unmapped only after the region is dropped.
         let origin = unsafe { t.adopt(p.cast(), len) }.unwrap();
         let w = origin.as_atomic_u64();
         for q in 0..pages {
@@ -289,7 +291,7 @@ fn adopted_origin_forks_and_can_be_unmapped_after_its_drop() {
         let clone = origin.fork().unwrap();
         w[3 * WORDS_PER_PAGE].store(1, SeqCst);
         drop(origin);
-        // SAFETY (test): the region is dropped; nothing refers to the mapping any more.
+        // SAFETY: the region is dropped; nothing refers to the mapping any more.
         unsafe { libc::munmap(p, len) };
         let v = clone.as_atomic_u64();
         for q in 0..pages {

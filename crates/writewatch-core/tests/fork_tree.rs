@@ -231,9 +231,10 @@ fn shutdown_and_prepare_overwrite_keep_clones_intact() {
         let b = a.fork().unwrap();
         let c = b.fork().unwrap();
         a.prepare_overwrite().unwrap();
-        // SAFETY (test): no other thread touches `a`.
+        // SAFETY: no other thread touches `a`.
         unsafe { a.as_mut_slice() }.fill(0xEE);
         b.prepare_overwrite().unwrap();
+        // SAFETY: no other thread touches `b`.
         unsafe { b.as_mut_slice()[..PS].fill(0xDD) };
         for p in 0..pages {
             assert_eq!(c.as_atomic_u64()[p * WPP].load(SeqCst), 7 + p as u64);
@@ -272,8 +273,9 @@ fn madvise_on_either_side() {
                 assert_eq!(r.as_atomic_u64()[p * WPP].load(SeqCst), 40 + p as u64);
             }
         }
-        // SAFETY (test): the ranges are the regions' own; zapping them is a documented event.
+        // SAFETY: the ranges are the regions' own; zapping them is a documented event.
         unsafe { libc::madvise(b.as_ptr().cast(), 4 * PS, libc::MADV_DONTNEED) };
+        // SAFETY: as above.
         unsafe { libc::madvise(a.as_ptr().add(8 * PS).cast(), 4 * PS, libc::MADV_DONTNEED) };
         for p in 0..pages {
             let (ea, eb) = match p {
@@ -315,7 +317,7 @@ fn repeated_forks_see_writes_made_between_them() {
             match round {
                 3 => {
                     a.prepare_overwrite().unwrap();
-                    // SAFETY (test): no other thread touches `a`.
+                    // SAFETY: no other thread touches `a`.
                     unsafe { a.as_mut_slice() }.fill(round as u8);
                 }
                 _ => {
@@ -329,10 +331,10 @@ fn repeated_forks_see_writes_made_between_them() {
         }
         w[0].store(99, SeqCst);
         for (k, (c, image)) in clones.iter().enumerate() {
-            for p in 0..pages {
+            for (p, &want) in image.iter().enumerate() {
                 assert_eq!(
                     c.as_atomic_u64()[p * WPP].load(SeqCst),
-                    image[p],
+                    want,
                     "clone {k} page {p}"
                 );
             }
