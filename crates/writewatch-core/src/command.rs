@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 use nix::errno::Errno;
 
 use crate::epoch::Epoch;
-use crate::error::{CutError, MapError, Unavailable};
+use crate::error::{CutError, ForkError, MapError, Unavailable};
 use crate::range::RegionInner;
 use crate::shared::{Shared, RUNNING, SHUT_DOWN};
 use crate::snapshot::Snapshot;
@@ -46,6 +46,13 @@ pub(crate) enum Command {
     PrepareOverwrite {
         id: u64,
         reply: Sender<Result<(), CutError>>,
+    },
+    /// `Region::fork`: protect region `id` at one instant and register `child` (a clone whose
+    /// lineage names `id`).
+    Fork {
+        id: u64,
+        child: Arc<RegionInner>,
+        reply: Sender<Result<(), ForkError>>,
     },
     Shutdown {
         reply: Sender<()>,

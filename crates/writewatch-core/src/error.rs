@@ -536,3 +536,48 @@ mod tests {
         assert_eq!(SnapshotError::WrongRegion.page(), None);
     }
 }
+
+/// Errors of [`Region::fork`](crate::Region::fork).
+#[derive(Debug, thiserror::Error)]
+pub enum ForkError {
+    /// The region was invalidated (dropped, unmapped or moved by the application).
+    #[error("cannot fork the region at {start:#x}: it is no longer tracked ({reason})")]
+    Invalidated {
+        /// Region start.
+        start: usize,
+        /// What happened to it.
+        reason: Invalidation,
+    },
+    /// The backend cannot see a write before it lands, which a fork needs (to give the clone
+    /// its own copy of the page first).
+    #[error("fork needs copy-before-write, which the {backend} backend cannot do: build the tracker with Backend::SyncUffd")]
+    Unsupported {
+        /// The backend in use.
+        backend: &'static str,
+    },
+    /// In-thread fault handling serves writes in the writing thread, where clones cannot be
+    /// given their copies.
+    #[error("fork is not available with in-thread fault handling: build the tracker with Backend::SyncUffd and without TrackerBuilder::in_thread_faults")]
+    InThread,
+    /// The region's kind of memory cannot be forked.
+    #[error("{kind} regions cannot be forked: fork private anonymous or shmem regions (Tracker::map_anonymous, Tracker::map_shared, or adopted ones)")]
+    KindUnsupported {
+        /// The kind of the region.
+        kind: &'static str,
+    },
+    /// Mapping or registering the clone failed.
+    #[error("mapping the clone failed")]
+    Map(#[source] MapError),
+    /// Write-protecting the origin's written pages at the fork instant failed; nothing changed.
+    #[error("write-protecting the origin's pages at the fork failed")]
+    Protect(#[source] CutError),
+    /// The tracker is shut down or poisoned.
+    #[error("{0}")]
+    Unavailable(Unavailable),
+}
+
+impl From<Unavailable> for ForkError {
+    fn from(u: Unavailable) -> Self {
+        ForkError::Unavailable(u)
+    }
+}

@@ -32,6 +32,7 @@ mod command;
 mod dirty;
 mod epoch;
 mod error;
+mod fork;
 pub mod inspect;
 mod inthread;
 mod maps;
@@ -58,7 +59,7 @@ pub use builder::TrackerBuilder;
 pub use dirty::{DirtySet, Runs};
 pub use epoch::{CutStats, Epoch, EpochReader};
 pub use error::{
-    BuildError, CutAndCopyError, CutError, Errno, Invalidation, MapError, RegionError,
+    BuildError, CutAndCopyError, CutError, Errno, ForkError, Invalidation, MapError, RegionError,
     SnapshotError, Unavailable,
 };
 pub use placed::MapAtError;

@@ -6,6 +6,7 @@ use std::sync::{Mutex, RwLock};
 
 use crate::bitmap::AtomicBitmap;
 use crate::error::Invalidation;
+use crate::fork::lineage::{Lineage, PageSource};
 use crate::stats::RegionCounters;
 use crate::sys;
 
@@ -84,6 +85,9 @@ pub(crate) struct RegionInner {
     /// copied without faulting (a never-touched page raises a missing fault, which the
     /// service thread, if it were the reader, could not serve). None: eagerly protected.
     pub lazy: Option<std::sync::Arc<std::fs::File>>,
+    /// A fork clone's inheritance (see `fork`): which pages still share the parent's content.
+    /// None: not a clone.
+    pub lineage: Option<std::sync::Arc<Lineage>>,
     /// The memory (unmapped when the last reference goes, if owned). By then the service
     /// thread has unregistered the range (Region::drop waits for it), so the munmap raises no
     /// UNMAP event and never waits on the service thread.
@@ -109,6 +113,7 @@ impl RegionInner {
             has_suspect: AtomicBool::new(false),
             counters: RegionCounters::default(),
             lazy: None,
+            lineage: None,
             mapping,
         }
     }
@@ -205,16 +210,32 @@ impl RegionInner {
     /// write-protected), or, in a lazily armed region, through `/proc/self/mem`, which never
     /// faults: a page with no content (never touched, or zapped) reads as zeros, which is its
     /// content.
+    ///
+    /// A fork clone's page that still shares its parent's content is copied from the parent.
     pub(crate) fn copy_page(&self, page: u64, buf: &mut [u8]) {
+        match &self.lineage {
+            Some(l) => l.copy(page, buf, |b| {
+                self.copy_own_page(page, b);
+            }),
+            None => {
+                self.copy_own_page(page, buf);
+            }
+        }
+    }
+
+    /// [`copy_page`](Self::copy_page) of the page in this mapping (a clone's shared page reads
+    /// as zeros here: it has no content of its own). False when a lazily armed region's page
+    /// had no content (it read as zeros).
+    pub(crate) fn copy_own_page(&self, page: u64, buf: &mut [u8]) -> bool {
         if let Some(mem) = &self.lazy {
             use std::os::unix::fs::FileExt;
             let addr = self.start + page as usize * self.page_size;
             match mem.read_exact_at(buf, addr as u64) {
-                Ok(()) => return,
+                Ok(()) => return true,
                 // EIO/EFAULT: no page there (the kernel refuses to fault it in for us).
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EFAULT)) => {
                     buf.fill(0);
-                    return;
+                    return false;
                 }
                 Err(e) => tracing::warn!(%e, "reading /proc/self/mem failed; copying directly"),
             }
@@ -224,6 +245,12 @@ impl RegionInner {
         for (w, out) in words.iter().zip(buf.chunks_exact_mut(8)) {
             out.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
         }
+        true
+    }
+
+    /// Makes the region a fork clone (before it is registered).
+    pub(crate) fn make_clone(&mut self, lineage: std::sync::Arc<Lineage>) {
+        self.lineage = Some(lineage);
     }
 
     /// Makes the region lazily armed (before it is registered); `mem` is the tracker's
@@ -243,5 +270,18 @@ impl RegionInner {
                 w.store(v, Ordering::Relaxed);
             }
         }
+    }
+}
+
+impl PageSource for RegionInner {
+    /// A clone's parent page as it is now, unless the parent was dropped or invalidated (its
+    /// memory may be gone). The read gate keeps a drop from completing during the copy.
+    fn read_source_page(&self, page: u64, buf: &mut [u8]) -> bool {
+        let _g = self.read_gate();
+        if self.invalidation().is_some() {
+            return false;
+        }
+        self.copy_page(page, buf);
+        true
     }
 }

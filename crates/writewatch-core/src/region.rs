@@ -8,7 +8,9 @@ use crate::backend::Backend;
 use crate::command::{Command, Control};
 use crate::dirty::DirtySet;
 use crate::epoch::Epoch;
-use crate::error::{CutAndCopyError, CutError, Invalidation, RegionError, SnapshotError};
+use crate::error::{
+    CutAndCopyError, CutError, ForkError, Invalidation, RegionError, SnapshotError,
+};
 use crate::pagemap::set_dirty_bits;
 use crate::range::{RegionInner, RegionKind};
 use crate::snapshot::Snapshot;
@@ -261,6 +263,45 @@ impl Region {
         self.check_live()?;
         let id = self.inner.id;
         self.shared.call(|reply| Command::Snapshot { id, reply })?
+    }
+
+    /// Forks the region inside this process: returns a new, writable region of the same length
+    /// at a new address whose content is this region's at the instant of the call (a
+    /// consistent cut, taken like [`snapshot`](Self::snapshot) without stopping writers).
+    /// From then on writes to either side are never visible in the other, as after `fork(2)`,
+    /// and both can be forked again, cut, snapshotted and dropped in any order.
+    ///
+    /// Memory is shared until written: the clone starts with no memory of its own. The first
+    /// write to a page on either side, or the clone's first access to it, gives the clone its
+    /// own copy of that page (the parent's write waits for that copy, like any
+    /// copy-before-write). A page that is all zeros is never copied.
+    ///
+    /// The clone is private anonymous memory (whatever the origin's kind) and its first epoch
+    /// reports every page dirty (its content is new to the tracker, as for
+    /// [`Tracker::adopt`](crate::Tracker::adopt)).
+    ///
+    /// Errors: [`ForkError::Unsupported`] on a backend other than `Backend::SyncUffd`,
+    /// [`ForkError::InThread`] with in-thread fault handling, [`ForkError::KindUnsupported`]
+    /// for hugetlbfs regions, [`ForkError::Invalidated`] for a region no longer tracked.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::atomic::Ordering::SeqCst;
+    /// let tracker = writewatch_core::Tracker::builder().build()?;
+    /// let origin = tracker.map_anonymous(4096)?;
+    /// origin.as_atomic_u64()[0].store(u64::from(b'a'), SeqCst);
+    /// let clone = origin.fork()?;
+    /// assert_eq!(clone.as_atomic_u64()[0].load(SeqCst), u64::from(b'a'));
+    /// clone.as_atomic_u64()[0].store(u64::from(b'b'), SeqCst);
+    /// assert_eq!(origin.as_atomic_u64()[0].load(SeqCst), u64::from(b'a'));
+    /// # Ok(()) }
+    /// ```
+    pub fn fork(&self) -> Result<Region, ForkError> {
+        let inner = crate::fork::clone::fork(&self.inner, &self.shared)?;
+        Ok(Region {
+            inner,
+            shared: Arc::clone(&self.shared),
+        })
     }
 
     /// Restores the region to `snapshot`'s content by rewriting only the pages written since

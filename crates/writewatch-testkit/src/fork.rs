@@ -48,3 +48,13 @@ pub fn run_child(test: &str, env: &str, secs: u64) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Forks a child that exits at once; returns the time the parent spent in `fork()` (the
+/// baseline "the process's own fork() at this resident size"). The child is reaped.
+pub fn timed_fork_exit() -> std::time::Duration {
+    let t = std::time::Instant::now();
+    let pid = sys::fork_storing(&[], &[]);
+    let d = t.elapsed();
+    sys::wait_child(pid);
+    d
+}

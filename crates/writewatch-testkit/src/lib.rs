@@ -1,6 +1,7 @@
 //! Test support shared by the writewatch test suites, benches, examples and the cargo-fuzz
 //! target (not published): deterministic PRNGs ([`rng`]), watchdogs that turn hangs into
-//! failures ([`mod@watchdog`]), owned mappings ([`mmap`]), a `/proc/PID/smaps` reader ([`smaps`]), a fork helper ([`fork`]) and,
+//! failures ([`mod@watchdog`]), owned mappings ([`mmap`]), a fork helper ([`fork`]), a
+//! `/proc/PID/smaps` reader and memory figures of ranges ([`smaps`]) and,
 //! with the `parsers` feature, the checkpoint parser harness and its seed inputs
 //! (module `parsers`); with the `checkpoint` feature, small store chains (module `chain`).
 //!
@@ -20,9 +21,10 @@ mod sys;
 pub mod watchdog;
 
 pub use exit::exit_code;
-pub use fork::{fork_and_write, run_child};
+pub use fork::{fork_and_write, run_child, timed_fork_exit};
 pub use mmap::Mmap;
 pub use rng::{Rng, SplitMix64, XorShift64};
+pub use smaps::{resident_of, smaps_of, smaps_of_ranges, Smaps};
 pub use watchdog::{watch, watchdog, within, Outcome};
 
 /// The page size the tests assume (x86-64 and aarch64 base pages as configured here).

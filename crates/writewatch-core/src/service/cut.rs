@@ -201,23 +201,49 @@ impl Service {
         let (start, inner) = self.region_by_id(id)?;
         let _g = tracing::debug_span!("snapshot", start = format_args!("{start:#x}")).entered();
         let _held = Holding::new(self.hook_slot(start));
+        self.protect_open_epoch(start, &inner, None)?;
+        Ok(Snapshot {
+            view: self.attach_view(start, &inner, None, Mode::Retain),
+        })
+    }
+
+    /// Write-protects every page written in the open epoch without closing it (dirty bits
+    /// stay): afterwards every page of the region is protected, so the next write to any page
+    /// faults. The instant of a snapshot or a fork.
+    ///
+    /// `only`: a bitmap of the pages that may be writable (a fork's record of the pages
+    /// un-protected since its region's previous fork); dirty pages outside it are protected
+    /// already and skipped. Suspect runs are always re-protected.
+    pub(super) fn protect_open_epoch(
+        &mut self,
+        start: usize,
+        inner: &Arc<RegionInner>,
+        only: Option<&[u64]>,
+    ) -> Result<(), CutError> {
+        // (In-thread mode: the caller holds the handlers.)
         // Pages the kernel un-protected behind our back (a madvise zap that ran after its
         // REMOVE event was read) are dirty: re-protect them too, as a cut does.
         let suspect = inner.suspect_runs();
         for &(first, count) in &suspect {
-            self.mark_unprotected(&inner, first, count);
+            self.mark_unprotected(inner, first, count);
         }
-        let dirty = DirtySet::from_words(inner.page_size, inner.page_count, inner.dirty.snapshot());
-        self.reprotect_dirty(start, &inner, &dirty, &suspect)?;
+        let mut words = inner.dirty.snapshot();
+        if let Some(only) = only {
+            let mut mask = only.to_vec();
+            for &(first, count) in &suspect {
+                crate::pagemap::set_dirty_bits(&mut mask, first..=first + count - 1);
+            }
+            words.iter_mut().zip(&mask).for_each(|(w, m)| *w &= m);
+        }
+        let dirty = DirtySet::from_words(inner.page_size, inner.page_count, words);
+        self.reprotect_dirty(start, inner, &dirty, &suspect)?;
         // Every dirty page is protected now (armed => protected holds).
         if let Some(eg) = self.eager_of(start) {
             for (first, count) in dirty.runs() {
                 eg.arm(first, count);
             }
         }
-        Ok(Snapshot {
-            view: self.attach_view(start, &inner, None, Mode::Retain),
-        })
+        Ok(())
     }
 
     /// Rollback's second step: re-protects the pages just rewritten from `view`'s copies
@@ -244,6 +270,8 @@ impl Service {
     pub(super) fn prepare_overwrite(&mut self, id: u64) -> Result<(), CutError> {
         let (start, inner) = self.region_by_id(id)?;
         let _held = Holding::new(self.hook_slot(start));
+        // Fork clones get their copies first; a clone gets what it still shares.
+        self.before_overwrite(&inner);
         let views = self
             .by_start
             .get_mut(&start)

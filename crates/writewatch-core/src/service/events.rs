@@ -112,6 +112,7 @@ impl Service {
 
     pub(super) fn on_remove(&mut self, start: usize, end: usize) {
         self.shared.counters.remove_events.fetch_add(1, Relaxed);
+        self.before_remove(start, end);
         tracing::debug!(
             start = format_args!("{start:#x}"),
             end = format_args!("{end:#x}"),
@@ -170,6 +171,10 @@ impl Service {
             "region invalidated"
         );
         for key in self.overlapping(start, end) {
+            if let Some(id) = self.by_start.get(&key).map(|e| e.inner.id) {
+                // The memory is gone (or moved): clones sharing its pages cannot get them.
+                self.release_lineage(id, false);
+            }
             let Some(entry) = self.by_start.remove(&key) else {
                 continue;
             };
@@ -275,6 +280,17 @@ impl Service {
                     continue;
                 }
             }
+            // Fork clones that still share these pages get their own copies BEFORE the
+            // parent's pages are un-protected (see service/fork.rs).
+            if self.family.has_children(inner.id) {
+                self.privatise(&inner, first, last);
+            }
+            self.family.unprotecting(inner.id, first, last);
+            let Some(entry) = self.by_start.get_mut(&key) else {
+                // Invalidated while events were read: the unregister woke its writers.
+                i = j;
+                continue;
+            };
             let count = last - first + 1;
             // Armed bits cleared BEFORE un-protect (invariant: armed => protected).
             if let Some(eg) = entry.eager.as_mut() {

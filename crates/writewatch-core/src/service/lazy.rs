@@ -62,10 +62,17 @@ const READ_AHEAD: u64 = 16;
 pub(super) struct Populated(BTreeMap<u64, [u64; 8]>);
 
 impl Populated {
-    fn set(&mut self, p: u64) {
+    pub(super) fn set(&mut self, p: u64) {
         let w = self.0.entry(p / SPAN).or_default();
         let i = (p % SPAN) as usize;
         w[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Whether page `p` may have content.
+    pub(super) fn contains(&self, p: u64) -> bool {
+        self.0
+            .get(&(p / SPAN))
+            .is_some_and(|w| w[((p % SPAN) / 64) as usize] & (1 << (p % 64)) != 0)
     }
 
     /// Every page of `0..pages`.
@@ -122,6 +129,28 @@ impl Service {
                 continue;
             };
             let entry = self.by_start.get_mut(&key).expect("a live key");
+            if entry.inner.lineage.is_some() {
+                // A fork clone: its page's content is inherited (see service/fork.rs).
+                let r = self.serve_missing_clone(key, page_addr, !f.write);
+                if r.is_ok() {
+                    self.shared
+                        .counters
+                        .missing_faults
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                match r {
+                    Ok(()) if f.write => rest.push(Fault {
+                        missing: false,
+                        ..f
+                    }),
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(addr = format_args!("{page_addr:#x}"), %e, "installing a clone page failed");
+                        let _ = self.u().wake(Addr(page_addr).ptr(), ps);
+                    }
+                }
+                continue;
+            }
             let p = entry.inner.page_of(f.addr);
             let n = if f.write {
                 1

@@ -67,6 +67,7 @@ use crate::view::View;
 mod cut;
 mod eager;
 mod events;
+mod fork;
 mod lazy;
 mod register;
 
@@ -180,6 +181,9 @@ struct Service {
     eager_due: Option<Instant>,
     /// A page of zeros, the source of pages installed for missing faults (lazy regions).
     zeros: Vec<u8>,
+    /// Fork clones of each region (service/fork.rs), and a page buffer for their copies.
+    family: fork::Family,
+    page_buf: Vec<u8>,
 }
 
 impl Service {
@@ -202,6 +206,8 @@ impl Service {
             tids: Vec::with_capacity(16),
             eager_due: None,
             zeros: Vec::new(),
+            family: fork::Family::default(),
+            page_buf: Vec::new(),
         }
     }
 
@@ -360,7 +366,14 @@ impl Service {
                 let r = self.prepare_overwrite(id);
                 let _ = reply.send(r);
             }
+            Command::Fork { id, child, reply } => {
+                let r = self.fork(id, child);
+                let _ = reply.send(r);
+            }
             Command::Shutdown { reply } => {
+                // Untracked clones could not inherit pages any more: give them all now
+                // (an orderly shutdown only; a poisoned tracker releases at once).
+                self.materialise_all();
                 self.release_all();
                 let _ = reply.send(());
                 return Flow::Exit;

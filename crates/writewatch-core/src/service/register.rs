@@ -217,6 +217,9 @@ impl Service {
     }
 
     pub(super) fn unregister(&mut self, id: u64) -> Result<(), Errno> {
+        // Fork clones of this region get every page they still share; a clone lets go of its
+        // parent (service/fork.rs).
+        self.release_lineage(id, true);
         let Some(start) = self.by_id.remove(&id) else {
             return Ok(());
         };

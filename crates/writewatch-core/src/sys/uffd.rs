@@ -121,6 +121,30 @@ pub(crate) fn copy_zero_page(
     wp: bool,
     wake: bool,
 ) -> Result<(), Errno> {
+    debug_assert!(zeros.iter().all(|&b| b == 0));
+    // (An empty anonymous page already reads as zeros: no byte any Rust object can observe
+    // changes, which is `install_page`'s contract.)
+    install_page(fd, addr, zeros, wp, wake)
+}
+
+/// `UFFDIO_COPY` of `src` (whole pages) into the empty pages at `addr` of a range registered
+/// in missing mode with the userfaultfd `fd` (a lazily armed region, or a fork clone),
+/// write-protected in the same step if `wp`, waking the faulting threads if `wake`. `EEXIST`
+/// if the first page has content already (nothing changes); `EAGAIN` if a later one stopped
+/// the copy (or a non-cooperative event is pending).
+///
+/// Sound for any `src`: an empty page of a missing-mode range cannot be accessed at all (every
+/// access, by any thread or by the kernel on its behalf, raises a missing fault and waits for
+/// the service thread), so nobody can observe the page before it holds `src`; the page
+/// appears with its content and protection in one step. Which content the page *should* hold
+/// (zeros, or a fork clone's inherited page) is the caller's business.
+pub(crate) fn install_page(
+    fd: RawFd,
+    addr: usize,
+    src: &[u8],
+    wp: bool,
+    wake: bool,
+) -> Result<(), Errno> {
     let mut mode = 0u64;
     if wp {
         mode |= u64::from(k::UFFDIO_COPY_MODE_WP);
@@ -130,14 +154,14 @@ pub(crate) fn copy_zero_page(
     }
     let mut arg = k::uffdio_copy {
         dst: addr as u64,
-        src: zeros.as_ptr() as u64,
-        len: zeros.len() as u64,
+        src: src.as_ptr() as u64,
+        len: src.len() as u64,
         mode,
         copy: 0,
     };
-    // SAFETY: UFFDIO_COPY reads `arg` on our stack and `zeros.len()` bytes from `zeros` (a live
-    // slice), and fills only an empty page-table entry (or a uffd-wp marker) of the registered
-    // range at `addr` with a new page holding those zeros (EEXIST otherwise): an empty
-    // anonymous page already reads as zeros, so no byte any Rust object can observe changes.
+    // SAFETY: UFFDIO_COPY reads `arg` on our stack and `src.len()` bytes from `src` (a live
+    // slice), and fills only empty page-table entries (or uffd-wp markers) of the registered
+    // range at `addr` with new pages holding those bytes (EEXIST otherwise). No access can have
+    // observed those entries empty (see above), so no Rust object sees a byte change.
     unsafe { uffd_ioctl(fd, linux_raw_sys::ioctl::UFFDIO_COPY, &mut arg) }
 }
