@@ -54,6 +54,11 @@ pub struct RemoteOptions {
     pub retry_timeout: Duration,
     /// First backoff delay (default 100 ms; doubles on each retry, at most 15 s).
     pub initial_backoff: Duration,
+    /// Extra `object_store` configuration, applied over the environment: keys as the
+    /// provider's builder spells them (`aws_endpoint`, `aws_access_key_id`,
+    /// `aws_secret_access_key`, `aws_region`, `aws_allow_http`, ...). Empty by default: the
+    /// environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...) alone configures the store.
+    pub config: Vec<(String, String)>,
 }
 
 impl Default for RemoteOptions {
@@ -66,6 +71,7 @@ impl Default for RemoteOptions {
             max_retries: 10,
             retry_timeout: Duration::from_secs(180),
             initial_backoff: Duration::from_millis(100),
+            config: Vec::new(),
         }
     }
 }
@@ -125,12 +131,19 @@ fn build_store(url: &str, o: &RemoteOptions) -> Result<Arc<dyn ObjectStore>, Url
         retry_timeout: o.retry_timeout,
     };
     match scheme {
-        "s3" | "s3a" => object_store::aws::AmazonS3Builder::from_env()
-            .with_url(url)
+        "s3" | "s3a" => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env();
+            for (k, v) in &o.config {
+                let key: object_store::aws::AmazonS3ConfigKey =
+                    k.parse().map_err(|e| format!("configuration key {k}: {e}"))?;
+                b = b.with_config(key, v);
+            }
+            b.with_url(url)
             .with_retry(retry)
             .build()
             .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string())
+        }
         #[cfg(feature = "gcs")]
         "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
             .with_url(url)
