@@ -56,11 +56,11 @@ pub use error::{
     CheckpointError, CompactError, ConflictError, CorruptError, Corruption, IoError, OpenError,
     ReadError, RemoteError, RemoteErrorKind, RestoreError, RetainError, VerifyError, WriteError,
 };
-pub use remote::RemoteOptions;
-pub use store::location::StoreLocation;
 pub use files::TEMP_PREFIX;
 pub use progress::{Progress, ProgressFn};
+pub use remote::RemoteOptions;
 pub use source::{PageSource, SliceSource};
+pub use store::location::StoreLocation;
 pub use store::manifest::MANIFEST_NAME;
 pub use store::open::LOCK_NAME;
 pub use store::restore::{CastError, RestoredMapping};

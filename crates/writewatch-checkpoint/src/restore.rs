@@ -308,8 +308,12 @@ impl Plan {
             let p = &self.pieces[g.start];
             let (seg, run) = self.run(p);
             if g.len() == 1 && run.kind == RunKind::Raw && p.count == run.page_count {
-                sys::pread_exact_words(local_file(seg)?, run.data_offset, words(p.first_page, p.count))
-                    .map_err(|e| seg.run_read_failure(run, e))?;
+                sys::pread_exact_words(
+                    local_file(seg)?,
+                    run.data_offset,
+                    words(p.first_page, p.count),
+                )
+                .map_err(|e| seg.run_read_failure(run, e))?;
                 prog.add(p.count, p.count * ps as u64);
                 continue;
             }
@@ -402,6 +406,9 @@ impl Plan {
         &self,
         mut sink: impl FnMut(u64, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
+        if let Some(backend) = self.remote() {
+            return self.for_each_page_remote(&backend, sink);
+        }
         let ps = self.page_size;
         let mut by_page: Vec<&Piece> = self.pieces.iter().collect();
         by_page.sort_unstable_by_key(|p| p.first_page);

@@ -226,7 +226,6 @@ impl SegmentBuilder {
         })
     }
 
-
     fn file_sink(
         temp: &TempFile,
         file: File,

@@ -15,15 +15,103 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{to_io, ObjectBackend};
-use crate::error::{IoError, RestoreError};
+use crate::error::{IoError, ReadError, RestoreError};
 use crate::restore::{Piece, Plan};
 use crate::segment::{SegSrc, SegmentFile};
 
-/// A batch: consecutive run groups of one segment and their byte ranges.
+/// A batch: consecutive jobs (data runs) of one segment and their byte ranges.
 struct Batch {
     seg: usize,
-    groups: Vec<Range<usize>>,
+    jobs: Range<usize>,
     ranges: Vec<Range<u64>>,
+}
+
+/// Groups consecutive `jobs` of the same segment into batches of at most `max_bytes`.
+fn batches(segs: &[SegmentFile], jobs: &[(usize, usize)], max_bytes: u64) -> Vec<Batch> {
+    let mut out: Vec<Batch> = Vec::new();
+    let mut bytes = 0u64;
+    for (i, &(seg, run)) in jobs.iter().enumerate() {
+        let run = &segs[seg].runs[run];
+        let range = run.data_offset..run.data_offset + run.stored_len;
+        match out.last_mut() {
+            Some(b) if b.seg == seg && bytes + run.stored_len <= max_bytes => {
+                b.jobs.end = i + 1;
+                b.ranges.push(range);
+                bytes += run.stored_len;
+            }
+            _ => {
+                out.push(Batch {
+                    seg,
+                    jobs: i..i + 1,
+                    ranges: vec![range],
+                });
+                bytes = run.stored_len;
+            }
+        }
+    }
+    out
+}
+
+/// Fetches the data runs `jobs` (`(segment, run)` pairs into `segs`, all objects of
+/// `backend`) with parallel ranged requests, verifies each (CRC, decompression) and calls
+/// `sink(job_index, raw_page_bytes)` in job order.
+pub(crate) fn fetch_runs<E: From<ReadError>>(
+    backend: &Arc<ObjectBackend>,
+    segs: &[SegmentFile],
+    jobs: &[(usize, usize)],
+    mut sink: impl FnMut(usize, &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let o = &backend.options;
+    let batches = batches(segs, jobs, o.fetch_batch.max(1 << 20) as u64);
+    let rt = backend.runtime();
+    let fetches = batches.iter().map(|b| {
+        let store = backend.store.clone();
+        let name = match &segs[b.seg].src {
+            SegSrc::Object(_, name) => name.as_str(),
+            SegSrc::File(_) => "",
+        };
+        let path = backend.path(name);
+        let ranges = b.ranges.clone();
+        rt.spawn(async move { store.get_ranges(&path, &ranges).await })
+    });
+    let mut stream = futures_util::stream::iter(fetches).buffered(o.fetch_concurrency.max(1));
+    let mut out = Vec::new();
+    // The stream is polled inside the runtime, the sink called outside it (it may itself
+    // block on the runtime: compaction uploads what it reads). The spawned fetches keep
+    // running on the runtime's workers in between.
+    for b in &batches {
+        let Some(joined) = backend.block_on(stream.next()) else {
+            break;
+        };
+        let seg: &SegmentFile = &segs[b.seg];
+        let got: Vec<Bytes> = match joined {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                return Err(ReadError::from(IoError::new("read", &seg.path, to_io(e))).into())
+            }
+            Err(e) => {
+                return Err(ReadError::from(IoError::new(
+                    "read",
+                    &seg.path,
+                    std::io::Error::other(e),
+                ))
+                .into())
+            }
+        };
+        for ((job, range), stored) in b.jobs.clone().zip(&b.ranges).zip(&got) {
+            let run = &seg.runs[jobs[job].1];
+            if stored.len() as u64 != range.end - range.start {
+                return Err(seg
+                    .run_read_failure(run, std::io::ErrorKind::UnexpectedEof.into())
+                    .into());
+            }
+            let raw = run
+                .decode_data(&seg.path, seg.header.page_size, stored, &mut out)
+                .map_err(ReadError::from)?;
+            sink(job, raw)?;
+        }
+    }
+    Ok(())
 }
 
 impl Plan {
@@ -35,32 +123,6 @@ impl Plan {
         }
     }
 
-    fn batches(&self, max_bytes: u64) -> Vec<Batch> {
-        let mut out: Vec<Batch> = Vec::new();
-        let mut bytes = 0u64;
-        for g in self.groups() {
-            let p = self.pieces[g.start];
-            let run = &self.segs[p.seg].runs[p.run];
-            let range = run.data_offset..run.data_offset + run.stored_len;
-            match out.last_mut() {
-                Some(b) if b.seg == p.seg && bytes + run.stored_len <= max_bytes => {
-                    b.groups.push(g);
-                    b.ranges.push(range);
-                    bytes += run.stored_len;
-                }
-                _ => {
-                    out.push(Batch {
-                        seg: p.seg,
-                        groups: vec![g],
-                        ranges: vec![range],
-                    });
-                    bytes = run.stored_len;
-                }
-            }
-        }
-        out
-    }
-
     /// Fetches every run group of the plan from object storage, verifies it, and calls
     /// `sink(pieces_of_the_group, raw_run_bytes)` for each, in plan order.
     pub(crate) fn visit_remote(
@@ -68,51 +130,57 @@ impl Plan {
         backend: &Arc<ObjectBackend>,
         mut sink: impl FnMut(&[Piece], &[u8]) -> Result<(), RestoreError>,
     ) -> Result<(), RestoreError> {
-        let o = &backend.options;
-        let batches = self.batches(o.fetch_batch.max(1 << 20) as u64);
-        let names: Vec<String> = self
-            .segs
+        let groups = self.groups();
+        let jobs: Vec<(usize, usize)> = groups
             .iter()
-            .map(|s| match &s.src {
-                SegSrc::Object(_, name) => name.clone(),
-                SegSrc::File(_) => String::new(),
-            })
+            .map(|g| (self.pieces[g.start].seg, self.pieces[g.start].run))
             .collect();
-        let rt = backend.runtime();
-        let fetches = batches.iter().map(|b| {
-            let store = backend.store.clone();
-            let path = backend.path(&names[b.seg]);
-            let ranges = b.ranges.clone();
-            rt.spawn(async move { store.get_ranges(&path, &ranges).await })
-        });
-        let mut stream = futures_util::stream::iter(fetches).buffered(o.fetch_concurrency.max(1));
-        let mut out = Vec::new();
-        let mut i = 0usize;
-        backend.block_on(async {
-            while let Some(joined) = stream.next().await {
-                let b = &batches[i];
-                i += 1;
-                let seg: &SegmentFile = &self.segs[b.seg];
-                let got: Vec<Bytes> = match joined {
-                    Ok(Ok(v)) => v,
-                    Ok(Err(e)) => return Err(IoError::new("read", &seg.path, to_io(e)).into()),
-                    Err(e) => {
-                        return Err(IoError::new("read", &seg.path, std::io::Error::other(e)).into())
-                    }
-                };
-                for ((g, range), stored) in b.groups.iter().zip(&b.ranges).zip(&got) {
-                    let p = self.pieces[g.start];
-                    let run = &seg.runs[p.run];
-                    if stored.len() as u64 != range.end - range.start {
-                        return Err(seg
-                            .run_read_failure(run, std::io::ErrorKind::UnexpectedEof.into())
-                            .into());
-                    }
-                    let raw = run.decode_data(&seg.path, seg.header.page_size, stored, &mut out)?;
-                    sink(&self.pieces[g.clone()], raw)?;
-                }
-            }
-            Ok(())
+        fetch_runs(backend, &self.segs, &jobs, |i, raw| {
+            sink(&self.pieces[groups[i].clone()], raw)
         })
+    }
+
+    /// [`for_each_page_in_order`](Plan::for_each_page_in_order) for object storage: the runs
+    /// are fetched in page order, in parallel.
+    pub(crate) fn for_each_page_remote<E: From<RestoreError>>(
+        &self,
+        backend: &Arc<ObjectBackend>,
+        mut sink: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let ps = self.page_size;
+        let mut by_page: Vec<&Piece> = self.pieces.iter().collect();
+        by_page.sort_unstable_by_key(|p| p.first_page);
+        let jobs: Vec<(usize, usize)> = by_page.iter().map(|p| (p.seg, p.run)).collect();
+        let r = fetch_runs(
+            backend,
+            &self.segs,
+            &jobs,
+            |i, raw| -> Result<(), Wrap<E>> {
+                let p = by_page[i];
+                let run = &self.segs[p.seg].runs[p.run];
+                for page in p.first_page..p.first_page + p.count {
+                    let off = ((page - run.first_page) as usize) * ps;
+                    sink(page, &raw[off..off + ps]).map_err(Wrap::Sink)?;
+                }
+                Ok(())
+            },
+        );
+        match r {
+            Ok(()) => Ok(()),
+            Err(Wrap::Sink(e)) => Err(e),
+            Err(Wrap::Read(e)) => Err(E::from(RestoreError::from(e))),
+        }
+    }
+}
+
+/// A sink's own error, or a read error.
+enum Wrap<E> {
+    Sink(E),
+    Read(ReadError),
+}
+
+impl<E> From<ReadError> for Wrap<E> {
+    fn from(e: ReadError) -> Self {
+        Wrap::Read(e)
     }
 }

@@ -184,17 +184,26 @@ pub(crate) fn to_io(e: object_store::Error) -> io::Error {
         E::AlreadyExists { .. } | E::Precondition { .. } => {
             (RemoteErrorKind::Conflict, io::ErrorKind::AlreadyExists)
         }
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-            (RemoteErrorKind::Unauthorized, io::ErrorKind::PermissionDenied)
-        }
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => (
+            RemoteErrorKind::Unauthorized,
+            io::ErrorKind::PermissionDenied,
+        ),
         _ if text.contains("NoSuchBucket") => {
             (RemoteErrorKind::NoSuchBucket, io::ErrorKind::NotFound)
         }
-        _ if ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden"]
-            .iter()
-            .any(|s| text.contains(s)) =>
+        _ if [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+            "403 Forbidden",
+        ]
+        .iter()
+        .any(|s| text.contains(s)) =>
         {
-            (RemoteErrorKind::Unauthorized, io::ErrorKind::PermissionDenied)
+            (
+                RemoteErrorKind::Unauthorized,
+                io::ErrorKind::PermissionDenied,
+            )
         }
         _ if [
             "error sending request",
@@ -377,11 +386,7 @@ impl ObjectBackend {
         let objects = r.map_err(|e| self.err("list", "", e))?;
         Ok(objects
             .into_iter()
-            .filter_map(|o| {
-                o.location
-                    .filename()
-                    .map(|n| (n.to_string(), o.size))
-            })
+            .filter_map(|o| o.location.filename().map(|n| (n.to_string(), o.size)))
             .collect())
     }
 

@@ -73,10 +73,7 @@ impl ObjectSink {
         let Some(w) = self.upload.take() else {
             return Err(io::Error::other("upload already finished"));
         };
-        self.backend
-            .block_on(w.finish())
-            .map(drop)
-            .map_err(to_io)
+        self.backend.block_on(w.finish()).map(drop).map_err(to_io)
     }
 }
 

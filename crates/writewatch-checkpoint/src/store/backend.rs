@@ -191,5 +191,4 @@ impl Backend {
             Backend::Object(o) => Some(o),
         }
     }
-
 }

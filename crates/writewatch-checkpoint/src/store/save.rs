@@ -297,7 +297,11 @@ impl Store {
         match self.commit_manifest(next) {
             Ok(()) => {
                 let info = SegmentInfo::from_entry(&entry, &self.manifest);
-                tracing::debug!(epoch = info.epoch, bytes = info.file_len, "committed object {name}");
+                tracing::debug!(
+                    epoch = info.epoch,
+                    bytes = info.file_len,
+                    "committed object {name}"
+                );
                 Ok(info)
             }
             Err(e) => {

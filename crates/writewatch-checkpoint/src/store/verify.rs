@@ -9,6 +9,7 @@ use super::{SegmentInfo, Store, VerifyProblem, VerifyReport};
 use crate::error::{CorruptError, Corruption, IoContext, IoError, ReadError, VerifyError};
 use crate::format::RunKind;
 use crate::progress::ProgressTracker;
+use crate::remote::fetch::fetch_runs;
 use crate::sys;
 
 impl Store {
@@ -75,6 +76,23 @@ impl Store {
                     continue;
                 }
             };
+            if let Some(backend) = self.backend.object() {
+                let jobs: Vec<(usize, usize)> = (0..seg.runs.len())
+                    .filter(|&r| seg.runs[r].kind != RunKind::Zero)
+                    .map(|r| (0, r))
+                    .collect();
+                let segs = std::slice::from_ref(&seg);
+                let r = fetch_runs(backend, segs, &jobs, |i, _| -> Result<(), ReadError> {
+                    let run = &seg.runs[jobs[i].1];
+                    report.bytes_checked += run.stored_len;
+                    prog.add(run.page_count, run.stored_len);
+                    Ok(())
+                });
+                if let Err(err) = r {
+                    report.problems.push(problem(err));
+                }
+                continue;
+            }
             for run in seg.runs.iter().filter(|r| r.kind != RunKind::Zero) {
                 match seg.read_run(run, &mut scratch, &mut out) {
                     Ok(_) => {
