@@ -17,9 +17,7 @@ use clap::{Parser, Subcommand};
 use probe::probe;
 use progress::progress_bar;
 use serde::Serialize;
-use writewatch_checkpoint::{
-    CheckpointError, Leftover, RestoreError, SegmentInfo, SegmentKind, Store,
-};
+use writewatch_checkpoint::{CheckpointError, Leftover, RestoreError, SegmentInfo, SegmentKind};
 
 const AFTER_HELP: &str = "\
 Exit status:
