@@ -22,12 +22,26 @@ setup:
 build: setup
 	$(CARGO) build --workspace --all-targets
 
+# The object-storage tests (crates/writewatch-checkpoint/tests/object_*.rs) and bench run
+# against a real local S3 server, s3s-fs from crates.io, which they start on a loopback port
+# and stop themselves. Installed once with cargo (about 8 minutes of compilation on the
+# reference machine), then found on PATH or in ~/.cargo/bin and not rebuilt.
+S3S_FS_VERSION ?= 0.14.1
+.PHONY: s3-server
+s3-server:
+	@if command -v s3s-fs >/dev/null 2>&1 || [ -x "$$HOME/.cargo/bin/s3s-fs" ]; then \
+	  echo "s3-server: s3s-fs present"; \
+	else \
+	  echo "s3-server: installing s3s-fs $(S3S_FS_VERSION) (cargo install, a few minutes)"; \
+	  $(CARGO) install -q s3s-fs --version $(S3S_FS_VERSION) --features binary --locked; \
+	fi
+
 demo: setup
 	$(CARGO) run --release --example uffd-demo
 
 # All set-up and all tests. Fails if the probe says this kernel should support a feature
 # that it does not (so no test can be skipped silently on a capable machine).
-test: setup
+test: setup s3-server
 	$(CARGO) run -q -p writewatch-cli -- probe --require-expected
 	$(CARGO) build -q --workspace --examples   # tests/demo_dir.rs runs target/debug/examples/uffd-demo
 	$(CARGO) test --workspace --all-targets

@@ -24,6 +24,9 @@
 //! `--dir DIR`: a new path or an empty directory gets a new store; an existing store is
 //! continued (resumed from its newest epoch; `--size` must match it). Any other non-empty
 //! directory is refused (exit 2): the demo never deletes or overwrites what it did not create.
+//! `--dir` also takes a store URL (`file:///dir`, `s3://bucket/prefix` configured by
+//! `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+//! `AWS_ALLOW_HTTP`).
 
 mod instruments;
 
@@ -318,7 +321,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     // Never delete anything: a new or empty directory gets a new store, an existing store is
     // continued, anything else is refused (Store::create refuses non-empty directories).
-    let mut store = if dir.join(MANIFEST_NAME).is_file() {
+    let url = dir.to_str().filter(|d| d.contains("://"));
+    let mut store = if let Some(url) = url {
+        // s3://bucket/prefix (configured by AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
+        Store::open_or_create_url(url).map_err(|e| format!("--dir: {e}"))?
+    } else if dir.join(MANIFEST_NAME).is_file() {
         Store::open(&dir)?
     } else {
         Store::create(&dir).map_err(|e| format!("--dir: {e}"))?

@@ -38,6 +38,78 @@ impl IoError {
     pub fn raw_os_error(&self) -> Option<i32> {
         self.source.raw_os_error()
     }
+
+    /// For a store on object storage: what kind of remote failure this was (wrong
+    /// credentials, missing bucket, connection lost after the retries...). `None` for a
+    /// local I/O error.
+    pub fn remote_kind(&self) -> Option<RemoteErrorKind> {
+        crate::remote::remote_kind(&self.source)
+    }
+}
+
+/// What went wrong talking to an object store (the kind of a [`RemoteError`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemoteErrorKind {
+    /// The credentials were refused (wrong `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`,
+    /// or no permission on the bucket).
+    Unauthorized,
+    /// The bucket does not exist.
+    NoSuchBucket,
+    /// The object does not exist.
+    NotFound,
+    /// A conditional request failed (the object changed or already exists).
+    Conflict,
+    /// The connection failed or dropped, and the retries (with backoff) were exhausted.
+    Transport,
+    /// Any other failure reported by the object store.
+    Other,
+}
+
+impl fmt::Display for RemoteErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RemoteErrorKind::Unauthorized => "access denied: check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or the provider's equivalent)",
+            RemoteErrorKind::NoSuchBucket => "the bucket does not exist: create it or fix the URL",
+            RemoteErrorKind::NotFound => "no such object",
+            RemoteErrorKind::Conflict => "the object was changed by someone else",
+            RemoteErrorKind::Transport => "connection to the object store failed or dropped (after retries with backoff): check AWS_ENDPOINT_URL and the network",
+            RemoteErrorKind::Other => "object store request failed",
+        })
+    }
+}
+
+/// A failure reported by an object store (the [`source`](std::error::Error::source) of the
+/// [`std::io::Error`] inside an [`IoError`]); the store client's own error is its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}")]
+pub struct RemoteError {
+    /// The classification.
+    pub kind: RemoteErrorKind,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl RemoteError {
+    pub(crate) fn new(
+        kind: RemoteErrorKind,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        RemoteError {
+            kind,
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Another writer replaced the manifest of an object-storage store after this handle read
+/// it: this handle's change was not committed (its segment, if any, was removed). Reopen
+/// the store to see the other writer's chain, then retry.
+#[derive(Debug, thiserror::Error)]
+#[error("{url}: another writer committed to this store first (the manifest changed since it was read); nothing was committed: reopen the store and retry")]
+pub struct ConflictError {
+    /// The store URL.
+    pub url: String,
 }
 
 /// Helper to attach an operation and a path to an `io::Result`.
@@ -210,6 +282,32 @@ pub enum OpenError {
     /// in a new or empty directory, so no unrelated file is ever removed or overwritten.
     #[error("{}: directory is not empty and holds no checkpoint store (no MANIFEST); name a new or empty directory", .0.display())]
     NotEmpty(PathBuf),
+    /// The location is not a path nor a supported URL.
+    #[error("{location}: not a store location: {reason}")]
+    InvalidLocation {
+        /// What was given.
+        location: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The object store refused the credentials.
+    #[error("{url}: access denied by the object store: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the provider's credentials)")]
+    Unauthorized {
+        /// The store URL.
+        url: String,
+        /// The failed request.
+        #[source]
+        source: IoError,
+    },
+    /// The bucket of the URL does not exist.
+    #[error("{url}: the bucket does not exist: create it first or fix the URL")]
+    NoSuchBucket {
+        /// The store URL.
+        url: String,
+        /// The failed request.
+        #[source]
+        source: IoError,
+    },
 }
 
 /// Errors while writing a checkpoint segment.
@@ -260,6 +358,9 @@ pub enum WriteError {
     /// The store was opened read-only.
     #[error("store is open read-only")]
     ReadOnly,
+    /// Another writer committed to the (object-storage) store first.
+    #[error(transparent)]
+    Conflict(#[from] ConflictError),
 }
 
 /// Errors from the restore operations.
@@ -339,7 +440,38 @@ pub enum RetainError {
     /// The store was opened read-only.
     #[error("store is open read-only")]
     ReadOnly,
+    /// Another writer committed to the (object-storage) store first.
+    #[error(transparent)]
+    Conflict(#[from] ConflictError),
 }
+
+/// A failed manifest commit (crate-internal; converted into each operation's error).
+#[derive(Debug)]
+pub(crate) enum CommitError {
+    Io(IoError),
+    Conflict(ConflictError),
+}
+
+impl From<IoError> for CommitError {
+    fn from(e: IoError) -> Self {
+        CommitError::Io(e)
+    }
+}
+
+macro_rules! from_commit_error {
+    ($($t:ident),+) => {$(
+        impl From<CommitError> for $t {
+            fn from(e: CommitError) -> Self {
+                match e {
+                    CommitError::Io(e) => $t::Io(e),
+                    CommitError::Conflict(e) => $t::Conflict(e),
+                }
+            }
+        }
+    )+};
+}
+
+from_commit_error!(WriteError, RetainError);
 
 /// Errors that prevent [`Store::verify`](crate::Store::verify) from running at
 /// all (problems found while verifying are listed in the report instead).

@@ -25,6 +25,11 @@ impl TempFile {
         TempFile { path, armed: true }
     }
 
+    /// A name only (for messages): nothing is ever removed.
+    pub(crate) fn label(path: PathBuf) -> Self {
+        TempFile { path, armed: false }
+    }
+
     /// Creates `path` (which must not exist) with mode 0600, opened for writing, and
     /// guards it. Nothing is guarded (or removed) if the creation fails.
     pub(crate) fn create(path: PathBuf) -> Result<(TempFile, File), IoError> {

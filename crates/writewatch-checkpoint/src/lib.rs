@@ -43,6 +43,7 @@ mod files;
 #[doc(hidden)]
 pub mod format;
 mod progress;
+mod remote;
 mod restore;
 mod segment;
 mod source;
@@ -52,12 +53,14 @@ mod sys;
 mod writer;
 
 pub use error::{
-    CheckpointError, CompactError, CorruptError, Corruption, IoError, OpenError, ReadError,
-    RestoreError, RetainError, VerifyError, WriteError,
+    CheckpointError, CompactError, ConflictError, CorruptError, Corruption, IoError, OpenError,
+    ReadError, RemoteError, RemoteErrorKind, RestoreError, RetainError, VerifyError, WriteError,
 };
 pub use files::TEMP_PREFIX;
 pub use progress::{Progress, ProgressFn};
+pub use remote::RemoteOptions;
 pub use source::{PageSource, SliceSource};
+pub use store::location::StoreLocation;
 pub use store::manifest::MANIFEST_NAME;
 pub use store::open::LOCK_NAME;
 pub use store::restore::{CastError, RestoredMapping};

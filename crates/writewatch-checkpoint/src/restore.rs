@@ -119,13 +119,13 @@ impl Plan {
         v
     }
 
-    fn run(&self, p: &Piece) -> (&SegmentFile, &RunEntry) {
+    pub(crate) fn run(&self, p: &Piece) -> (&SegmentFile, &RunEntry) {
         let seg = &self.segs[p.seg];
         (seg, &seg.runs[p.run])
     }
 
     /// Groups `pieces` by run: returns index ranges into `pieces`.
-    fn groups(&self) -> Vec<std::ops::Range<usize>> {
+    pub(crate) fn groups(&self) -> Vec<std::ops::Range<usize>> {
         let mut out = Vec::new();
         let mut i = 0;
         while i < self.pieces.len() {
@@ -169,6 +169,21 @@ impl Plan {
         }
         let total = self.data_pages();
         let mut prog = ProgressTracker::new(progress, total);
+        if let Some(backend) = self.remote() {
+            self.visit_remote(&backend, |pieces, raw| {
+                for piece in pieces {
+                    let run = &self.segs[piece.seg].runs[piece.run];
+                    let off = ((piece.first_page - run.first_page) as usize) * ps;
+                    let len = piece.count as usize * ps;
+                    let d = piece.first_page as usize * ps;
+                    dst[d..d + len].copy_from_slice(&raw[off..off + len]);
+                    prog.add(piece.count, len as u64);
+                }
+                Ok(())
+            })?;
+            prog.finish();
+            return Ok(());
+        }
         let mut scratch = Vec::new();
         let mut out = Vec::new();
         // A batch of whole raw runs, file-contiguous in one segment, read with
@@ -232,9 +247,16 @@ impl Plan {
         let mut scratch = Vec::new();
         let mut out = Vec::new();
         let groups = self.groups();
-        for g in groups.iter().cloned() {
-            let (seg, run) = self.run(&self.pieces[g.start]);
-            seg.read_run(run, &mut scratch, &mut out)?;
+        let remote = self.remote();
+        match &remote {
+            // Objects: a verifying pass over the fetched runs (a second fetch copies).
+            Some(backend) => self.visit_remote(backend, |_, _| Ok(()))?,
+            None => {
+                for g in groups.iter().cloned() {
+                    let (seg, run) = self.run(&self.pieces[g.start]);
+                    seg.read_run(run, &mut scratch, &mut out)?;
+                }
+            }
         }
         let wpp = ps / 8;
         let words = |first: u64, count: u64| {
@@ -257,12 +279,41 @@ impl Plan {
         }
         zero(words(pos, self.page_count - pos));
         let mut prog = ProgressTracker::new(progress, self.data_pages());
+        let store_words = |piece: &Piece, src: &[u8]| {
+            for (w, b) in words(piece.first_page, piece.count)
+                .iter()
+                .zip(src.chunks_exact(8))
+            {
+                w.store(
+                    u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])),
+                    Ordering::Relaxed,
+                );
+            }
+        };
+        if let Some(backend) = &remote {
+            self.visit_remote(backend, |pieces, raw| {
+                for piece in pieces {
+                    let run = &self.segs[piece.seg].runs[piece.run];
+                    let off = ((piece.first_page - run.first_page) as usize) * ps;
+                    let len = piece.count as usize * ps;
+                    store_words(piece, &raw[off..off + len]);
+                    prog.add(piece.count, len as u64);
+                }
+                Ok(())
+            })?;
+            prog.finish();
+            return Ok(());
+        }
         for g in groups.iter().cloned() {
             let p = &self.pieces[g.start];
             let (seg, run) = self.run(p);
             if g.len() == 1 && run.kind == RunKind::Raw && p.count == run.page_count {
-                sys::pread_exact_words(&seg.file, run.data_offset, words(p.first_page, p.count))
-                    .map_err(|e| seg.run_read_failure(run, e))?;
+                sys::pread_exact_words(
+                    local_file(seg)?,
+                    run.data_offset,
+                    words(p.first_page, p.count),
+                )
+                .map_err(|e| seg.run_read_failure(run, e))?;
                 prog.add(p.count, p.count * ps as u64);
                 continue;
             }
@@ -270,16 +321,7 @@ impl Plan {
             for piece in &self.pieces[g] {
                 let off = ((piece.first_page - run.first_page) as usize) * ps;
                 let len = piece.count as usize * ps;
-                let src = &raw[off..off + len];
-                for (w, b) in words(piece.first_page, piece.count)
-                    .iter()
-                    .zip(src.chunks_exact(8))
-                {
-                    w.store(
-                        u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])),
-                        Ordering::Relaxed,
-                    );
-                }
+                store_words(piece, &raw[off..off + len]);
                 prog.add(piece.count, len as u64);
             }
         }
@@ -311,7 +353,7 @@ impl Plan {
             rest = tail;
             base = (p.first_page + p.count) as usize * ps;
         }
-        sys::preadv_exact(&seg.file, first_run.data_offset, &mut slices)
+        sys::preadv_exact(local_file(seg)?, first_run.data_offset, &mut slices)
             .map_err(|e| seg.run_read_failure(first_run, e))?;
         for (&pi, s) in batch.iter().zip(slices.iter()) {
             let p = &self.pieces[pi];
@@ -332,18 +374,26 @@ impl Plan {
     ) -> Result<(), RestoreError> {
         let ps = self.page_size;
         let mut prog = ProgressTracker::new(progress, self.data_pages());
-        let mut scratch = Vec::new();
-        let mut out = Vec::new();
-        let groups = self.groups();
-        for g in groups.iter().cloned() {
-            let (seg, run) = self.run(&self.pieces[g.start]);
-            let raw = seg.read_run(run, &mut scratch, &mut out)?;
-            for piece in &self.pieces[g] {
+        let mut write = |pieces: &[Piece], raw: &[u8]| -> Result<(), RestoreError> {
+            for piece in pieces {
+                let run = &self.segs[piece.seg].runs[piece.run];
                 let off = ((piece.first_page - run.first_page) as usize) * ps;
                 let len = piece.count as usize * ps;
                 file.write_all_at(&raw[off..off + len], piece.first_page * ps as u64)
                     .map_err(|e| IoError::new("write", path, e))?;
                 prog.add(piece.count, len as u64);
+            }
+            Ok(())
+        };
+        if let Some(backend) = self.remote() {
+            self.visit_remote(&backend, write)?;
+        } else {
+            let mut scratch = Vec::new();
+            let mut out = Vec::new();
+            for g in self.groups() {
+                let (seg, run) = self.run(&self.pieces[g.start]);
+                let raw = seg.read_run(run, &mut scratch, &mut out)?;
+                write(&self.pieces[g], raw)?;
             }
         }
         prog.finish();
@@ -356,6 +406,9 @@ impl Plan {
         &self,
         mut sink: impl FnMut(u64, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
+        if let Some(backend) = self.remote() {
+            return self.for_each_page_remote(&backend, sink);
+        }
         let ps = self.page_size;
         let mut by_page: Vec<&Piece> = self.pieces.iter().collect();
         by_page.sort_unstable_by_key(|p| p.first_page);
@@ -381,4 +434,16 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// The local file of a segment (every segment of a local plan has one).
+fn local_file(seg: &SegmentFile) -> Result<&File, RestoreError> {
+    seg.src.file().ok_or_else(|| {
+        IoError::new(
+            "read",
+            &seg.path,
+            std::io::Error::other("not a local segment file"),
+        )
+        .into()
+    })
 }

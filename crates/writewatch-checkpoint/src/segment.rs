@@ -3,19 +3,57 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{CorruptError, Corruption, IoContext, IoError, ReadError};
 use crate::format::{
     decode_frame, decode_index, RunEntry, RunKind, SegmentHeader, HEADER_LEN, RUN_ENTRY_LEN,
 };
+use crate::remote::ObjectBackend;
 use crate::sys;
+
+/// Where a segment's bytes are read from.
+#[derive(Debug)]
+pub(crate) enum SegSrc {
+    /// A local file.
+    File(File),
+    /// An object (name under the store prefix).
+    Object(Arc<ObjectBackend>, String),
+}
+
+impl SegSrc {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        match self {
+            SegSrc::File(f) => f.read_exact_at(buf, off),
+            SegSrc::Object(b, name) => {
+                if buf.is_empty() {
+                    return Ok(());
+                }
+                let got = b.get_range(name, off..off + buf.len() as u64)?;
+                if got.len() != buf.len() {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.copy_from_slice(&got);
+                Ok(())
+            }
+        }
+    }
+
+    /// The local file, if the segment is one.
+    pub(crate) fn file(&self) -> Option<&File> {
+        match self {
+            SegSrc::File(f) => Some(f),
+            SegSrc::Object(..) => None,
+        }
+    }
+}
 
 /// An open, structurally validated segment (header, footer and index
 /// checksums verified; run data not yet read).
 #[derive(Debug)]
 pub(crate) struct SegmentFile {
     pub(crate) path: PathBuf,
-    pub(crate) file: File,
+    pub(crate) src: SegSrc,
     pub(crate) header: SegmentHeader,
     pub(crate) footer_crc: u32,
     pub(crate) file_len: u64,
@@ -23,7 +61,7 @@ pub(crate) struct SegmentFile {
 }
 
 fn read_exact_at(
-    file: &File,
+    file: &SegSrc,
     path: &Path,
     buf: &mut [u8],
     off: u64,
@@ -64,16 +102,24 @@ impl SegmentFile {
             Err(e) => return Err(IoError::new("open", path, e).into()),
         };
         let file_len = file.metadata().ctx("stat", path)?.len();
-        Self::from_file(path, file, file_len)
+        let _ = sys::fadvise(&file, 0, 0, sys::Advice::Sequential);
+        Self::from_src(path, SegSrc::File(file), file_len)
     }
 
-    /// Validates a segment from an open file of known length.
-    pub(crate) fn from_file(
+    /// Opens and validates a segment stored as object `name` (shown as `path`).
+    pub(crate) fn open_object(
+        backend: &Arc<ObjectBackend>,
+        name: &str,
         path: &Path,
-        file: File,
-        file_len: u64,
     ) -> Result<SegmentFile, ReadError> {
-        let _ = sys::fadvise(&file, 0, 0, sys::Advice::Sequential);
+        let Some(len) = backend.size(name)? else {
+            return Err(CorruptError::new(path, 0, Corruption::Missing).into());
+        };
+        Self::from_src(path, SegSrc::Object(backend.clone(), name.to_string()), len)
+    }
+
+    /// Validates a segment from a source of known length.
+    fn from_src(path: &Path, file: SegSrc, file_len: u64) -> Result<SegmentFile, ReadError> {
         let mut hbuf = [0u8; HEADER_LEN];
         let hlen = (file_len.min(HEADER_LEN as u64)) as usize;
         read_exact_at(&file, path, &mut hbuf[..hlen], 0, file_len)?;
@@ -89,7 +135,7 @@ impl SegmentFile {
         let runs = decode_index(path, &index, &header, &footer)?;
         Ok(SegmentFile {
             path: path.to_path_buf(),
-            file,
+            src: file,
             header,
             footer_crc,
             file_len,
@@ -124,7 +170,7 @@ impl SegmentFile {
         // stored_len was bounds-checked against the data area by decode_index.
         scratch.resize(run.stored_len as usize, 0);
         read_exact_at(
-            &self.file,
+            &self.src,
             &self.path,
             scratch,
             run.data_offset,

@@ -16,6 +16,7 @@ use crate::format::{
     SegmentHeader, FLAG_BASE, FLAG_COMPRESSED, FOOTER_LEN, HEADER_LEN,
 };
 use crate::progress::{Progress, ProgressFn};
+use crate::remote::upload::ObjectSink;
 use crate::sys;
 
 /// Per-run compression of page data.
@@ -70,6 +71,8 @@ enum Sink {
         handle: Option<JoinHandle<File>>,
         in_flight: usize,
     },
+    /// A multipart upload to object storage.
+    Object(Box<ObjectSink>),
     Done,
 }
 
@@ -86,7 +89,10 @@ fn write_chunk(file: &mut File, pos: u64, data: &[u8], writeback: bool) -> io::R
 #[derive(Debug)]
 pub(crate) struct FinishedSegment {
     pub(crate) temp: TempFile,
-    pub(crate) file: File,
+    /// The local file (`None` for an uploaded object).
+    pub(crate) file: Option<File>,
+    /// The uploaded object's (name, nonce) (`None` for a local file).
+    pub(crate) object: Option<(String, u64)>,
     pub(crate) header: SegmentHeader,
     pub(crate) footer: SegmentFooter,
     pub(crate) footer_crc: u32,
@@ -133,10 +139,34 @@ impl SegmentBuilder {
     /// Creates the temporary file (0600) and the buffers.
     pub(crate) fn create(
         temp_path: PathBuf,
+        header: SegmentHeader,
+        opts: &WriterOptions,
+        progress: Option<ProgressFn>,
+        pages_total: Option<u64>,
+    ) -> Result<SegmentBuilder, WriteError> {
+        Self::create_with(temp_path, header, opts, progress, pages_total, None)
+    }
+
+    /// Like [`create`](Self::create), but streaming into a multipart upload (`object`)
+    /// instead of a temporary file.
+    pub(crate) fn create_upload(
+        object: ObjectSink,
+        header: SegmentHeader,
+        opts: &WriterOptions,
+        progress: Option<ProgressFn>,
+        pages_total: Option<u64>,
+    ) -> Result<SegmentBuilder, WriteError> {
+        let label = object.display();
+        Self::create_with(label, header, opts, progress, pages_total, Some(object))
+    }
+
+    fn create_with(
+        temp_path: PathBuf,
         mut header: SegmentHeader,
         opts: &WriterOptions,
         progress: Option<ProgressFn>,
         pages_total: Option<u64>,
+        object: Option<ObjectSink>,
     ) -> Result<SegmentBuilder, WriteError> {
         let ps = header.page_size as usize;
         let max_run = max_run_bytes(ps as u64) as usize;
@@ -144,49 +174,18 @@ impl SegmentBuilder {
         if opts.compression == Compression::Lz4 {
             header.flags |= FLAG_COMPRESSED;
         }
-        let (temp, file) = TempFile::create(temp_path)?;
-        let sink = if opts.background {
-            let (tx, thread_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(2);
-            let (thread_tx, rx) = mpsc::sync_channel::<Returned>(2);
-            let writeback = opts.early_writeback;
-            let mut file = file;
-            let handle = std::thread::Builder::new()
-                .name("ww-ckpt-writer".into())
-                .spawn(move || {
-                    let mut pos = 0u64;
-                    for (buf, len) in thread_rx {
-                        match write_chunk(&mut file, pos, &buf[..len], writeback) {
-                            Ok(()) => {
-                                pos += len as u64;
-                                if thread_tx.send(Ok(buf)).is_err() {
-                                    break;
-                                }
-                            }
-                            Err(e) => {
-                                let _ = thread_tx.send(Err(e));
-                                break;
-                            }
-                        }
-                    }
-                    file
-                })
-                .ctx("spawn writer thread for", &temp.path)?;
-            Sink::Background {
-                tx: Some(tx),
-                rx,
-                handle: Some(handle),
-                in_flight: 0,
-            }
-        } else {
-            Sink::Direct {
-                file,
-                pos: 0,
-                writeback: opts.early_writeback,
+        let background = opts.background && object.is_none();
+        let (temp, sink) = match object {
+            Some(o) => (TempFile::label(temp_path), Sink::Object(Box::new(o))),
+            None => {
+                let (temp, file) = TempFile::create(temp_path)?;
+                let sink = Self::file_sink(&temp, file, opts, background)?;
+                (temp, sink)
             }
         };
         let mut buf = vec![0u8; buffer_size];
         buf[..HEADER_LEN].copy_from_slice(&header.encode());
-        let free = if opts.background {
+        let free = if background {
             vec![vec![0u8; buffer_size]]
         } else {
             Vec::new()
@@ -224,6 +223,53 @@ impl SegmentBuilder {
             pages_total,
             progress,
             failed: false,
+        })
+    }
+
+    fn file_sink(
+        temp: &TempFile,
+        file: File,
+        opts: &WriterOptions,
+        background: bool,
+    ) -> Result<Sink, WriteError> {
+        Ok(if background {
+            let (tx, thread_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(2);
+            let (thread_tx, rx) = mpsc::sync_channel::<Returned>(2);
+            let writeback = opts.early_writeback;
+            let mut file = file;
+            let handle = std::thread::Builder::new()
+                .name("ww-ckpt-writer".into())
+                .spawn(move || {
+                    let mut pos = 0u64;
+                    for (buf, len) in thread_rx {
+                        match write_chunk(&mut file, pos, &buf[..len], writeback) {
+                            Ok(()) => {
+                                pos += len as u64;
+                                if thread_tx.send(Ok(buf)).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = thread_tx.send(Err(e));
+                                break;
+                            }
+                        }
+                    }
+                    file
+                })
+                .ctx("spawn writer thread for", &temp.path)?;
+            Sink::Background {
+                tx: Some(tx),
+                rx,
+                handle: Some(handle),
+                in_flight: 0,
+            }
+        } else {
+            Sink::Direct {
+                file,
+                pos: 0,
+                writeback: opts.early_writeback,
+            }
         })
     }
 
@@ -284,6 +330,10 @@ impl SegmentBuilder {
                         return Err(self.io_err("write", e));
                     }
                 }
+            }
+            Sink::Object(o) => {
+                o.write(&self.buf[..len])
+                    .map_err(|e| WriteError::Io(IoError::new("upload", &self.temp.path, e)))?;
             }
             Sink::Done => {
                 return Err(self.io_err("write", io::Error::other("segment already finished")))
@@ -567,8 +617,15 @@ impl SegmentBuilder {
         self.flush_buf()?;
         let file_len = self.data_end + index.len() as u64 + FOOTER_LEN as u64;
         let sink = std::mem::replace(&mut self.sink, Sink::Done);
+        let mut object = None;
         let file = match sink {
-            Sink::Direct { file, .. } => file,
+            Sink::Direct { file, .. } => Some(file),
+            Sink::Object(mut o) => {
+                o.finish()
+                    .map_err(|e| self.io_err("complete the upload of", e))?;
+                object = Some((o.name.clone(), o.nonce));
+                None
+            }
             Sink::Background {
                 tx,
                 rx,
@@ -591,7 +648,7 @@ impl SegmentBuilder {
                     return Err(self.io_err("write", e));
                 }
                 match file {
-                    Some(Ok(f)) => f,
+                    Some(Ok(f)) => Some(f),
                     _ => {
                         return Err(self.io_err("write", io::Error::other("writer thread panicked")))
                     }
@@ -602,11 +659,16 @@ impl SegmentBuilder {
             }
         };
         self.report(file_len);
-        let temp = TempFile::new(self.temp.path.clone());
+        let temp = if object.is_some() {
+            TempFile::label(self.temp.path.clone())
+        } else {
+            TempFile::new(self.temp.path.clone())
+        };
         self.temp.disarm();
         Ok(FinishedSegment {
             temp,
             file,
+            object,
             header: self.header,
             footer,
             footer_crc,

@@ -6,6 +6,7 @@
 //! Exit codes: 0 success, 1 verification failure or corruption, 2 usage or
 //! any other error.
 
+mod location;
 mod pages;
 mod probe;
 mod progress;
@@ -17,9 +18,7 @@ use clap::{Parser, Subcommand};
 use probe::probe;
 use progress::progress_bar;
 use serde::Serialize;
-use writewatch_checkpoint::{
-    CheckpointError, Leftover, RestoreError, SegmentInfo, SegmentKind, Store,
-};
+use writewatch_checkpoint::{CheckpointError, Leftover, RestoreError, SegmentInfo, SegmentKind};
 
 const AFTER_HELP: &str = "\
 Exit status:
@@ -28,6 +27,10 @@ Exit status:
      probe --require-expected found a feature missing
   2  usage error or any other failure (I/O, locked store, missing epoch,
      refused destination such as `restore --to /dev/null`)
+
+Stores on object storage (s3://bucket/prefix) are configured from the environment:
+  AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+  AWS_ALLOW_HTTP=true for a plain-HTTP endpoint.
 
 Logging: RUST_LOG (e.g. RUST_LOG=debug, RUST_LOG=writewatch_checkpoint=info); default warn.";
 
@@ -46,18 +49,18 @@ struct Cli {
 enum Command {
     /// Show the chain of a store: segments, sizes, dirty ratios.
     Inspect {
-        /// Store directory.
+        /// Store directory, or URL (file://, s3://bucket/prefix; see AWS_* below).
         dir: PathBuf,
     },
     /// Check every checksum and the chain's continuity; list files left by an interrupted
     /// write.
     Verify {
-        /// Store directory.
+        /// Store directory, or URL (file://, s3://bucket/prefix; see AWS_* below).
         dir: PathBuf,
     },
     /// Write the region at an epoch as a (sparse) image file.
     Restore {
-        /// Store directory.
+        /// Store directory, or URL (file://, s3://bucket/prefix; see AWS_* below).
         dir: PathBuf,
         /// Output image file: a new path or an existing regular file (replaced atomically).
         /// Device nodes, directories, FIFOs, sockets and symbolic links are refused (exit 2).
@@ -70,7 +73,7 @@ enum Command {
     /// Merge the newest chain into a single base segment; removes files left by an
     /// interrupted write.
     Compact {
-        /// Store directory.
+        /// Store directory, or URL (file://, s3://bucket/prefix; see AWS_* below).
         dir: PathBuf,
     },
     /// Show the page state of a process's mappings: present, swapped, copied on write,
@@ -289,7 +292,7 @@ fn human_bytes(n: u64) -> String {
 }
 
 fn inspect(dir: &Path, json_out: bool) -> Result<u8, Failure> {
-    let store = Store::open_read_only(dir)?;
+    let store = location::open_read_only(dir)?;
     let segs = store.segments();
     let geometry = store.geometry();
     let total: u64 = segs.iter().map(|s| s.file_len).sum();
@@ -337,7 +340,7 @@ fn inspect(dir: &Path, json_out: bool) -> Result<u8, Failure> {
 }
 
 fn verify(dir: &Path, json_out: bool) -> Result<u8, Failure> {
-    let mut store = Store::open_read_only(dir)?;
+    let mut store = location::open_read_only(dir)?;
     let bar = progress_bar(&mut store, "verify");
     let report = store.verify();
     bar.finish_and_clear();
@@ -385,7 +388,7 @@ fn verify(dir: &Path, json_out: bool) -> Result<u8, Failure> {
 }
 
 fn restore(dir: &Path, to: &Path, epoch: Option<u64>, json_out: bool) -> Result<u8, Failure> {
-    let mut store = Store::open_read_only(dir)?;
+    let mut store = location::open_read_only(dir)?;
     let epoch = match epoch {
         Some(e) => e,
         None => {
@@ -418,7 +421,7 @@ fn restore(dir: &Path, to: &Path, epoch: Option<u64>, json_out: bool) -> Result<
 }
 
 fn compact(dir: &Path, json_out: bool) -> Result<u8, Failure> {
-    let mut store = Store::open(dir)?;
+    let mut store = location::open(dir)?;
     let leftovers = store.removed_leftovers().to_vec();
     let before: u64 = store.segments().iter().map(|s| s.file_len).sum();
     let bar = progress_bar(&mut store, "compact");

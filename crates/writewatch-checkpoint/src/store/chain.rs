@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use super::backend::Backend;
 use super::manifest::MANIFEST_NAME;
 use super::Store;
 use crate::error::{CorruptError, Corruption, ReadError, RestoreError};
@@ -44,7 +45,7 @@ impl Store {
     }
 
     pub(super) fn open_segment(&self, e: &ManifestEntry) -> Result<SegmentFile, ReadError> {
-        open_segment(&self.dir, &self.manifest, e)
+        open_segment(&self.backend, &self.dir, &self.manifest, e)
     }
 
     pub(super) fn plan(&self, epoch: u64) -> Result<Plan, RestoreError> {
@@ -55,12 +56,14 @@ impl Store {
 
 /// Opens a segment and cross-checks it against its manifest entry.
 pub(super) fn open_segment(
+    backend: &Backend,
     dir: &Path,
     manifest: &Manifest,
     e: &ManifestEntry,
 ) -> Result<SegmentFile, ReadError> {
-    let path = dir.join(e.file_name());
-    let seg = SegmentFile::open(&path)?;
+    let name = e.file_name();
+    let path = dir.join(&name);
+    let seg = backend.ops().open_segment(&name, &path)?;
     let h = &seg.header;
     let mismatch = |field: &'static str, manifest: u64, segment: u64| -> ReadError {
         CorruptError::new(

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 
 use super::Store;
-use crate::error::{CorruptError, Corruption, IoContext, IoError, ReadError};
+use crate::error::{CommitError, CorruptError, Corruption, IoContext, IoError, ReadError};
 use crate::files::{fresh_nonce, fsync_dir, TempFile, TEMP_PREFIX};
 use crate::format::Manifest;
 
@@ -51,11 +51,12 @@ pub(super) fn read_manifest(dir: &Path) -> Result<Option<Manifest>, ReadError> {
 }
 
 impl Store {
-    /// Atomically replaces the manifest (temp file, fdatasync, rename, fsync
-    /// dir). The in-memory manifest follows the rename.
-    pub(super) fn commit_manifest(&mut self, next: Manifest) -> Result<(), IoError> {
-        let temp = write_manifest_temp(&self.dir, &next)?;
-        self.install_manifest(temp, next)
+    /// Atomically replaces the manifest (local: temp file, fdatasync, rename, fsync dir;
+    /// objects: conditional put on the version read). The in-memory manifest follows.
+    pub(super) fn commit_manifest(&mut self, next: Manifest) -> Result<(), CommitError> {
+        self.backend.ops().commit_manifest(&next)?;
+        self.manifest = next;
+        Ok(())
     }
 
     /// Renames a durable manifest temp file over `MANIFEST` and fsyncs the

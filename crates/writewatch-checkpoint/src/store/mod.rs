@@ -6,15 +6,16 @@
 //! segments), [`chain`] (the segments behind an epoch), [`restore`], [`verify`] and
 //! [`retention`] (compaction, retention, rollback).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::format::Manifest;
 use crate::progress::ProgressFn;
 use crate::writer::WriterOptions;
 
+pub(crate) mod backend;
 mod chain;
 mod info;
+pub(crate) mod location;
 pub(crate) mod manifest;
 pub(crate) mod open;
 pub(crate) mod restore;
@@ -53,7 +54,7 @@ pub use info::{
 pub struct Store {
     dir: PathBuf,
     manifest: Manifest,
-    _lock: File,
+    backend: backend::Backend,
     read_only: bool,
     options: WriterOptions,
     progress: Option<ProgressFn>,
@@ -92,7 +93,7 @@ impl Store {
         self.progress = progress;
     }
 
-    /// The store directory.
+    /// The store directory (for a store on object storage: its URL, `scheme://bucket/prefix`).
     pub fn path(&self) -> &Path {
         &self.dir
     }

@@ -4,13 +4,14 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use super::backend::{Backend, LocalDir};
 use super::manifest::{read_manifest, MANIFEST_NAME};
 use super::{Leftover, Store};
-use crate::error::{IoContext, IoError, OpenError};
-use crate::files::{fsync_dir, TEMP_PREFIX};
-use crate::format::{is_segment_file_name, Manifest};
+use crate::error::{CommitError, IoContext, IoError, OpenError};
+use crate::files::TEMP_PREFIX;
+use crate::format::Manifest;
 use crate::sys;
 use crate::writer::WriterOptions;
 
@@ -48,16 +49,21 @@ impl Store {
         if dir.join(MANIFEST_NAME).exists() {
             return Err(OpenError::AlreadyExists(dir.to_path_buf()));
         }
-        let mut store = Store {
-            dir: dir.to_path_buf(),
-            manifest: Manifest::default(),
-            _lock: lock,
-            read_only: false,
-            options: WriterOptions::default(),
-            progress: None,
-            removed_on_open: Vec::new(),
-        };
-        store.commit_manifest(Manifest::default())?;
+        let mut store = Store::with_backend(
+            dir.to_path_buf(),
+            Manifest::default(),
+            Backend::Local(LocalDir {
+                dir: dir.to_path_buf(),
+                _lock: lock,
+            }),
+            false,
+        );
+        store
+            .commit_manifest(Manifest::default())
+            .map_err(|e| match e {
+                CommitError::Io(e) => OpenError::Io(e),
+                CommitError::Conflict(_) => OpenError::AlreadyExists(dir.to_path_buf()),
+            })?;
         store.cleanup()?;
         Ok(store)
     }
@@ -124,60 +130,43 @@ impl Store {
         let lock = Self::lock(dir, !read_only)?;
         let manifest =
             read_manifest(dir)?.ok_or_else(|| OpenError::NotAStore(dir.to_path_buf()))?;
-        let mut store = Store {
-            dir: dir.to_path_buf(),
+        let mut store = Store::with_backend(
+            dir.to_path_buf(),
             manifest,
-            _lock: lock,
+            Backend::Local(LocalDir {
+                dir: dir.to_path_buf(),
+                _lock: lock,
+            }),
             read_only,
-            options: WriterOptions::default(),
-            progress: None,
-            removed_on_open: Vec::new(),
-        };
+        );
         if !read_only {
             store.removed_on_open = store.cleanup()?;
         }
         Ok(store)
     }
 
-    /// Temporary files and segment files that `manifest` does not reference (only regular
-    /// files whose names the store itself generates).
-    pub(super) fn list_leftovers(
-        dir: &Path,
-        manifest: &Manifest,
-    ) -> Result<Vec<Leftover>, IoError> {
-        let mut out = Vec::new();
-        for ent in fs::read_dir(dir).ctx("list", dir)? {
-            let ent = ent.ctx("list", dir)?;
-            let name = ent.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let stale = if name.starts_with(TEMP_PREFIX) {
-                true
-            } else if is_segment_file_name(name) {
-                !manifest.entries.iter().any(|e| e.file_name() == name)
-            } else {
-                false
-            };
-            if !stale {
-                continue;
-            }
-            match ent.metadata() {
-                Ok(m) if m.is_file() => out.push(Leftover {
-                    file_name: name.to_string(),
-                    len: m.len(),
-                }),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(IoError::new("stat", ent.path(), e)),
-            }
+    /// A store value around an opened backend.
+    pub(super) fn with_backend(
+        dir: PathBuf,
+        manifest: Manifest,
+        backend: Backend,
+        read_only: bool,
+    ) -> Store {
+        Store {
+            dir,
+            manifest,
+            backend,
+            read_only,
+            options: WriterOptions::default(),
+            progress: None,
+            removed_on_open: Vec::new(),
         }
-        out.sort_by(|a, b| a.file_name.cmp(&b.file_name));
-        Ok(out)
     }
 
     /// Removes temporary files and unreferenced segment files; returns what it removed.
     fn cleanup(&self) -> Result<Vec<Leftover>, IoError> {
         let mut removed = Vec::new();
-        for l in Self::list_leftovers(&self.dir, &self.manifest)? {
+        for l in self.backend.ops().list_leftovers(&self.manifest)? {
             let path = self.dir.join(&l.file_name);
             tracing::info!(
                 "removing leftover file {} ({} bytes)",
@@ -191,7 +180,7 @@ impl Store {
             }
         }
         if !removed.is_empty() {
-            fsync_dir(&self.dir)?;
+            crate::files::fsync_dir(&self.dir)?;
         }
         Ok(removed)
     }

@@ -1,10 +1,7 @@
 //! Shrinking a store: compaction into a new base, retention of the newest bases, rollback.
 
-use std::fs;
-
 use super::{CompactReport, Geometry, SegmentInfo, Store};
 use crate::error::{CompactError, RestoreError, RetainError, WriteError};
-use crate::files::fsync_dir;
 use crate::format::{ManifestEntry, FLAG_BASE};
 use crate::restore::Plan;
 
@@ -18,6 +15,7 @@ impl Store {
         if self.read_only {
             return Err(WriteError::ReadOnly.into());
         }
+        let orphans = self.object_orphans()?;
         let entries = self.manifest.entries.clone();
         let head_idx = entries.len().checked_sub(1).ok_or(RestoreError::Empty)?;
         let base_idx = (0..=head_idx)
@@ -25,9 +23,18 @@ impl Store {
             .find(|&i| entries[i].flags & FLAG_BASE != 0)
             .unwrap_or(0);
         if base_idx == head_idx {
+            let mut removed = Vec::new();
+            if !orphans.is_empty() {
+                // Commit (a new generation) first, so that no writer holding the old
+                // manifest version can commit a segment removed here.
+                let mut next = self.manifest.clone();
+                next.generation += 1;
+                self.commit_manifest(next).map_err(WriteError::from)?;
+                removed = self.backend.ops().remove(&orphans);
+            }
             return Ok(CompactReport {
                 base: SegmentInfo::from_entry(&entries[head_idx], &self.manifest),
-                removed: Vec::new(),
+                removed,
             });
         }
         let head = entries[head_idx];
@@ -46,7 +53,8 @@ impl Store {
         })?;
         let fin = builder.finish()?;
         let info = self.commit_segment(fin, base_idx)?;
-        let removed = self.remove_segment_files(&entries[base_idx..]);
+        let mut removed = self.remove_segment_files(&entries[base_idx..]);
+        removed.extend(self.backend.ops().remove(&orphans));
         Ok(CompactReport {
             base: info,
             removed,
@@ -110,22 +118,19 @@ impl Store {
     }
 
     fn remove_segment_files(&self, entries: &[ManifestEntry]) -> Vec<String> {
-        let mut removed = Vec::new();
-        for e in entries {
-            let path = self.dir.join(e.file_name());
-            match fs::remove_file(&path) {
-                Ok(()) => removed.push(e.file_name()),
-                Err(err) => tracing::warn!(
-                    "removing {}: {err} (will be removed on next open)",
-                    path.display()
-                ),
-            }
+        let names: Vec<String> = entries.iter().map(|e| e.file_name()).collect();
+        self.backend.ops().remove(&names)
+    }
+
+    /// Object storage: the orphans (segments of interrupted or losing writers) listed
+    /// *before* this handle's next manifest commit. Removing them after that commit is
+    /// safe: a writer that uploaded one of them read an older manifest, so its own commit
+    /// fails with a conflict.
+    fn object_orphans(&self) -> Result<Vec<String>, CompactError> {
+        if self.backend.object().is_none() {
+            return Ok(Vec::new());
         }
-        if !removed.is_empty() {
-            if let Err(e) = fsync_dir(&self.dir) {
-                tracing::warn!("{e}: {}", e.source);
-            }
-        }
-        removed
+        let list = self.backend.ops().list_leftovers(&self.manifest)?;
+        Ok(list.into_iter().map(|l| l.file_name).collect())
     }
 }

@@ -5,9 +5,12 @@ use std::io;
 
 use super::manifest::{write_manifest_temp, MANIFEST_NAME};
 use super::{Geometry, SegmentInfo, Store};
-use crate::error::{IoContext, IoError, WriteError};
+use crate::error::{CommitError, IoContext, IoError, WriteError};
 use crate::files::{fresh_nonce, fsync_dir, TempFile, TEMP_PREFIX};
-use crate::format::{segment_file_name, ManifestEntry, SegmentHeader, FLAG_BASE, NO_PARENT};
+use crate::format::{
+    segment_file_name, Manifest, ManifestEntry, SegmentHeader, FLAG_BASE, NO_PARENT,
+};
+use crate::remote::upload::ObjectSink;
 use crate::source::PageSource;
 use crate::writer::{FinishedSegment, SegmentBuilder};
 
@@ -62,6 +65,20 @@ impl Store {
                 self.manifest.entries.last().map_or(NO_PARENT, |e| e.epoch)
             },
         };
+        if let Some(backend) = self.backend.object() {
+            // Uploaded straight under its final name: invisible until the manifest
+            // references it, an orphan (listed by verify, removed by compact) otherwise.
+            let nonce = fresh_nonce();
+            let name = segment_file_name(epoch, nonce);
+            let sink = ObjectSink::begin(backend.clone(), name, nonce)?;
+            return SegmentBuilder::create_upload(
+                sink,
+                header,
+                &self.options,
+                self.progress.clone(),
+                total,
+            );
+        }
         let temp = self.dir.join(format!(
             "{TEMP_PREFIX}seg-{epoch:016x}-{:016x}",
             fresh_nonce()
@@ -190,6 +207,9 @@ impl Store {
         mut fin: FinishedSegment,
         replace_from: usize,
     ) -> Result<SegmentInfo, WriteError> {
+        let Some(file) = fin.file.take() else {
+            return self.commit_object_segment(fin, replace_from);
+        };
         let nonce = fresh_nonce();
         let name = segment_file_name(fin.header.epoch, nonce);
         let final_path = self.dir.join(&name);
@@ -197,28 +217,11 @@ impl Store {
         fin.temp.disarm();
         // Removes the segment unless the manifest ends up referencing it.
         let mut guard = TempFile::new(final_path.clone());
-        let entry = ManifestEntry {
-            epoch: fin.header.epoch,
-            parent_epoch: fin.header.parent_epoch,
-            nonce,
-            file_len: fin.file_len,
-            flags: fin.header.flags,
-            footer_crc: fin.footer_crc,
-            data_pages: fin.footer.data_pages,
-            zero_pages: fin.footer.zero_pages,
-            data_bytes: fin.footer.data_bytes,
-        };
-        let mut next = self.manifest.clone();
-        next.entries.truncate(replace_from);
-        next.entries.push(entry);
-        next.page_size = fin.header.page_size;
-        next.region_len = fin.header.region_len;
-        next.generation += 1;
+        let (entry, next) = self.next_manifest(&fin, nonce, replace_from);
         let dir = &self.dir;
         let (seg_synced, manifest_temp) = std::thread::scope(|s| {
             let prepared = s.spawn(|| write_manifest_temp(dir, &next));
-            let synced = fin
-                .file
+            let synced = file
                 .sync_data()
                 .ctx("fdatasync", &final_path)
                 .and_then(|()| fsync_dir(dir));
@@ -245,6 +248,73 @@ impl Store {
             "committed segment {name}"
         );
         Ok(info)
+    }
+}
+
+impl Store {
+    /// The manifest entry of a finished segment and the manifest that commits it.
+    fn next_manifest(
+        &self,
+        fin: &FinishedSegment,
+        nonce: u64,
+        replace_from: usize,
+    ) -> (ManifestEntry, Manifest) {
+        let entry = ManifestEntry {
+            epoch: fin.header.epoch,
+            parent_epoch: fin.header.parent_epoch,
+            nonce,
+            file_len: fin.file_len,
+            flags: fin.header.flags,
+            footer_crc: fin.footer_crc,
+            data_pages: fin.footer.data_pages,
+            zero_pages: fin.footer.zero_pages,
+            data_bytes: fin.footer.data_bytes,
+        };
+        let mut next = self.manifest.clone();
+        next.entries.truncate(replace_from);
+        next.entries.push(entry);
+        next.page_size = fin.header.page_size;
+        next.region_len = fin.header.region_len;
+        next.generation += 1;
+        (entry, next)
+    }
+
+    /// Object storage: the segment object is complete (the multipart upload finished);
+    /// commits the manifest with a conditional put. A segment whose commit certainly
+    /// failed is deleted; one whose fate is unknown (the manifest could not be read back)
+    /// is left as an orphan for `verify` to list and `compact` to remove.
+    fn commit_object_segment(
+        &mut self,
+        fin: FinishedSegment,
+        replace_from: usize,
+    ) -> Result<SegmentInfo, WriteError> {
+        let Some((name, nonce)) = fin.object.clone() else {
+            return Err(WriteError::InvalidInput(
+                "internal: finished segment has neither file nor object".into(),
+            ));
+        };
+        let (entry, next) = self.next_manifest(&fin, nonce, replace_from);
+        match self.commit_manifest(next) {
+            Ok(()) => {
+                let info = SegmentInfo::from_entry(&entry, &self.manifest);
+                tracing::debug!(
+                    epoch = info.epoch,
+                    bytes = info.file_len,
+                    "committed object {name}"
+                );
+                Ok(info)
+            }
+            Err(e) => {
+                let unknown = matches!(&e, CommitError::Io(_))
+                    && !matches!(self.backend.ops().read_manifest(), Ok(Some(m)) if !m.entries.contains(&entry));
+                if unknown {
+                    tracing::warn!("{}: commit failed and its outcome is unknown; leaving segment {name} (verify lists it, compact removes it if unreferenced)", self.dir.display());
+                } else {
+                    self.backend.ops().remove(std::slice::from_ref(&name));
+                }
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -4,11 +4,12 @@
 use std::fs::File;
 
 use super::chain::open_segment;
-use super::manifest::{read_manifest, MANIFEST_NAME};
+use super::manifest::MANIFEST_NAME;
 use super::{SegmentInfo, Store, VerifyProblem, VerifyReport};
 use crate::error::{CorruptError, Corruption, IoContext, IoError, ReadError, VerifyError};
 use crate::format::RunKind;
 use crate::progress::ProgressTracker;
+use crate::remote::fetch::fetch_runs;
 use crate::sys;
 
 impl Store {
@@ -17,6 +18,9 @@ impl Store {
     /// restore, whose segment data is not needed in the page cache any more,
     /// and to measure cold reads.
     pub fn drop_page_cache(&self) -> Result<(), IoError> {
+        if self.backend.object().is_some() {
+            return Ok(());
+        }
         let names = self
             .manifest
             .entries
@@ -36,7 +40,7 @@ impl Store {
     /// chain continuity (each delta's parent is the previous segment, same
     /// page size and region length). The manifest is re-read from disk.
     pub fn verify(&self) -> Result<VerifyReport, VerifyError> {
-        let manifest = read_manifest(&self.dir)?.ok_or_else(|| {
+        let manifest = self.backend.ops().read_manifest()?.ok_or_else(|| {
             VerifyError::Corrupt(CorruptError::new(
                 &self.dir.join(MANIFEST_NAME),
                 0,
@@ -49,7 +53,7 @@ impl Store {
                 .iter()
                 .map(|e| SegmentInfo::from_entry(e, &manifest))
                 .collect(),
-            leftovers: Self::list_leftovers(&self.dir, &manifest)?,
+            leftovers: self.backend.ops().list_leftovers(&manifest)?,
             ..Default::default()
         };
         for l in &report.leftovers {
@@ -65,13 +69,30 @@ impl Store {
         let mut scratch = Vec::new();
         let mut out = Vec::new();
         for e in &manifest.entries {
-            let seg = match open_segment(&self.dir, &manifest, e) {
+            let seg = match open_segment(&self.backend, &self.dir, &manifest, e) {
                 Ok(s) => s,
                 Err(err) => {
                     report.problems.push(problem(err));
                     continue;
                 }
             };
+            if let Some(backend) = self.backend.object() {
+                let jobs: Vec<(usize, usize)> = (0..seg.runs.len())
+                    .filter(|&r| seg.runs[r].kind != RunKind::Zero)
+                    .map(|r| (0, r))
+                    .collect();
+                let segs = std::slice::from_ref(&seg);
+                let r = fetch_runs(backend, segs, &jobs, |i, _| -> Result<(), ReadError> {
+                    let run = &seg.runs[jobs[i].1];
+                    report.bytes_checked += run.stored_len;
+                    prog.add(run.page_count, run.stored_len);
+                    Ok(())
+                });
+                if let Err(err) = r {
+                    report.problems.push(problem(err));
+                }
+                continue;
+            }
             for run in seg.runs.iter().filter(|r| r.kind != RunKind::Zero) {
                 match seg.read_run(run, &mut scratch, &mut out) {
                     Ok(_) => {

@@ -1,0 +1,282 @@
+//! Faults on object storage, against a real S3 server (`s3s-fs`, see `s3server/`):
+//! corrupted objects are detected on read, a store written by a newer format version is
+//! named, an endpoint that drops connections mid-upload gives a typed error after the
+//! retries with nothing half-visible, and a writer SIGKILLed at random instants leaves the
+//! previous chain intact, with orphans that `verify` lists and `compact` removes.
+
+mod common;
+mod s3server;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{coalesce, mutate, Rng};
+use s3server::{DroppingProxy, S3Server};
+use writewatch_checkpoint::{
+    Corruption, OpenError, RemoteErrorKind, RestoreError, SliceSource, Store, WriteError,
+};
+use writewatch_testkit::watchdog;
+
+const PS: usize = 4096;
+const CHILD_ENV: &str = "WW_OBJECT_CRASH_CHILD";
+
+fn url(prefix: &str) -> String {
+    format!("s3://bucket/{prefix}")
+}
+
+/// A store of three epochs at `prefix`; returns the states.
+fn build(server: &S3Server, prefix: &str) -> Vec<Vec<u8>> {
+    let mut store = Store::create_url_with(&url(prefix), &server.options()).unwrap();
+    let mut rng = Rng(99);
+    let mut region = vec![0u8; 64 * PS];
+    let mut states = Vec::new();
+    for e in 0..3u64 {
+        let mut dirty = mutate(&mut rng, &mut region, PS, 20);
+        let src = SliceSource::new(&region, PS).unwrap();
+        if e == 0 {
+            store.write_base(&src).unwrap();
+        } else {
+            store.write_delta(e, &src, &coalesce(&mut dirty)).unwrap();
+        }
+        states.push(region.clone());
+    }
+    states
+}
+
+/// The file behind object `name` of `prefix` in the server's data directory.
+fn object_file(server: &S3Server, prefix: &str, name: &str) -> PathBuf {
+    server.data_dir().join("bucket").join(prefix).join(name)
+}
+
+#[test]
+fn corrupted_objects_are_detected_on_read() {
+    watchdog(120, "object corruption", || {
+        let server = S3Server::start();
+        let states = build(&server, "c");
+        let store = Store::open_url_with(&url("c"), &server.options(), false, true).unwrap();
+        let segs = store.segments();
+        let base = object_file(&server, "c", &segs[0].file_name);
+        let pristine = std::fs::read(&base).unwrap();
+        let len = pristine.len();
+        // Header, first run's data, the middle of the data, the index, the footer.
+        for off in [10, 200, len / 2, len - 64 - 20, len - 10] {
+            let mut b = pristine.clone();
+            b[off] ^= 0x40;
+            std::fs::write(&base, &b).unwrap();
+            let r = store.restore(2);
+            assert!(
+                matches!(&r, Err(RestoreError::Corrupt(_))),
+                "flip at {off}: {:?}",
+                r.map(|_| ())
+            );
+            let report = store.verify().unwrap();
+            assert!(!report.is_ok(), "flip at {off}: verify saw nothing");
+        }
+        // Truncated object.
+        std::fs::write(&base, &pristine[..len - 100]).unwrap();
+        assert!(matches!(store.restore(0), Err(RestoreError::Corrupt(_))));
+        // Missing object.
+        std::fs::remove_file(&base).unwrap();
+        match store.restore(0) {
+            Err(RestoreError::Corrupt(c)) => assert_eq!(c.kind, Corruption::Missing),
+            other => panic!("missing object: {:?}", other.map(|_| ())),
+        }
+        std::fs::write(&base, &pristine).unwrap();
+        assert!(store.restore(2).unwrap().as_slice() == &states[2][..]);
+    });
+}
+
+#[test]
+fn newer_format_version_is_named() {
+    watchdog(60, "newer version", || {
+        let server = S3Server::start();
+        build(&server, "v");
+        let manifest = object_file(&server, "v", "MANIFEST");
+        let mut b = std::fs::read(&manifest).unwrap();
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        std::fs::write(&manifest, &b).unwrap();
+        match Store::open_url_with(&url("v"), &server.options(), false, false) {
+            Err(OpenError::Corrupt(c)) => {
+                assert_eq!(c.kind, Corruption::UnsupportedVersion { found: 2 });
+                assert!(c
+                    .path
+                    .to_string_lossy()
+                    .starts_with("s3://bucket/v/MANIFEST"));
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn dropped_connections_mid_upload_give_a_typed_error_and_leave_nothing_visible() {
+    watchdog(120, "dropping endpoint", || {
+        let server = S3Server::start();
+        let states = build(&server, "drop");
+        // A proxy that cuts every connection once 2 MiB have gone through it.
+        let proxy = DroppingProxy::start(server.port, 2 << 20);
+        let opts = S3Server::options_for(&proxy.endpoint(), s3server::SECRET_KEY);
+        let mut store = Store::open_url_with(&url("drop"), &opts, false, false).unwrap();
+        let mut region = states[2].clone();
+        region.resize(64 * PS, 0);
+        let big: Vec<u8> = {
+            let mut r = Rng(5);
+            let mut v = vec![0u8; 64 * PS];
+            r.fill(&mut v);
+            v
+        };
+        let src = SliceSource::new(&big, PS).unwrap();
+        // Enough epochs to push more than 2 MiB through the proxy.
+        let mut err = None;
+        for e in 3..40u64 {
+            if let Err(x) = store.write_delta(e, &src, &[(0, 64)]) {
+                err = Some(x);
+                break;
+            }
+        }
+        match err {
+            Some(WriteError::Io(e)) => {
+                assert_eq!(e.remote_kind(), Some(RemoteErrorKind::Transport), "{e:?}");
+            }
+            other => panic!("expected a transport error, got {other:?}"),
+        }
+        drop(store);
+        drop(proxy);
+        // Through the direct endpoint: every committed epoch intact, nothing half-visible.
+        let store = Store::open_url_with(&url("drop"), &server.options(), false, false).unwrap();
+        let head = store.head().unwrap().epoch;
+        for e in 0..=head {
+            let want: &[u8] = if e < 3 { &states[e as usize] } else { &big };
+            assert!(store.restore(e).unwrap().as_slice() == want, "epoch {e}");
+        }
+        let report = store.verify().unwrap();
+        assert!(report.is_ok(), "{report:?}");
+    });
+}
+
+/// The child of `crash_leaves_the_chain_intact`: writes to the store named by the
+/// environment until killed (a no-op in a normal test run).
+#[test]
+fn object_crash_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (endpoint, prefix) = spec.split_once(' ').unwrap();
+    let opts = S3Server::options_for(endpoint, s3server::SECRET_KEY);
+    let mut store = Store::open_url_with(&url(prefix), &opts, true, false).unwrap();
+    let mut region = vec![0u8; 512 * PS];
+    let mut e = store.next_epoch();
+    if e > 0 {
+        region = store.restore(e - 1).unwrap().as_slice().to_vec();
+    }
+    loop {
+        let mut rng = Rng(e);
+        let mut dirty = mutate(&mut rng, &mut region, PS, 64);
+        let src = SliceSource::new(&region, PS).unwrap();
+        if store.head().is_none() {
+            store.write_base_at(e, &src).unwrap();
+        } else {
+            store.write_delta(e, &src, &coalesce(&mut dirty)).unwrap();
+        }
+        println!("COMMITTED {e}");
+        if e % 4 == 3 {
+            store.compact().unwrap();
+        }
+        e += 1;
+    }
+}
+
+#[test]
+fn crash_leaves_the_chain_intact_and_compact_removes_orphans() {
+    watchdog(240, "object crash", || {
+        let server = S3Server::start();
+        let exe = std::env::current_exe().unwrap();
+        let mut rng = Rng(4321);
+        let mut last: Option<u64> = None;
+        let mut saw_orphans = false;
+        let mut region = vec![0u8; 512 * PS];
+        for iter in 0..8 {
+            let mut child = Command::new(&exe)
+                .args([
+                    "object_crash_child",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_ENV, format!("{} crash", server.endpoint()))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let (tx, rx) = mpsc::channel();
+            let reader = std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some((_, e)) = line.rsplit_once("COMMITTED ") {
+                        let _ = tx.send(e.trim().parse::<u64>().unwrap());
+                    }
+                }
+            });
+            std::thread::sleep(Duration::from_millis(150 + rng.below(600)));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            reader.join().unwrap();
+            for e in rx.try_iter() {
+                last = Some(e);
+            }
+            let Ok(store) = Store::open_url_with(&url("crash"), &server.options(), false, false)
+            else {
+                assert!(last.is_none(), "iteration {iter}: store vanished");
+                continue;
+            };
+            let Some(head) = store.head() else {
+                assert!(last.is_none());
+                continue;
+            };
+            if let Some(l) = last {
+                assert!(head.epoch == l || head.epoch == l + 1, "iteration {iter}");
+            }
+            // Oracle: replay the child's deterministic writes up to the head.
+            let mut oracle = vec![0u8; 512 * PS];
+            for e in 0..=head.epoch {
+                mutate(&mut Rng(e), &mut oracle, PS, 64);
+            }
+            assert!(
+                store.restore(head.epoch).unwrap().as_slice() == &oracle[..],
+                "iteration {iter}: head {} differs",
+                head.epoch
+            );
+            region.copy_from_slice(&oracle);
+            let report = store.verify().unwrap();
+            assert!(report.is_ok(), "iteration {iter}: {:?}", report.problems);
+            saw_orphans |= !report.leftovers.is_empty();
+        }
+        // compact removes whatever orphans the kills left, and the orphan a writer killed
+        // between the end of its upload and its manifest commit leaves (made here for sure:
+        // a complete, valid segment object that the manifest does not reference).
+        let mut store =
+            Store::open_url_with(&url("crash"), &server.options(), false, false).unwrap();
+        let head = store.head().unwrap();
+        let orphan = format!("seg-{:016x}-{:016x}.wws", head.epoch + 1, 0xDEAD_BEEFu64);
+        std::fs::copy(
+            object_file(&server, "crash", &head.file_name),
+            object_file(&server, "crash", &orphan),
+        )
+        .unwrap();
+        let before = store.verify().unwrap().leftovers;
+        assert!(before.iter().any(|l| l.file_name == orphan), "{before:?}");
+        let report = store.compact().unwrap();
+        for l in &before {
+            assert!(report.removed.contains(&l.file_name), "{l:?} not removed");
+        }
+        let after = store.verify().unwrap();
+        assert!(after.is_ok() && after.leftovers.is_empty(), "{after:?}");
+        let head = store.head().unwrap().epoch;
+        assert!(store.restore(head).unwrap().as_slice() == &region[..]);
+        eprintln!("object crash: last reported {last:?}, orphans seen: {saw_orphans}");
+    });
+}
