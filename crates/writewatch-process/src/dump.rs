@@ -148,6 +148,8 @@ struct Dumper<'p> {
     opts: DumpOptions,
     progress: Option<&'p mut dyn FnMut(&RoundReport)>,
     untracked: usize,
+    /// Ranges added whose store is not created yet.
+    pending_stores: Vec<(u64, u64)>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -223,10 +225,9 @@ impl Dumper<'_> {
                         self.untracked += 1;
                     }
                 }
-                let pages = p.pages(self.page);
-                if let Err(e) = self.writer.add_range(p.id, self.page as u64, pages) {
-                    return Err(self.image_err(e));
-                }
+                // The store is created later (`ensure_stores`): in the final round, after
+                // the target resumes.
+                self.pending_stores.push((p.id, p.pages(self.page)));
                 fresh.insert(p.id);
                 new += 1;
                 self.pieces.push(p);
@@ -281,8 +282,21 @@ impl Dumper<'_> {
         Ok((work, new, dropped))
     }
 
+    /// Creates the stores of ranges added since the last call (still present).
+    fn ensure_stores(&mut self) -> Result<(), DumpError> {
+        for (id, pages) in std::mem::take(&mut self.pending_stores) {
+            if self.pieces.iter().any(|p| p.id == id) {
+                if let Err(e) = self.writer.add_range(id, self.page as u64, pages) {
+                    return Err(self.image_err(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Copies the planned runs straight into the pieces' stores.
     fn write(&mut self, work: &[Work]) -> Result<crate::copy::Copied, DumpError> {
+        self.ensure_stores()?;
         let mut total = crate::copy::Copied::default();
         let pid = self.pid();
         for w in work {
@@ -386,6 +400,7 @@ fn dump_attached(
         opts,
         progress,
         untracked: 0,
+        pending_stores: Vec::new(),
     };
     let mut rounds = Vec::new();
     for round in 0..=d.opts.rounds {
@@ -453,6 +468,7 @@ fn dump_attached(
             drop(frozen);
             None
         };
+        d.ensure_stores()?;
         for (idx, pages, data) in buf {
             let p = d.pieces[idx].clone();
             let geo = Geometry {
@@ -545,7 +561,7 @@ fn finish(
     let ranges: Vec<_> = d.pieces.iter().map(Piece::image_range).collect();
     let index = d.writer.commit(ranges).map_err(|e| d.image_err(e))?;
     let verified = match (&frozen, d.opts.verify) {
-        (Some(_), true) => Some(verify_frozen(d.pid(), d.writer.dir(), &index)),
+        (Some(_), true) => Some(verify_frozen(d.pid(), &mut d.writer, &index)),
         _ => None,
     };
     let stopped_ms = ms(t0.elapsed());

@@ -90,9 +90,12 @@ impl Frozen {
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        for (i, &tid) in self.tids.iter().enumerate() {
-            let sig = (self.leave_stopped && i == 0).then_some(libc::SIGSTOP);
-            if let Err(e) = ptrace::detach(tid, sig) {
+        if self.leave_stopped {
+            // Queued while the threads are held; taken as a group stop once detached.
+            ptrace::kill(self.pid, libc::SIGSTOP);
+        }
+        for &tid in &self.tids {
+            if let Err(e) = ptrace::detach(tid, None) {
                 tracing::debug!(tid, "detach: {e}");
             }
         }

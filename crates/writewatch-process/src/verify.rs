@@ -1,10 +1,7 @@
 //! `--verify`: the committed image against the stopped target's memory, one full read.
 
-use std::path::Path;
-
 use serde::Serialize;
-use writewatch_checkpoint::image::ImageIndex;
-use writewatch_checkpoint::Store;
+use writewatch_checkpoint::image::{ImageIndex, ImageWriter};
 
 use crate::sys;
 
@@ -25,7 +22,11 @@ pub struct VerifyOutcome {
 
 /// Compares every range of `index` (committed in `dir`) with process `pid`'s memory, which
 /// must not change meanwhile (the target is stopped).
-pub(crate) fn verify_frozen(pid: u32, dir: &Path, index: &ImageIndex) -> VerifyOutcome {
+pub(crate) fn verify_frozen(
+    pid: u32,
+    writer: &mut ImageWriter,
+    index: &ImageIndex,
+) -> VerifyOutcome {
     let page = index.page_size as usize;
     let mut out = VerifyOutcome {
         ok: true,
@@ -36,9 +37,15 @@ pub(crate) fn verify_frozen(pid: u32, dir: &Path, index: &ImageIndex) -> VerifyO
     };
     let mut live = vec![0u8; 256 * page];
     for r in &index.ranges {
-        let restored = Store::open_read_only(dir.join(&r.store))
-            .map_err(|e| e.to_string())
-            .and_then(|s| s.restore(r.epoch).map_err(|e| e.to_string()));
+        // The writer holds the stores' locks: read through it.
+        let id = r
+            .store
+            .rsplit_once("/r")
+            .and_then(|(_, id)| id.parse::<u64>().ok());
+        let restored = match id.and_then(|id| writer.store(id)) {
+            Some(s) => s.restore(r.epoch).map_err(|e| e.to_string()),
+            None => Err("no such store in this dump".to_string()),
+        };
         let img = match restored {
             Ok(m) => m,
             Err(e) => {

@@ -120,9 +120,12 @@ fn register_loop() {
 fn churn() {
     let ps = 4096;
     let mut round = 0u64;
+    // A ring of live mappings: each turn maps one, writes it, grows it with mremap (which
+    // may move it), writes it again, and unmaps the oldest once 8 are live.
+    let mut live: std::collections::VecDeque<(usize, usize)> = Default::default();
     loop {
         round += 1;
-        let n = 16 + (round % 16) as usize;
+        let n = 4 + (round % 8) as usize;
         let p = anon(n * ps);
         for i in 0..n {
             // SAFETY: inside the fresh mapping of n pages.
@@ -136,11 +139,13 @@ fn churn() {
             // SAFETY: inside the grown mapping.
             unsafe { q.add(i * ps).cast::<u64>().write_volatile(round + i as u64) };
         }
-        std::thread::sleep(Duration::from_millis(1));
-        if round % 3 != 0 {
-            // SAFETY: our mapping, nothing refers to it any more.
-            unsafe { libc::munmap(q.cast(), 2 * n * ps) };
-        } // every third one stays (a growing set of mappings)
+        live.push_back((q as usize, 2 * n * ps));
+        if live.len() > 8 {
+            let (a, len) = live.pop_front().unwrap();
+            // SAFETY: our mapping; nothing refers to it any more.
+            unsafe { libc::munmap(a as *mut libc::c_void, len) };
+        }
+        std::thread::sleep(Duration::from_millis(3));
     }
 }
 
