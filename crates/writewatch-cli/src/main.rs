@@ -6,6 +6,7 @@
 //! Exit codes: 0 success, 1 verification failure or corruption, 2 usage or
 //! any other error.
 
+mod dump;
 mod probe;
 mod progress;
 
@@ -71,6 +72,15 @@ enum Command {
     Compact {
         /// Store directory.
         dir: PathBuf,
+    },
+    /// Dump a running process's memory in incremental pre-copy rounds, then a short final
+    /// round with the process stopped (the image is its memory at that instant).
+    Dump {
+        /// The process to dump.
+        #[arg(long)]
+        pid: u32,
+        #[command(flatten)]
+        args: dump::DumpArgs,
     },
     /// Show what this kernel and process can do: userfaultfd access, each feature, and which
     /// tracking backend works here.
@@ -160,6 +170,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
+        Command::Inspect { dir } if dump::is_image(&dir) => dump::inspect_image(&dir, cli.json),
+        Command::Verify { dir } if dump::is_image(&dir) => dump::verify_image(&dir, cli.json),
+        Command::Restore { dir, to, .. } if dump::is_image(&dir) => {
+            dump::restore_image(&dir, &to, cli.json)
+        }
+        Command::Compact { dir } if dump::is_image(&dir) => dump::compact_image(&dir, cli.json),
+        Command::Dump { pid, args } => dump::dump(pid, &args, cli.json),
         Command::Inspect { dir } => inspect(&dir, cli.json),
         Command::Verify { dir } => verify(&dir, cli.json),
         Command::Restore { dir, to, epoch } => restore(&dir, &to, epoch, cli.json),
