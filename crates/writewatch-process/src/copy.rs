@@ -5,6 +5,9 @@ use crate::sys;
 /// Pages per `process_vm_readv` batch (1 MiB of 4 KiB pages): the copy's memory bound.
 const BATCH_PAGES: usize = 256;
 
+/// Receives each copied page: `(page_number, bytes)`.
+pub(crate) type Sink<'a, E> = &'a mut dyn FnMut(u64, &[u8]) -> Result<(), E>;
+
 /// What a copy read.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Copied {
@@ -21,7 +24,7 @@ pub(crate) fn copy_runs<E>(
     base: usize,
     page: usize,
     runs: &[(u64, u64)],
-    sink: &mut dyn FnMut(u64, &[u8]) -> Result<(), E>,
+    sink: Sink<'_, E>,
 ) -> Result<Copied, E> {
     let mut buf = vec![0u8; BATCH_PAGES * page];
     let mut out = Copied::default();

@@ -67,6 +67,7 @@ pub(crate) fn kill(pid_: u32, sig: i32) {
 
 /// What a wait on a seized thread returned.
 #[derive(Debug, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)]
 pub(crate) enum Stop {
     /// An interrupt / group-stop (`PTRACE_EVENT_STOP`).
     EventStop,
