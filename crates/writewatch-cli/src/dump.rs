@@ -152,6 +152,34 @@ pub(crate) fn dump(pid: u32, args: &DumpArgs, json: bool) -> Result<u8, Failure>
     Ok(print_report(&r, json))
 }
 
+/// `writewatch run --dir DIR ... -- PROG ARGS`: starts PROG tracked from its first
+/// instruction, dumps it after the rounds, then waits for it (unless left stopped).
+pub(crate) fn run(args: &DumpArgs, cmd: &[std::ffi::OsString], json: bool) -> Result<u8, Failure> {
+    let (prog, rest) = cmd.split_first().ok_or_else(|| Failure {
+        code: EXIT_OTHER,
+        message: "run: name a program after `--`".into(),
+    })?;
+    let s = writewatch_process::spawn_tracked(prog, rest).map_err(|e| fail(&e, false))?;
+    let mut child = s.child;
+    let mut p = progress();
+    let r = writewatch_process::dump_attached_process(
+        s.attached,
+        &args.dir,
+        args.options(),
+        Some(&mut p),
+    )
+    .map_err(|e| fail(&e, false))?;
+    let code = print_report(&r, json);
+    if !args.leave_stopped {
+        if let Ok(st) = child.wait() {
+            if !json {
+                println!("{}: {st}", prog.to_string_lossy());
+            }
+        }
+    }
+    Ok(code)
+}
+
 /// `inspect` of an image directory.
 pub(crate) fn inspect_image(dir: &Path, json: bool) -> Result<u8, Failure> {
     let index = image::read_image(dir).map_err(|e| fail(&e, e.is_corruption()))?;

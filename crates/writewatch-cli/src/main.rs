@@ -82,6 +82,15 @@ enum Command {
         #[command(flatten)]
         args: dump::DumpArgs,
     },
+    /// Start a program tracked from its first instruction, dump it like `dump`, then wait for
+    /// it and exit 0 (the program's status is printed).
+    Run {
+        #[command(flatten)]
+        args: dump::DumpArgs,
+        /// The program and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        cmd: Vec<std::ffi::OsString>,
+    },
     /// Show what this kernel and process can do: userfaultfd access, each feature, and which
     /// tracking backend works here.
     Probe {
@@ -177,6 +186,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Compact { dir } if dump::is_image(&dir) => dump::compact_image(&dir, cli.json),
         Command::Dump { pid, args } => dump::dump(pid, &args, cli.json),
+        Command::Run { args, cmd } => dump::run(&args, &cmd, cli.json),
         Command::Inspect { dir } => inspect(&dir, cli.json),
         Command::Verify { dir } => verify(&dir, cli.json),
         Command::Restore { dir, to, epoch } => restore(&dir, &to, epoch, cli.json),

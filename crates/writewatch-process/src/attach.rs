@@ -197,6 +197,14 @@ pub fn attach(pid: u32) -> Result<Attached, AttachError> {
 
 /// Steps 2-5 of [`attach`] on a thread this process already holds in a ptrace stop.
 pub(crate) fn attach_stopped(pid: u32) -> Result<Attached, AttachError> {
+    if let Err(e) = ptrace::set_sysgood(pid) {
+        let _ = ptrace::detach(pid, None);
+        return Err(AttachError::Sys {
+            pid,
+            op: "PTRACE_SETOPTIONS",
+            source: Errno::from_raw(e as i32),
+        });
+    }
     let pidfd = sys::pidfd_open(pid).map_err(|e| AttachError::Sys {
         pid,
         op: "pidfd_open",

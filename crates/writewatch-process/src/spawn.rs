@@ -40,10 +40,6 @@ pub enum SpawnError {
     Attach(#[from] AttachError),
 }
 
-/// **Experimental, known defect:** in the one manual run on the reference machine the
-/// started program (`/bin/sleep`) spun at 100% CPU after the attach and did not finish; not
-/// exposed by the CLI and not covered by tests yet.
-///
 /// Starts `program args...` with `PTRACE_TRACEME`: the kernel stops it with `SIGTRAP` right
 /// after `execve`, before its first instruction (the dynamic loader's entry). The userfaultfd
 /// is injected there and the child is detached (the `SIGTRAP` suppressed). Mappings created

@@ -255,3 +255,66 @@ fn nix_is_root() -> bool {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
 }
+
+#[test]
+fn run_tracks_a_program_from_its_first_instruction() {
+    within(Duration::from_secs(60), || {
+        let s = writewatch_process::spawn_tracked(
+            &common::EXE.into(),
+            &["--pages".into(), "32".into(), "--stay".into()],
+        )
+        .expect("spawn");
+        let mut child = s.child;
+        let pid = child.id();
+        // Let it start its threads, then dump it (left stopped) and check like the others.
+        std::thread::sleep(Duration::from_millis(200));
+        let dir = tempfile::tempdir().unwrap();
+        let report = writewatch_process::dump_attached_process(
+            s.attached,
+            &dir.path().join("img"),
+            opts(2),
+            None,
+        )
+        .expect("dump");
+        assert!(report.verified.as_ref().unwrap().ok, "{:?}", report.verified);
+        // The loader's and the program's data are in the image (tracked from exec on).
+        let index = read_image(&dir.path().join("img")).unwrap();
+        assert!(index.ranges.iter().any(|r| matches!(&r.backing,
+            writewatch_checkpoint::image::Backing::File { path, .. } if path.ends_with("ww-target"))));
+        for r in &index.ranges {
+            let _ = read_mem(pid, r.start, 1); // readable: the process is alive
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    })
+    .expect("test finished in time");
+}
+
+#[test]
+fn corrupt_index_is_a_typed_error_and_the_previous_commit_survives_a_failed_dump() {
+    within(Duration::from_secs(60), || {
+        let t = Target::start(&["--pages", "16"]);
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        dump_and_check(&t, &img, 0);
+        t.resume();
+        let before = std::fs::read(img.join("IMAGE")).unwrap();
+        // A failed dump (the pid is gone) leaves the committed image as it was.
+        let err = dump(u32::MAX - 1, &img, opts(0), None).unwrap_err();
+        assert!(matches!(
+            err,
+            DumpError::Attach(AttachError::NoSuchProcess(_))
+        ));
+        assert_eq!(std::fs::read(img.join("IMAGE")).unwrap(), before);
+        assert!(verify_image(&img).unwrap().is_ok());
+        // One flipped byte in the index body: a corruption, named as such.
+        let mut bad = before.clone();
+        let last = bad.len() - 3;
+        bad[last] ^= 1;
+        std::fs::write(img.join("IMAGE"), &bad).unwrap();
+        let e = read_image(&img).unwrap_err();
+        assert!(e.is_corruption(), "{e}");
+        assert!(e.to_string().contains("CRC-32C mismatch"), "{e}");
+    })
+    .expect("test finished in time");
+}

@@ -1,6 +1,6 @@
 //! `ww-target`: the helper program the writewatch-process tests dump.
 //!
-//! `ww-target [--pages N] [--churn]` starts 4 threads that stamp pages of their own
+//! `ww-target [--pages N] [--churn] [--stay]` starts 4 threads that stamp pages of their own
 //! anonymous regions (`N` pages each): thread `t` writes counter `c` into every word of page
 //! `c % N`, then publishes `c` in its progress word. With `--churn` a fifth thread maps,
 //! writes, `mremap`s and unmaps regions all the time. The main thread runs a loop that
@@ -149,7 +149,7 @@ fn churn() {
     }
 }
 
-fn target(pages: usize, churn_on: bool) {
+fn target(pages: usize, churn_on: bool, stay: bool) {
     let ps = 4096;
     let progress: Arc<Vec<AtomicU64>> = Arc::new((0..4).map(|_| AtomicU64::new(0)).collect());
     let mut regions = Vec::new();
@@ -209,6 +209,9 @@ fn target(pages: usize, churn_on: bool) {
             let _ = std::io::stdout().flush();
         }
     }
+    while stay {
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 fn main() {
@@ -230,8 +233,28 @@ fn main() {
         }
         return;
     }
+    if args.get(1).map(String::as_str) == Some("run") {
+        // ww-target run DIR ROUNDS PROG ARGS...: start PROG tracked from its first
+        // instruction, dump it, wait for it.
+        let rest: Vec<std::ffi::OsString> = args[4..].iter().map(Into::into).collect();
+        let s = writewatch_process::spawn_tracked(&rest[0], &rest[1..]).expect("spawn");
+        let mut child = s.child;
+        let opts = writewatch_process::DumpOptions {
+            rounds: args[3].parse().expect("rounds"),
+            interval: Duration::from_millis(10),
+            ..Default::default()
+        };
+        match writewatch_process::dump_attached_process(s.attached, args[2].as_ref(), opts, None) {
+            Ok(r) => println!("done freeze_ms={:.3} ranges={}", r.freeze_ms, r.ranges),
+            Err(e) => println!("error {e}"),
+        }
+        let st = child.wait().expect("wait");
+        println!("exit {st}");
+        return;
+    }
     let mut pages = 64;
     let mut churn_on = false;
+    let mut stay = false;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -240,9 +263,11 @@ fn main() {
                 i += 1;
             }
             "--churn" => churn_on = true,
+            // Keep running after stdin closes (until killed).
+            "--stay" => stay = true,
             other => panic!("unknown argument {other}"),
         }
         i += 1;
     }
-    target(pages, churn_on);
+    target(pages, churn_on, stay);
 }

@@ -47,6 +47,12 @@ pub(crate) fn seize(tid: u32, trace_clone: bool) -> Result<(), Errno> {
     ptrace::seize(pid(tid), o)
 }
 
+/// `PTRACE_SETOPTIONS(TRACESYSGOOD)` on a thread traced with `PTRACE_TRACEME`, so system-call
+/// stops are told apart from `SIGTRAP`s.
+pub(crate) fn set_sysgood(tid: u32) -> Result<(), Errno> {
+    ptrace::setoptions(pid(tid), Options::PTRACE_O_TRACESYSGOOD)
+}
+
 /// `PTRACE_INTERRUPT`.
 pub(crate) fn interrupt(tid: u32) -> Result<(), Errno> {
     ptrace::interrupt(pid(tid))
