@@ -36,9 +36,7 @@ pub(crate) struct DumpArgs {
 }
 
 impl DumpArgs {
-    /// The library options. SIGINT is not caught: it kills the dumper, which the library is
-    /// built to survive (the kernel detaches the target and closes the userfaultfd; the image
-    /// keeps its previous commit).
+    /// The library options (SIGINT / SIGTERM stop the dump cleanly: `catch_sigint`).
     fn options(&self) -> DumpOptions {
         DumpOptions {
             rounds: self.rounds,
@@ -146,6 +144,7 @@ fn progress() -> impl FnMut(&RoundReport) {
 
 /// `writewatch dump --pid PID --dir DIR ...`
 pub(crate) fn dump(pid: u32, args: &DumpArgs, json: bool) -> Result<u8, Failure> {
+    let _ = writewatch_process::catch_sigint();
     let mut p = progress();
     let r = writewatch_process::dump(pid, &args.dir, args.options(), Some(&mut p))
         .map_err(|e| fail(&e, false))?;
@@ -159,6 +158,7 @@ pub(crate) fn run(args: &DumpArgs, cmd: &[std::ffi::OsString], json: bool) -> Re
         code: EXIT_OTHER,
         message: "run: name a program after `--`".into(),
     })?;
+    let _ = writewatch_process::catch_sigint();
     let s = writewatch_process::spawn_tracked(prog, rest).map_err(|e| fail(&e, false))?;
     let mut child = s.child;
     let mut p = progress();

@@ -133,6 +133,15 @@ pub struct DumpReport {
     pub skipped: Vec<Skipped>,
 }
 
+/// Makes `SIGINT` and `SIGTERM` stop a running [`dump`] at its next check (between rounds
+/// and between ranges) with [`DumpError::Interrupted`] instead of killing the process: the
+/// target is resumed and untracked, and the image keeps its previous commit. Without it a
+/// `SIGINT` kills the dumper, which the target also survives (the kernel detaches it and
+/// closes the userfaultfd), silently.
+pub fn catch_sigint() -> Result<(), crate::Errno> {
+    sys::catch_sigint().map_err(|e| crate::Errno::from_raw(e as i32))
+}
+
 /// The plan of one round for one piece.
 struct Work {
     idx: usize,
@@ -162,12 +171,12 @@ impl Dumper<'_> {
     }
 
     fn check(&self) -> Result<(), DumpError> {
-        if self
+        let cancelled = self
             .opts
             .cancel
             .as_ref()
-            .is_some_and(|c| c.load(Ordering::Relaxed))
-        {
+            .is_some_and(|c| c.load(Ordering::Relaxed));
+        if cancelled || sys::SIGINT_SEEN.load(Ordering::Relaxed) {
             return Err(DumpError::Interrupted);
         }
         if !self.at.alive() {

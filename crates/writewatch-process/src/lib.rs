@@ -35,7 +35,9 @@ mod sys;
 mod verify;
 
 pub use attach::{attach, Attached};
-pub use dump::{dump, dump_attached_process, DumpOptions, DumpReport, RoundReport, Skipped};
+pub use dump::{
+    catch_sigint, dump, dump_attached_process, DumpOptions, DumpReport, RoundReport, Skipped,
+};
 pub use error::{AttachError, DumpError, Errno};
 pub use maps::{parse_maps, read_maps, Mapping};
 pub use spawn::{spawn_tracked, SpawnError, Spawned};

@@ -318,3 +318,45 @@ fn corrupt_index_is_a_typed_error_and_the_previous_commit_survives_a_failed_dump
     })
     .expect("test finished in time");
 }
+
+#[test]
+fn sigint_of_the_dumper_is_a_clear_error_and_the_target_runs_on() {
+    within(Duration::from_secs(60), || {
+        use std::io::BufRead;
+        let mut t = Target::start(&["--pages", "64"]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut dumper = std::process::Command::new(common::EXE)
+            .args([
+                "dump",
+                &t.pid.to_string(),
+                dir.path().join("img").to_str().unwrap(),
+                "1000",
+                "5",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(dumper.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.starts_with("round 2") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "dumper ended early");
+        }
+        common::unsafe_free_kill(dumper.id(), "INT");
+        let mut last = String::new();
+        for l in out.lines() {
+            last = l.unwrap();
+        }
+        assert!(dumper.wait().unwrap().success());
+        assert!(last.contains("dump interrupted"), "{last}");
+        assert!(
+            read_image(&dir.path().join("img")).is_err(),
+            "nothing committed"
+        );
+        let s = t.status();
+        assert_eq!(s.uffd_wp_vmas, 0);
+        assert!(s.regs_ok && s.code_ok);
+        assert_ne!(t.state(), 'T');
+    })
+    .expect("test finished in time");
+}

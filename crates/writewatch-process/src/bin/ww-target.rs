@@ -218,6 +218,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("dump") {
         let pid: u32 = args[2].parse().expect("pid");
+        writewatch_process::catch_sigint().expect("SIGINT handler");
         let opts = writewatch_process::DumpOptions {
             rounds: args[4].parse().expect("rounds"),
             interval: Duration::from_millis(args[5].parse().expect("interval")),
@@ -231,6 +232,7 @@ fn main() {
             Ok(r) => println!("done freeze_ms={:.3}", r.freeze_ms),
             Err(e) => println!("error {e}"),
         }
+        let _ = std::io::stdout().flush();
         return;
     }
     if args.get(1).map(String::as_str) == Some("run") {

@@ -87,3 +87,27 @@ pub(crate) fn traceme_on_exec(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// Set by the `SIGINT`/`SIGTERM` handler [`catch_sigint`] installs.
+pub(crate) static SIGINT_SEEN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    SIGINT_SEEN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Installs a `SIGINT` and `SIGTERM` handler that only sets [`SIGINT_SEEN`].
+pub(crate) fn catch_sigint() -> Result<(), nix::errno::Errno> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(
+        SigHandler::Handler(on_sigint),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for s in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler is async-signal-safe (one relaxed atomic store) and replaces
+        // the default action only; no other handler's state is involved.
+        unsafe { sigaction(s, &act) }?;
+    }
+    Ok(())
+}
