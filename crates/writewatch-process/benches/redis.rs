@@ -10,7 +10,8 @@
 //!
 //! Needs `redis-server` and `redis-benchmark` (`apt-get install redis-server redis-tools`)
 //! and root (or ptrace_scope 0). Run: `cargo bench -p writewatch-process --bench redis`
-//! (`-- --gib N` for another dataset size). Measures only under `--bench`.
+//! (`-- --gib N` for another dataset size, `-- --hot-keys N` for the keys the load writes,
+//! 0 = all). Measures only under `--bench`.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,11 +46,12 @@ fn set_load(requests: u64, keys: u64) -> f64 {
         .output()
         .expect("redis-benchmark");
     let s = String::from_utf8_lossy(&out.stdout);
-    // "SET: 123456.79 requests per second, p50=..."
-    s.split_whitespace()
-        .skip_while(|w| *w != "SET:")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
+    // "... SET: 123456.79 requests per second, p50=..." after \r-separated progress lines.
+    let words: Vec<&str> = s.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[1] == "requests")
+        .and_then(|w| w[0].parse().ok())
         .unwrap_or(0.0)
 }
 
@@ -103,6 +105,7 @@ fn main() {
     let work = tempfile::tempdir().expect("tempdir");
     let mut redis: Child = Command::new("redis-server")
         .args(["--port", PORT, "--save", "", "--appendonly", "no"])
+        .args(["--enable-debug-command", "yes"])
         .args(["--dir", work.path().to_str().unwrap()])
         .stdout(Stdio::null())
         .spawn()
@@ -117,17 +120,26 @@ fn main() {
     let keys = (gib * 1024.0 * 1024.0) as u64; // ~1 KiB values
     cli(&["DEBUG", "POPULATE", &keys.to_string(), "key", "1024"]);
     let rss = info_field("memory", "used_memory_rss").unwrap_or_default();
-    println!("redis-server pid {pid}: {keys} keys, used_memory_rss {rss}");
+    let hot = if hot == 0 { keys } else { hot.min(keys) };
+    println!("redis-server pid {pid}: {keys} keys, used_memory_rss {rss}; SET load on {hot} keys");
 
-    let requests = 400_000;
-    let off = set_load(requests, keys);
+    // Untracked baseline: the same SET runs as during the dump.
+    let requests = 100_000;
+    let off: f64 = (0..3).map(|_| set_load(requests, hot)).sum::<f64>() / 3.0;
 
-    // Tracking on: a dump whose rounds cover the whole benchmark run.
+    // Tracking on: SET runs back to back for the whole dump (its rounds and its final
+    // freeze happen under load).
     let dir = work.path().join("img");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
     let load = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(500));
-        set_load(requests, keys)
+        let mut runs = Vec::new();
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            runs.push(set_load(requests, hot));
+        }
+        runs
     });
+    std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
     let rounds_opts = DumpOptions {
         rounds: 8,
@@ -135,7 +147,9 @@ fn main() {
         ..Default::default()
     };
     let report = dump(pid, &dir, rounds_opts, None).expect("dump");
-    let on = load.join().expect("load");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = load.join().expect("load");
+    let on = runs.iter().sum::<f64>() / runs.len().max(1) as f64;
     let dump_s = t0.elapsed().as_secs_f64();
     let r0 = &report.rounds[0];
     let fork = {
@@ -147,7 +161,7 @@ fn main() {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        info_field("persistence", "latest_fork_usec")
+        info_field("stats", "latest_fork_usec")
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(f64::NAN)
             / 1e3
@@ -190,10 +204,21 @@ fn main() {
         on / off
     );
     println!(
-        "round 0 copy rate     {:>9.2} GB/s ({} pages in {:.0} ms, incl. store writes)",
-        r0.bytes as f64 / (r0.copy_ms / 1e3) / 1e9,
+        "round 0 copy rate     {:>9.2} GB/s read from memory ({} pages, {:.0} ms in process_vm_readv); {:.2} GB/s with the store writes ({:.0} ms)",
+        r0.bytes as f64 / (r0.read_ms / 1e3) / 1e9,
         r0.pages,
+        r0.read_ms,
+        r0.bytes as f64 / (r0.copy_ms / 1e3) / 1e9,
         r0.copy_ms
+    );
+    let (pg, rd): (u64, f64) = report
+        .rounds
+        .iter()
+        .map(|r| (r.bytes, r.read_ms))
+        .fold((0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    println!(
+        "all rounds read rate  {:>9.2} GB/s",
+        pg as f64 / (rd / 1e3) / 1e9
     );
     let _ = redis.kill();
     let _ = redis.wait();

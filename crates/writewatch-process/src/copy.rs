@@ -15,6 +15,8 @@ pub(crate) struct Copied {
     /// Pages the kernel refused to read (unmapped meanwhile, beyond the end of a file,
     /// device memory): recorded as zero, and counted.
     pub unreadable: u64,
+    /// Time spent in `process_vm_readv` (the read side of the copy), nanoseconds.
+    pub read_ns: u64,
 }
 
 /// Reads pages `runs` (`(first, count)` page numbers from `base`) of process `pid` and hands
@@ -56,7 +58,9 @@ pub(crate) fn copy_runs<E>(
                 slices.push(a);
                 rest = b;
             }
+            let t = std::time::Instant::now();
             let n = sys::read_remote(pid, &addrs, &mut slices).unwrap_or(0);
+            out.read_ns += t.elapsed().as_nanos() as u64;
             let full = n / page;
             let span = total / page;
             for k in 0..full.min(span) {

@@ -81,6 +81,8 @@ pub struct RoundReport {
     pub harvest_ms: f64,
     /// Time to copy (and, except in a buffered final round, to write).
     pub copy_ms: f64,
+    /// Of `copy_ms`, the time spent reading the target's memory (`process_vm_readv`).
+    pub read_ms: f64,
     /// The whole round.
     pub ms: f64,
 }
@@ -332,6 +334,7 @@ impl Dumper<'_> {
             seg.commit().map_err(|e| store_err(Box::new(e)))?;
             total.pages += c.pages;
             total.unreadable += c.unreadable;
+            total.read_ns += c.read_ns;
         }
         Ok(total)
     }
@@ -431,6 +434,7 @@ fn dump_attached(
             dropped_ranges: dropped,
             harvest_ms: ms(t1 - t0),
             copy_ms: ms(t1.elapsed()),
+            read_ms: c.read_ns as f64 / 1e6,
             ms: ms(t0.elapsed()),
         });
         let small = round > 0 && d.opts.until_pages.is_some_and(|n| r.pages <= n);
@@ -468,6 +472,7 @@ fn dump_attached(
                 .unwrap_or_default();
             c.pages += cc.pages;
             c.unreadable += cc.unreadable;
+            c.read_ns += cc.read_ns;
             buf.push((w.idx, idx, data));
         }
         freeze_ms = ms(t0.elapsed());
@@ -585,6 +590,7 @@ fn finish(
         dropped_ranges: dropped,
         harvest_ms: ms(t1 - t0),
         copy_ms: freeze_ms - ms(t1 - t0),
+        read_ms: c.read_ns as f64 / 1e6,
         ms: stopped_ms,
     });
     rounds.push(r);
