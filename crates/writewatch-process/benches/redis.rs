@@ -94,6 +94,13 @@ fn main() {
         .nth(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
+    // Keys the SET load writes (`redis-benchmark -r`): default the first 100k of the dataset
+    // (a ~100 MiB hot set in a >= 1 GiB process); `--hot-keys 0` means every key.
+    let hot: u64 = std::env::args()
+        .skip_while(|a| a != "--hot-keys")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     if Command::new("redis-server")
         .arg("--version")
         .output()

@@ -461,8 +461,9 @@ fn dump_attached(
         let mut buf: Buffered = Vec::new();
         for w in &work {
             let p = &d.pieces[w.idx];
-            let mut idx = Vec::new();
-            let mut data = Vec::new();
+            let n: u64 = w.runs.iter().map(|r| r.1).sum();
+            let mut idx = Vec::with_capacity(n as usize);
+            let mut data = Vec::with_capacity(n as usize * page);
             let cc =
                 copy_runs::<std::convert::Infallible>(pid, p.start, page, &w.runs, &mut |i, b| {
                     idx.push(i);
