@@ -11,7 +11,7 @@
 //! Needs `redis-server` and `redis-benchmark` (`apt-get install redis-server redis-tools`)
 //! and root (or ptrace_scope 0). Run: `cargo bench -p writewatch-process --bench redis`
 //! (`-- --gib N` for another dataset size, `-- --hot-keys N` for the keys the load writes,
-//! 0 = all). Measures only under `--bench`.
+//! 0 = all, `-- --image-in /dev/shm` to write the image to memory). Measures only under `--bench`.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -136,7 +136,14 @@ fn main() {
 
     // Tracking on: SET runs back to back for the whole dump (its rounds and its final
     // freeze happen under load).
-    let dir = work.path().join("img");
+    // `--image-in DIR`: write the image under DIR (e.g. /dev/shm, to take the disk out).
+    let image_root = std::env::args()
+        .skip_while(|a| a != "--image-in")
+        .nth(1)
+        .map(std::path::PathBuf::from);
+    let image_tmp = image_root.map(|r| tempfile::tempdir_in(r).expect("image dir"));
+    let dir = image_tmp.as_ref().map_or(work.path(), |t| t.path()).join("img");
+    println!("image in {}", dir.display());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let load = std::thread::spawn(move || {
