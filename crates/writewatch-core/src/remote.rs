@@ -201,6 +201,27 @@ impl RemotePagemap {
         self.walk(start, end, &[q], &mut f)
     }
 
+    /// Calls `f(start, end)` for every run in `[start, end)` of present pages that are not
+    /// file pages: inside a private file mapping, exactly the pages the kernel copied on write
+    /// (COW). Read-only. A page that leaves this set without being written was dropped by
+    /// `madvise(MADV_DONTNEED)` and reads as the file's content again, which the uffd-wp
+    /// marker the kernel keeps on file-backed zaps does not report.
+    pub fn anon_present(
+        &self,
+        start: usize,
+        end: usize,
+        mut f: impl FnMut(usize, usize),
+    ) -> Result<u64, Errno> {
+        let file = linux_raw_sys::general::PAGE_IS_FILE as u64;
+        let q = ScanArgs {
+            category_inverted: file,
+            category_mask: file | pm::PAGE_IS_PRESENT,
+            return_mask: pm::PAGE_IS_PRESENT,
+            ..Default::default()
+        };
+        self.walk(start, end, &[q], &mut f)
+    }
+
     fn walk(
         &self,
         start: usize,

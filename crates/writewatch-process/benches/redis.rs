@@ -142,7 +142,10 @@ fn main() {
         .nth(1)
         .map(std::path::PathBuf::from);
     let image_tmp = image_root.map(|r| tempfile::tempdir_in(r).expect("image dir"));
-    let dir = image_tmp.as_ref().map_or(work.path(), |t| t.path()).join("img");
+    let dir = image_tmp
+        .as_ref()
+        .map_or(work.path(), |t| t.path())
+        .join("img");
     println!("image in {}", dir.display());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();

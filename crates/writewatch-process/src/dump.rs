@@ -245,15 +245,28 @@ impl Dumper<'_> {
             }
             self.pieces.sort_by_key(|p| p.start);
             let mut replaced = Vec::new();
-            for p in &self.pieces {
-                if fresh.contains(&p.id) || !p.tracked || runs_by_id.contains_key(&p.id) {
+            let page = self.page;
+            for p in &mut self.pieces {
+                if !p.tracked || runs_by_id.contains_key(&p.id) {
                     continue;
                 }
+                let is_fresh = fresh.contains(&p.id);
                 let mut runs = Vec::new();
-                let r = self.at.pagemap().harvest(p.start, p.end, |a, b| {
-                    push_run(&mut runs, p.start, self.page, a.max(p.start), b.min(p.end));
+                let r = if is_fresh {
+                    Ok(0)
+                } else {
+                    self.at.pagemap().harvest(p.start, p.end, |a, b| {
+                        push_run(&mut runs, p.start, page, a.max(p.start), b.min(p.end));
+                    })
+                };
+                let r = r.and_then(|n| {
+                    if p.private_file() {
+                        reverted_cow_pages(self.at.pagemap(), p, page, &mut runs)?;
+                    }
+                    Ok(n)
                 });
                 match r {
+                    Ok(_) if is_fresh => {}
                     Ok(_) => {
                         runs_by_id.insert(p.id, runs);
                     }
@@ -345,6 +358,38 @@ impl Dumper<'_> {
         }
         r
     }
+}
+
+/// For a private file piece: re-reads which pages are COW copies (after the harvest, before
+/// the copy), adds to `runs` the pages that were COW copies last time and no longer are
+/// (dropped by `MADV_DONTNEED`: their content reverted to the file's), and remembers the new
+/// set. A COW copy swapped out also leaves the set: reported again, an over-report.
+fn reverted_cow_pages(
+    pm: &writewatch_core::remote::RemotePagemap,
+    p: &mut Piece,
+    page: usize,
+    runs: &mut Vec<(u64, u64)>,
+) -> Result<(), crate::Errno> {
+    let n = p.pages(page) as usize;
+    let mut now = vec![0u64; n.div_ceil(64)];
+    pm.anon_present(p.start, p.end, |a, b| {
+        let (a, b) = (a.max(p.start), b.min(p.end));
+        for i in (a - p.start) / page..(b - p.start).div_ceil(page) {
+            now[i / 64] |= 1 << (i % 64);
+        }
+    })?;
+    if let Some(before) = &p.cow {
+        for (w, (&old, &new)) in before.iter().zip(&now).enumerate() {
+            let gone = old & !new;
+            for bit in 0..64 {
+                if gone & (1 << bit) != 0 {
+                    runs.push(((w * 64 + bit) as u64, 1));
+                }
+            }
+        }
+    }
+    p.cow = Some(now);
+    Ok(())
 }
 
 /// The final round's pages, copied while the target is stopped.

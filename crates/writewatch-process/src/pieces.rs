@@ -27,6 +27,16 @@ pub(crate) struct Piece {
     /// Registered with the userfaultfd; `false` when registration failed (`VM_IO`, a
     /// program's own userfaultfd): such a piece is copied whole every round.
     pub tracked: bool,
+    /// Private file mappings only: the pages that were COW copies at the last harvest (one
+    /// bit per page). One that is no longer a COW copy was zapped and reverted to the file.
+    pub cow: Option<Vec<u64>>,
+}
+
+impl Piece {
+    /// Whether the piece is part of a private file mapping.
+    pub(crate) fn private_file(&self) -> bool {
+        !self.ident.is_empty() && self.perms.as_bytes().get(3) == Some(&b'p')
+    }
 }
 
 impl Piece {
@@ -116,6 +126,7 @@ pub(crate) fn sync(pieces: &mut Vec<Piece>, maps: &[Mapping], next_id: &mut u64)
                     perms: m.perms.clone(),
                     backing,
                     tracked: true,
+                    cow: None,
                 });
                 *next_id += 1;
             }

@@ -1,9 +1,10 @@
 //! `ww-target`: the helper program the writewatch-process tests dump.
 //!
-//! `ww-target [--pages N] [--churn] [--stay]` starts 4 threads that stamp pages of their own
+//! `ww-target [--pages N] [--churn] [--stay] [--file-zap PATH] [--file-map PATH]` starts 4 threads that stamp pages of their own
 //! anonymous regions (`N` pages each): thread `t` writes counter `c` into every word of page
 //! `c % N`, then publishes `c` in its progress word. With `--churn` a fifth thread maps,
-//! writes, `mremap`s and unmaps regions all the time. The main thread runs a loop that
+//! writes, `mremap`s and unmaps regions all the time; with `--file-zap PATH` another writes
+//! pages of a private mapping of PATH and drops them with `MADV_DONTNEED`. The main thread runs a loop that
 //! holds magic values in r12-r15 and checks them every iteration (x86_64): an attach that
 //! did not restore registers exactly is caught. It prints `ready PID` and then answers
 //! `status` on stdin with
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 static REGS_BAD: AtomicBool = AtomicBool::new(false);
+static FILE_MAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 fn anon(len: usize) -> *mut u8 {
     // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
@@ -149,7 +151,75 @@ fn churn() {
     }
 }
 
-fn target(pages: usize, churn_on: bool, stay: bool) {
+/// Writes pages of a private file mapping (COW copies) and drops them again with
+/// `MADV_DONTNEED` (they revert to the file's content), all the time.
+fn file_zap(path: String) {
+    use std::os::fd::AsRawFd;
+    let ps = 4096;
+    let n = 16;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("file");
+    f.set_len((n * ps) as u64).expect("set_len");
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0x5a; n * ps], 0).expect("fill");
+    // SAFETY: a fresh private mapping of the file.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            n * ps,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap file");
+    let p: *mut u8 = p.cast();
+    let mut c = 0u64;
+    loop {
+        c += 1;
+        let k = (c as usize) % n;
+        // SAFETY: inside the mapping.
+        unsafe { p.add(k * ps).cast::<u64>().write_volatile(c) };
+        std::thread::sleep(Duration::from_millis(3));
+        // SAFETY: our mapping; the page reverts to the file's content.
+        unsafe { libc::madvise(p.add(k * ps).cast(), ps, libc::MADV_DONTNEED) };
+        std::thread::sleep(Duration::from_millis(3));
+    }
+}
+
+/// Maps 16 pages of PATH privately (filled with 0x5a) for the `fw K` / `fz K` commands.
+fn file_map(path: &str) -> usize {
+    use std::os::fd::AsRawFd;
+    let ps = 4096;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .expect("file");
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0x5a; 16 * ps], 0).expect("fill");
+    // SAFETY: a fresh private mapping of the file.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            16 * ps,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap file");
+    p as usize
+}
+
+fn target(pages: usize, churn_on: bool, stay: bool, zap_file: Option<String>) {
     let ps = 4096;
     let progress: Arc<Vec<AtomicU64>> = Arc::new((0..4).map(|_| AtomicU64::new(0)).collect());
     let mut regions = Vec::new();
@@ -182,6 +252,12 @@ fn target(pages: usize, churn_on: bool, stay: bool) {
             .spawn(churn)
             .expect("spawn");
     }
+    if let Some(path) = zap_file {
+        std::thread::Builder::new()
+            .name("file-zap".into())
+            .spawn(move || file_zap(path))
+            .expect("spawn");
+    }
     let code0 = code_sum();
     std::thread::Builder::new()
         .name("regs".into())
@@ -192,6 +268,26 @@ fn target(pages: usize, churn_on: bool, stay: bool) {
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let (Some(&cmd), Some(k), Some(base)) = (
+            words.first(),
+            words.get(1).and_then(|k| k.parse::<usize>().ok()),
+            FILE_MAP.get(),
+        ) {
+            let page = (base + (k % 16) * 4096) as *mut u8;
+            match cmd {
+                // SAFETY: inside the 16-page private file mapping.
+                "fw" => unsafe { page.cast::<u64>().write_volatile(0xdead_beef) },
+                // SAFETY: our mapping; the page reverts to the file's content.
+                "fz" => unsafe {
+                    libc::madvise(page.cast(), 4096, libc::MADV_DONTNEED);
+                },
+                _ => {}
+            }
+            println!("ok");
+            let _ = std::io::stdout().flush();
+            continue;
+        }
         if line.trim() == "status" {
             let p: Vec<String> = progress
                 .iter()
@@ -257,6 +353,8 @@ fn main() {
     let mut pages = 64;
     let mut churn_on = false;
     let mut stay = false;
+    let mut zap_file = None;
+    let mut map_file = None;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -265,11 +363,23 @@ fn main() {
                 i += 1;
             }
             "--churn" => churn_on = true,
+            // A private file mapping written (`fw K`) and zapped (`fz K`) on command.
+            "--file-map" => {
+                map_file = Some(args[i + 1].clone());
+                i += 1;
+            }
+            "--file-zap" => {
+                zap_file = Some(args[i + 1].clone());
+                i += 1;
+            }
             // Keep running after stdin closes (until killed).
             "--stay" => stay = true,
             other => panic!("unknown argument {other}"),
         }
         i += 1;
     }
-    target(pages, churn_on, stay);
+    if let Some(path) = map_file {
+        let _ = FILE_MAP.set(file_map(&path));
+    }
+    target(pages, churn_on, stay, zap_file);
 }

@@ -69,6 +69,14 @@ impl Target {
         }
     }
 
+    /// Sends a command (`fw K`, `fz K`) and waits for its `ok`.
+    pub fn cmd(&mut self, c: &str) {
+        writeln!(self.stdin, "{c}").unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ok", "{c}");
+    }
+
     /// The process state letter from /proc/PID/stat (`T` stopped, `S`/`R` running).
     pub fn state(&self) -> char {
         let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap();
@@ -104,4 +112,12 @@ pub fn read_mem(pid: u32, addr: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     f.read_exact_at(&mut buf, addr).unwrap();
     buf
+}
+
+/// A temporary directory for images: on tmpfs (`/dev/shm`) when there is one, so the tests'
+/// many small `fsync`ed commits do not wait on a shared disk.
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("temporary directory")
 }
