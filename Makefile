@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build demo test test-core doc lint fmt bench bench-report probe clean
+.PHONY: all setup build demo test test-core doc lint fmt bench bench-redis bench-report probe clean
 
 all: build
 
@@ -67,6 +67,14 @@ probe: setup
 
 bench: setup
 	$(CARGO) bench --workspace
+
+# Issue 16: dump Debian's redis-server (>= 1 GiB, under redis-benchmark SET load); installs
+# redis-server and redis-tools from the distribution's packages if missing. Needs root.
+bench-redis: setup
+	@command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null || \
+	  (apt-get install -y -q redis-server redis-tools >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q redis-server redis-tools >/dev/null))
+	$(CARGO) bench -p writewatch-process --bench redis
 
 clean:
 	$(CARGO) clean

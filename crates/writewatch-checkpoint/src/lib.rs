@@ -42,6 +42,7 @@ mod error;
 mod files;
 #[doc(hidden)]
 pub mod format;
+pub mod image;
 mod progress;
 mod remote;
 mod restore;

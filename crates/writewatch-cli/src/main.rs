@@ -6,8 +6,10 @@
 //! Exit codes: 0 success, 1 verification failure or corruption, 2 usage or
 //! any other error.
 
+mod dump;
 mod location;
 mod pages;
+
 mod probe;
 mod progress;
 
@@ -80,6 +82,24 @@ enum Command {
     /// exclusive or shared, zero page, huge, written since an async write-protect re-arm;
     /// with the totals /proc/PID/smaps prints.
     Pages(pages::PagesArgs),
+    /// Dump a running process's memory in incremental pre-copy rounds, then a short final
+    /// round with the process stopped (the image is its memory at that instant).
+    Dump {
+        /// The process to dump.
+        #[arg(long)]
+        pid: u32,
+        #[command(flatten)]
+        args: dump::DumpArgs,
+    },
+    /// Start a program tracked from its first instruction, dump it like `dump`, then wait for
+    /// it and exit 0 (the program's status is printed).
+    Run {
+        #[command(flatten)]
+        args: dump::DumpArgs,
+        /// The program and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        cmd: Vec<std::ffi::OsString>,
+    },
     /// Show what this kernel and process can do: userfaultfd access, each feature, and which
     /// tracking backend works here.
     Probe {
@@ -168,6 +188,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
+        Command::Inspect { dir } if dump::is_image(&dir) => dump::inspect_image(&dir, cli.json),
+        Command::Verify { dir } if dump::is_image(&dir) => dump::verify_image(&dir, cli.json),
+        Command::Restore { dir, to, .. } if dump::is_image(&dir) => {
+            dump::restore_image(&dir, &to, cli.json)
+        }
+        Command::Compact { dir } if dump::is_image(&dir) => dump::compact_image(&dir, cli.json),
+        Command::Dump { pid, args } => dump::dump(pid, &args, cli.json),
+        Command::Run { args, cmd } => dump::run(&args, &cmd, cli.json),
         Command::Inspect { dir } => inspect(&dir, cli.json),
         Command::Verify { dir } => verify(&dir, cli.json),
         Command::Restore { dir, to, epoch } => restore(&dir, &to, epoch, cli.json),

@@ -42,6 +42,7 @@ mod placed;
 mod probe;
 mod range;
 mod region;
+pub mod remote;
 mod service;
 mod shared;
 mod snapshot;
