@@ -34,6 +34,9 @@ pub use pipeline::{
 #[doc(inline)]
 pub use writewatch_checkpoint as checkpoint;
 pub use writewatch_core::*;
+/// Tracking and dumping another, unmodified process (`writewatch dump`): attach, rounds,
+/// final freeze. See `writewatch_process`.
+pub use writewatch_process as process;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

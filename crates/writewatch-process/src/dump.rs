@@ -491,7 +491,7 @@ fn dump_attached(
     // The final round.
     d.check()?;
     let t0 = Instant::now();
-    let mut frozen = Frozen::freeze(pid)?;
+    let frozen = Frozen::freeze(pid)?;
     let threads = frozen.threads();
     let (work, new, dropped) = d.plan(false)?;
     let t1 = Instant::now();
@@ -502,7 +502,7 @@ fn dump_attached(
     let mut c = crate::copy::Copied::default();
     let freeze_ms;
     let hold = d.opts.verify || d.opts.leave_stopped;
-    if bytes <= d.opts.final_buffer_bytes as u64 {
+    let held = if bytes <= d.opts.final_buffer_bytes as u64 {
         let mut buf: Buffered = Vec::new();
         for w in &work {
             let p = &d.pieces[w.idx];
@@ -551,45 +551,23 @@ fn dump_attached(
             }
             seg.commit().map_err(|e| store_err(Box::new(e)))?;
         }
-        frozen = match frozen_until_written {
-            Some(f) => f,
-            None => {
-                return finish(
-                    d,
-                    rounds,
-                    c,
-                    (new, dropped),
-                    (t0, t1),
-                    freeze_ms,
-                    None,
-                    threads,
-                    t_start,
-                    skipped,
-                )
-            }
-        };
+        frozen_until_written
     } else {
         c = d.write(&work)?;
         freeze_ms = ms(t0.elapsed());
-        if !hold {
+        if hold {
+            Some(frozen)
+        } else {
             drop(frozen);
-            return finish(
-                d,
-                rounds,
-                c,
-                (new, dropped),
-                (t0, t1),
-                freeze_ms,
-                None,
-                threads,
-                t_start,
-                skipped,
-            );
+            None
         }
-    }
-    if d.opts.leave_stopped {
-        frozen.leave_stopped();
-    }
+    };
+    let held = held.map(|mut f| {
+        if d.opts.leave_stopped {
+            f.leave_stopped();
+        }
+        f
+    });
     finish(
         d,
         rounds,
@@ -597,7 +575,7 @@ fn dump_attached(
         (new, dropped),
         (t0, t1),
         freeze_ms,
-        Some(frozen),
+        held,
         threads,
         t_start,
         skipped,

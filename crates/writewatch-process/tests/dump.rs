@@ -383,15 +383,16 @@ fn written_private_file_page_zapped_after_its_copy() {
         let mut t = Target::start(&["--pages", "4", "--file-map", file.to_str().unwrap()]);
         let pid = t.pid;
         let img = dir.path().join("img");
-        let mut step = |r: &writewatch_process::RoundReport| match r.round {
-            0 => t.cmd("fw 3"),
-            1 => t.cmd("fz 3"),
-            _ => {}
+        let report = {
+            let mut step = |r: &writewatch_process::RoundReport| match r.round {
+                0 => t.cmd("fw 3"),
+                1 => t.cmd("fz 3"),
+                _ => {}
+            };
+            dump(pid, &img, opts(3), Some(&mut step)).expect("dump")
         };
-        let report = dump(pid, &img, opts(3), Some(&mut step)).expect("dump");
         let v = report.verified.as_ref().expect("verified");
         assert!(v.ok, "{v:?}");
-        drop(step);
         for _ in 0..200 {
             if t.state() == 'T' {
                 break;

@@ -37,9 +37,9 @@ fn check(file: Option<&std::fs::File>) -> Vec<(usize, usize)> {
     uffd.register_wp(p, len).unwrap();
     let pm = RemotePagemap::open(std::process::id()).unwrap();
     assert!(harvest(&pm, p, len).is_empty());
-    // SAFETY: our mapping; page 1 is dropped (anonymous: becomes zero; file-private: reverts
-    // to the file's content).
     assert_eq!(
+        // SAFETY: our mapping; page 1 is dropped (anonymous: becomes zero; file-private:
+        // reverts to the file's content).
         unsafe { libc::madvise((p + 4096) as *mut _, 4096, libc::MADV_DONTNEED) },
         0
     );

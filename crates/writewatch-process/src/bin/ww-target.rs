@@ -305,8 +305,10 @@ fn target(pages: usize, churn_on: bool, stay: bool, zap_file: Option<String>) {
             let _ = std::io::stdout().flush();
         }
     }
-    while stay {
-        std::thread::sleep(Duration::from_secs(1));
+    if stay {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
 }
 
