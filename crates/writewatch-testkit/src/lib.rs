@@ -18,7 +18,7 @@ mod sys;
 pub mod watchdog;
 
 pub use exit::exit_code;
-pub use fork::{fork_and_write, run_child};
+pub use fork::{fork_and_hold, fork_and_write, run_child, HeldChild};
 pub use mmap::Mmap;
 pub use rng::{Rng, SplitMix64, XorShift64};
 pub use watchdog::{watch, watchdog, within, Outcome};
