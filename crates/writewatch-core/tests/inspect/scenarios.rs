@@ -55,16 +55,12 @@ fn private_file_mapping_pages_copied_file_and_absent() {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
     // SAFETY: advice on our own file: drop its clean cached pages, so no page is mapped
     // by fault-around unless this test touched it.
-    assert_eq!(
-        unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) },
-        0
-    );
+    let r = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0);
     let map = Mmap::file(&f, 4 * 4096, false);
     // SAFETY: advice on our own mapping (no read-ahead); contents unchanged.
-    assert_eq!(
-        unsafe { libc::madvise(map.as_ptr().cast(), map.len(), libc::MADV_RANDOM) },
-        0
-    );
+    let r = unsafe { libc::madvise(map.as_ptr().cast(), map.len(), libc::MADV_RANDOM) };
+    assert_eq!(r, 0);
     let w = map.as_atomic_u64();
     w[0].store(1, SeqCst); // page 0: written (copied)
     w[2 * 512].store(1, SeqCst); // page 2: written (copied)
