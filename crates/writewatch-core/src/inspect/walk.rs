@@ -147,35 +147,21 @@ impl Acc {
         ((addr - self.base) / self.ps) as u64
     }
 
-    /// Sorts the raw entries of present, non-zero pages `[a, a+n)` into file / anonymous
-    /// (bit 61: the same test as `PAGE_IS_FILE`, a mapped page that is not anonymous) and
-    /// exclusive / shared (bit 56). Asking these of the raw entries rather than of
-    /// `PAGEMAP_SCAN` keeps the scan from looking up every page's `struct page` too.
-    fn page_bits(&mut self, pm: &Pagemap, a: u64, n: u64, buf: &mut [u64]) -> std::io::Result<()> {
-        let vpn0 = (self.base / self.ps) as u64 + a;
-        let mut done = 0;
-        while done < n {
-            let want = ((n - done) as usize).min(buf.len());
-            let got = pm.read_entries(vpn0 + done, &mut buf[..want])?;
-            for (i, e) in buf[..got].iter().enumerate() {
-                let p = a + done + i as u64;
-                if e & PM_FILE != 0 {
-                    self.file.push(p, 1);
-                } else {
-                    self.anon.push(p, 1);
-                }
-                if e & PM_EXCLUSIVE != 0 {
-                    self.exclusive.push(p, 1);
-                } else {
-                    self.shared.push(p, 1);
-                }
-            }
-            if got < want {
-                break;
-            }
-            done += got as u64;
+    /// Sorts one present page's raw entry: file / anonymous (bit 61: the same test as
+    /// `PAGE_IS_FILE`, a mapped page that is not anonymous) and exclusive / shared (bit 56).
+    /// Asking these of the raw entries rather than of `PAGEMAP_SCAN` keeps the scan from
+    /// looking up every page's `struct page` too.
+    fn present_bits(&mut self, p: u64, e: u64) {
+        if e & PM_FILE != 0 {
+            self.file.push(p, 1);
+        } else {
+            self.anon.push(p, 1);
         }
-        Ok(())
+        if e & PM_EXCLUSIVE != 0 {
+            self.exclusive.push(p, 1);
+        } else {
+            self.shared.push(p, 1);
+        }
     }
 }
 
@@ -285,7 +271,8 @@ fn scan_walk(
                 acc.zero.push(a, n);
                 continue;
             }
-            acc.page_bits(pm, a, n, bufs.raw(n))
+            let vpn = (acc.base / acc.ps) as u64 + a;
+            pm.for_each_entry(vpn, n, bufs.raw(n), |i, e| acc.present_bits(a + i, e))
                 .map_err(|e| (None, e))?;
         } else if c & pm::PAGE_IS_SWAPPED != 0 && c & pm::PAGE_IS_GUARD == 0 {
             // A swap entry without the uffd-wp bit is real swap (or a transient migration
@@ -314,44 +301,24 @@ fn raw_walk(
     buf: &mut [u64],
 ) -> std::io::Result<()> {
     let (vpn0, total) = ((start / acc.ps) as u64, ((end - start) / acc.ps) as u64);
-    let mut done = 0u64;
-    while done < total {
-        let want = ((total - done) as usize).min(buf.len());
-        let got = pm.read_entries(vpn0 + done, &mut buf[..want])?;
-        for (i, &e) in buf[..got].iter().enumerate() {
-            let p = done + i as u64;
-            if env.soft_dirty && e & PM_SOFT_DIRTY != 0 {
-                acc.soft_dirty.push(p, 1);
-            }
-            if e & PM_PRESENT != 0 {
-                acc.present.push(p, 1);
-                if e & PM_FILE != 0 {
-                    acc.file.push(p, 1);
-                } else {
-                    acc.anon.push(p, 1);
-                }
-                if e & PM_EXCLUSIVE != 0 {
-                    acc.exclusive.push(p, 1);
-                } else {
-                    acc.shared.push(p, 1);
-                }
-            } else if e & PM_SWAP != 0 {
-                if e & PM_UFFD_WP == 0 {
+    pm.for_each_entry(vpn0, total, buf, |p, e| {
+        if env.soft_dirty && e & PM_SOFT_DIRTY != 0 {
+            acc.soft_dirty.push(p, 1);
+        }
+        if e & PM_PRESENT != 0 {
+            acc.present.push(p, 1);
+            acc.present_bits(p, e);
+        } else if e & PM_SWAP != 0 {
+            if e & PM_UFFD_WP == 0 {
+                acc.swapped.push(p, 1);
+            } else {
+                acc.marker.push(p, 1);
+                if env.swap_active {
                     acc.swapped.push(p, 1);
-                } else {
-                    acc.marker.push(p, 1);
-                    if env.swap_active {
-                        acc.swapped.push(p, 1);
-                    }
                 }
             }
         }
-        if got < want {
-            break;
-        }
-        done += got as u64;
-    }
-    Ok(())
+    })
 }
 
 fn finish(acc: Acc, env: &Env, mapping: &Mapping, start: usize, end: usize) -> MappingPages {
