@@ -76,10 +76,34 @@ impl Pagemap {
         Ok(ioctls)
     }
 
-    /// Reads the raw 64-bit pagemap entries of the pages from virtual page number `vpn` on
-    /// into `entries` (one `pread`); returns how many were read (fewer at the end of the
-    /// address space).
-    pub(crate) fn read_entries(&self, vpn: u64, entries: &mut [u64]) -> std::io::Result<usize> {
+    /// Calls `f(i, entry)` with the raw 64-bit pagemap entry of each page `vpn + i`,
+    /// `i < n`, read in blocks of `buf.len()` entries (one `pread` each); stops early at the
+    /// end of the address space.
+    pub(crate) fn for_each_entry(
+        &self,
+        vpn: u64,
+        n: u64,
+        buf: &mut [u64],
+        mut f: impl FnMut(u64, u64),
+    ) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < n {
+            let want = ((n - done) as usize).min(buf.len());
+            let got = self.read_entries(vpn + done, &mut buf[..want])?;
+            for (i, &e) in buf[..got].iter().enumerate() {
+                f(done + i as u64, e);
+            }
+            if got < want {
+                break;
+            }
+            done += got as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads the raw entries of the pages from virtual page number `vpn` on into `entries`
+    /// (one `pread`); returns how many were read.
+    fn read_entries(&self, vpn: u64, entries: &mut [u64]) -> std::io::Result<usize> {
         use std::os::unix::fs::FileExt;
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(entries);
         let mut done = 0;
@@ -140,26 +164,11 @@ impl Pagemap {
                 ..Default::default()
             },
         ];
-        let fd = self.file.as_raw_fd();
         let mut ioctls = 0;
         for q in queries {
-            let mut cursor = start;
-            while cursor < end {
-                let args = ScanArgs {
-                    start: cursor,
-                    end,
-                    ..q
-                };
-                ioctls += 1;
-                let (n, walk_end) = sys::pagemap_scan(fd, &args, out)?;
-                for r in &out[..n] {
-                    f(pages_of(base, page_size, r.start as usize, r.end as usize));
-                }
-                if n < out.len() || walk_end <= cursor {
-                    break;
-                }
-                cursor = walk_end;
-            }
+            ioctls += self.scan(start, end, q, out, |r| {
+                f(pages_of(base, page_size, r.start as usize, r.end as usize))
+            })?;
         }
         Ok(ioctls)
     }

@@ -21,7 +21,7 @@ mod sys;
 pub mod watchdog;
 
 pub use exit::exit_code;
-pub use fork::{fork_and_write, run_child, timed_fork_exit};
+pub use fork::{fork_and_hold, fork_and_write, run_child, timed_fork_exit, HeldChild};
 pub use mmap::Mmap;
 pub use rng::{Rng, SplitMix64, XorShift64};
 pub use smaps::{resident_of, smaps_of, smaps_of_ranges, Smaps};

@@ -87,3 +87,61 @@ pub(crate) fn wait_child(pid: libc::pid_t) -> libc::c_int {
     unsafe { libc::waitpid(pid, &mut st, 0) };
     st
 }
+
+/// Forks a child that performs `stores` into its copy of `words`, writes one byte to
+/// `ready`, then blocks reading `hold` and `_exit`s when it gets a byte or end of file.
+/// The child first closes its copies of the fds in `close` (the parent's pipe ends).
+/// Returns the child's pid (panics if fork fails).
+pub(crate) fn fork_holding(
+    words: &[AtomicU64],
+    stores: &[(usize, u64)],
+    ready: std::os::fd::RawFd,
+    hold: std::os::fd::RawFd,
+    close: [std::os::fd::RawFd; 2],
+) -> libc::pid_t {
+    // SAFETY: the child performs only atomic stores into its own copy of the memory and the
+    // async-signal-safe calls write/read/_exit (no allocation, no lock), which is what a
+    // multithreaded process may do after fork.
+    match unsafe { libc::fork() } {
+        0 => {
+            for &(i, v) in stores {
+                words[i].store(v, SeqCst);
+            }
+            let mut b = [1u8];
+            // SAFETY: closing the child's copies of the parent's pipe ends (so the parent's
+            // close is seen as end of file), then one-byte write/read on pipe ends this
+            // process owns, into a local buffer.
+            unsafe {
+                libc::close(close[0]);
+                libc::close(close[1]);
+                libc::write(ready, b.as_ptr().cast(), 1);
+                libc::read(hold, b.as_mut_ptr().cast(), 1);
+                libc::_exit(0)
+            }
+        }
+        pid if pid > 0 => pid,
+        _ => panic!("fork failed: {}", std::io::Error::last_os_error()),
+    }
+}
+
+/// A new pipe `(read end, write end)`, close-on-exec; panics if the kernel refuses.
+pub(crate) fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two fds into the local array.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just created and are owned by nothing else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+/// Sends SIGKILL to a child of ours (it may have exited already: errors are ignored).
+pub(crate) fn kill_child(pid: libc::pid_t) {
+    // SAFETY: signalling our own unreaped child by pid; no memory is involved.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}

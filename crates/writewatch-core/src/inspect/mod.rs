@@ -10,9 +10,9 @@
 //! | `present` | `PAGE_IS_PRESENT` (fallback: bit 63) |
 //! | `swapped` | `PAGE_IS_SWAPPED` with `PAGE_IS_WRITTEN` (no uffd-wp bit) (fallback: bit 62 without bit 57) |
 //! | `wp_marker` | `PAGE_IS_SWAPPED` without `PAGE_IS_WRITTEN`: a uffd-wp marker (fallback: bits 62 and 57) |
-//! | `anonymous`, `cow_copied` | present, not `PAGE_IS_FILE`, not `PAGE_IS_PFNZERO` (fallback: bit 61 clear; the zero page cannot be told apart) |
-//! | `file_uncopied` | present and `PAGE_IS_FILE` (fallback: bit 61) |
-//! | `exclusive` / `shared` | bit 56 ("exclusively mapped") of the raw entries of the present runs |
+//! | `anonymous`, `cow_copied` | present, not `PAGE_IS_PFNZERO`, raw bit 61 ("file page or shared anonymous": a mapped page that is not anonymous, the same test as `PAGE_IS_FILE`) clear (fallback: the zero page cannot be told apart) |
+//! | `file_uncopied` | present and raw bit 61 set |
+//! | `exclusive` / `shared` | raw bit 56 ("exclusively mapped") |
 //! | `zero_page` | `PAGE_IS_PFNZERO` (fallback: not available: PFNs need `CAP_SYS_ADMIN`) |
 //! | `huge` | `PAGE_IS_HUGE` (fallback: not available) |
 //! | `written` | `PAGE_IS_WRITTEN` in mappings with `PAGE_IS_WPALLOWED` (an async write-protect userfaultfd arms them) |
@@ -21,7 +21,8 @@
 //! Both `PAGEMAP_SCAN` and the pagemap flags need only ptrace-read access to the process
 //! (its own user, or `CAP_SYS_PTRACE`); page frame numbers, which need `CAP_SYS_ADMIN`, are
 //! never used. Per mapping: one `PAGEMAP_SCAN` walk over populated pages (holes cost
-//! nothing), then one raw read per present run for the exclusive bit.
+//! nothing; it reads page-table entries only), then one raw read per present run (in
+//! blocks of 32 Ki entries) for the per-page bits 61 and 56.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -215,19 +216,24 @@ impl Inspector {
             soft_dirty,
         };
         let mut mappings = Vec::with_capacity(chosen.len());
+        let mut bufs = walk::Bufs::default();
         for (m, a, b) in &chosen {
-            let pages = walk::walk(&self.pagemap, &env, m, (*a, *b)).map_err(|(errno, io)| {
-                match errno {
-                    // The process exited (its mm is gone) while we walked it.
-                    Some(nix::errno::Errno::ESRCH) => InspectError::NoSuchProcess { pid: self.pid },
-                    Some(e) => InspectError::Scan {
-                        start: *a,
-                        end: *b,
-                        errno: Errno::from_raw(e as i32),
-                    },
-                    None => InspectError::io(self.pid, "pagemap", io),
-                }
-            })?;
+            let pages = walk::walk(&self.pagemap, &env, m, (*a, *b), &mut bufs).map_err(
+                |(errno, io)| {
+                    match errno {
+                        // The process exited (its mm is gone) while we walked it.
+                        Some(nix::errno::Errno::ESRCH) => {
+                            InspectError::NoSuchProcess { pid: self.pid }
+                        }
+                        Some(e) => InspectError::Scan {
+                            start: *a,
+                            end: *b,
+                            errno: Errno::from_raw(e as i32),
+                        },
+                        None => InspectError::io(self.pid, "pagemap", io),
+                    }
+                },
+            )?;
             mappings.push(pages);
         }
         let mut not_available = Vec::new();

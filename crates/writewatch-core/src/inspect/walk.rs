@@ -147,33 +147,43 @@ impl Acc {
         ((addr - self.base) / self.ps) as u64
     }
 
-    /// Sorts the raw entries of present, non-zero pages `[a, a+n)` into exclusive / shared.
-    fn exclusive_bits(
-        &mut self,
-        pm: &Pagemap,
-        a: u64,
-        n: u64,
-        buf: &mut [u64],
-    ) -> std::io::Result<()> {
-        let vpn0 = (self.base / self.ps) as u64 + a;
-        let mut done = 0;
-        while done < n {
-            let want = ((n - done) as usize).min(buf.len());
-            let got = pm.read_entries(vpn0 + done, &mut buf[..want])?;
-            for (i, e) in buf[..got].iter().enumerate() {
-                let p = a + done + i as u64;
-                if e & PM_EXCLUSIVE != 0 {
-                    self.exclusive.push(p, 1);
-                } else {
-                    self.shared.push(p, 1);
-                }
-            }
-            if got < want {
-                break;
-            }
-            done += got as u64;
+    /// Sorts one present page's raw entry: file / anonymous (bit 61: the same test as
+    /// `PAGE_IS_FILE`, a mapped page that is not anonymous) and exclusive / shared (bit 56).
+    /// Asking these of the raw entries rather than of `PAGEMAP_SCAN` keeps the scan from
+    /// looking up every page's `struct page` too.
+    fn present_bits(&mut self, p: u64, e: u64) {
+        if e & PM_FILE != 0 {
+            self.file.push(p, 1);
+        } else {
+            self.anon.push(p, 1);
         }
-        Ok(())
+        if e & PM_EXCLUSIVE != 0 {
+            self.exclusive.push(p, 1);
+        } else {
+            self.shared.push(p, 1);
+        }
+    }
+}
+
+/// Buffers reused across the mappings of one inspection.
+#[derive(Default)]
+pub(crate) struct Bufs {
+    /// Raw pagemap entries (grown to the largest read, at most `BLOCK`).
+    raw: Vec<u64>,
+    /// `PAGEMAP_SCAN` output.
+    out: Vec<sys::PageRegion>,
+    /// One mapping's scan runs.
+    regions: Vec<sys::PageRegion>,
+}
+
+impl Bufs {
+    /// A raw-entry buffer of at least `min(n, BLOCK)` entries.
+    fn raw(&mut self, n: u64) -> &mut [u64] {
+        let want = (n as usize).clamp(1, BLOCK);
+        if self.raw.len() < want {
+            self.raw.resize(want, 0);
+        }
+        &mut self.raw
     }
 }
 
@@ -183,16 +193,17 @@ pub(crate) fn walk(
     env: &Env,
     mapping: &Mapping,
     (start, end): (usize, usize),
+    bufs: &mut Bufs,
 ) -> Result<MappingPages, (Option<Errno>, std::io::Error)> {
     let ps = sys::base_page_size();
     let mut acc = Acc::new(start, ps);
-    let mut buf = vec![0u64; BLOCK];
     // The gate area ([vsyscall]) is not in the page tables pagemap walks.
     if mapping.path != "[vsyscall]" {
         if env.scan {
-            scan_walk(pm, env, &mut acc, start, end, &mut buf)?;
+            scan_walk(pm, env, &mut acc, start, end, bufs)?;
         } else {
-            raw_walk(pm, env, &mut acc, start, end, &mut buf).map_err(|e| (None, e))?;
+            let buf = bufs.raw(((end - start) / ps) as u64);
+            raw_walk(pm, env, &mut acc, start, end, buf).map_err(|e| (None, e))?;
         }
     }
     Ok(finish(acc, env, mapping, start, end))
@@ -204,18 +215,21 @@ fn scan_walk(
     acc: &mut Acc,
     start: usize,
     end: usize,
-    buf: &mut [u64],
+    bufs: &mut Bufs,
 ) -> Result<(), (Option<Errno>, std::io::Error)> {
+    // Not PAGE_IS_FILE: see `page_bits`.
     let all = pm::PAGE_IS_WPALLOWED
         | pm::PAGE_IS_WRITTEN
-        | pm::PAGE_IS_FILE
         | pm::PAGE_IS_PRESENT
         | pm::PAGE_IS_SWAPPED
         | pm::PAGE_IS_PFNZERO
         | pm::PAGE_IS_HUGE
         | pm::PAGE_IS_SOFT_DIRTY;
-    let mut out = vec![sys::EMPTY_PAGE_REGION; 1024];
-    let mut regions = Vec::new();
+    if bufs.out.is_empty() {
+        bufs.out = vec![sys::EMPTY_PAGE_REGION; 1024];
+    }
+    let (out, regions) = (&mut bufs.out, &mut bufs.regions);
+    regions.clear();
     let mut q = ScanArgs {
         category_anyof_mask: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED | pm::PAGE_IS_WPALLOWED,
         return_mask: if NO_GUARD.load(Relaxed) {
@@ -225,15 +239,16 @@ fn scan_walk(
         },
         ..Default::default()
     };
-    let mut r = pm.scan(start, end, q, &mut out, |r| regions.push(*r));
+    let mut r = pm.scan(start, end, q, out, |r| regions.push(*r));
     if r == Err(Errno::EINVAL) && q.return_mask & pm::PAGE_IS_GUARD != 0 {
         NO_GUARD.store(true, Relaxed);
         q.return_mask = all;
         regions.clear();
-        r = pm.scan(start, end, q, &mut out, |r| regions.push(*r));
+        r = pm.scan(start, end, q, out, |r| regions.push(*r));
     }
     r.map_err(|e| (Some(e), std::io::Error::from_raw_os_error(e as i32)))?;
-    for r in regions {
+    let regions = std::mem::take(&mut bufs.regions);
+    for r in &regions {
         let (a, c) = (acc.page(r.start as usize), r.categories);
         let n = acc.page(r.end as usize) - a;
         let armed = c & pm::PAGE_IS_WPALLOWED != 0;
@@ -256,12 +271,9 @@ fn scan_walk(
                 acc.zero.push(a, n);
                 continue;
             }
-            if c & pm::PAGE_IS_FILE != 0 {
-                acc.file.push(a, n);
-            } else {
-                acc.anon.push(a, n);
-            }
-            acc.exclusive_bits(pm, a, n, buf).map_err(|e| (None, e))?;
+            let vpn = (acc.base / acc.ps) as u64 + a;
+            pm.for_each_entry(vpn, n, bufs.raw(n), |i, e| acc.present_bits(a + i, e))
+                .map_err(|e| (None, e))?;
         } else if c & pm::PAGE_IS_SWAPPED != 0 && c & pm::PAGE_IS_GUARD == 0 {
             // A swap entry without the uffd-wp bit is real swap (or a transient migration
             // entry); with it, a write-protect marker -- or a protected swapped page, which
@@ -276,6 +288,7 @@ fn scan_walk(
             }
         }
     }
+    bufs.regions = regions;
     Ok(())
 }
 
@@ -288,44 +301,24 @@ fn raw_walk(
     buf: &mut [u64],
 ) -> std::io::Result<()> {
     let (vpn0, total) = ((start / acc.ps) as u64, ((end - start) / acc.ps) as u64);
-    let mut done = 0u64;
-    while done < total {
-        let want = ((total - done) as usize).min(buf.len());
-        let got = pm.read_entries(vpn0 + done, &mut buf[..want])?;
-        for (i, &e) in buf[..got].iter().enumerate() {
-            let p = done + i as u64;
-            if env.soft_dirty && e & PM_SOFT_DIRTY != 0 {
-                acc.soft_dirty.push(p, 1);
-            }
-            if e & PM_PRESENT != 0 {
-                acc.present.push(p, 1);
-                if e & PM_FILE != 0 {
-                    acc.file.push(p, 1);
-                } else {
-                    acc.anon.push(p, 1);
-                }
-                if e & PM_EXCLUSIVE != 0 {
-                    acc.exclusive.push(p, 1);
-                } else {
-                    acc.shared.push(p, 1);
-                }
-            } else if e & PM_SWAP != 0 {
-                if e & PM_UFFD_WP == 0 {
+    pm.for_each_entry(vpn0, total, buf, |p, e| {
+        if env.soft_dirty && e & PM_SOFT_DIRTY != 0 {
+            acc.soft_dirty.push(p, 1);
+        }
+        if e & PM_PRESENT != 0 {
+            acc.present.push(p, 1);
+            acc.present_bits(p, e);
+        } else if e & PM_SWAP != 0 {
+            if e & PM_UFFD_WP == 0 {
+                acc.swapped.push(p, 1);
+            } else {
+                acc.marker.push(p, 1);
+                if env.swap_active {
                     acc.swapped.push(p, 1);
-                } else {
-                    acc.marker.push(p, 1);
-                    if env.swap_active {
-                        acc.swapped.push(p, 1);
-                    }
                 }
             }
         }
-        if got < want {
-            break;
-        }
-        done += got as u64;
-    }
-    Ok(())
+    })
 }
 
 fn finish(acc: Acc, env: &Env, mapping: &Mapping, start: usize, end: usize) -> MappingPages {

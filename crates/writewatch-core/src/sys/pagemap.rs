@@ -29,7 +29,6 @@ pub(crate) mod pm {
     pub(crate) const PAGE_IS_PRESENT: u64 = k::PAGE_IS_PRESENT as u64;
     pub(crate) const PAGE_IS_SWAPPED: u64 = k::PAGE_IS_SWAPPED as u64;
     pub(crate) const PAGE_IS_WPALLOWED: u64 = k::PAGE_IS_WPALLOWED as u64;
-    pub(crate) const PAGE_IS_FILE: u64 = k::PAGE_IS_FILE as u64;
     pub(crate) const PAGE_IS_PFNZERO: u64 = k::PAGE_IS_PFNZERO as u64;
     pub(crate) const PAGE_IS_HUGE: u64 = k::PAGE_IS_HUGE as u64;
     pub(crate) const PAGE_IS_SOFT_DIRTY: u64 = k::PAGE_IS_SOFT_DIRTY as u64;

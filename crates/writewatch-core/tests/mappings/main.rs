@@ -148,6 +148,60 @@ fn file_mapping_over_20_epochs_has_exact_dirty_sets_and_copies() {
 }
 
 #[test]
+fn madvise_dontneed_on_a_file_mapping_is_reported_and_rearmed() {
+    let Some(t) = async_tracker() else { return };
+    for shared in [false, true] {
+        let (path, f) = data_file(if shared { "dn-s" } else { "dn-p" }, 16 * 4096);
+        let map = Mmap::file(&f, 16 * 4096, shared);
+        let region = adopt(&t, &map).unwrap();
+        region.cut().unwrap();
+        touch(&region, 5, 77);
+        assert_eq!(
+            region.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
+            vec![5]
+        );
+        // SAFETY: our own mapping; the zapped pages read back from the file.
+        let r = unsafe {
+            libc::madvise(
+                map.as_ptr().add(4 * 4096).cast(),
+                4 * 4096,
+                libc::MADV_DONTNEED,
+            )
+        };
+        assert_eq!(r, 0);
+        let words = region.as_atomic_u64();
+        let page5 = words[5 * WORDS_PER_PAGE].load(std::sync::atomic::Ordering::SeqCst);
+        if shared {
+            assert_eq!(page5, 77, "shared: the write is in the file");
+        } else {
+            assert_eq!(
+                page5, 6,
+                "private: the copy is gone, the file's page is back"
+            );
+        }
+        let got: Vec<u64> = region.cut().unwrap().dirty().iter().collect();
+        assert!(
+            (4..8).all(|p| got.contains(&p)) || shared,
+            "shared {shared}: a zap changes private content: reported ({got:?})"
+        );
+        assert!(got.iter().all(|p| (4..8).contains(p)), "{got:?}");
+        // Protection is back: the next writes are exactly reported.
+        for p in [4, 6, 9] {
+            touch(&region, p, 1);
+        }
+        assert_eq!(
+            region.cut().unwrap().dirty().iter().collect::<Vec<_>>(),
+            vec![4, 6, 9],
+            "shared {shared}"
+        );
+        assert!(region.cut().unwrap().dirty().is_empty());
+        drop(region);
+        drop(map);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
 fn sync_and_mprotect_refuse_file_mappings_with_a_typed_error() {
     let (path, f) = data_file("refuse", 4 * 4096);
     for b in [Backend::SyncUffd, Backend::Mprotect] {
