@@ -68,6 +68,7 @@ mod cut;
 mod eager;
 mod events;
 mod lazy;
+mod policy;
 mod register;
 
 use eager::Eager;
@@ -127,6 +128,11 @@ struct Entry {
     hook: Option<(Arc<Hook>, usize)>,
     /// Lazily armed regions: the pages that may have content.
     populated: Option<lazy::Populated>,
+    /// Adaptive policy: sequentiality of this epoch's faults and the fault-around granted.
+    seq: policy::Sequential,
+    /// Adaptive policy: when the open epoch started, and the region's fault count then.
+    epoch_t0: Instant,
+    faults_at_cut: u64,
 }
 
 impl Entry {
@@ -140,6 +146,9 @@ impl Entry {
             eager: None,
             hook: None,
             populated: None,
+            seq: policy::Sequential::default(),
+            epoch_t0: Instant::now(),
+            faults_at_cut: 0,
         }
     }
 
@@ -180,12 +189,19 @@ struct Service {
     eager_due: Option<Instant>,
     /// A page of zeros, the source of pages installed for missing faults (lazy regions).
     zeros: Vec<u8>,
+    /// The adaptive policy's measurements and report.
+    policy: policy::Policy,
 }
 
 impl Service {
     fn new(uffd: Option<Uffd>, shared: Arc<Shared>, rx: CommandRx) -> Self {
         let batch = shared.config.event_batch;
+        let policy = policy::Policy::of(&shared.config, shared.backend);
+        if let Ok(mut p) = shared.policy.lock() {
+            p.clone_from(&policy.report);
+        }
         Self {
+            policy,
             uffd,
             backend: shared.backend,
             async_out: vec![sys::EMPTY_PAGE_REGION; 8192],
