@@ -154,7 +154,10 @@ pub(super) fn plan_chunks(
         if count == 0 {
             continue;
         }
-        if group.first().is_some_and(|&(a, _)| a / CHUNK != first / CHUNK) {
+        if group
+            .first()
+            .is_some_and(|&(a, _)| a / CHUNK != first / CHUNK)
+        {
             flush(&mut group, &mut plan);
         }
         group.push((first, count));
@@ -270,7 +273,10 @@ impl Service {
             return;
         }
         let now = Instant::now();
-        let faults = inner.counters.faults.load(std::sync::atomic::Ordering::Relaxed);
+        let faults = inner
+            .counters
+            .faults
+            .load(std::sync::atomic::Ordering::Relaxed);
         let cfg = &self.shared.config;
         let (adaptive, around_set, merge_set) =
             (cfg.adaptive, cfg.fault_around_set, cfg.merge_gap_set);
@@ -291,7 +297,11 @@ impl Service {
         r.pte_ns = pte;
         (r.whole_chunks, r.run_chunks) = std::mem::take(&mut p.last_plan);
         r.fault_rate = rate;
-        r.service_limit = if p.fault_ns > 0.0 { 1e9 / p.fault_ns } else { 0.0 };
+        r.service_limit = if p.fault_ns > 0.0 {
+            1e9 / p.fault_ns
+        } else {
+            0.0
+        };
         if adaptive && !merge_set {
             r.reprotect.chosen = "per 2 MiB chunk".into();
             r.reprotect.why = format!(
@@ -324,7 +334,10 @@ impl Service {
             r.in_thread.why = if near {
                 format!("fault rate {rate:.0}/s is within 80% of the service thread's limit {:.0}/s: build with in_thread_faults(true) (needs UFFD_FEATURE_SIGBUS at open, not switchable at run time)", r.service_limit)
             } else {
-                format!("fault rate {rate:.0}/s, service thread limit {:.0}/s", r.service_limit)
+                format!(
+                    "fault rate {rate:.0}/s, service thread limit {:.0}/s",
+                    r.service_limit
+                )
             };
         }
         if let Ok(mut shared) = self.shared.policy.lock() {
@@ -432,7 +445,10 @@ mod tests {
             c.record(n, 2000 + n * 3);
         }
         let (a, b) = c.fit();
-        assert!((a - 2000.0).abs() < 50.0 && (b - 3.0).abs() < 0.2, "{a} {b}");
+        assert!(
+            (a - 2000.0).abs() < 50.0 && (b - 3.0).abs() < 0.2,
+            "{a} {b}"
+        );
     }
 
     #[test]
