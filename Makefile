@@ -70,8 +70,11 @@ bench-report: setup
 	  $(BENCH_CRITERION)/writewatch-stats
 	start=$$(date +%s); \
 	WW_BENCH_QUICK=1 CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) $(CARGO) bench -p writewatch --bench fault_latency --bench cut \
+	  && WW_BENCH_QUICK=1 CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) $(CARGO) bench -p writewatch --bench scaling \
+	       > $(BENCH_TARGET_DIR)/scaling.md \
 	  && python3 scripts/bench-report.py --criterion $(BENCH_CRITERION) --out docs/benchmarks.md \
-	       --svg docs/benchmarks-first-write.svg --runtime $$(( $$(date +%s) - start ))
+	       --svg docs/benchmarks-first-write.svg --scaling $(BENCH_TARGET_DIR)/scaling.md \
+	       --runtime $$(( $$(date +%s) - start ))
 
 # ---------------------------------------------------------------- reliability (docs/reliability.md)
 # `make test` already runs the stress binary (tests/stress, a workspace member) in its short

@@ -13,6 +13,9 @@ use crate::sys;
 
 /// Eager re-protection: protect ioctls per step before faults and commands get a turn again.
 const EAGER_CHUNK: usize = 32;
+/// In-thread mode: the shortest interval between two scans for pages to arm (an age of 0
+/// would otherwise keep the service thread scanning without a pause).
+const MIN_SCAN: Duration = Duration::from_micros(200);
 
 /// Eager re-protection state of one region, owned by the service thread; its armed and hot
 /// bits ([`ArmBits`]) are shared with the region's `SIGBUS` hook in in-thread mode.
@@ -276,9 +279,9 @@ impl Service {
         eg.next_scan = if more {
             now
         } else if any {
-            now + eg.age
+            now + eg.age.max(MIN_SCAN)
         } else {
-            now + (eg.age * 8).min(Duration::from_millis(100))
+            now + (eg.age * 8).clamp(MIN_SCAN, Duration::from_millis(100))
         };
         let next = eg.next_scan;
         if runs.is_empty() {

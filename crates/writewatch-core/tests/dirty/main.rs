@@ -66,6 +66,24 @@ fn all_backends() -> Vec<Tracker> {
                 .build()
                 .expect("sync backend with in-thread faults"),
         );
+        // Both composed (issue 14): handlers clear armed bits the service thread sets while
+        // they run; age 0 re-arms as often as the scan allows.
+        v.push(
+            Tracker::builder()
+                .backend(Backend::SyncUffd)
+                .in_thread_faults(true)
+                .eager_reprotect(std::time::Duration::ZERO)
+                .build()
+                .expect("sync backend with in-thread faults and eager re-protection"),
+        );
+        // And the fixed behaviour before the adaptive policy.
+        v.push(
+            Tracker::builder()
+                .backend(Backend::SyncUffd)
+                .adaptive(false)
+                .build()
+                .expect("sync backend, adaptive(false)"),
+        );
     }
     v
 }
