@@ -129,6 +129,8 @@ fn cut(c: &mut Criterion) {
             .adaptive(false)
             .build()
             .expect("Tracker::build");
+        // SAFETY: `mem` is a live private mapping owned by this bench, outliving `region`;
+        // nothing else references it.
         let region = unsafe { tracker.adopt(mem.as_ptr(), len) }.expect("adopt");
         drop(region.cut().expect("first cut").into_dirty());
         for (fname, stride) in FRACTIONS {

@@ -295,14 +295,12 @@ impl TrackerBuilder {
                 fix: "remove the NUL byte (or keep the default name)",
             });
         }
-        if self.config.in_thread {
-            if matches!(self.backend, Backend::AsyncUffd | Backend::Mprotect) {
-                return Err(BuildError::Incompatible {
-                    what: "in_thread_faults",
-                    with: self.backend.name(),
-                    fix: "in-thread fault handling is a mode of the sync userfaultfd backend: use Backend::SyncUffd (or Auto)",
-                });
-            }
+        if self.config.in_thread && matches!(self.backend, Backend::AsyncUffd | Backend::Mprotect) {
+            return Err(BuildError::Incompatible {
+                what: "in_thread_faults",
+                with: self.backend.name(),
+                fix: "in-thread fault handling is a mode of the sync userfaultfd backend: use Backend::SyncUffd (or Auto)",
+            });
         }
         let (backend, uffd, features) = match self.backend {
             Backend::Mprotect => (

@@ -12,8 +12,8 @@
 //!   re-armed in the last epoch were written again (each such write is one more fault),
 //!   halved when fewer than 1 in 20 were, between 0.5 ms and 1 s. Hot pages are never
 //!   re-armed. Forced by `eager_reprotect(age)`.
-//! - **fault-around** for a region whose last epoch's faults were >= 90 % sequential (and
-//!   >= 64 of them): up to [`ADAPTIVE_AROUND`] pages, granted by doubling only after the
+//! - **fault-around** for a region whose last epoch's faults were at least 90 % sequential
+//!   (and at least 64 of them): up to [`ADAPTIVE_AROUND`] pages, granted by doubling only after the
 //!   writer proved it walks in order, so the over-report is at most `min(15, pages the
 //!   stream wrote)` per sequential stream and epoch. Forced by `fault_around(n)`.
 //! - **in-thread handling**: needs `UFFD_FEATURE_SIGBUS` when the userfaultfd is opened, so it
