@@ -52,6 +52,13 @@
 //!   re-protect atomically, mark the views' un-protected pages lost, fail on LOST after the
 //!   scan) passes every cut timing.
 //!
+//! - Model C (`rearm`, issue 14): eager re-arming composed with fault service on the service
+//!   thread (with fault-around) or in `SIGBUS` handlers, and the cut's per-run or whole-chunk
+//!   plan; two pages, two writers, arming steps and a cut at any moment. Checked: a store that
+//!   lands finds its page's dirty bit set (or harvested by the running cut). Mutants caught:
+//!   arming without `synchronize`, arming that marks after protecting, fault-around that
+//!   clears only the faulting page's armed bit, a whole-chunk span one page short.
+//!
 //! Pure computation: runs under Miri (`make miri`).
 
 mod view_protocol;
