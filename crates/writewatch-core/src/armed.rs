@@ -100,16 +100,17 @@ impl ArmBits {
         for &(a, n) in suspect {
             self.forget(a, n);
         }
-        let armed = self.armed.snapshot();
+        // Only the dirty words are looked up (no copy of the whole armed map: a cut of a large,
+        // sparsely written region stays proportional to its dirty words).
         let mut skipped = 0;
-        let out = words
-            .iter()
-            .zip(armed.iter().chain(std::iter::repeat(&0)))
-            .map(|(&w, &a)| {
-                skipped += u64::from((w & a).count_ones());
-                w & !a
-            })
-            .collect();
+        let mut out = words.to_vec();
+        for (i, w) in out.iter_mut().enumerate() {
+            if *w != 0 {
+                let a = self.armed.word(i);
+                skipped += u64::from((*w & a).count_ones());
+                *w &= !a;
+            }
+        }
         (out, skipped)
     }
 

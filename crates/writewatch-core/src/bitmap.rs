@@ -129,6 +129,11 @@ impl AtomicBitmap {
         self.candidates(true, |w| self.words[w].store(0, Ordering::SeqCst));
     }
 
+    /// Word `w` (bits `64w..64w+64`), 0 past the end.
+    pub(crate) fn word(&self, w: usize) -> u64 {
+        self.words.get(w).map_or(0, |x| x.load(Ordering::Acquire))
+    }
+
     /// Whether bit `i` is set.
     pub(crate) fn get(&self, i: usize) -> bool {
         i < self.bits && self.words[i / 64].load(Ordering::Acquire) & (1u64 << (i % 64)) != 0
