@@ -64,6 +64,7 @@ impl Service {
         let n = evs.len();
         if n > 0 {
             self.shared.counters.reads.fetch_add(1, Relaxed);
+            self.last_event = t;
         }
         for ev in evs.drain(..) {
             match ev {

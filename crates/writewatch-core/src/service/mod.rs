@@ -50,10 +50,11 @@ use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::time::TimeSpec;
 use userfaultfd::{EventBuffer, Uffd};
 
 use crate::backend::Backend;
@@ -75,6 +76,10 @@ use eager::Eager;
 
 /// Reads per loop iteration before commands get a turn again.
 const MAX_READS_PER_ROUND: usize = 16;
+/// Eager re-protection runs only after this long without any event: a writer that faults
+/// back to back never waits behind re-arming (it did, one ioctl per fault, which doubled the
+/// random first-write cost); the cut re-protects what could not be re-armed.
+const EAGER_IDLE: std::time::Duration = std::time::Duration::from_micros(50);
 
 pub(crate) fn spawn(
     uffd: Option<Uffd>,
@@ -189,6 +194,8 @@ struct Service {
     eager_due: Option<Instant>,
     /// A page of zeros, the source of pages installed for missing faults (lazy regions).
     zeros: Vec<u8>,
+    /// When the last event was read (eager re-protection waits for [`EAGER_IDLE`] after it).
+    last_event: Instant,
     /// The adaptive policy's measurements and report.
     policy: policy::Policy,
 }
@@ -218,6 +225,7 @@ impl Service {
             tids: Vec::with_capacity(16),
             eager_due: None,
             zeros: Vec::new(),
+            last_event: Instant::now(),
         }
     }
 
@@ -255,7 +263,8 @@ impl Service {
             if !self.deferred.is_empty() {
                 self.retry_deferred(false);
             }
-            if self.pending.is_empty() {
+            if self.pending.is_empty() && !uffd_ready && !wake_ready {
+                // Idle for EAGER_IDLE at least (the poll timed out).
                 self.eager_if_due();
             }
             if self.uffd.is_some() && !self.shared.config.spin.is_zero() && self.deferred.is_empty()
@@ -312,14 +321,15 @@ impl Service {
     /// or until eager re-protection has work due.
     fn wait(&self) -> (bool, bool) {
         let timeout = if !self.pending.is_empty() {
-            PollTimeout::ZERO
+            Some(TimeSpec::from_duration(Duration::ZERO))
         } else if let Some(due) = self.eager_due {
-            // Round up to whole milliseconds (poll's unit): never wake before it is due.
-            let left = due.saturating_duration_since(Instant::now());
-            let ms = left.as_micros().div_ceil(1000);
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            // Not before it is due, and not before EAGER_IDLE without events.
+            let at = due.max(self.last_event + EAGER_IDLE);
+            Some(TimeSpec::from_duration(
+                at.saturating_duration_since(Instant::now()),
+            ))
         } else {
-            PollTimeout::NONE
+            None
         };
         loop {
             let wake = PollFd::new(self.shared.wake.as_fd(), PollFlags::POLLIN);
@@ -327,7 +337,7 @@ impl Service {
                 Some(u) => vec![wake, PollFd::new(u.as_fd(), PollFlags::POLLIN)],
                 None => vec![wake],
             };
-            match nix::poll::poll(&mut fds, timeout) {
+            match nix::poll::ppoll(&mut fds, timeout, None) {
                 Ok(_) => {
                     let r = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
                     return (fds.get(1).is_some_and(r), r(&fds[0]));
