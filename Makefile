@@ -58,9 +58,9 @@ clean:
 	$(CARGO) clean
 
 # ---------------------------------------------------------------- benchmark report
-# `make bench-report`: the fault_latency and cut benches in quick mode (WW_BENCH_QUICK=1,
-# under 10 minutes on a 2-vCPU VM), then docs/benchmarks.md + docs/benchmarks-first-write.svg
-# from criterion's results. Honours CARGO_TARGET_DIR (default: target).
+# `make bench-report`: the fault_latency, cut and scaling benches in quick mode (WW_BENCH_QUICK=1,
+# about 10 minutes on a 2-vCPU VM), then docs/benchmarks.md + docs/benchmarks-first-write.svg
+# from criterion's results, with the scaling bench's tables in their own section. Honours CARGO_TARGET_DIR (default: target).
 BENCH_TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)
 BENCH_CRITERION = $(BENCH_TARGET_DIR)/criterion
 
