@@ -80,9 +80,9 @@ clean:
 	$(CARGO) clean
 
 # ---------------------------------------------------------------- benchmark report
-# `make bench-report`: the fault_latency and cut benches in quick mode (WW_BENCH_QUICK=1,
-# under 10 minutes on a 2-vCPU VM), then docs/benchmarks.md + docs/benchmarks-first-write.svg
-# from criterion's results. Honours CARGO_TARGET_DIR (default: target).
+# `make bench-report`: the fault_latency, cut and scaling benches in quick mode (WW_BENCH_QUICK=1,
+# about 10 minutes on a 2-vCPU VM), then docs/benchmarks.md + docs/benchmarks-first-write.svg
+# from criterion's results, with the scaling bench's tables in their own section. Honours CARGO_TARGET_DIR (default: target).
 BENCH_TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)
 BENCH_CRITERION = $(BENCH_TARGET_DIR)/criterion
 
@@ -92,8 +92,11 @@ bench-report: setup
 	  $(BENCH_CRITERION)/writewatch-stats
 	start=$$(date +%s); \
 	WW_BENCH_QUICK=1 CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) $(CARGO) bench -p writewatch --bench fault_latency --bench cut \
+	  && WW_BENCH_QUICK=1 CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) $(CARGO) bench -p writewatch --bench scaling \
+	       > $(BENCH_TARGET_DIR)/scaling.md \
 	  && python3 scripts/bench-report.py --criterion $(BENCH_CRITERION) --out docs/benchmarks.md \
-	       --svg docs/benchmarks-first-write.svg --runtime $$(( $$(date +%s) - start ))
+	       --svg docs/benchmarks-first-write.svg --scaling $(BENCH_TARGET_DIR)/scaling.md \
+	       --runtime $$(( $$(date +%s) - start ))
 
 # ---------------------------------------------------------------- reliability (docs/reliability.md)
 # `make test` already runs the stress binary (tests/stress, a workspace member) in its short

@@ -102,6 +102,11 @@ fn cut(c: &mut Criterion) {
             svc.sort();
             let med = svc.get(svc.len() / 2).copied().unwrap_or_default();
             eprintln!("  [cut_{label}-ww_cut_{fname}] dirty {expect} protect_ioctls {ioctls} service-thread duration median {med:?} over {} cuts", svc.len());
+            let pol = tracker.stats().policy;
+            eprintln!(
+                "  [cut_{label}-ww_cut_{fname}] policy: re-protection {} ({}); re-arming {} ({})",
+                pol.reprotect.chosen, pol.reprotect.why, pol.rearm.chosen, pol.rearm.why
+            );
             common::write_side_file(
                 &format!("cut_{label}-ww_cut_{fname}"),
                 &[
@@ -114,6 +119,39 @@ fn cut(c: &mut Criterion) {
                     ("cuts", Value::U(svc.len() as u64)),
                 ],
             );
+        }
+        drop(region);
+        drop(tracker);
+
+        // The same cuts with the adaptive policy off (`adaptive(false)`: one ioctl per dirty
+        // run with merge gap 8, no background re-arming), the defaults before issue 14.
+        let tracker = Tracker::builder()
+            .adaptive(false)
+            .build()
+            .expect("Tracker::build");
+        // SAFETY: `mem` is a live private mapping owned by this bench, outliving `region`;
+        // nothing else references it.
+        let region = unsafe { tracker.adopt(mem.as_ptr(), len) }.expect("adopt");
+        drop(region.cut().expect("first cut").into_dirty());
+        for (fname, stride) in FRACTIONS {
+            let words = region.as_atomic_u64();
+            let expect = pages.div_ceil(stride);
+            g.bench_function(format!("ww_cut_fixed_{fname}"), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for i in 0..iters {
+                        for p in (0..pages).step_by(stride) {
+                            words[p * (PS / 8) + 1].store(i, Ordering::Relaxed);
+                        }
+                        let t = Instant::now();
+                        let e = region.cut().expect("cut");
+                        total += t.elapsed();
+                        assert_eq!(e.dirty().len(), expect, "dirty pages reported by the cut");
+                        drop(e.into_dirty());
+                    }
+                    total
+                })
+            });
         }
         drop(region);
         drop(tracker);

@@ -177,6 +177,8 @@ def main():
     ap.add_argument("--out", default="docs/benchmarks.md")
     ap.add_argument("--svg", default="docs/benchmarks-first-write.svg")
     ap.add_argument("--runtime", type=float, default=None, help="seconds the bench run took")
+    ap.add_argument("--scaling", default=None,
+                    help="markdown printed by `cargo bench --bench scaling` (its own section)")
     a = ap.parse_args()
     crit = Path(a.criterion)
     res = load_results(crit)
@@ -242,6 +244,13 @@ def main():
         target("  same with `.eager_reprotect(1ms)`, pages re-armed in the background before the cut "
                "(`ww_cut_eager_1pct`)",
                res.get(("cut_1GiB", "ww_cut_eager_1pct")), res.get(("cut_1GiB", "fork")), 0.15)
+    # Issue 14 targets (defaults = the adaptive policy).
+    target("Issue 14: cut of 1 GiB at 10 % dirty, defaults, vs fork() (`cut_1GiB/ww_cut_10pct` / `fork`)",
+           res.get(("cut_1GiB", "ww_cut_10pct")), res.get(("cut_1GiB", "fork")), 0.3)
+    target("Issue 14: cut of 1 GiB at 1 % dirty, defaults, vs fork() (`cut_1GiB/ww_cut_1pct` / `fork`)",
+           res.get(("cut_1GiB", "ww_cut_1pct")), res.get(("cut_1GiB", "fork")), 0.05)
+    target("Issue 14: first write during a snapshot, random, defaults, vs raw loop (`ww_snapshot` / `raw_uffd`)",
+           fw("rand", "ww_snapshot"), fw("rand", "raw_uffd"), 0.7)
     for order in ("seq", "rand"):
         target(f"Async backend first write vs fork() COW fault, {order} (`ww_async` / `fork_cow`)",
                fw(order, "ww_async"), fw(order, "fork_cow"), 0.5)
@@ -306,13 +315,17 @@ def main():
              "1000th / 100th / 10th page was written, beside `fork()` of the same process (region resident; "
              "the child exits at once, reaping not timed) and one `UFFDIO_WRITEPROTECT` over the whole "
              "populated range on a raw uffd. `per dirty page` = cut / dirty pages; `ioctls` = "
-             "`Epoch::stats().protect_ioctls`. `eager` rows: the same cut on a tracker with "
+             "`Epoch::stats().protect_ioctls`. The first columns are the defaults (the adaptive policy: "
+             "per-chunk re-protection from measured costs, background re-arming with a tuned age; the writes "
+             "that precede each cut are timed out, so pages written more than the age before the cut may "
+             "already be re-armed); the last column is the same cut with `adaptive(false)` (one ioctl per "
+             "dirty run, merge gap 8: the defaults before issue 14). `eager` rows: the same cut on a tracker with "
              "`.eager_reprotect(1ms)`, timed after the service thread re-armed the written pages in the "
              "background (`pre-armed` = `Epoch::stats().pre_protected`); the writes plus that background "
              "re-arm took `background` (median, not part of the cut).")
     L.append("")
-    L.append("| region | dirty | cut | per dirty page | ioctls | cut / fork | cut / whole-range WP | fork | whole-range WP |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("| region | dirty | cut | per dirty page | ioctls | cut / fork | cut / whole-range WP | fork | whole-range WP | `adaptive(false)` cut (/ fork) |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     eager_rows = []
     for size in CUT_SIZES:
         g = f"cut_{size}"
@@ -327,7 +340,8 @@ def main():
             per = fmt_ns(c / dp) if c is not None and dp else "n/a"
             L.append(f"| {size} | {flabel} ({dp if dp is not None else '?'} pages) | {fmt_ns(c)} | {per} | "
                      f"{st.get('protect_ioctls', '?')} | {fmt_ratio(c, fork)} | {fmt_ratio(c, wp)} | "
-                     f"{fmt_ns(fork)} | {fmt_ns(wp)} |")
+                     f"{fmt_ns(fork)} | {fmt_ns(wp)} | "
+                     f"{fmt_ns(res.get((g, f'ww_cut_fixed_{fid}')))} ({fmt_ratio(res.get((g, f'ww_cut_fixed_{fid}')), fork)}) |")
             ce = res.get((g, f"ww_cut_eager_{fid}"))
             se = side.get(f"{g}-ww_cut_eager_{fid}", {})
             if ce is not None:
@@ -342,6 +356,16 @@ def main():
         L.append("| region | dirty | cut | pre-armed | ioctls in the cut | cut / fork | cut / plain cut | background |")
         L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         L.extend(eager_rows)
+        L.append("")
+
+    # ---------------------------------------------------------------- scaling (issue 14)
+    if a.scaling and Path(a.scaling).exists():
+        L.append("## Scaling (`benches/scaling.rs`, defaults)")
+        L.append("")
+        L.append("Printed by `cargo bench -p writewatch --bench scaling` in the same `make bench-report` run; "
+                 "every ratio is against a baseline measured in the same run.")
+        L.append("")
+        L.extend(Path(a.scaling).read_text().rstrip().splitlines())
         L.append("")
 
     # ---------------------------------------------------------------- notes (kept)
@@ -365,6 +389,7 @@ def main():
     L.append("# single benches:")
     L.append("WW_BENCH_QUICK=1 cargo bench -p writewatch --bench fault_latency")
     L.append("WW_BENCH_QUICK=1 cargo bench -p writewatch --bench cut -- cut_1GiB")
+    L.append("WW_BENCH_QUICK=1 cargo bench -p writewatch --bench scaling   # size and writer-thread scaling")
     L.append("```")
     L.append("")
     L.append("Needs userfaultfd with write-protect (Linux >= 5.7; root, or `vm.unprivileged_userfaultfd=1`). "

@@ -10,8 +10,13 @@
 //! ```text
 //! cargo run --release --example uffd-demo -- [--size 1G] [--threads 2] [--epochs 5]
 //!     [--epoch-ms 2000] [--pattern random|seq|zipf] [--backend sync|async|mprotect|auto]
-//!     [--in-thread] [--eager-ms MS] [--dir DIR] [--keep] [--json] [--no-baseline] [--live-cuts]
+//!     [--in-thread] [--eager-ms MS] [--fixed] [--dir DIR] [--keep] [--json] [--no-baseline]
+//!     [--live-cuts]
 //! ```
+//!
+//! Defaults are the library's defaults: the adaptive policy (`TrackerBuilder::adaptive`) is on
+//! and the summary prints what it chose (`Tracker::stats().policy`); `--fixed` turns it off
+//! (the fixed behaviour before issue 14), for comparison in the same conditions.
 //!
 //! Issue 14 figures: before the tracked run the same writers run for the same duration on an
 //! untracked mapping of the same size (skip with `--no-baseline`); the summary reports
@@ -70,6 +75,9 @@ struct DemoJson<'a> {
     /// Issue 14 instruments (see `Instruments`): writer throughput and held-writer stalls.
     #[serde(flatten)]
     perf: PerfJson,
+    /// What the adaptive policy chose at the last cut (`Tracker::stats().policy`), one line
+    /// per decision.
+    policy: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -120,6 +128,10 @@ struct Args {
     /// cuts only re-protect recent writes (eager re-protection). 0 = off.
     #[arg(long, default_value_t = 0)]
     eager_ms: u64,
+    /// Turn the adaptive policy off (`adaptive(false)`: no background re-arming, merge gap 8,
+    /// no fault-around), the defaults before issue 14.
+    #[arg(long)]
+    fixed: bool,
     /// Checkpoint store directory: new, empty, or an existing store to continue (default: a
     /// temporary directory, removed unless --keep). Other non-empty directories are refused.
     #[arg(long)]
@@ -350,17 +362,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = Tracker::builder()
         .backend(backend)
         .copy_budget(256 << 20)
-        .in_thread_faults(args.in_thread);
+        .in_thread_faults(args.in_thread)
+        .adaptive(!args.fixed);
     if args.eager_ms > 0 {
         builder = builder.eager_reprotect(Duration::from_millis(args.eager_ms));
     }
     let tracker = builder.build()?;
     let live = tracker.backend().copies_before_write();
     let backend = format!(
-        "{}{}{}",
+        "{}{}{}{}",
         tracker.backend().name(),
         if args.in_thread { "+in-thread" } else { "" },
-        if args.eager_ms > 0 { "+eager" } else { "" }
+        if args.eager_ms > 0 { "+eager" } else { "" },
+        if args.fixed { "+fixed" } else { "" }
     );
     let region = Arc::new(tracker.map_anonymous(size)?);
     // A continued store: the region starts from its newest epoch (a no-op for a new store).
@@ -540,6 +554,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             writes: logs.iter().map(|l| l.writes).sum(),
             seconds: t_run.elapsed().as_secs_f64(),
             perf,
+            policy: policy_lines(&stats.policy),
         };
         println!("{}", serde_json::to_string(&out)?);
     } else {
@@ -572,6 +587,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "checkpoint write {checkpoint_mb_s:.0} MB/s, restore {restore_mb_s:.0} MB/s"
         )?;
         print_perf(&mut o, &perf, args.threads)?;
+        for line in policy_lines(&stats.policy) {
+            writeln!(o, "policy: {line}")?;
+        }
         if verified {
             if quiesce {
                 writeln!(o, "verified: every epoch restored from disk equals the reference taken at its cut ({} epochs)", args.epochs)?;
@@ -594,4 +612,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// `Tracker::stats().policy` as one line per decision.
+fn policy_lines(p: &writewatch::PolicyReport) -> Vec<String> {
+    let c = |name: &str, c: &writewatch::PolicyChoice| format!("{name}: {} ({})", c.chosen, c.why);
+    vec![
+        format!(
+            "{}; re-arming age {} us",
+            c("re-arming", &p.rearm),
+            p.rearm_age_us
+        ),
+        c("re-protection", &p.reprotect),
+        c("fault-around", &p.fault_around),
+        c("fault service", &p.in_thread),
+    ]
 }

@@ -97,6 +97,43 @@ impl AtomicBitmap {
         }
     }
 
+    /// Clears bit `i`; returns whether it was set.
+    pub(crate) fn take(&self, i: usize) -> bool {
+        if i >= self.bits {
+            return false;
+        }
+        let m = 1u64 << (i % 64);
+        self.words[i / 64].fetch_and(!m, Ordering::SeqCst) & m != 0
+    }
+
+    /// Clears bits `[start, start+count)` (the summary keeps over-approximating).
+    pub(crate) fn clear_range(&self, start: usize, count: usize) {
+        let end = (start + count).min(self.bits);
+        let mut i = start;
+        while i < end {
+            let w = i / 64;
+            let lo = i % 64;
+            let hi = (end - w * 64).min(64);
+            let mask = if hi - lo == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            self.words[w].fetch_and(!mask, Ordering::SeqCst);
+            i = w * 64 + hi;
+        }
+    }
+
+    /// Clears every bit.
+    pub(crate) fn clear_all(&self) {
+        self.candidates(true, |w| self.words[w].store(0, Ordering::SeqCst));
+    }
+
+    /// Word `w` (bits `64w..64w+64`), 0 past the end.
+    pub(crate) fn word(&self, w: usize) -> u64 {
+        self.words.get(w).map_or(0, |x| x.load(Ordering::Acquire))
+    }
+
     /// Whether bit `i` is set.
     pub(crate) fn get(&self, i: usize) -> bool {
         i < self.bits && self.words[i / 64].load(Ordering::Acquire) & (1u64 << (i % 64)) != 0

@@ -49,6 +49,9 @@ impl Default for TrackerBuilder {
                 eager: None,
                 in_thread: false,
                 lazy: true,
+                adaptive: true,
+                merge_gap_set: false,
+                fault_around_set: false,
             },
             disabled: Vec::new(),
             force_user_mode_only: false,
@@ -66,9 +69,12 @@ impl TrackerBuilder {
     pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(3600);
 
     /// Runs of dirty pages separated by at most this many clean pages are re-protected with
-    /// one ioctl at a cut (default 8; 0 disables merging).
+    /// one ioctl at a cut (0 disables merging). Setting it forces this plan: by default the
+    /// [adaptive policy](Self::adaptive) picks, per 2 MiB chunk, one call per run or one over
+    /// the chunk's dirty span from measured costs (without it: gap 8).
     pub fn merge_gap_pages(mut self, pages: u64) -> Self {
         self.config.merge_gap_pages = pages;
+        self.config.merge_gap_set = true;
         self
     }
 
@@ -119,9 +125,12 @@ impl TrackerBuilder {
     /// consecutive pages, the service thread also un-protects a growing run of up to
     /// `max_pages` following pages (doubling per consecutive fault, like readahead), copying
     /// them first if a snapshot needs them. Those pages count as written in the current epoch:
-    /// an over-report of at most `max_pages - 1` pages per fault. Default 0 (off).
+    /// an over-report of at most `max_pages - 1` pages per fault. Setting it (0 = off) forces
+    /// this choice; by default the [adaptive policy](Self::adaptive) grants up to 16 pages to
+    /// regions whose faults were sequential in the previous epoch.
     pub fn fault_around(mut self, max_pages: u64) -> Self {
         self.config.fault_around = max_pages.min(1024);
+        self.config.fault_around_set = true;
         self
     }
 
@@ -145,7 +154,10 @@ impl TrackerBuilder {
     /// Cost: the same re-protect ioctls, moved out of the cut; and one extra fault for each
     /// page written again after it was re-armed. A page is re-armed at most once per epoch:
     /// after that extra fault it stays writable until the cut, so hot pages cost at most one
-    /// extra fault per epoch. Default: off.
+    /// extra fault per epoch. Default: on, with an age the [adaptive policy](Self::adaptive)
+    /// tunes per region and epoch; setting it forces a fixed age. Combines with
+    /// [`in_thread_faults`](Self::in_thread_faults) (see docs/design.md, "Eager re-protection
+    /// with in-thread faults").
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -181,9 +193,9 @@ impl TrackerBuilder {
     /// handler that was there before; the handler allocates copy buffers from the tracker's
     /// pool, so the application's global allocator must not live in tracked memory; a thread
     /// that writes tracked memory must not block `SIGBUS` (the kernel then kills the process
-    /// instead of delivering a fault signal to a blocked handler). Not
-    /// combinable with [`eager_reprotect`](Self::eager_reprotect); `fault_around` and `spin`
-    /// have no effect. Default: off.
+    /// instead of delivering a fault signal to a blocked handler). Eager re-protection
+    /// composes with it (the handler clears a page's armed bit before un-protecting it);
+    /// `fault_around` and `spin` have no effect. Default: off.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -201,6 +213,37 @@ impl TrackerBuilder {
     /// ```
     pub fn in_thread_faults(mut self, on: bool) -> Self {
         self.config.in_thread = on;
+        self
+    }
+
+    /// The adaptive policy of the sync backend (default: on). The service thread measures
+    /// the engine's own costs (per-ioctl and per-page re-protection cost, fault rate,
+    /// sequentiality) and picks, per region and epoch: background re-arming of written pages
+    /// with an age it tunes (never re-arming pages written again after re-arming), one
+    /// re-protect call per dirty run or one per 2 MiB chunk at a cut, and fault-around for
+    /// sequential writers (over-report at most `min(15, pages the stream wrote)` per
+    /// sequential stream and epoch). [`TrackerStats::policy`](crate::TrackerStats::policy)
+    /// says what it chose and why. Each of [`eager_reprotect`](Self::eager_reprotect),
+    /// [`merge_gap_pages`](Self::merge_gap_pages) and [`fault_around`](Self::fault_around)
+    /// forces its own choice; `adaptive(false)` gives the fixed behaviour of earlier versions
+    /// (no re-arming, merge gap 8, no fault-around).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tracker = writewatch_core::Tracker::builder().build()?; // adaptive by default
+    /// let region = tracker.map_anonymous(1024 * 4096)?;
+    /// let w = region.as_atomic_u64();
+    /// for p in (0..1024).step_by(3) {
+    ///     w[p * 512].store(1, std::sync::atomic::Ordering::Relaxed);
+    /// }
+    /// assert_eq!(region.cut()?.dirty().len(), 342);
+    /// let policy = tracker.stats().policy;
+    /// assert!(policy.adaptive);
+    /// assert!(policy.whole_chunks + policy.run_chunks > 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn adaptive(mut self, on: bool) -> Self {
+        self.config.adaptive = on;
         self
     }
 
@@ -252,21 +295,12 @@ impl TrackerBuilder {
                 fix: "remove the NUL byte (or keep the default name)",
             });
         }
-        if self.config.in_thread {
-            if matches!(self.backend, Backend::AsyncUffd | Backend::Mprotect) {
-                return Err(BuildError::Incompatible {
-                    what: "in_thread_faults",
-                    with: self.backend.name(),
-                    fix: "in-thread fault handling is a mode of the sync userfaultfd backend: use Backend::SyncUffd (or Auto)",
-                });
-            }
-            if self.config.eager.is_some() {
-                return Err(BuildError::Incompatible {
-                    what: "in_thread_faults",
-                    with: "eager_reprotect",
-                    fix: "choose one: eager re-protection needs every fault served on the service thread",
-                });
-            }
+        if self.config.in_thread && matches!(self.backend, Backend::AsyncUffd | Backend::Mprotect) {
+            return Err(BuildError::Incompatible {
+                what: "in_thread_faults",
+                with: self.backend.name(),
+                fix: "in-thread fault handling is a mode of the sync userfaultfd backend: use Backend::SyncUffd (or Auto)",
+            });
         }
         let (backend, uffd, features) = match self.backend {
             Backend::Mprotect => (
@@ -346,6 +380,7 @@ impl TrackerBuilder {
             mem,
             budget: Budget::new(self.copy_budget),
             read_seq: AtomicU64::new(0),
+            policy: Mutex::new(Default::default()),
         });
         let handle =
             service::spawn(uffd, Arc::clone(&shared), cmd_rx).map_err(BuildError::Spawn)?;

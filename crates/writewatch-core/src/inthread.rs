@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 
+use crate::armed::ArmBits;
 use crate::range::RegionInner;
 use crate::shared::Shared;
 use crate::sys::sigbus::{InFlight, Outcome, RcuList, Serve};
@@ -37,6 +38,8 @@ pub(crate) struct Hook {
     /// The live views of the region (epochs being read, snapshots). The service thread adds a
     /// view when a cut or snapshot creates it and drops it once only this list holds it.
     pub views: RcuList<View>,
+    /// Eager re-protection's armed bits (shared with the service thread), if it is on.
+    pub arm: Option<Arc<ArmBits>>,
 }
 
 impl Hook {
@@ -44,12 +47,14 @@ impl Hook {
         inner: Arc<RegionInner>,
         shared: Arc<Shared>,
         uffd: crate::sys::UffdRef,
+        arm: Option<Arc<ArmBits>>,
     ) -> Self {
         Self {
             inner,
             shared,
             uffd,
             views: RcuList::new(),
+            arm,
         }
     }
 
@@ -106,6 +111,14 @@ fn serve(h: &Hook, addr: usize, in_flight: &InFlight) -> Outcome {
             h.shared.counters.deferred.fetch_add(1, Relaxed);
             h.shared.kick();
             return Outcome::Wait;
+        }
+    }
+    // Armed bit cleared BEFORE un-protect, inside the in-flight section (invariant E1, see
+    // `crate::armed`): eager re-protection arms a page only after a `synchronize`.
+    if let Some(arm) = &h.arm {
+        let refaults = arm.unprotecting(page, page);
+        if refaults > 0 {
+            h.shared.counters.refaults.fetch_add(refaults, Relaxed);
         }
     }
     // Dirty bit BEFORE un-protect: the write may proceed only once it is recorded.

@@ -25,6 +25,7 @@
 #![deny(unsafe_code)]
 
 mod arena;
+mod armed;
 mod backend;
 mod bitmap;
 mod builder;
@@ -39,6 +40,7 @@ mod maps;
 mod pagemap;
 mod pins;
 mod placed;
+mod policy;
 mod probe;
 mod range;
 mod region;
@@ -64,6 +66,7 @@ pub use error::{
     SnapshotError, Unavailable,
 };
 pub use placed::MapAtError;
+pub use policy::{PolicyChoice, PolicyReport};
 pub use probe::{probe, Access, Feature, Probe};
 pub use range::RegionKind;
 pub use region::Region;

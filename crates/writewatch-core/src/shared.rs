@@ -34,6 +34,11 @@ pub(crate) struct Config {
     pub eager: Option<std::time::Duration>,
     /// In-thread fault handling (`UFFD_FEATURE_SIGBUS`, sync backend).
     pub in_thread: bool,
+    /// The adaptive policy (sync backend; `service::policy`).
+    pub adaptive: bool,
+    /// Options the user set explicitly (they force the policy's choice).
+    pub merge_gap_set: bool,
+    pub fault_around_set: bool,
     /// Lazy arming of owned anonymous regions (see `service::lazy`); the builder turns it off
     /// where it does not apply (async and mprotect backends, in-thread faults).
     pub lazy: bool,
@@ -59,6 +64,8 @@ pub(crate) struct Shared {
     /// Incremented before and after each userfaultfd read's events are processed (odd while
     /// in progress); see `view::View::read`.
     pub read_seq: AtomicU64,
+    /// What the adaptive policy decided at the last cut (written by the service thread).
+    pub policy: Mutex<crate::policy::PolicyReport>,
 }
 
 impl Shared {

@@ -1,5 +1,6 @@
 //! Statistics: plain structs copied out of atomic counters.
 
+use crate::policy::PolicyReport;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A histogram of durations in nanoseconds with real percentiles: an
@@ -493,6 +494,9 @@ pub struct TrackerStats {
     pub service_ns: Histogram,
     /// Faults per faulting thread (up to 256 threads; the rest are counted in `faults` only).
     pub threads: Vec<ThreadFaults>,
+    /// What the adaptive policy chose at the last cut, and why
+    /// ([`TrackerBuilder::adaptive`](crate::TrackerBuilder::adaptive)).
+    pub policy: PolicyReport,
 }
 
 /// Pages dirtied in one closed epoch.
@@ -522,7 +526,7 @@ pub struct RegionStats {
 }
 
 impl Counters {
-    pub(crate) fn load(&self, threads: Vec<ThreadFaults>) -> TrackerStats {
+    pub(crate) fn load(&self, threads: Vec<ThreadFaults>, policy: PolicyReport) -> TrackerStats {
         TrackerStats {
             faults: self.faults.load(Relaxed),
             wp_faults: self.wp_faults.load(Relaxed),
@@ -544,6 +548,7 @@ impl Counters {
             refaults: self.refaults.load(Relaxed),
             service_ns: self.service_ns.load(),
             threads,
+            policy,
         }
     }
 }

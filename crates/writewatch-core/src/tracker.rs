@@ -449,7 +449,8 @@ impl Tracker {
             })
             .unwrap_or_default();
         threads.sort_by_key(|t| t.tid);
-        let mut stats = s.counters.load(threads);
+        let policy = s.policy.lock().map(|p| p.clone()).unwrap_or_default();
+        let mut stats = s.counters.load(threads, policy);
         if s.backend == Backend::Mprotect {
             // Faults are resolved by the signal handler, which counts them process-wide.
             stats.wp_faults = sys::segv::FAULTS.load(Ordering::Relaxed);

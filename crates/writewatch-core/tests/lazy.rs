@@ -121,10 +121,16 @@ fn madvise_then_write_in_a_lazy_region() {
         w[p * (PS / 8)].store(1000 + p as u64, SeqCst);
     }
     let d: BTreeSet<u64> = region.cut().unwrap().dirty().iter().collect();
-    assert_eq!(
-        d,
-        (0..64).collect(),
-        "every written page reported, zapped ones included"
+    // Every written page is reported, zapped ones included. The writes of the first epoch
+    // were sequential, so the adaptive policy grants fault-around in this one: the pages
+    // after the stream may be reported too, at most 15 (its stated over-report bound).
+    assert!(
+        d.is_superset(&(0..64).collect()),
+        "every written page reported, zapped ones included: {d:?}"
+    );
+    assert!(
+        d.len() <= 64 + 15 && d.iter().all(|&p| p < 64 + 15),
+        "over-report beyond the adaptive fault-around bound: {d:?}"
     );
     let mut buf = vec![0u8; PS];
     for p in 0..64u64 {

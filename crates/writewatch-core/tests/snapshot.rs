@@ -67,6 +67,24 @@ fn consistency_oracle_in_thread_faults() {
 }
 
 #[test]
+fn consistency_oracle_in_thread_faults_with_eager_reprotect() {
+    // Issue 14: in-thread handlers and background re-arming compose. Age 0: the service thread
+    // arms pages (armed bit, synchronize, protect) while handlers un-protect others.
+    let t = Tracker::builder()
+        .in_thread_faults(true)
+        .eager_reprotect(std::time::Duration::ZERO)
+        .build()
+        .unwrap();
+    let writes = oracle_every_cut(&t, 16 * MIB, 4, 50, false);
+    assert!(writes > 5_000, "writers made progress: {writes}");
+    let s = t.stats();
+    assert!(
+        s.eager_pages > 0,
+        "eager re-protection ran beside the handlers: {s:?}"
+    );
+}
+
+#[test]
 fn in_thread_faults_with_tiny_budget_and_racing_saver() {
     // Back-pressure inside the handler: writers wait (outside the in-flight section) until the
     // saver drains; the result is still exact.

@@ -53,7 +53,16 @@ impl Service {
         if set.is_empty() {
             return Ok(0); // (`runs` would scan every word of a huge, clean region)
         }
-        for (first, count) in plan_ranges(set.runs(), self.shared.config.merge_gap_pages) {
+        let cfg = &self.shared.config;
+        let ranges = if cfg.adaptive && !cfg.merge_gap_set && self.backend == Backend::SyncUffd {
+            // Per 2 MiB chunk: one call per run or one over the dirty span, from measured costs.
+            let plan = super::policy::plan_chunks(set.runs(), self.policy.costs.fit());
+            self.policy.last_plan = (plan.whole_chunks, plan.run_chunks);
+            plan.ranges
+        } else {
+            plan_ranges(set.runs(), cfg.merge_gap_pages)
+        };
+        for (first, count) in ranges {
             let addr = inner.start + first as usize * inner.page_size;
             let len = count as usize * inner.page_size;
             // (A lazily armed region needs no populate: its empty pages take missing faults,
@@ -63,7 +72,14 @@ impl Service {
             } else {
                 self.populate_if_needed(addr, len)
             };
-            if let Err(errno) = populated.and_then(|()| self.protect(addr, len)) {
+            let t = Instant::now();
+            let r = populated.and_then(|()| self.protect(addr, len));
+            if r.is_ok() {
+                self.policy
+                    .costs
+                    .record(count, t.elapsed().as_nanos() as u64);
+            }
+            if let Err(errno) = r {
                 return Err(match inner.invalidation() {
                     Some(reason) => CutError::Invalidated {
                         start: inner.start,
@@ -146,9 +162,12 @@ impl Service {
             }
         };
         // Every page of the region is protected now.
-        if let Some(eg) = self.eager_of(start) {
+        let tuned = self.eager_of(start).map(|eg| {
+            let t = eg.tune();
             eg.reset();
-        }
+            t
+        });
+        self.close_policy_epoch(start, &inner, tuned);
         let number = inner.epoch.fetch_add(1, Ordering::AcqRel);
         // The epoch's pages can be read as they were at this instant until consumed.
         let view = if set.is_empty() || self.backend != Backend::SyncUffd {

@@ -64,6 +64,7 @@ impl Service {
         let n = evs.len();
         if n > 0 {
             self.shared.counters.reads.fetch_add(1, Relaxed);
+            self.last_event = t;
         }
         for ev in evs.drain(..) {
             match ev {
@@ -203,6 +204,8 @@ impl Service {
             faults = self.serve_missing(faults);
         }
         faults.sort_unstable_by_key(|f| f.addr);
+        let served_from = Instant::now();
+        let served = faults.len();
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters;
         counters.faults.fetch_add(faults.len() as u64, Relaxed);
@@ -237,11 +240,23 @@ impl Service {
                 last = p;
                 j += 1;
             }
-            // Fault-around (opt-in): a writer walking pages in order gets a growing run
-            // un-protected ahead of it (preserved first for every view that needs them).
-            let around = shared.config.fault_around;
-            if around > 0 {
-                entry.ahead = if first == entry.next_expected {
+            // Fault-around: a writer walking pages in order gets a growing run un-protected
+            // ahead of it (preserved first for every view that needs them). Forced by
+            // `fault_around(n)`, else granted per epoch by the adaptive policy to regions
+            // whose faults were sequential.
+            let in_order = first == entry.next_expected;
+            entry.seq.faults += 1;
+            entry.seq.in_order += u64::from(in_order);
+            let cfg = &shared.config;
+            let around = if cfg.fault_around_set || !cfg.adaptive {
+                cfg.fault_around
+            } else {
+                entry.seq.around
+            };
+            if around == 0 {
+                entry.next_expected = last + 1;
+            } else {
+                entry.ahead = if in_order {
                     (entry.ahead * 2).clamp(1, around)
                 } else {
                     0
@@ -297,7 +312,7 @@ impl Service {
                 let refaults = eg.unprotecting(first, last, f.t);
                 counters.refaults.fetch_add(refaults, Relaxed);
                 if self.eager_due.is_none() {
-                    self.eager_due = shared.config.eager.map(|age| f.t + age);
+                    self.eager_due = Some(f.t + eg.age);
                 }
             }
             // Dirty bit BEFORE un-protect: the write may proceed only once it is recorded.
@@ -331,6 +346,8 @@ impl Service {
                 }
             }
         }
+        self.policy
+            .served(served, served_from.elapsed().as_nanos() as u64);
         faults.clear();
         // Keep the larger allocation; anything queued meanwhile is appended.
         faults.append(&mut self.pending);

@@ -87,7 +87,13 @@ impl Service {
         // first access is a missing fault, served before its write). The clone's first epoch
         // reports every page: its content is new to the tracker (as for `adopt`), so a
         // checkpoint of the clone starts from a full image.
-        self.register_uffd(&child, true).map_err(ForkError::Map)?;
+        // The clone gets the eager re-arming bits every region of this tracker gets (the
+        // adaptive policy, section 11); in-thread trackers cannot fork (`fork::clone`).
+        let arm = self
+            .eager_on()
+            .then(|| Arc::new(crate::armed::ArmBits::new(child.page_count)));
+        self.register_uffd(&child, true, arm)
+            .map_err(ForkError::Map)?;
         self.family.0.entry(id).or_default().push(child);
         Ok(())
     }

@@ -50,10 +50,11 @@ use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::time::TimeSpec;
 use userfaultfd::{EventBuffer, Uffd};
 
 use crate::backend::Backend;
@@ -69,12 +70,17 @@ mod eager;
 mod events;
 mod fork;
 mod lazy;
+mod policy;
 mod register;
 
 use eager::Eager;
 
 /// Reads per loop iteration before commands get a turn again.
 const MAX_READS_PER_ROUND: usize = 16;
+/// Eager re-protection runs only after this long without any event: a writer that faults
+/// back to back never waits behind re-arming (it did, one ioctl per fault, which doubled the
+/// random first-write cost); the cut re-protects what could not be re-armed.
+const EAGER_IDLE: std::time::Duration = std::time::Duration::from_micros(50);
 
 pub(crate) fn spawn(
     uffd: Option<Uffd>,
@@ -128,6 +134,11 @@ struct Entry {
     hook: Option<(Arc<Hook>, usize)>,
     /// Lazily armed regions: the pages that may have content.
     populated: Option<lazy::Populated>,
+    /// Adaptive policy: sequentiality of this epoch's faults and the fault-around granted.
+    seq: policy::Sequential,
+    /// Adaptive policy: when the open epoch started, and the region's fault count then.
+    epoch_t0: Instant,
+    faults_at_cut: u64,
 }
 
 impl Entry {
@@ -141,6 +152,9 @@ impl Entry {
             eager: None,
             hook: None,
             populated: None,
+            seq: policy::Sequential::default(),
+            epoch_t0: Instant::now(),
+            faults_at_cut: 0,
         }
     }
 
@@ -184,12 +198,21 @@ struct Service {
     /// Fork clones of each region (service/fork.rs), and a page buffer for their copies.
     family: fork::Family,
     page_buf: Vec<u8>,
+    /// When the last event was read (eager re-protection waits for [`EAGER_IDLE`] after it).
+    last_event: Instant,
+    /// The adaptive policy's measurements and report.
+    policy: policy::Policy,
 }
 
 impl Service {
     fn new(uffd: Option<Uffd>, shared: Arc<Shared>, rx: CommandRx) -> Self {
         let batch = shared.config.event_batch;
+        let policy = policy::Policy::of(&shared.config, shared.backend);
+        if let Ok(mut p) = shared.policy.lock() {
+            p.clone_from(&policy.report);
+        }
         Self {
+            policy,
             uffd,
             backend: shared.backend,
             async_out: vec![sys::EMPTY_PAGE_REGION; 8192],
@@ -208,6 +231,7 @@ impl Service {
             zeros: Vec::new(),
             family: fork::Family::default(),
             page_buf: Vec::new(),
+            last_event: Instant::now(),
         }
     }
 
@@ -245,7 +269,8 @@ impl Service {
             if !self.deferred.is_empty() {
                 self.retry_deferred(false);
             }
-            if self.pending.is_empty() {
+            if self.pending.is_empty() && !uffd_ready && !wake_ready {
+                // Idle for EAGER_IDLE at least (the poll timed out).
                 self.eager_if_due();
             }
             if self.uffd.is_some() && !self.shared.config.spin.is_zero() && self.deferred.is_empty()
@@ -302,14 +327,15 @@ impl Service {
     /// or until eager re-protection has work due.
     fn wait(&self) -> (bool, bool) {
         let timeout = if !self.pending.is_empty() {
-            PollTimeout::ZERO
+            Some(TimeSpec::from_duration(Duration::ZERO))
         } else if let Some(due) = self.eager_due {
-            // Round up to whole milliseconds (poll's unit): never wake before it is due.
-            let left = due.saturating_duration_since(Instant::now());
-            let ms = left.as_micros().div_ceil(1000);
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            // Not before it is due, and not before EAGER_IDLE without events.
+            let at = due.max(self.last_event + EAGER_IDLE);
+            Some(TimeSpec::from_duration(
+                at.saturating_duration_since(Instant::now()),
+            ))
         } else {
-            PollTimeout::NONE
+            None
         };
         loop {
             let wake = PollFd::new(self.shared.wake.as_fd(), PollFlags::POLLIN);
@@ -317,7 +343,7 @@ impl Service {
                 Some(u) => vec![wake, PollFd::new(u.as_fd(), PollFlags::POLLIN)],
                 None => vec![wake],
             };
-            match nix::poll::poll(&mut fds, timeout) {
+            match nix::poll::ppoll(&mut fds, timeout, None) {
                 Ok(_) => {
                     let r = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
                     return (fds.get(1).is_some_and(r), r(&fds[0]));

@@ -8,6 +8,7 @@ use userfaultfd::RegisterMode;
 
 use super::eager::Eager;
 use super::{Entry, Service};
+use crate::armed::ArmBits;
 use crate::backend::Backend;
 use crate::error::{CutError, Invalidation, MapError, PublicErrno};
 use crate::inthread::Hook;
@@ -35,12 +36,17 @@ impl Service {
         if self.backend == Backend::Mprotect {
             return self.register_mprotect(inner, all_dirty);
         }
+        // Eager re-protection's armed bits, shared with the in-thread hook if there is one.
+        let arm = self
+            .eager_on()
+            .then(|| Arc::new(ArmBits::new(inner.page_count)));
         // In-thread mode: the handler must know the range before any of its pages can fault.
         let hook = if self.shared.config.in_thread {
             let h = Arc::new(Hook::new(
                 Arc::clone(&inner),
                 Arc::clone(&self.shared),
                 sys::UffdRef::new(self.u()),
+                arm.clone(),
             ));
             let slot = sys::sigbus::register(start, inner.len, &h).ok_or(MapError::Sys {
                 op: "register",
@@ -51,7 +57,7 @@ impl Service {
         } else {
             None
         };
-        let r = self.register_uffd(&inner, all_dirty);
+        let r = self.register_uffd(&inner, all_dirty, arm);
         if r.is_err() {
             if let Some((_, slot)) = hook {
                 sys::sigbus::retire(slot);
@@ -68,6 +74,7 @@ impl Service {
         &mut self,
         inner: &Arc<RegionInner>,
         all_dirty: bool,
+        arm: Option<Arc<ArmBits>>,
     ) -> Result<(), MapError> {
         let start = inner.start;
         let inner = Arc::clone(inner);
@@ -127,11 +134,22 @@ impl Service {
         if entry.inner.lazy.is_some() {
             entry.populated = Some(super::lazy::Populated::default());
         }
-        if self.backend == Backend::SyncUffd && self.shared.config.eager.is_some() {
-            // Every page is protected now: all armed (the first cut skips them all).
-            let mut eg = Eager::new(entry.inner.page_count);
-            eg.arm(0, entry.inner.page_count);
+        if let Some(bits) = arm {
+            let cfg = &self.shared.config;
+            let age = cfg.eager.unwrap_or(super::policy::AGE_START);
+            let mut eg = Eager::new(bits, age, cfg.eager.is_none(), cfg.in_thread);
+            if all_dirty {
+                // Every page is dirty and protected now: all armed, so the first cut skips
+                // them all. (Otherwise arming clean pages would only make first writes
+                // count as re-faults.)
+                eg.arm(0, entry.inner.page_count);
+            }
             entry.eager = Some(eg);
+            if cfg.in_thread {
+                // The service thread sees no fault: it scans for written pages every `age`.
+                let due = std::time::Instant::now() + age;
+                self.eager_due = Some(self.eager_due.map_or(due, |d| d.min(due)));
+            }
         }
         self.by_start.insert(start, entry);
         Ok(())

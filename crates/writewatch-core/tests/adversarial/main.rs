@@ -82,15 +82,19 @@ enum Cfg {
     Eager1ms,
     FaultAround,
     MergeGap0,
+    InThreadEager0,
+    Fixed,
 }
 
-const CFGS: [Cfg; 6] = [
+const CFGS: [Cfg; 8] = [
     Cfg::Default,
     Cfg::InThread,
     Cfg::Eager0,
     Cfg::Eager1ms,
     Cfg::FaultAround,
     Cfg::MergeGap0,
+    Cfg::InThreadEager0,
+    Cfg::Fixed,
 ];
 
 fn builder(c: Cfg) -> TrackerBuilder {
@@ -102,6 +106,8 @@ fn builder(c: Cfg) -> TrackerBuilder {
         Cfg::Eager1ms => b.eager_reprotect(Duration::from_millis(1)),
         Cfg::FaultAround => b.fault_around(16),
         Cfg::MergeGap0 => b.merge_gap_pages(0),
+        Cfg::InThreadEager0 => b.in_thread_faults(true).eager_reprotect(Duration::ZERO),
+        Cfg::Fixed => b.adaptive(false),
     }
 }
 

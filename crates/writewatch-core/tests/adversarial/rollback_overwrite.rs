@@ -8,7 +8,13 @@ use super::*;
 /// budget is tiny, so rollback's own writes are deferred until the reader frees budget.
 #[test]
 fn rollback_with_concurrent_epoch_reader_and_tiny_budget() {
-    for cfg in [Cfg::Default, Cfg::InThread, Cfg::Eager0, Cfg::FaultAround] {
+    for cfg in [
+        Cfg::Default,
+        Cfg::InThread,
+        Cfg::Eager0,
+        Cfg::FaultAround,
+        Cfg::InThreadEager0,
+    ] {
         watchdog(120, &format!("rollback + saver {cfg:?}"), move || {
             const PAGES: usize = 16;
             let t = builder(cfg).copy_budget(2 * PS).build().unwrap();
@@ -106,7 +112,12 @@ fn prepare_overwrite_with_views_then_rollback() {
 /// the region is unchanged (still protected: writes still tracked and preserved).
 #[test]
 fn prepare_overwrite_copy_budget_exhausted() {
-    for cfg in [Cfg::Default, Cfg::InThread, Cfg::Eager0] {
+    for cfg in [
+        Cfg::Default,
+        Cfg::InThread,
+        Cfg::Eager0,
+        Cfg::InThreadEager0,
+    ] {
         watchdog(
             60,
             &format!("prepare_overwrite budget {cfg:?}"),

@@ -114,7 +114,13 @@ fn shutdown_with_views_alive() {
 /// later rollback with writers stopped must restore the snapshot exactly.
 #[test]
 fn rollback_racing_a_writer_never_hangs_and_recovers() {
-    for cfg in [Cfg::Default, Cfg::InThread, Cfg::Eager0, Cfg::FaultAround] {
+    for cfg in [
+        Cfg::Default,
+        Cfg::InThread,
+        Cfg::Eager0,
+        Cfg::FaultAround,
+        Cfg::InThreadEager0,
+    ] {
         watchdog(90, &format!("rollback racing writer {cfg:?}"), move || {
             const PAGES: usize = 32;
             let t = builder(cfg).build().unwrap();

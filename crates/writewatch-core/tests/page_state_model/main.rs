@@ -52,6 +52,13 @@
 //!   re-protect atomically, mark the views' un-protected pages lost, fail on LOST after the
 //!   scan) passes every cut timing.
 //!
+//! - Model C (`rearm`, issue 14): eager re-arming composed with fault service on the service
+//!   thread (with fault-around) or in `SIGBUS` handlers, and the cut's per-run or whole-chunk
+//!   plan; two pages, two writers, arming steps and a cut at any moment. Checked: a store that
+//!   lands finds its page's dirty bit set (or harvested by the running cut). Mutants caught:
+//!   arming without `synchronize`, arming that marks after protecting, fault-around that
+//!   clears only the faulting page's armed bit, a whole-chunk span one page short.
+//!
 //! Pure computation: runs under Miri (`make miri`).
 
 mod view_protocol;
@@ -232,4 +239,41 @@ fn rollback_cut_between_zap_and_rollback() {
     println!(
         "rollback model with the re-check fix, every cut timing: {total} states, 0 violations"
     );
+}
+
+// ------------------------------------------------------------------ model C: re-arming
+
+/// Model C: eager re-arming composed with fault service on the service thread (with
+/// fault-around) and in `SIGBUS` handlers, and the adaptive whole-chunk re-protection plan
+/// (`armed.rs`, `service/eager.rs`, `inthread.rs`, `service/policy.rs`).
+mod rearm;
+
+#[test]
+fn rearm_holds_in_every_interleaving() {
+    let mut total = 0;
+    for (mode, plan) in rearm::configs() {
+        let (n, bad) = rearm::explore(mode, plan, None);
+        assert!(bad.is_none(), "{mode:?} {plan:?}: {}", bad.unwrap());
+        println!("re-arm model {mode:?} {plan:?}: {n} states, 0 violations");
+        total += n;
+    }
+    assert!(
+        total > 1000,
+        "the model explores a non-trivial space: {total}"
+    );
+}
+
+#[test]
+fn rearm_mutants_are_caught() {
+    use rearm::Mutant::*;
+    for m in [NoSynchronize, ArmAfterProtect, AroundKeepsArmed, SpanShort] {
+        let caught = rearm::configs().into_iter().find_map(|(mode, plan)| {
+            rearm::explore(mode, plan, Some(m))
+                .1
+                .map(|b| (mode, plan, b))
+        });
+        let (mode, plan, why) =
+            caught.unwrap_or_else(|| panic!("re-arm mutant {m:?} not caught by the model"));
+        println!("re-arm mutant {m:?} ({mode:?} {plan:?}): {why}");
+    }
 }
