@@ -275,8 +275,14 @@ impl Service {
                 }
             }
             if let Some(l) = &inner.lineage {
+                // A shared page's content changes too (inherited -> zero): count it as a page
+                // with content, so the REMOVE handling reports it dirty and marks it LOST for
+                // the clone's views (`on_remove_lazy` only looks at populated pages).
                 for p in first..=last {
-                    l.own(p);
+                    if !l.owns(p) {
+                        self.mark_populated(&inner, p);
+                        l.own(p);
+                    }
                 }
             }
         }
