@@ -235,7 +235,7 @@ impl Service {
     /// (their content is zero from now on).
     ///
     /// The kernel zaps the range once the event is read, concurrently with this copy
-    /// (docs/design.md, "Fork"): a page copied while still present is its content before
+    /// (docs/design.md section 10): a page copied while still present is its content before
     /// the zap; a lazily armed parent's page that had content and is already gone when read
     /// is lost for the clones that still shared it. They get zeros, and it is logged.
     pub(super) fn before_remove(&mut self, start: usize, end: usize) {
