@@ -24,7 +24,7 @@ use writewatch::{Backend, Tracker};
 #[command(about = "Dirty-rate monitor on the async userfaultfd backend")]
 struct Args {
     /// Region size in MiB.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, default_value_if("quick", "true", "16"))]
     mib: usize,
     /// Writer threads (each owns an equal share of the pages).
     #[arg(long, default_value_t = 2)]
@@ -33,10 +33,10 @@ struct Args {
     #[arg(long, default_value_t = 20_000)]
     rate: u64,
     /// Cut interval in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, default_value_if("quick", "true", "50"))]
     interval_ms: u64,
     /// Run time in seconds.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, default_value_if("quick", "true", "1.0"))]
     seconds: f64,
     /// Short run for `make test`: 16 MiB, 1 s, 50 ms interval.
     #[arg(long)]
@@ -44,12 +44,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let mut args = Args::parse();
-    if args.quick {
-        args.mib = 16;
-        args.seconds = 1.0;
-        args.interval_ms = 50;
-    }
+    let args = Args::parse();
     writewatch_testkit::exit_code("dirty-rate", run(&args))
 }
 

@@ -23,13 +23,21 @@ use writewatch_testkit::Rng;
 #[command(about = "Snapshot fuzz loop: scribble pages, roll back, check against a copy")]
 struct Args {
     /// Region size in MiB.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, default_value_if("quick", "true", "16"))]
     mib: usize,
     /// Number of fuzz cases.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(
+        long,
+        default_value_t = 20_000,
+        default_value_if("quick", "true", "2000")
+    )]
     cases: u64,
     /// Compare the whole region with the oracle every N cases (and after the last).
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(
+        long,
+        default_value_t = 1_000,
+        default_value_if("quick", "true", "250")
+    )]
     full_every: u64,
     /// Random seed.
     #[arg(long, default_value_t = 0x5EED)]
@@ -40,12 +48,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let mut args = Args::parse();
-    if args.quick {
-        args.mib = 16;
-        args.cases = 2_000;
-        args.full_every = 250;
-    }
+    let args = Args::parse();
     writewatch_testkit::exit_code("fuzz-reset", run(&args))
 }
 

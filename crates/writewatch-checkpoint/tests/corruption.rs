@@ -9,7 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use writewatch_checkpoint::format::{SegmentHeader, FOOTER_LEN, HEADER_LEN};
-use writewatch_checkpoint::{Corruption, OpenError, RestoreError, SliceSource, Store};
+use writewatch_checkpoint::{Corruption, OpenError, RestoreError, Store};
+use writewatch_testkit::chain::write_chain;
 
 const PS: usize = 512;
 const PAGES: usize = 8;
@@ -19,31 +20,25 @@ const PAGES: usize = 8;
 /// epoch.
 fn build(dir: &Path) -> Vec<Vec<u8>> {
     let mut region = vec![0u8; PS * PAGES];
-    let mut rng = common::Rng(99);
-    rng.fill(&mut region[..5 * PS]);
-    let mut store = Store::create(dir).unwrap();
-    let mut states = Vec::new();
-    store
-        .write_base(&SliceSource::new(&region, PS).unwrap())
-        .unwrap();
-    states.push(region.clone());
-    rng.fill(&mut region[2 * PS..4 * PS]);
-    region[4 * PS..5 * PS].fill(0);
-    store
-        .write_delta(1, &SliceSource::new(&region, PS).unwrap(), &[(2, 3)])
-        .unwrap();
-    states.push(region.clone());
-    rng.fill(&mut region[6 * PS..8 * PS]);
-    rng.fill(&mut region[..PS]);
-    store
-        .write_delta(
-            2,
-            &SliceSource::new(&region, PS).unwrap(),
-            &[(0, 1), (6, 2)],
-        )
-        .unwrap();
-    states.push(region.clone());
-    states
+    let rng = std::cell::RefCell::new(common::Rng(99));
+    rng.borrow_mut().fill(&mut region[..5 * PS]);
+    write_chain(
+        dir,
+        region,
+        PS,
+        &mut [
+            &mut |r: &mut [u8]| {
+                rng.borrow_mut().fill(&mut r[2 * PS..4 * PS]);
+                r[4 * PS..5 * PS].fill(0);
+                vec![(2, 3)]
+            },
+            &mut |r: &mut [u8]| {
+                rng.borrow_mut().fill(&mut r[6 * PS..8 * PS]);
+                rng.borrow_mut().fill(&mut r[..PS]);
+                vec![(0, 1), (6, 2)]
+            },
+        ],
+    )
 }
 
 fn store_files(dir: &Path) -> Vec<PathBuf> {

@@ -1,11 +1,12 @@
 //! `writewatch`: command-line tool for writewatch checkpoint stores.
 //!
-//! Subcommands: `probe`, `inspect`, `verify`, `restore`, `compact`. Human-readable output by
+//! Subcommands: `probe`, `pages`, `inspect`, `verify`, `restore`, `compact`. Human-readable output by
 //! default, `--json` for scripts.
 //!
 //! Exit codes: 0 success, 1 verification failure or corruption, 2 usage or
 //! any other error.
 
+mod pages;
 mod probe;
 mod progress;
 
@@ -72,6 +73,10 @@ enum Command {
         /// Store directory.
         dir: PathBuf,
     },
+    /// Show the page state of a process's mappings: present, swapped, copied on write,
+    /// exclusive or shared, zero page, huge, written since an async write-protect re-arm;
+    /// with the totals /proc/PID/smaps prints.
+    Pages(pages::PagesArgs),
     /// Show what this kernel and process can do: userfaultfd access, each feature, and which
     /// tracking backend works here.
     Probe {
@@ -165,6 +170,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Restore { dir, to, epoch } => restore(&dir, &to, epoch, cli.json),
         Command::Compact { dir } => compact(&dir, cli.json),
         Command::Probe { require_expected } => probe(require_expected, cli.json),
+        Command::Pages(a) => pages::pages(&a, cli.json),
     }
 }
 

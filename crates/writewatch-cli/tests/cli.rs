@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use writewatch_checkpoint::{SliceSource, Store};
+use writewatch_checkpoint::Store;
+use writewatch_testkit::chain::write_chain;
 
 const PS: usize = 4096;
 
@@ -24,28 +25,16 @@ fn make_store(dir: &Path) -> Vec<Vec<u8>> {
     for p in 0..100 {
         region[p * PS..(p + 1) * PS].fill(p as u8 + 1);
     }
-    let mut store = Store::create(dir).unwrap();
-    let mut states = Vec::new();
-    store
-        .write_base(&SliceSource::new(&region, PS).unwrap())
-        .unwrap();
-    states.push(region.clone());
-    region[10 * PS..12 * PS].fill(0xAA);
-    region[50 * PS..51 * PS].fill(0);
-    store
-        .write_delta(
-            1,
-            &SliceSource::new(&region, PS).unwrap(),
-            &[(10, 2), (50, 1)],
-        )
-        .unwrap();
-    states.push(region.clone());
-    region[200 * PS..201 * PS].fill(0xBB);
-    store
-        .write_delta(2, &SliceSource::new(&region, PS).unwrap(), &[(200, 1)])
-        .unwrap();
-    states.push(region.clone());
-    states
+    let mut delta1 = |r: &mut [u8]| {
+        r[10 * PS..12 * PS].fill(0xAA);
+        r[50 * PS..51 * PS].fill(0);
+        vec![(10, 2), (50, 1)]
+    };
+    let mut delta2 = |r: &mut [u8]| {
+        r[200 * PS..201 * PS].fill(0xBB);
+        vec![(200, 1)]
+    };
+    write_chain(dir, region, PS, &mut [&mut delta1, &mut delta2])
 }
 
 fn json(o: &Output) -> serde_json::Value {

@@ -43,8 +43,8 @@ impl AtomicBitmap {
     pub(crate) fn new(bits: usize) -> Self {
         let n = bits.div_ceil(64);
         Self {
-            words: crate::sys::zeroed_atomic_u64s(n),
-            summary: crate::sys::zeroed_atomic_u64s(n.div_ceil(64)),
+            words: crate::sys::zeroed_atomics(n),
+            summary: crate::sys::zeroed_atomics(n.div_ceil(64)),
             external: AtomicBool::new(false),
             bits,
         }

@@ -273,14 +273,34 @@ pub enum MapError {
     /// The range is backed by a kind of memory userfaultfd write-protect cannot track.
     #[error(
         "the mapping at {addr:#x} ({what}) cannot be write-protect tracked: userfaultfd-wp supports private \
-         anonymous memory (kernel >= 5.7), shmem/memfd and hugetlbfs (kernel >= 5.19); map it anonymous, or \
-         from a memfd, instead"
+         anonymous memory (kernel >= 5.7), shmem/memfd and hugetlbfs (kernel >= 5.19), and mappings of \
+         regular files on the async backend (kernel >= 6.7); map it anonymous, or from a memfd, instead"
     )]
     UnsupportedMemory {
         /// Start of the offending mapping.
         addr: usize,
         /// Its description (`/proc/self/maps` path or flags).
         what: String,
+    },
+    /// A mapping of a regular file, on a backend that cannot track it: only a
+    /// `UFFD_FEATURE_WP_ASYNC` userfaultfd may register file-backed memory.
+    #[error(
+        "the mapping at {addr:#x} is a {kind} mapping ({path}), which the {backend} backend cannot \
+         track: only the async backend can (userfaultfd WP_ASYNC, Linux >= 6.7; this kernel is \
+         {kernel}): build the tracker with Backend::AsyncUffd, or copy the data into memory from \
+         Tracker::map_anonymous / map_shared"
+    )]
+    FileBackedNeedsAsync {
+        /// Start of the file-backed mapping.
+        addr: usize,
+        /// `"file-backed private"` or `"file-backed shared"`.
+        kind: &'static str,
+        /// The mapped file, as `/proc/self/maps` prints it.
+        path: String,
+        /// The tracker's backend (`"sync"` or `"mprotect"`).
+        backend: &'static str,
+        /// The running kernel's release (`uname -r`).
+        kernel: String,
     },
     /// The range mixes page sizes (e.g. hugetlb and normal pages).
     #[error("the range mixes page sizes ({a} and {b} bytes): adopt each part separately")]

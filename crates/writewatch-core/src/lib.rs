@@ -33,6 +33,7 @@ mod dirty;
 mod epoch;
 mod error;
 mod fork;
+pub mod inspect;
 mod inthread;
 mod maps;
 mod pagemap;
@@ -44,6 +45,7 @@ mod region;
 mod service;
 mod shared;
 mod snapshot;
+mod statics;
 mod stats;
 mod sys;
 mod tracker;
@@ -65,6 +67,7 @@ pub use probe::{probe, Access, Feature, Probe};
 pub use range::RegionKind;
 pub use region::Region;
 pub use snapshot::Snapshot;
+pub use statics::StaticPages;
 pub use stats::{
     EpochStat, Histogram, HistogramSummary, NotEarlier, RegionStats, ThreadFaults, TrackerStats,
 };

@@ -97,10 +97,14 @@ pub(crate) fn classify(v: &Vma) -> Result<RegionKind, String> {
     {
         return Ok(RegionKind::Shmem);
     }
-    if p.starts_with('[') {
+    if p.starts_with('[') || !p.starts_with('/') || p.starts_with("/dev/") {
         return Err(format!("special mapping {p}"));
     }
-    Err(format!("file-backed mapping of {p}"))
+    Ok(if v.shared {
+        RegionKind::FileShared
+    } else {
+        RegionKind::FilePrivate
+    })
 }
 
 /// Checks that `[start, end)` is fully mapped by adoptable VMAs of one kind and page size:
@@ -148,6 +152,12 @@ pub(crate) fn check_adoptable(
         match found {
             None => found = Some((kind, ps)),
             Some((_, ps0)) if ps0 != ps => return Err(MapError::MixedPageSizes { a: ps0, b: ps }),
+            // A program's `.bss` continues its file-backed `.data` in an anonymous mapping:
+            // both are private memory, tracked alike (async backend).
+            Some((RegionKind::FilePrivate, _)) if kind == RegionKind::Anonymous => {}
+            Some((RegionKind::Anonymous, _)) if kind == RegionKind::FilePrivate => {
+                found = Some((kind, ps));
+            }
             Some((k0, _)) if k0 != kind => {
                 return Err(MapError::UnsupportedMemory {
                     addr: v.start,
@@ -208,7 +218,7 @@ VmFlags: rd mr mw me sd
         assert_eq!(classify(&v[1]), Ok(RegionKind::Shmem));
         assert_eq!(v[2].kernel_page_size, 2 << 20);
         assert_eq!(classify(&v[2]), Ok(RegionKind::Hugetlb));
-        assert!(classify(&v[3]).is_err());
+        assert_eq!(classify(&v[3]), Ok(RegionKind::FilePrivate));
     }
 
     #[test]
@@ -242,6 +252,30 @@ VmFlags: rd wr mr mw me ac sd uw
     }
 
     #[test]
+    fn data_and_bss_adopt_together_as_file_private() {
+        let text = "\
+555500000000-555500002000 rw-p 00010000 08:01 99                         /usr/bin/prog
+555500002000-555500004000 rw-p 00000000 00:00 0 
+555500004000-555500005000 rw-s 00000000 08:01 98                         /data/file
+";
+        let v = parse_smaps(text);
+        assert_eq!(classify(&v[2]), Ok(RegionKind::FileShared));
+        for (a, b) in [
+            (0x5555_0000_1000, 0x5555_0000_3000),
+            (0x5555_0000_0000, 0x5555_0000_4000),
+        ] {
+            assert_eq!(
+                check_adoptable(&v, a, b).unwrap(),
+                (RegionKind::FilePrivate, 4096)
+            );
+        }
+        assert!(matches!(
+            check_adoptable(&v, 0x5555_0000_3000, 0x5555_0000_5000),
+            Err(MapError::UnsupportedMemory { .. })
+        ));
+    }
+
+    #[test]
     fn adoptable_ranges() {
         let v = parse_smaps(SMAPS);
         assert_eq!(
@@ -264,7 +298,7 @@ VmFlags: rd wr mr mw me ac sd uw
         ));
         assert!(matches!(
             check_adoptable(&v, 0x7f00_0060_0000, 0x7f00_0060_1000),
-            Err(MapError::UnsupportedMemory { .. })
+            Err(MapError::NotReadWrite { .. })
         ));
         assert_eq!(
             check_adoptable(&v, 0x7f00_0000_8000, 0x7f00_0040_8000).unwrap(),

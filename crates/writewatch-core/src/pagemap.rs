@@ -33,9 +33,68 @@ pub(crate) fn set_dirty_bits(words: &mut [u64], pages: RangeInclusive<u64>) {
 impl Pagemap {
     /// Opens `/proc/self/pagemap` (None if it cannot be opened).
     pub(crate) fn open() -> Option<Self> {
-        std::fs::File::open("/proc/self/pagemap")
-            .ok()
-            .map(|file| Self { file })
+        Self::open_pid(None).ok()
+    }
+
+    /// Opens `/proc/PID/pagemap` (`None`: this process). Another process's needs
+    /// ptrace-read access to it (same user and not made non-dumpable, or `CAP_SYS_PTRACE`).
+    pub(crate) fn open_pid(pid: Option<u32>) -> std::io::Result<Self> {
+        let path = match pid {
+            Some(pid) => format!("/proc/{pid}/pagemap"),
+            None => "/proc/self/pagemap".to_string(),
+        };
+        std::fs::File::open(path).map(|file| Self { file })
+    }
+
+    /// One `PAGEMAP_SCAN` walk of `[start, end)` asking `q` (its `start`/`end` are
+    /// ignored): calls `f` for each output run, looping on `walk_end` while `out` fills up.
+    /// Returns the number of ioctls.
+    pub(crate) fn scan(
+        &self,
+        start: usize,
+        end: usize,
+        q: ScanArgs,
+        out: &mut [PageRegion],
+        mut f: impl FnMut(&PageRegion),
+    ) -> Result<u64, Errno> {
+        let fd = self.file.as_raw_fd();
+        let (mut cursor, mut ioctls) = (start, 0);
+        while cursor < end {
+            let args = ScanArgs {
+                start: cursor,
+                end,
+                ..q
+            };
+            ioctls += 1;
+            let (n, walk_end) = sys::pagemap_scan(fd, &args, out)?;
+            out[..n].iter().for_each(&mut f);
+            if n < out.len() || walk_end <= cursor {
+                break;
+            }
+            cursor = walk_end;
+        }
+        Ok(ioctls)
+    }
+
+    /// Reads the raw 64-bit pagemap entries of the pages from virtual page number `vpn` on
+    /// into `entries` (one `pread`); returns how many were read (fewer at the end of the
+    /// address space).
+    pub(crate) fn read_entries(&self, vpn: u64, entries: &mut [u64]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(entries);
+        let mut done = 0;
+        while done < bytes.len() {
+            match self.file.read_at(&mut bytes[done..], vpn * 8 + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for e in &mut entries[..done / 8] {
+            *e = u64::from_le(*e);
+        }
+        Ok(done / 8)
     }
 
     /// Whether the running kernel has `PAGEMAP_SCAN`.

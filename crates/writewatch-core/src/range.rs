@@ -20,6 +20,17 @@ pub enum RegionKind {
     Shmem,
     /// hugetlbfs memory; dirty granularity is the huge page size (kernel >= 5.19).
     Hugetlb,
+    /// A private mapping of a regular file (`mmap(MAP_PRIVATE)` of a file, a program's ELF
+    /// `.data`). Async backend only (`UFFD_FEATURE_WP_ASYNC`, Linux >= 6.7). The first write
+    /// to a page both copies it (the kernel's copy-on-write: the page stops being the file's)
+    /// and marks it written; a later write to the copy, after a cut, marks it written again.
+    /// Reads map the file's page without marking it. Changes made to the file itself (by
+    /// `write(2)` or another mapping) show through pages never copied and are not reported.
+    FilePrivate,
+    /// A shared mapping of a regular file (`mmap(MAP_SHARED)`). Async backend only. A page is
+    /// marked written when this mapping writes it (the page cache page, written back to the
+    /// file by the kernel); writes by `write(2)` or through other mappings are not reported.
+    FileShared,
 }
 
 impl RegionKind {
@@ -28,7 +39,14 @@ impl RegionKind {
             RegionKind::Anonymous => "private anonymous",
             RegionKind::Shmem => "shmem",
             RegionKind::Hugetlb => "hugetlbfs",
+            RegionKind::FilePrivate => "file-backed private",
+            RegionKind::FileShared => "file-backed shared",
         }
+    }
+
+    /// Whether the kind is a mapping of a regular file (async backend only).
+    pub(crate) fn is_file(self) -> bool {
+        matches!(self, RegionKind::FilePrivate | RegionKind::FileShared)
     }
 }
 

@@ -152,7 +152,9 @@ impl Tracker {
     }
 
     /// Starts tracking a mapping the caller already has (private anonymous, shmem/memfd, or
-    /// hugetlbfs). The first cut reports every page dirty: its content is new to the tracker.
+    /// hugetlbfs; on the async backend also private and shared mappings of regular files, see
+    /// [`RegionKind::FilePrivate`]; elsewhere those get [`MapError::FileBackedNeedsAsync`]).
+    /// The first cut reports every page dirty: its content is new to the tracker.
     /// Dropping the region stops tracking; the memory is never unmapped by the tracker.
     ///
     /// Refused with a typed [`MapError`]: mappings that are not readable and writable
@@ -193,6 +195,18 @@ impl Tracker {
     /// accesses to the memory must follow the rules of [`Region::as_mut_slice`].
     #[allow(unsafe_code)] // a public unsafe contract, forwarded to `sys::Mapping::adopted`
     pub unsafe fn adopt(&self, ptr: *mut u8, len: usize) -> Result<Region, MapError> {
+        // SAFETY: the caller's contract (see `# Safety`) is exactly `Mapping::adopted`'s.
+        self.adopt_with(ptr, len, || unsafe { sys::Mapping::adopted(ptr, len) })
+    }
+
+    /// `adopt`'s checks and registration; `make` gives the range's `Mapping` once the range
+    /// passed every check (mapped read-write, adoptable kind, not the tracker's own memory).
+    pub(crate) fn adopt_with(
+        &self,
+        ptr: *mut u8,
+        len: usize,
+        make: impl FnOnce() -> Option<sys::Mapping>,
+    ) -> Result<Region, MapError> {
         let start = ptr as usize;
         let ps0 = sys::base_page_size();
         if len == 0 {
@@ -260,7 +274,11 @@ impl Tracker {
                 page_size: ps,
             });
         }
+        if kind.is_file() && self.backend() != Backend::AsyncUffd {
+            return Err(file_needs_async(&vmas, start, end, kind, self.backend()));
+        }
         if kind != RegionKind::Anonymous
+            && !kind.is_file()
             && self.backend() != Backend::Mprotect
             && !self.features().has(Feature::WpHugetlbfsShmem)
         {
@@ -270,9 +288,7 @@ impl Tracker {
             });
         }
         self.check_not_own_memory(&vmas, start, end)?;
-        // SAFETY: the caller's contract (see `# Safety`) is exactly `Mapping::adopted`'s.
-        let map =
-            unsafe { sys::Mapping::adopted(ptr, len) }.ok_or(MapError::NotMapped { addr: 0 })?;
+        let map = make().ok_or(MapError::NotMapped { addr: 0 })?;
         let inner = self.new_inner(map, ps, kind);
         // The region's own state, allocated just now, must not live in the range either.
         let words_addr = inner.dirty.words_addr();
@@ -456,6 +472,28 @@ impl Tracker {
         if let Some(h) = handle {
             let _ = h.join();
         }
+    }
+}
+
+/// The typed refusal of a file-backed range on a backend other than async.
+fn file_needs_async(
+    vmas: &[Vma],
+    start: usize,
+    end: usize,
+    kind: RegionKind,
+    backend: Backend,
+) -> MapError {
+    let v = vmas
+        .iter()
+        .find(|v| v.end > start && v.start < end && !v.path.is_empty() && !v.path.starts_with('['));
+    MapError::FileBackedNeedsAsync {
+        addr: v.map_or(start, |v| v.start),
+        kind: kind.name(),
+        path: v.map_or_else(String::new, |v| v.path.clone()),
+        backend: backend.name(),
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into()),
     }
 }
 

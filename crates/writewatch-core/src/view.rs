@@ -144,7 +144,7 @@ impl View {
     ) -> Self {
         // A view of every page (`needed` None: a snapshot) needs no per-page initialisation.
         let state = States {
-            cells: crate::sys::zeroed_atomic_u8s(region.page_count as usize),
+            cells: crate::sys::zeroed_atomics(region.page_count as usize),
             base: if needed.is_none() {
                 PENDING
             } else {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::*;
 use edges_support::*;
 use writewatch_core::{Backend, Tracker};
+use writewatch_testkit::Mmap;
 
 const PS: usize = 4096;
 
@@ -79,7 +80,8 @@ fn map_shared_fork_child_cannot_write_parent_memory() {
 fn adopted_shmem_fork_child_write_is_a_documented_limit() {
     for t in all_backends() {
         let name = t.backend().name();
-        let (_fd, p) = memfd_mapping(4 * PS);
+        let (_fd, m) = Mmap::memfd_shared(4 * PS);
+        let p = m.as_ptr();
         // SAFETY: our own mapping, unmapped only after the region is dropped.
         let region = unsafe { t.adopt(p, 4 * PS) }.unwrap();
         region.cut().unwrap(); // adoption: all dirty
@@ -105,8 +107,7 @@ fn adopted_shmem_fork_child_write_is_a_documented_limit() {
         });
         assert_eq!(fate, Fate::Signalled(libc::SIGSEGV), "{name}");
         drop(region);
-        // SAFETY: our mapping; the region is gone.
-        unsafe { libc::munmap(p.cast(), 4 * PS) };
+        drop(m);
     }
 }
 
@@ -161,7 +162,8 @@ fn adopted_memfd_punch_hole_is_a_documented_limit() {
     use std::os::fd::AsRawFd;
     for t in all_backends() {
         let name = t.backend().name();
-        let (fd, p) = memfd_mapping(4 * PS);
+        let (fd, m) = Mmap::memfd_shared(4 * PS);
+        let p = m.as_ptr();
         // SAFETY: our own mapping, unmapped only after the region is dropped.
         let region = unsafe { t.adopt(p, 4 * PS) }.unwrap();
         touch(&region, 1, 9);
@@ -183,8 +185,7 @@ fn adopted_memfd_punch_hole_is_a_documented_limit() {
             "{name}: the limit changed (the hole is reported now): update design.md section 6"
         );
         drop(region);
-        // SAFETY: our mapping; the region is gone.
-        unsafe { libc::munmap(p.cast(), 4 * PS) };
+        drop(m);
     }
 }
 

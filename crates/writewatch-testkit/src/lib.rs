@@ -1,13 +1,15 @@
 //! Test support shared by the writewatch test suites, benches, examples and the cargo-fuzz
 //! target (not published): deterministic PRNGs ([`rng`]), watchdogs that turn hangs into
-//! failures ([`mod@watchdog`]), owned anonymous mappings ([`mmap`]), a fork helper ([`fork`]), `/proc/self/smaps`
-//! figures of a mapping ([`smaps`]) and,
+//! failures ([`mod@watchdog`]), owned mappings ([`mmap`]), a fork helper ([`fork`]), a
+//! `/proc/PID/smaps` reader and memory figures of ranges ([`smaps`]) and,
 //! with the `parsers` feature, the checkpoint parser harness and its seed inputs
-//! (module `parsers`).
+//! (module `parsers`); with the `checkpoint` feature, small store chains (module `chain`).
 //!
 //! All `unsafe` code lives in the private `sys` module; every public item is safe and sound
 //! whatever the caller does.
 
+#[cfg(feature = "checkpoint")]
+pub mod chain;
 pub mod exit;
 pub mod fork;
 pub mod mmap;

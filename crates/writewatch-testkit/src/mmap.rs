@@ -1,10 +1,12 @@
-//! An owned private anonymous mapping, unmapped on drop.
+//! An owned mapping (private anonymous, or of a file / memfd), unmapped on drop.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
 use crate::{sys, PAGE_SIZE};
 
-/// A private anonymous mapping owned by this value and unmapped when it is dropped.
+/// A mapping (private anonymous unless made by [`file`](Self::file) or
+/// [`memfd_shared`](Self::memfd_shared)) owned by this value and unmapped when it is dropped.
 ///
 /// Access through the safe API is atomic (shared `&self` writes from many threads are
 /// sound); [`as_ptr`](Self::as_ptr) hands the address to code that needs it raw (adopting
@@ -51,6 +53,26 @@ impl Mmap {
         let m = Mmap::no_thp(len);
         m.touch_all();
         m
+    }
+
+    /// A new memfd of `len` bytes and a read-write `MAP_SHARED` mapping of it (the memfd is
+    /// returned so the caller can `fallocate`, map it again, or keep it open).
+    pub fn memfd_shared(len: usize) -> (OwnedFd, Mmap) {
+        let fd = sys::memfd(c"writewatch-testkit", len);
+        let m = Mmap::file(fd.as_fd(), len, true);
+        (fd, m)
+    }
+
+    /// `len` bytes of `fd` (a file or memfd open read-write, at least `len` long; from offset
+    /// 0) mapped read-write: `shared` = `MAP_SHARED` (writes reach the file), otherwise
+    /// `MAP_PRIVATE` (the first write to a page copies it). Panics if the kernel refuses.
+    pub fn file(fd: impl AsFd, len: usize, shared: bool) -> Mmap {
+        let ptr = sys::map_file(fd.as_fd(), len, shared);
+        Mmap {
+            ptr,
+            len,
+            writable: true,
+        }
     }
 
     /// The first byte of the mapping.

@@ -174,6 +174,19 @@ impl Mapping {
         })
     }
 
+    /// A `'static` array of atomics (a program's static data) as an adopted mapping: it is
+    /// mapped for the life of the process, and every access through the region's safe API
+    /// is atomic, like the owner's.
+    pub(crate) fn adopted_static(words: &'static [AtomicU64]) -> Option<Self> {
+        Some(Self {
+            ptr: NonNull::new(words.as_ptr() as *mut u8)?,
+            len: std::mem::size_of_val(words),
+            owned: false,
+            leaked: false.into(),
+            _memfd: None,
+        })
+    }
+
     pub(crate) fn start(&self) -> usize {
         self.ptr.as_ptr() as usize
     }

@@ -130,44 +130,13 @@ impl Addr {
     }
 }
 
-/// `n` zeroed 64-bit atomics from zeroed memory (see [`zeroed_atomic_u8s`]).
-pub(crate) fn zeroed_atomic_u64s(n: usize) -> Box<[std::sync::atomic::AtomicU64]> {
-    use std::sync::atomic::AtomicU64;
-    if n == 0 {
-        return Box::new([]);
-    }
-    let Ok(layout) = std::alloc::Layout::array::<AtomicU64>(n) else {
-        std::alloc::handle_alloc_error(std::alloc::Layout::new::<AtomicU64>())
-    };
-    // SAFETY: `layout` has a non-zero size (n > 0).
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<AtomicU64>();
-    if ptr.is_null() {
-        std::alloc::handle_alloc_error(layout);
-    }
-    // SAFETY: allocated by the global allocator with the layout of `[AtomicU64; n]` and fully
-    // initialised: `AtomicU64` has the size, alignment and bit validity of `u64`, and zero
-    // bytes are `AtomicU64::new(0)`. The box takes sole ownership.
-    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) }
-}
-
-/// `n` zeroed atomics from zeroed memory: a large allocation comes straight from fresh,
-/// lazily zero-filled pages, so this is O(1) until the cells are touched (a snapshot view of a
-/// huge sparse region costs nothing for its untouched pages).
-pub(crate) fn zeroed_atomic_u8s(n: usize) -> Box<[std::sync::atomic::AtomicU8]> {
-    use std::sync::atomic::AtomicU8;
-    if n == 0 {
-        return Box::new([]);
-    }
-    let Ok(layout) = std::alloc::Layout::array::<AtomicU8>(n) else {
-        std::alloc::handle_alloc_error(std::alloc::Layout::new::<AtomicU8>())
-    };
-    // SAFETY: `layout` has a non-zero size (n > 0).
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<AtomicU8>();
-    if ptr.is_null() {
-        std::alloc::handle_alloc_error(layout);
-    }
-    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[AtomicU8; n]`
-    // and is fully initialised: `AtomicU8` has the size, alignment and bit validity of `u8`,
-    // and all-zero bytes are a valid `AtomicU8::new(0)`. The box takes sole ownership.
-    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) }
+/// `n` zeroed atomics (`AtomicU8`, `AtomicU64`...) from zeroed memory: a large allocation
+/// comes straight from fresh, lazily zero-filled pages, so this is O(1) until the cells are
+/// touched (a snapshot view of a huge sparse region costs nothing for its untouched pages).
+pub(crate) fn zeroed_atomics<T: bytemuck::Zeroable>(n: usize) -> Box<[T]> {
+    bytemuck::allocation::try_zeroed_slice_box(n).unwrap_or_else(|()| {
+        std::alloc::handle_alloc_error(
+            std::alloc::Layout::array::<T>(n).unwrap_or(std::alloc::Layout::new::<T>()),
+        )
+    })
 }

@@ -28,6 +28,12 @@ pub(crate) mod pm {
     pub(crate) const PAGE_IS_WRITTEN: u64 = k::PAGE_IS_WRITTEN as u64;
     pub(crate) const PAGE_IS_PRESENT: u64 = k::PAGE_IS_PRESENT as u64;
     pub(crate) const PAGE_IS_SWAPPED: u64 = k::PAGE_IS_SWAPPED as u64;
+    pub(crate) const PAGE_IS_WPALLOWED: u64 = k::PAGE_IS_WPALLOWED as u64;
+    pub(crate) const PAGE_IS_FILE: u64 = k::PAGE_IS_FILE as u64;
+    pub(crate) const PAGE_IS_PFNZERO: u64 = k::PAGE_IS_PFNZERO as u64;
+    pub(crate) const PAGE_IS_HUGE: u64 = k::PAGE_IS_HUGE as u64;
+    pub(crate) const PAGE_IS_SOFT_DIRTY: u64 = k::PAGE_IS_SOFT_DIRTY as u64;
+    pub(crate) const PAGE_IS_GUARD: u64 = k::PAGE_IS_GUARD as u64;
     pub(crate) const PM_SCAN_WP_MATCHING: u64 = k::PM_SCAN_WP_MATCHING as u64;
     pub(crate) const PM_SCAN_CHECK_WPASYNC: u64 = k::PM_SCAN_CHECK_WPASYNC as u64;
 }

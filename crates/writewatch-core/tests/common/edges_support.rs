@@ -59,33 +59,6 @@ pub fn fork_run(f: impl FnOnce()) -> Fate {
     }
 }
 
-/// A new memfd of `len` bytes mapped shared read-write; returns (fd, address). The caller
-/// owns both.
-pub fn memfd_mapping(len: usize) -> (std::os::fd::OwnedFd, *mut u8) {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: memfd_create with a valid C string; the fd is new and ours.
-    let fd = unsafe { libc::memfd_create(c"edges".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: the kernel returned a new fd that nobody else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    // SAFETY: resizing our own memfd.
-    let r = unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) };
-    assert_eq!(r, 0);
-    // SAFETY: a new shared mapping at an address chosen by the kernel aliases nothing.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    (fd, p.cast())
-}
-
 /// A private anonymous mapping of `len` bytes with protection `prot` (owned by the caller).
 pub fn mmap_prot(len: usize, prot: libc::c_int) -> *mut u8 {
     writewatch_testkit::Mmap::with_prot(len, prot).into_raw()

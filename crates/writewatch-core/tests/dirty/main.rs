@@ -167,7 +167,8 @@ fn bad_input_gets_typed_errors() {
         .map(|_| false)
         .unwrap_or(false);
     if !fs_is_tmpfs {
-        assert!(matches!(e, MapError::UnsupportedMemory { .. }), "{e}");
+        // File-backed memory: only the async backend tracks it (tests/mappings).
+        assert!(matches!(e, MapError::FileBackedNeedsAsync { .. }), "{e}");
         assert!(e.to_string().contains("file-backed"), "{e}");
     }
     // SAFETY: our own mapping.

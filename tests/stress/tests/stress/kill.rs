@@ -39,24 +39,17 @@ fn apply_batch(state: &mut [u64], e: u64) {
 }
 
 /// The child of the kill suite: tracker + writer thread + `save_epoch` in a loop until
-/// SIGKILLed. It resumes from the store's head: restores it into a fresh region, burns cuts
-/// until the region's epoch number is past the head, then saves epochs head+1, head+2, ...
+/// SIGKILLed. It resumes from the store's head ([`writewatch::resume`]: restores it into a
+/// fresh region), then saves epochs head+1, head+2, ...
 /// The writer writes epoch e+1's batch while epoch e is being saved (copy-before-write).
 pub(super) fn kill_child(dir: &str) -> ! {
     let mut store = Store::open_or_create(dir).expect("child open");
     let tracker = tracker(Backend::SyncUffd);
     let region = Arc::new(tracker.map_anonymous(KILL_PAGES * PS).unwrap());
+    // Resume from the store's head (O(pages), not O(epochs): the previous version burnt one
+    // cut per stored epoch, so late children were still starting when the parent killed them).
     let head = store.head().map(|h| h.epoch);
-    if let Some(h) = head {
-        let m = store.restore(h).expect("child restore head");
-        let words = region.as_atomic_u64();
-        for (i, c) in m.as_slice().chunks_exact(8).enumerate() {
-            words[i].store(u64::from_ne_bytes(c.try_into().unwrap()), SeqCst);
-        }
-        while region.epoch() <= h {
-            region.cut().expect("burn cut");
-        }
-    }
+    writewatch::resume(&mut store, &region, None).expect("child resume");
     let mut e = head.map_or(0, |h| h + 1);
     let (go_tx, go_rx) = mpsc::channel::<u64>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -80,9 +73,12 @@ pub(super) fn kill_child(dir: &str) -> ! {
     done_rx.recv().unwrap();
     loop {
         let epoch = region.cut().expect("child cut");
-        assert_eq!(epoch.number(), e);
         go_tx.send(e + 1).unwrap();
-        save_epoch(&mut store, &epoch).expect("child save_epoch");
+        let info = save_epoch(&mut store, &epoch).expect("child save_epoch");
+        assert_eq!(
+            info.epoch, e,
+            "store-numbered epochs continue from the head"
+        );
         drop(epoch);
         {
             let mut out = std::io::stdout().lock();

@@ -1,0 +1,255 @@
+//! The page-state inspector: for each mapping of a process (this one, or another one the
+//! caller has ptrace-read access to), which pages are present, swapped, copied on write,
+//! exclusive or shared, the zero page, huge, written since an async write-protect re-arm,
+//! soft-dirty; as counts and runs, with the totals `/proc/PID/smaps` prints.
+//!
+//! # Where each field comes from (none needs root)
+//!
+//! | field | source (`PAGEMAP_SCAN` walk; fallback: raw `/proc/PID/pagemap` entries) |
+//! |---|---|
+//! | `present` | `PAGE_IS_PRESENT` (fallback: bit 63) |
+//! | `swapped` | `PAGE_IS_SWAPPED` with `PAGE_IS_WRITTEN` (no uffd-wp bit) (fallback: bit 62 without bit 57) |
+//! | `wp_marker` | `PAGE_IS_SWAPPED` without `PAGE_IS_WRITTEN`: a uffd-wp marker (fallback: bits 62 and 57) |
+//! | `anonymous`, `cow_copied` | present, not `PAGE_IS_FILE`, not `PAGE_IS_PFNZERO` (fallback: bit 61 clear; the zero page cannot be told apart) |
+//! | `file_uncopied` | present and `PAGE_IS_FILE` (fallback: bit 61) |
+//! | `exclusive` / `shared` | bit 56 ("exclusively mapped") of the raw entries of the present runs |
+//! | `zero_page` | `PAGE_IS_PFNZERO` (fallback: not available: PFNs need `CAP_SYS_ADMIN`) |
+//! | `huge` | `PAGE_IS_HUGE` (fallback: not available) |
+//! | `written` | `PAGE_IS_WRITTEN` in mappings with `PAGE_IS_WPALLOWED` (an async write-protect userfaultfd arms them) |
+//! | `soft_dirty` | `PAGE_IS_SOFT_DIRTY` (fallback: bit 55), only where the kernel has soft-dirty |
+//!
+//! Both `PAGEMAP_SCAN` and the pagemap flags need only ptrace-read access to the process
+//! (its own user, or `CAP_SYS_PTRACE`); page frame numbers, which need `CAP_SYS_ADMIN`, are
+//! never used. Per mapping: one `PAGEMAP_SCAN` walk over populated pages (holes cost
+//! nothing), then one raw read per present run for the exclusive bit.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use writewatch_core::inspect::{Inspector, Select};
+//! let v = vec![7u8; 1 << 20];                          // 256 heap pages, written
+//! let report = Inspector::open(None)?.inspect(&Select::All)?;
+//! let heap = report.mappings.iter().find(|m| m.start <= v.as_ptr() as usize
+//!     && (v.as_ptr() as usize) < m.end).unwrap();
+//! assert!(heap.present.pages >= 255 && heap.anonymous.pages >= 255);
+//! assert!(report.totals().rss_kb > 1000);
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod mapping;
+mod runs;
+mod walk;
+
+use std::sync::OnceLock;
+
+pub use error::InspectError;
+pub use mapping::{writable_mappings, Mapping, MappingKind};
+pub use runs::PageRuns;
+pub use walk::{MappingPages, SmapsTotals};
+
+use crate::error::Errno;
+use crate::pagemap::Pagemap;
+use walk::Env;
+
+/// Which mappings to inspect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Select {
+    /// Every mapping.
+    All,
+    /// The parts of mappings inside `[start, end)` (page-aligned).
+    Range {
+        /// Start address.
+        start: usize,
+        /// End address (exclusive).
+        end: usize,
+    },
+    /// The mappings of this path (as `/proc/PID/maps` prints it, or just its file name).
+    Path(String),
+}
+
+/// The page state of a process's mappings.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Report {
+    /// The process.
+    pub pid: u32,
+    /// The page size every page number and count refers to.
+    pub page_size: usize,
+    /// `"PAGEMAP_SCAN"` or `"pagemap"` (the raw-read fallback).
+    pub source: &'static str,
+    /// Why a field is `None` / empty where it is, for every mapping (`field: reason`).
+    pub not_available: Vec<(&'static str, &'static str)>,
+    /// The inspected mappings, in address order.
+    pub mappings: Vec<MappingPages>,
+}
+
+impl Report {
+    /// The sum of every mapping's smaps totals.
+    pub fn totals(&self) -> SmapsTotals {
+        let mut t = SmapsTotals::default();
+        for m in &self.mappings {
+            t += m.totals;
+        }
+        t
+    }
+}
+
+/// An open view of one process's page tables.
+#[derive(Debug)]
+pub struct Inspector {
+    pid: u32,
+    maps_path: String,
+    pagemap: Pagemap,
+    scan: bool,
+}
+
+fn system() -> &'static (bool, bool, bool) {
+    static S: OnceLock<(bool, bool, bool)> = OnceLock::new();
+    S.get_or_init(|| {
+        let swap_active = std::fs::read_to_string("/proc/swaps")
+            .map(|s| s.lines().count() > 1)
+            .unwrap_or(false);
+        (
+            Pagemap::scan_available(),
+            swap_active,
+            crate::sys::soft_dirty_probe(),
+        )
+    })
+}
+
+impl Inspector {
+    /// Opens process `pid`'s page tables (`None`: this process).
+    ///
+    /// Errors: [`InspectError::NoSuchProcess`], [`InspectError::PermissionDenied`] (no
+    /// ptrace-read access).
+    pub fn open(pid: Option<u32>) -> Result<Self, InspectError> {
+        let id = pid.unwrap_or_else(std::process::id);
+        let (maps_path, pm_path) = match pid {
+            Some(p) => (format!("/proc/{p}/maps"), format!("/proc/{p}/pagemap")),
+            None => ("/proc/self/maps".into(), "/proc/self/pagemap".into()),
+        };
+        if let Some(p) = pid {
+            if p == 0 || p > i32::MAX as u32 {
+                return Err(InspectError::NoSuchProcess { pid: p });
+            }
+        }
+        // The maps file first: it tells a missing process from a forbidden one.
+        std::fs::File::open(&maps_path).map_err(|e| InspectError::io(id, &maps_path, e))?;
+        let pagemap = Pagemap::open_pid(pid).map_err(|e| InspectError::io(id, &pm_path, e))?;
+        Ok(Inspector {
+            pid: id,
+            maps_path,
+            pagemap,
+            scan: system().0,
+        })
+    }
+
+    /// Uses only raw `/proc/PID/pagemap` reads, as on a kernel without `PAGEMAP_SCAN`
+    /// (before 6.7): `zero_page`, `huge` and `written` are then not available.
+    pub fn without_pagemap_scan(mut self) -> Self {
+        self.scan = false;
+        self
+    }
+
+    /// The process inspected.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The process's mappings, as `/proc/PID/maps` lists them now.
+    pub fn mappings(&self) -> Result<Vec<Mapping>, InspectError> {
+        let text = std::fs::read_to_string(&self.maps_path)
+            .map_err(|e| InspectError::io(self.pid, &self.maps_path, e))?;
+        Ok(mapping::parse(&text))
+    }
+
+    /// Inspects the selected mappings.
+    pub fn inspect(&self, select: &Select) -> Result<Report, InspectError> {
+        let ps = crate::sys::base_page_size();
+        if let Select::Range { start, end } = *select {
+            for (what, value) in [("start", start), ("end", end)] {
+                if value % ps != 0 {
+                    return Err(InspectError::Unaligned {
+                        what,
+                        value,
+                        page_size: ps,
+                    });
+                }
+            }
+            if end <= start {
+                return Err(InspectError::EmptyRange { start, end });
+            }
+        }
+        let all = self.mappings()?;
+        let chosen: Vec<(Mapping, usize, usize)> = all
+            .into_iter()
+            .filter_map(|m| match select {
+                Select::All => Some((m.start, m.end, m)),
+                Select::Range { start, end } => (m.end > *start && m.start < *end)
+                    .then(|| (m.start.max(*start), m.end.min(*end), m)),
+                Select::Path(p) => {
+                    let name = m.path.rsplit('/').next().unwrap_or("");
+                    (m.path == *p || (!p.contains('/') && name == p)).then_some((m.start, m.end, m))
+                }
+            })
+            .map(|(a, b, m)| (m, a, b))
+            .collect();
+        if chosen.is_empty() {
+            return Err(match select {
+                Select::Range { start, end } => InspectError::NotMapped {
+                    pid: self.pid,
+                    start: *start,
+                    end: *end,
+                },
+                Select::Path(p) => InspectError::NoSuchMapping {
+                    pid: self.pid,
+                    path: p.clone(),
+                },
+                Select::All => InspectError::NoSuchProcess { pid: self.pid },
+            });
+        }
+        let &(_, swap_active, soft_dirty) = system();
+        let env = Env {
+            scan: self.scan,
+            swap_active,
+            soft_dirty,
+        };
+        let mut mappings = Vec::with_capacity(chosen.len());
+        for (m, a, b) in &chosen {
+            let pages = walk::walk(&self.pagemap, &env, m, (*a, *b)).map_err(|(errno, io)| {
+                match errno {
+                    // The process exited (its mm is gone) while we walked it.
+                    Some(nix::errno::Errno::ESRCH) => InspectError::NoSuchProcess { pid: self.pid },
+                    Some(e) => InspectError::Scan {
+                        start: *a,
+                        end: *b,
+                        errno: Errno::from_raw(e as i32),
+                    },
+                    None => InspectError::io(self.pid, "pagemap", io),
+                }
+            })?;
+            mappings.push(pages);
+        }
+        let mut not_available = Vec::new();
+        if !self.scan {
+            not_available.push(("zero_page", "needs PAGEMAP_SCAN (Linux >= 6.7): raw pagemap entries hide PFNs without CAP_SYS_ADMIN"));
+            not_available.push(("huge", "needs PAGEMAP_SCAN (Linux >= 6.7)"));
+            not_available.push(("written", "needs PAGEMAP_SCAN (Linux >= 6.7)"));
+        } else {
+            not_available.push(("written", "reported only for mappings an async write-protect userfaultfd (UFFD_FEATURE_WP_ASYNC) arms"));
+        }
+        if !soft_dirty {
+            not_available.push((
+                "soft_dirty",
+                "not available: this kernel has no soft-dirty tracking (CONFIG_MEM_SOFT_DIRTY)",
+            ));
+        }
+        Ok(Report {
+            pid: self.pid,
+            page_size: ps,
+            source: if self.scan { "PAGEMAP_SCAN" } else { "pagemap" },
+            not_available,
+            mappings,
+        })
+    }
+}
