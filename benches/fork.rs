@@ -4,7 +4,8 @@
 //!   written since it was protected, the worst case: the fork re-protects them all), and
 //!   repeated forks of one region with 1% of its pages written between two forks, beside
 //!   `fork()` of this process with that region mapped (time in the parent; the child
-//!   `_exit`s at once), min / median;
+//!   `_exit`s at once), min / median; and the first fork with `.eager_reprotect(1ms)` after
+//!   an idle pause (pages re-armed in the background);
 //! * **first write after the fork**: one word per page on N random pages, on the origin
 //!   (write-protect fault, the clone's copy, un-protect) and on the clone (missing fault that
 //!   installs the inherited page, then the write-protect fault), beside the parent's writes
@@ -56,6 +57,7 @@ fn first_writes(w: &[std::sync::atomic::AtomicU64], order: &[usize]) -> Duration
 struct Row {
     size: &'static str,
     first_fork: (Duration, Duration),
+    eager_fork: (Duration, Duration),
     ww_fork: (Duration, Duration),
     os_fork: (Duration, Duration),
     origin_write: Duration,
@@ -76,6 +78,23 @@ fn run(size: &'static str, len: usize, reps: usize, writes: usize) -> Row {
         let clone = fresh.fork().expect("fork");
         first.push(t0.elapsed());
         drop(clone);
+    }
+    // The same first fork with `.eager_reprotect(1ms)`: the written pages were re-armed in
+    // the service thread's idle time (here a 200 ms pause) before the fork.
+    let mut eager = Vec::new();
+    {
+        let te = Tracker::builder()
+            .eager_reprotect(Duration::from_millis(1))
+            .build()
+            .expect("tracker");
+        for _ in 0..reps.min(3) {
+            let fresh = populated(&te, len);
+            std::thread::sleep(Duration::from_millis(200));
+            let t0 = Instant::now();
+            let clone = fresh.fork().expect("fork");
+            eager.push(t0.elapsed());
+            drop(clone);
+        }
     }
     // Repeated forks of one region, 1% of its pages written between two forks: only those
     // are re-protected. Beside the process's fork() with the same region mapped.
@@ -124,6 +143,7 @@ fn run(size: &'static str, len: usize, reps: usize, writes: usize) -> Row {
     Row {
         size,
         first_fork: min_median(first),
+        eager_fork: min_median(eager),
         ww_fork: min_median(ww),
         os_fork: min_median(os),
         origin_write,
@@ -143,21 +163,24 @@ fn main() {
         vec![("64 MiB", 64 << 20), ("1 GiB", 1 << 30)]
     };
     let reps = if smoke { 2 } else { 7 };
-    println!("| region | first Region::fork (all pages written) min / median | Region::fork, 1% written since the last, min / median | process fork() min / median | fork ratio first, repeated (median) | first write: origin / clone / kernel fork-COW (us) | write ratio origin, clone | memory at 1%+1% written / written |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| region | first Region::fork (all pages written) min / median | same, `.eager_reprotect(1ms)` after a pause | Region::fork, 1% written since the last, min / median | process fork() min / median | fork ratio first, eager, repeated (median) | first write: origin / clone / kernel fork-COW (us) | write ratio origin, clone | memory at 1%+1% written / written |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, len) in sizes {
         let r = run(name, len, reps, 2000);
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         println!(
-            "| {} | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.2}x, {:.3}x | {:.1} / {:.1} / {:.2} | {:.1}x, {:.1}x | {:.3}x |",
+            "| {} | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.2}x, {:.3}x, {:.3}x | {:.1} / {:.1} / {:.2} | {:.1}x, {:.1}x | {:.3}x |",
             r.size,
             ms(r.first_fork.0),
             ms(r.first_fork.1),
+            ms(r.eager_fork.0),
+            ms(r.eager_fork.1),
             ms(r.ww_fork.0),
             ms(r.ww_fork.1),
             ms(r.os_fork.0),
             ms(r.os_fork.1),
             ms(r.first_fork.1) / ms(r.os_fork.1),
+            ms(r.eager_fork.1) / ms(r.os_fork.1),
             ms(r.ww_fork.1) / ms(r.os_fork.1),
             us(r.origin_write),
             us(r.clone_write),

@@ -196,7 +196,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         t0.elapsed().as_secs_f64() * 1e3,
         pages - 2 * k
     );
-    rss_line("origin dropped", &clone, None);
+    rss_line("origin dropped (the clone)", &clone, None);
     for &p in &order[..2 * k] {
         check(
             v[p * 512].load(Relaxed) == p as u64 + 1,

@@ -282,7 +282,8 @@ impl Region {
     ///
     /// Errors: [`ForkError::Unsupported`] on a backend other than `Backend::SyncUffd`,
     /// [`ForkError::InThread`] with in-thread fault handling, [`ForkError::KindUnsupported`]
-    /// for hugetlbfs regions, [`ForkError::Invalidated`] for a region no longer tracked.
+    /// for hugetlbfs and file-backed regions, [`ForkError::Invalidated`] for a region no
+    /// longer tracked.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

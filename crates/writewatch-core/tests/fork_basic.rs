@@ -303,3 +303,48 @@ fn adopted_origin_forks_and_can_be_unmapped_after_its_drop() {
         }
     });
 }
+
+/// Options that change how the origin is protected: eager protection at registration
+/// (`lazy_arming(false)`), background re-arming, fault-around, a spinning service thread.
+#[test]
+fn fork_under_other_tracker_options() {
+    watchdog(120, "options", || {
+        let builders = [
+            Tracker::builder().lazy_arming(false),
+            Tracker::builder().eager_reprotect(Duration::ZERO),
+            Tracker::builder().fault_around(16),
+            Tracker::builder().spin(Duration::from_micros(20)),
+        ];
+        for (k, b) in builders.into_iter().enumerate() {
+            let t = b.build().unwrap();
+            let pages = 64;
+            let a = t.map_anonymous(pages * PS).unwrap();
+            let w = a.as_atomic_u64();
+            for p in 0..pages {
+                w[p * WORDS_PER_PAGE].store(p as u64 + 1, SeqCst);
+            }
+            let b = a.fork().unwrap();
+            for p in 0..pages {
+                w[p * WORDS_PER_PAGE].store(0, SeqCst); // sequential: fault-around runs
+            }
+            let c = b.fork().unwrap();
+            for p in 0..pages {
+                b.as_atomic_u64()[p * WORDS_PER_PAGE].store(7, SeqCst);
+            }
+            for p in 0..pages {
+                let want = p as u64 + 1;
+                assert_eq!(
+                    c.as_atomic_u64()[p * WORDS_PER_PAGE].load(SeqCst),
+                    want,
+                    "{k}: c {p}"
+                );
+                assert_eq!(
+                    b.as_atomic_u64()[p * WORDS_PER_PAGE].load(SeqCst),
+                    7,
+                    "{k}: b {p}"
+                );
+                assert_eq!(w[p * WORDS_PER_PAGE].load(SeqCst), 0, "{k}: a {p}");
+            }
+        }
+    });
+}

@@ -273,6 +273,8 @@ fn madvise_on_either_side() {
                 assert_eq!(r.as_atomic_u64()[p * WPP].load(SeqCst), 40 + p as u64);
             }
         }
+        assert_eq!(b.cut().unwrap().dirty().len(), pages); // the clone's first epoch
+        let snap = b.snapshot().unwrap();
         // SAFETY: the ranges are the regions' own; zapping them is a documented event.
         unsafe { libc::madvise(b.as_ptr().cast(), 4 * PS, libc::MADV_DONTNEED) };
         // SAFETY: as above.
@@ -298,6 +300,22 @@ fn madvise_on_either_side() {
                 40 + p as u64,
                 "clone 2 page {p}"
             );
+        }
+        // The zapped pages (shared ones included) changed: reported in the clone's epoch,
+        // and the snapshot taken before says Discarded for them, never zeros.
+        let dirty: Vec<u64> = b.cut().unwrap().dirty().iter().collect();
+        assert!((0..4).all(|p| dirty.contains(&p)), "{dirty:?}");
+        let mut buf = vec![0u8; PS];
+        for p in 0..4u64 {
+            match snap.read_page(p, &mut buf) {
+                Err(writewatch_core::SnapshotError::Discarded { .. }) => {}
+                Ok(()) => assert_eq!(
+                    u64::from_ne_bytes(buf[..8].try_into().unwrap()),
+                    40 + p,
+                    "snapshot page {p}"
+                ),
+                Err(e) => panic!("snapshot page {p}: {e}"),
+            }
         }
     });
 }

@@ -30,7 +30,7 @@ pub(crate) fn fork(
     if control.config.in_thread {
         return Err(ForkError::InThread);
     }
-    if parent.kind == RegionKind::Hugetlb {
+    if !matches!(parent.kind, RegionKind::Anonymous | RegionKind::Shmem) {
         return Err(ForkError::KindUnsupported {
             kind: parent.kind.name(),
         });

@@ -241,7 +241,7 @@ impl Service {
     /// (their content is zero from now on).
     ///
     /// The kernel zaps the range once the event is read, concurrently with this copy
-    /// (docs/design.md, "Fork"): a page copied while still present is its content before
+    /// (docs/design.md section 10): a page copied while still present is its content before
     /// the zap; a lazily armed parent's page that had content and is already gone when read
     /// is lost for the clones that still shared it. They get zeros, and it is logged.
     pub(super) fn before_remove(&mut self, start: usize, end: usize) {
@@ -281,8 +281,14 @@ impl Service {
                 }
             }
             if let Some(l) = &inner.lineage {
+                // A shared page's content changes too (inherited -> zero): count it as a page
+                // with content, so the REMOVE handling reports it dirty and marks it LOST for
+                // the clone's views (`on_remove_lazy` only looks at populated pages).
                 for p in first..=last {
-                    l.own(p);
+                    if !l.owns(p) {
+                        self.mark_populated(&inner, p);
+                        l.own(p);
+                    }
                 }
             }
         }
