@@ -50,6 +50,7 @@ test: setup s3-server
 	$(CARGO) run -q --example arena-checkpoint -- --quick
 	$(CARGO) run -q --example fuzz-reset -- --quick
 	$(CARGO) run -q --example dirty-rate -- --quick
+	$(CARGO) run -q --example cow-fork -- --quick
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps -q
 
 doc: setup
