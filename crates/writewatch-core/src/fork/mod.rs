@@ -19,7 +19,7 @@
 //! Files: `lineage.rs` (the clone's owned bits and parent, and how a shared page is read);
 //! `clone.rs` (creating the clone's mapping and asking the service thread to fork);
 //! the service-thread side is `service/fork.rs`. The design and its proof are in
-//! docs/design.md, section 10.
+//! docs/design.md, section 13.
 
 pub(crate) mod clone;
 pub(crate) mod lineage;

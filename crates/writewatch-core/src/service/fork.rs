@@ -88,7 +88,7 @@ impl Service {
         // reports every page: its content is new to the tracker (as for `adopt`), so a
         // checkpoint of the clone starts from a full image.
         // The clone gets the eager re-arming bits every region of this tracker gets (the
-        // adaptive policy, section 11); in-thread trackers cannot fork (`fork::clone`).
+        // adaptive policy, design.md section 10); in-thread trackers cannot fork (`fork::clone`).
         let arm = self
             .eager_on()
             .then(|| Arc::new(crate::armed::ArmBits::new(child.page_count)));
@@ -241,7 +241,7 @@ impl Service {
     /// (their content is zero from now on).
     ///
     /// The kernel zaps the range once the event is read, concurrently with this copy
-    /// (docs/design.md section 10): a page copied while still present is its content before
+    /// (docs/design.md section 13): a page copied while still present is its content before
     /// the zap; a lazily armed parent's page that had content and is already gone when read
     /// is lost for the clones that still shared it. They get zeros, and it is logged.
     pub(super) fn before_remove(&mut self, start: usize, end: usize) {
