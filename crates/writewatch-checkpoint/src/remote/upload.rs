@@ -109,11 +109,21 @@ mod tests {
 
     #[test]
     fn part_size_keeps_every_upload_within_the_part_limit() {
-        for max_len in [0u64, 1, 5 << 20, 100 << 30, (100 << 30) + (100 << 30) / 100, 4 << 40] {
+        for max_len in [
+            0u64,
+            1,
+            5 << 20,
+            100 << 30,
+            (100 << 30) + (100 << 30) / 100,
+            4 << 40,
+        ] {
             for configured in [0usize, 1, 5 << 20, 16 << 20, 1 << 30] {
                 let p = part_size_for(configured, max_len);
                 assert!(p >= MIN_PART && p >= configured);
-                assert!(max_len.div_ceil(p as u64) <= MAX_PARTS, "{max_len} {configured}");
+                assert!(
+                    max_len.div_ceil(p as u64) <= MAX_PARTS,
+                    "{max_len} {configured}"
+                );
             }
         }
         assert_eq!(part_size_for(16 << 20, 100 << 30), 16 << 20);

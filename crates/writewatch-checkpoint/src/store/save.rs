@@ -72,9 +72,7 @@ impl Store {
             let name = segment_file_name(epoch, nonce);
             // A segment is at most the region, its index (40 bytes per run, a run per page
             // at worst) and its header and footer.
-            let max_len = geometry.region_len()
-                + geometry.page_count * 40
-                + 1024;
+            let max_len = geometry.region_len() + geometry.page_count * 40 + 1024;
             let sink = ObjectSink::begin(backend.clone(), name, nonce, max_len)?;
             return SegmentBuilder::create_upload(
                 sink,
