@@ -116,6 +116,7 @@ fn main() {
         t_plain_get.push(t.elapsed());
         assert!(dst == region);
         drop(dst);
+        rt.block_on(plain.delete(&path)).unwrap();
 
         // The store on object storage.
         let url = format!("s3://bucket/store{rep}");
@@ -129,6 +130,7 @@ fn main() {
         t_obj_get.push(t.elapsed());
         assert!(m.as_slice() == &region[..]);
         drop(m);
+        let _ = std::fs::remove_dir_all(server.data_dir().join(format!("bucket/store{rep}")));
 
         // The local-disk store (page cache warm on restore).
         let mut local = Store::create(tmp.path().join(format!("local{rep}"))).unwrap();
@@ -139,6 +141,8 @@ fn main() {
         let m = local.restore(0).unwrap();
         t_loc_get.push(t.elapsed());
         assert!(m.as_slice() == &region[..]);
+        drop((m, local));
+        let _ = std::fs::remove_dir_all(tmp.path().join(format!("local{rep}")));
     }
     let rows = [
         (

@@ -43,7 +43,10 @@ impl IoError {
     /// credentials, missing bucket, connection lost after the retries...). `None` for a
     /// local I/O error.
     pub fn remote_kind(&self) -> Option<RemoteErrorKind> {
-        crate::remote::remote_kind(&self.source)
+        self.source
+            .get_ref()
+            .and_then(|r| r.downcast_ref::<RemoteError>())
+            .map(|r| r.kind)
     }
 }
 

@@ -47,6 +47,9 @@ impl ManifestEntry {
     }
 }
 
+/// Name of the manifest file inside a store directory (the manifest object under a prefix).
+pub const MANIFEST_NAME: &str = "MANIFEST";
+
 /// File name of a segment.
 pub fn segment_file_name(epoch: u64, nonce: u64) -> String {
     format!("seg-{epoch:016x}-{nonce:016x}.wws")

@@ -22,7 +22,9 @@ pub use common::{
     MANIFEST_MAGIC, MAX_PAGE_SIZE, MAX_REGION_LEN, MAX_RUN_BYTES, MIN_PAGE_SIZE, NO_PARENT,
     RUN_ENTRY_LEN, SEGMENT_MAGIC,
 };
-pub use manifest::{is_segment_file_name, segment_file_name, Manifest, ManifestEntry};
+pub use manifest::{
+    is_segment_file_name, segment_file_name, Manifest, ManifestEntry, MANIFEST_NAME,
+};
 pub(crate) use segment::decode_frame;
 pub use segment::{
     decode_index, decode_segment, encode_index, DecodedSegment, RunEntry, RunKind, SegmentFooter,

@@ -27,8 +27,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 use crate::error::{CorruptError, Corruption, IoError, ReadError, RemoteError, RemoteErrorKind};
-use crate::format::Manifest;
-use crate::store::manifest::MANIFEST_NAME;
+use crate::format::{Manifest, MANIFEST_NAME};
 
 /// Tuning of object-storage stores (part size, parallelism, retries).
 ///
@@ -223,13 +222,6 @@ pub(crate) fn to_io(e: object_store::Error) -> io::Error {
         _ => (RemoteErrorKind::Other, io::ErrorKind::Other),
     };
     io::Error::new(io_kind, RemoteError::new(kind, e))
-}
-
-/// The kind of the remote error inside `e`, if any.
-pub(crate) fn remote_kind(e: &io::Error) -> Option<RemoteErrorKind> {
-    e.get_ref()
-        .and_then(|r| r.downcast_ref::<RemoteError>())
-        .map(|r| r.kind)
 }
 
 impl ObjectBackend {

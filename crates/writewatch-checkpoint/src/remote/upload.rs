@@ -19,6 +19,16 @@ use crate::error::IoError;
 /// Smallest part S3 accepts (except the last one).
 const MIN_PART: usize = 5 << 20;
 
+/// Most parts one S3 multipart upload may have.
+const MAX_PARTS: u64 = 10_000;
+
+/// The part size for a segment of at most `max_len` bytes: the configured size, raised
+/// (to a whole MiB) so that the upload needs at most [`MAX_PARTS`] parts.
+pub(crate) fn part_size_for(configured: usize, max_len: u64) -> usize {
+    let needed = max_len.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20;
+    configured.max(MIN_PART).max(needed as usize)
+}
+
 /// One segment being uploaded.
 pub(crate) struct ObjectSink {
     backend: Arc<ObjectBackend>,
@@ -30,16 +40,18 @@ pub(crate) struct ObjectSink {
 
 impl ObjectSink {
     /// Starts a multipart upload of object `name`.
+    /// `max_len` bounds the segment's size (it sets the smallest usable part size).
     pub(crate) fn begin(
         backend: Arc<ObjectBackend>,
         name: String,
         nonce: u64,
+        max_len: u64,
     ) -> Result<ObjectSink, IoError> {
         let path = backend.path(&name);
         let upload = backend
             .block_on(backend.store.put_multipart(&path))
             .map_err(|e| IoError::new("start upload of", backend.display(&name), to_io(e)))?;
-        let part = backend.options.part_size.max(MIN_PART);
+        let part = part_size_for(backend.options.part_size, max_len);
         let concurrency = backend.options.upload_concurrency.max(1);
         Ok(ObjectSink {
             upload: Some(WriteMultipart::new_with_chunk_size(upload, part)),
@@ -88,5 +100,32 @@ impl Drop for ObjectSink {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_keeps_every_upload_within_the_part_limit() {
+        for max_len in [
+            0u64,
+            1,
+            5 << 20,
+            100 << 30,
+            (100 << 30) + (100 << 30) / 100,
+            4 << 40,
+        ] {
+            for configured in [0usize, 1, 5 << 20, 16 << 20, 1 << 30] {
+                let p = part_size_for(configured, max_len);
+                assert!(p >= MIN_PART && p >= configured);
+                assert!(
+                    max_len.div_ceil(p as u64) <= MAX_PARTS,
+                    "{max_len} {configured}"
+                );
+            }
+        }
+        assert_eq!(part_size_for(16 << 20, 100 << 30), 16 << 20);
     }
 }

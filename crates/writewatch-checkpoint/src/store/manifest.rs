@@ -10,8 +10,7 @@ use crate::error::{CommitError, CorruptError, Corruption, IoContext, IoError, Re
 use crate::files::{fresh_nonce, fsync_dir, TempFile, TEMP_PREFIX};
 use crate::format::Manifest;
 
-/// Name of the manifest file inside a store directory.
-pub const MANIFEST_NAME: &str = "MANIFEST";
+pub use crate::format::MANIFEST_NAME;
 
 /// Writes `m` to a new temporary file in `dir` and `fdatasync`s it.
 pub(super) fn write_manifest_temp(dir: &Path, m: &Manifest) -> Result<TempFile, IoError> {

@@ -70,7 +70,10 @@ impl Store {
             // references it, an orphan (listed by verify, removed by compact) otherwise.
             let nonce = fresh_nonce();
             let name = segment_file_name(epoch, nonce);
-            let sink = ObjectSink::begin(backend.clone(), name, nonce)?;
+            // A segment is at most the region, its index (40 bytes per run, a run per page
+            // at worst) and its header and footer.
+            let max_len = geometry.region_len() + geometry.page_count * 40 + 1024;
+            let sink = ObjectSink::begin(backend.clone(), name, nonce, max_len)?;
             return SegmentBuilder::create_upload(
                 sink,
                 header,
