@@ -174,7 +174,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         cuts + 1,
         cut_time / cuts.max(1) as u32,
     );
-    let exact = min_lap.map_or(true, |l| l > longest_epoch);
+    let exact = min_lap.is_none_or(|l| l > longest_epoch);
     if exact {
         if reported != writes {
             return Err(format!("the monitor reported {reported} dirty pages, the writers wrote {writes} (no page could be written twice in one epoch: they must be equal)").into());

@@ -62,7 +62,7 @@ impl Model {
     }
 
     fn advance_to(&mut self, target: u64) {
-        while self.epoch.map_or(true, |e| e < target) {
+        while self.epoch.is_none_or(|e| e < target) {
             self.step();
         }
     }
@@ -141,10 +141,7 @@ fn crash_safety() {
         reader.join().unwrap();
         let before = last_reported;
         for e in rx.try_iter() {
-            assert!(
-                last_reported.map_or(true, |l| e > l),
-                "epochs must increase"
-            );
+            assert!(last_reported.is_none_or(|l| e > l), "epochs must increase");
             last_reported = Some(e);
         }
         if last_reported != before {

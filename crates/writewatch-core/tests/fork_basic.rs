@@ -2,8 +2,8 @@
 //! running writers (the stamped-page oracle of the snapshot tests), and bad input.
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -124,42 +124,15 @@ fn fork_oracle_on(
     } else {
         t.map_anonymous(pages * PS).unwrap()
     });
-    let stop = Arc::new(AtomicBool::new(false));
-    let logs: Arc<Vec<Mutex<Vec<u32>>>> =
-        Arc::new((0..threads).map(|_| Mutex::new(vec![u32::MAX])).collect());
-    let published: Arc<Vec<AtomicU64>> =
-        Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
-    let mut hs = Vec::new();
-    for th in 0..threads {
-        let (region, stop, logs, published) = (
-            Arc::clone(&region),
-            Arc::clone(&stop),
-            Arc::clone(&logs),
-            Arc::clone(&published),
-        );
-        hs.push(std::thread::spawn(move || {
-            let words = region.as_atomic_u64();
-            let mut rng = Rng(0x5EED_0000 + th as u64 * 7919);
-            let mut seq = 1u64;
-            let mut local = Vec::with_capacity(64);
-            while !stop.load(SeqCst) {
-                let p = rng.below(pages as u64) as usize;
-                local.push(p as u32);
-                words[p * WORDS_PER_PAGE + th].store(stamp(th, seq), SeqCst);
-                if local.len() == 64 {
-                    logs[th].lock().unwrap().append(&mut local);
-                    published[th].store(seq, SeqCst);
-                    std::thread::sleep(Duration::from_micros(100));
-                }
-                seq += 1;
-            }
-            logs[th].lock().unwrap().append(&mut local);
-            published[th].store(seq - 1, SeqCst);
-        }));
-    }
+    let mut w = StampedWriters::start(
+        &region,
+        threads,
+        64,
+        Duration::from_micros(100),
+        0x5EED_0000,
+    );
     let mut r = Consistency::default();
-    let mut expect = vec![[0u64; SLOTS]; pages];
-    let mut replayed = vec![0u64; threads];
+    let mut touched = Vec::new();
     for _ in 0..forks {
         std::thread::sleep(Duration::from_millis(2));
         let clone = region.fork().expect("fork");
@@ -178,49 +151,15 @@ fn fork_oracle_on(
                 r.torn += 1;
             }
         }
-        for th in 0..threads {
-            let l = image
-                .iter()
-                .map(|w| w[th] & ((1 << 40) - 1))
-                .max()
-                .unwrap_or(0);
-            if l < replayed[th] {
-                r.lost += 1;
-                continue;
-            }
-            while published[th].load(SeqCst) < l {
-                std::thread::yield_now();
-            }
-            let log = logs[th].lock().unwrap();
-            for seq in replayed[th] + 1..=l {
-                let p = log[seq as usize] as usize;
-                expect[p][th] = stamp(th, seq);
-            }
-            replayed[th] = l;
-        }
-        for p in 0..pages {
-            for th in 0..threads {
-                if image[p][th] != expect[p][th] {
-                    if r.violations < 5 {
-                        eprintln!(
-                            "fork {}: page {p} slot {th}: clone {:#x} != replay {:#x}",
-                            r.cuts, image[p][th], expect[p][th]
-                        );
-                    }
-                    r.violations += 1;
-                }
-            }
-        }
+        touched.clear();
+        w.replay_to(&image, &mut touched, &mut r);
+        w.check(&image, 0..pages, &mut r, "clone");
         // Writes to the clone never reach the origin (slot SLOTS-1 is unused when threads < 4;
         // use the word after the slots instead).
         cw[SLOTS].store(0xC10E, SeqCst);
         assert_eq!(region.as_atomic_u64()[SLOTS].load(SeqCst), 0);
     }
-    stop.store(true, SeqCst);
-    for h in hs {
-        h.join().unwrap();
-    }
-    r.writes = published.iter().map(|p| p.load(SeqCst)).sum();
+    r.writes = w.finish();
     r
 }
 

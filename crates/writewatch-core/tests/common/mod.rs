@@ -217,54 +217,20 @@ pub fn consistency_oracle(
     assert!(threads <= SLOTS);
     let pages = region.page_count() as usize;
     region.cut().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    // Shared logs so the checker can replay while writers run: log[t] grows append-only; the
-    // writer publishes how far it has written with `published[t]` AFTER each store.
-    let logs: Arc<Vec<std::sync::Mutex<Vec<u32>>>> = Arc::new(
-        (0..threads)
-            .map(|_| std::sync::Mutex::new(vec![u32::MAX]))
-            .collect(),
+    // Pace the writers: rewrites of already-writable pages cost nothing, and the log (4
+    // bytes per write) must stay small.
+    let mut w = StampedWriters::start(
+        &region,
+        threads,
+        256,
+        Duration::from_micros(200),
+        0xABCD_EF01,
     );
-    let published: Arc<Vec<AtomicU64>> =
-        Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
-    let mut hs = Vec::new();
-    for t in 0..threads {
-        let (region, stop, logs, published) = (
-            Arc::clone(&region),
-            Arc::clone(&stop),
-            Arc::clone(&logs),
-            Arc::clone(&published),
-        );
-        hs.push(std::thread::spawn(move || {
-            let words = region.as_atomic_u64();
-            let mut rng = Rng(0xABCD_EF01 + t as u64 * 7919);
-            let mut seq = 1u64;
-            let mut local = Vec::with_capacity(256);
-            while !stop.load(SeqCst) {
-                let p = rng.below(pages as u64) as usize;
-                local.push(p as u32);
-                words[p * WORDS_PER_PAGE + t].store(stamp(t, seq), SeqCst);
-                if local.len() == 256 {
-                    logs[t].lock().unwrap().append(&mut local);
-                    published[t].store(seq, SeqCst);
-                    // Pace the writers: rewrites of already-writable pages cost nothing, and
-                    // the log (4 bytes per write) must stay small.
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                seq += 1;
-            }
-            logs[t].lock().unwrap().append(&mut local);
-            published[t].store(seq - 1, SeqCst);
-        }));
-    }
     let mut r = Consistency::default();
     let mut image = vec![[0u64; SLOTS]; pages];
-    let mut expect = vec![[0u64; SLOTS]; pages];
-    let mut replayed = vec![0u64; threads];
     let mut touched: Vec<usize> = Vec::new();
     loop {
-        let writes: u64 = published.iter().map(|p| p.load(SeqCst)).sum();
-        if done(r.cuts, writes) {
+        if done(r.cuts, w.writes()) {
             break;
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -302,37 +268,143 @@ pub fn consistency_oracle(
         }
         drop(reader);
         drop(epoch);
+        w.replay_to(&image, &mut touched, &mut r);
+        // Every page either side changed must agree: the cut is exactly the prefixes.
+        w.check(&image, touched.iter().copied(), &mut r, "snapshot");
+    }
+    r.writes = w.finish();
+    r
+}
+
+/// `threads` writer threads stamping `(thread, seq)` into their own word (slot) of random
+/// pages of a region, logging each page so that a checker can replay any prefix while they
+/// run: the writer side of the consistency oracles (cuts, snapshots, forks).
+pub struct StampedWriters {
+    stop: Arc<AtomicBool>,
+    /// `logs[t][seq]`: the page thread t's write `seq` went to (append-only; index 0 unused).
+    logs: Arc<Vec<std::sync::Mutex<Vec<u32>>>>,
+    /// How far thread t's log is published, stored AFTER the writes it covers.
+    published: Arc<Vec<AtomicU64>>,
+    hs: Vec<std::thread::JoinHandle<()>>,
+    /// The prefix of each thread replayed into `expect` so far.
+    replayed: Vec<u64>,
+    /// Per page, per slot: the replayed content.
+    pub expect: Vec<[u64; SLOTS]>,
+}
+
+impl StampedWriters {
+    /// Starts the writers; each publishes its log every `batch` writes, then sleeps `pause`.
+    pub fn start(
+        region: &Arc<Region>,
+        threads: usize,
+        batch: usize,
+        pause: Duration,
+        seed: u64,
+    ) -> StampedWriters {
+        assert!(threads <= SLOTS);
+        let pages = region.page_count() as usize;
+        let stop = Arc::new(AtomicBool::new(false));
+        let logs: Arc<Vec<std::sync::Mutex<Vec<u32>>>> = Arc::new(
+            (0..threads)
+                .map(|_| std::sync::Mutex::new(vec![u32::MAX]))
+                .collect(),
+        );
+        let published: Arc<Vec<AtomicU64>> =
+            Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
+        let mut hs = Vec::new();
         for t in 0..threads {
-            // The prefix of thread t included in this cut.
+            let (region, stop, logs, published) = (
+                Arc::clone(region),
+                Arc::clone(&stop),
+                Arc::clone(&logs),
+                Arc::clone(&published),
+            );
+            hs.push(std::thread::spawn(move || {
+                let words = region.as_atomic_u64();
+                let mut rng = Rng(seed + t as u64 * 7919);
+                let mut seq = 1u64;
+                let mut local = Vec::with_capacity(batch);
+                while !stop.load(SeqCst) {
+                    let p = rng.below(pages as u64) as usize;
+                    local.push(p as u32);
+                    words[p * WORDS_PER_PAGE + t].store(stamp(t, seq), SeqCst);
+                    if local.len() == batch {
+                        logs[t].lock().unwrap().append(&mut local);
+                        published[t].store(seq, SeqCst);
+                        std::thread::sleep(pause);
+                    }
+                    seq += 1;
+                }
+                logs[t].lock().unwrap().append(&mut local);
+                published[t].store(seq - 1, SeqCst);
+            }));
+        }
+        StampedWriters {
+            stop,
+            logs,
+            published,
+            hs,
+            replayed: vec![0; threads],
+            expect: vec![[0u64; SLOTS]; pages],
+        }
+    }
+
+    /// Writes published so far (all threads).
+    pub fn writes(&self) -> u64 {
+        self.published.iter().map(|p| p.load(SeqCst)).sum()
+    }
+
+    /// Replays, per thread, the prefix that `image` includes (its largest `seq` in that
+    /// thread's slot) into [`expect`](Self::expect), pushing the pages replayed onto
+    /// `touched`; a prefix shorter than one replayed before counts as `lost`.
+    pub fn replay_to(
+        &mut self,
+        image: &[[u64; SLOTS]],
+        touched: &mut Vec<usize>,
+        r: &mut Consistency,
+    ) {
+        for t in 0..self.replayed.len() {
             let l = image
                 .iter()
                 .map(|w| w[t] & ((1 << 40) - 1))
                 .max()
                 .unwrap_or(0);
-            if l < replayed[t] {
-                r.lost += 1; // a later cut lost writes an earlier one had
+            if l < self.replayed[t] {
+                r.lost += 1; // a later image lost writes an earlier one had
                 continue;
             }
             // Wait until the writer has published its log that far (it is past the cut).
-            while published[t].load(SeqCst) < l && !hs[t].is_finished() {
+            while self.published[t].load(SeqCst) < l && !self.hs[t].is_finished() {
                 std::thread::yield_now();
             }
-            let log = logs[t].lock().unwrap();
-            for seq in replayed[t] + 1..=l {
+            let log = self.logs[t].lock().unwrap();
+            for seq in self.replayed[t] + 1..=l {
                 let p = log[seq as usize] as usize;
-                expect[p][t] = stamp(t, seq);
+                self.expect[p][t] = stamp(t, seq);
                 touched.push(p);
             }
-            replayed[t] = l;
+            self.replayed[t] = l;
         }
-        // Every page either side changed must agree: the cut is exactly the prefixes.
-        for &p in &touched {
-            for t in 0..threads {
-                if image[p][t] != expect[p][t] {
+    }
+
+    /// Counts every slot of `pages` where `image` differs from the replay as a violation
+    /// (the first few are printed, labelled `what`).
+    pub fn check(
+        &self,
+        image: &[[u64; SLOTS]],
+        pages: impl IntoIterator<Item = usize>,
+        r: &mut Consistency,
+        what: &str,
+    ) {
+        let threads = self.replayed.len();
+        for p in pages {
+            let slots = image[p].iter().zip(&self.expect[p]).take(threads);
+            for (t, (got, want)) in slots.enumerate() {
+                if got != want {
                     if r.violations < 5 {
                         eprintln!(
-                            "cut {}: page {p} slot {t}: snapshot {:#x} != replay {:#x}",
-                            r.cuts, image[p][t], expect[p][t]
+                            "cut {}: page {p} slot {t}: {what} {got:#x} != replay {want:#x}",
+                            r.cuts
                         );
                     }
                     r.violations += 1;
@@ -340,10 +412,13 @@ pub fn consistency_oracle(
             }
         }
     }
-    stop.store(true, SeqCst);
-    for h in hs {
-        h.join().unwrap();
+
+    /// Stops and joins the writers; returns the number of writes.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, SeqCst);
+        for h in std::mem::take(&mut self.hs) {
+            h.join().unwrap();
+        }
+        self.writes()
     }
-    r.writes = published.iter().map(|p| p.load(SeqCst)).sum();
-    r
 }

@@ -189,7 +189,7 @@ pub(super) fn kill(mode: Mode) -> Summary {
             );
             s.lost += 1;
         }
-        while model_epoch.map_or(true, |m| m < head.epoch) {
+        while model_epoch.is_none_or(|m| m < head.epoch) {
             let e = model_epoch.map_or(0, |m| m + 1);
             apply_batch(&mut state, e);
             model_epoch = Some(e);

@@ -61,7 +61,7 @@ fn main() {
     let mode = Mode::from_env();
     let t0 = Instant::now();
     eprintln!("writewatch stress suite, mode {}", mode.name());
-    let want = |name: &str| filter.as_deref().map_or(true, |f| name.contains(f));
+    let want = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
     let mut all = Vec::new();
     // Watchdog budgets: generous against the expected run time, far below "forever".
     let wd = |short: u64, long: u64| mode.pick(short, long);
