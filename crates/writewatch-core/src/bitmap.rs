@@ -119,14 +119,22 @@ impl AtomicBitmap {
             } else {
                 ((1u64 << (hi - lo)) - 1) << lo
             };
-            self.words[w].fetch_and(!mask, Ordering::SeqCst);
+            // Words with none of the bits are not written: a write would commit the lazily
+            // zero-filled page under them (a 64 GiB region's bitmap is 2 MiB of them).
+            if self.words[w].load(Ordering::Acquire) & mask != 0 {
+                self.words[w].fetch_and(!mask, Ordering::SeqCst);
+            }
             i = w * 64 + hi;
         }
     }
 
     /// Clears every bit.
     pub(crate) fn clear_all(&self) {
-        self.candidates(true, |w| self.words[w].store(0, Ordering::SeqCst));
+        self.candidates(true, |w| {
+            if self.words[w].load(Ordering::Acquire) != 0 {
+                self.words[w].store(0, Ordering::SeqCst);
+            }
+        });
     }
 
     /// Word `w` (bits `64w..64w+64`), 0 past the end.
@@ -176,6 +184,12 @@ impl AtomicBitmap {
         let mut words = vec![0u64; self.words.len()];
         let mut count = 0;
         self.candidates(true, |w| {
+            // A zero word is not swapped (no write, so its zero-filled page stays shared); a
+            // bit set after this load stays in the word for the next harvest, as one set
+            // after the swap would.
+            if self.words[w].load(Ordering::Acquire) == 0 {
+                return;
+            }
             let v = self.words[w].swap(0, Ordering::AcqRel);
             count += v.count_ones() as usize;
             words[w] = v;
