@@ -83,7 +83,10 @@ fn find_syscall_insn(pid: u32) -> Result<usize, AttachError> {
         .find(|m| m.path == "[vdso]")
         .ok_or(AttachError::NoSyscallInstruction(pid))?;
     let mut buf = vec![0u8; vdso.end - vdso.start];
-    let n = sys::read_remote(pid, &[vdso.start], &mut [&mut buf[..]]).unwrap_or(0);
+    let n = sys::read_remote(pid, &[vdso.start], &mut [&mut buf[..]]).unwrap_or_else(|e| {
+        tracing::warn!(pid, "reading the target's [vdso]: {e}");
+        0
+    });
     let insn = ptrace::SYSCALL_INSN;
     if insn.is_empty() {
         return Err(AttachError::Unsupported);
@@ -181,18 +184,37 @@ pub fn attach(pid: u32) -> Result<Attached, AttachError> {
             source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         },
     })?;
-    let pagemap = RemotePagemap::open(pid).map_err(|source| AttachError::Proc {
+    // Seize first, then read the maps, the pagemap and the vDSO: a thread stops only on its
+    // way back to user mode, so a target caught inside `execve` (a parent's `spawn` returns
+    // once the new mm is installed, before the kernel maps the vDSO) is seen after the exec
+    // completed, never half-built (a clean-clone CI run hit that window under load).
+    let mut pending = Vec::new();
+    seize_stopped(pid, &mut pending)?;
+    let prepared = open_pagemap(pid).and_then(|pagemap| {
+        if !pagemap.scan_available() {
+            return Err(AttachError::NoPagemapScan);
+        }
+        Ok((pagemap, find_syscall_insn(pid)?))
+    });
+    match prepared {
+        Ok((pagemap, insn)) => inject(pid, pidfd, pagemap, insn, pending),
+        Err(e) => {
+            drop(Borrowed {
+                pid,
+                saved: None,
+                pending,
+            });
+            Err(e)
+        }
+    }
+}
+
+fn open_pagemap(pid: u32) -> Result<RemotePagemap, AttachError> {
+    RemotePagemap::open(pid).map_err(|source| AttachError::Proc {
         pid,
         what: "pagemap",
         source,
-    })?;
-    if !pagemap.scan_available() {
-        return Err(AttachError::NoPagemapScan);
-    }
-    let insn = find_syscall_insn(pid)?;
-    let mut pending = Vec::new();
-    seize_stopped(pid, &mut pending)?;
-    inject(pid, pidfd, pagemap, insn, pending)
+    })
 }
 
 /// Steps 2-5 of [`attach`] on a thread this process already holds in a ptrace stop.
@@ -210,13 +232,9 @@ pub(crate) fn attach_stopped(pid: u32) -> Result<Attached, AttachError> {
         op: "pidfd_open",
         source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
     })?;
-    let pagemap = RemotePagemap::open(pid).map_err(|source| AttachError::Proc {
-        pid,
-        what: "pagemap",
-        source,
-    })?;
-    let insn = match find_syscall_insn(pid) {
-        Ok(i) => i,
+    let prepared = open_pagemap(pid).and_then(|p| Ok((p, find_syscall_insn(pid)?)));
+    let (pagemap, insn) = match prepared {
+        Ok(p) => p,
         Err(e) => {
             let _ = ptrace::detach(pid, None);
             return Err(e);
