@@ -439,6 +439,13 @@ pub enum SnapshotError {
         /// The page index.
         page: u64,
     },
+    /// The page of a file-backed region lies past the end of its file: the file was
+    /// truncated, so the page has no content (reading it would raise `SIGBUS`).
+    #[error("page {page} lies past the end of the file mapped by the region (the file was truncated): extend the file again (ftruncate) to read it, or stop tracking the region")]
+    BeyondEndOfFile {
+        /// The page index.
+        page: u64,
+    },
     /// The page index is past the end of the region.
     #[error("page {page} is out of range (the region has {pages} pages)")]
     OutOfRange {
@@ -481,6 +488,7 @@ impl SnapshotError {
             SnapshotError::NotInEpoch { page }
             | SnapshotError::AlreadyConsumed { page }
             | SnapshotError::Discarded { page }
+            | SnapshotError::BeyondEndOfFile { page }
             | SnapshotError::OutOfRange { page, .. } => Some(*page),
             SnapshotError::BadBuffer { .. }
             | SnapshotError::Invalidated(_)

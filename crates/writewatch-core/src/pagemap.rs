@@ -77,8 +77,11 @@ impl Pagemap {
     }
 
     /// Calls `f(i, entry)` with the raw 64-bit pagemap entry of each page `vpn + i`,
-    /// `i < n`, read in blocks of `buf.len()` entries (one `pread` each); stops early at the
-    /// end of the address space.
+    /// `i < n`, read in blocks of `buf.len()` entries (one `pread` each).
+    ///
+    /// A short read is an error (`ESRCH`), never a silent end: the range is inside the
+    /// address space the file was opened on, so reading less means that address space is
+    /// gone (the process exited or ran `execve`; the kernel then reads nothing).
     pub(crate) fn for_each_entry(
         &self,
         vpn: u64,
@@ -94,7 +97,7 @@ impl Pagemap {
                 f(done + i as u64, e);
             }
             if got < want {
-                break;
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             done += got as u64;
         }
@@ -210,6 +213,12 @@ impl Pagemap {
     /// from `start`) and write-protects it again in the same walk. Loops on `walk_end` when
     /// the output vector fills up (and grows it for the next cut). Counts each ioctl in
     /// `scan_ioctls` as it is made; returns their number.
+    ///
+    /// With exactly this query (category and return mask `PAGE_IS_WRITTEN`) the kernel takes
+    /// its fast path, which reports and arms every entry that is not protected, **empty
+    /// entries without a marker included** (`pagemap_scan_pmd_entry`): a page zapped while
+    /// unprotected (written in this epoch) without a `REMOVE` event, e.g. by `ftruncate`, is
+    /// reported here. `tests/mappings/truncate.rs` checks it (page 7).
     pub(crate) fn harvest(
         &self,
         (start, end, page_size): (usize, usize, usize),
@@ -246,5 +255,28 @@ impl Pagemap {
             out.resize(grown.min(1 << 20), sys::EMPTY_PAGE_REGION);
         }
         Ok(ioctls)
+    }
+
+    /// Sets in `words` the pages of `[start, end)` that are present and not file pages:
+    /// inside a private file mapping, exactly the pages the kernel copied on write (COW).
+    /// Read-only. Returns the number of ioctls.
+    pub(crate) fn copied(
+        &self,
+        (start, end, page_size): (usize, usize, usize),
+        words: &mut [u64],
+        out: &mut [PageRegion],
+    ) -> Result<u64, Errno> {
+        let q = ScanArgs {
+            category_inverted: pm::PAGE_IS_FILE,
+            category_mask: pm::PAGE_IS_FILE | pm::PAGE_IS_PRESENT,
+            return_mask: pm::PAGE_IS_PRESENT,
+            ..Default::default()
+        };
+        self.scan(start, end, q, out, |r| {
+            set_dirty_bits(
+                words,
+                pages_of(start, page_size, r.start as usize, r.end as usize),
+            )
+        })
     }
 }

@@ -248,6 +248,30 @@ impl RegionInner {
         true
     }
 
+    /// Reads page `page` of a file-backed region through `mem` (`/proc/self/mem`): a page
+    /// past the end of a truncated file is an error there, where touching it directly would
+    /// raise `SIGBUS`.
+    pub(crate) fn read_file_page(
+        &self,
+        mem: &std::fs::File,
+        page: u64,
+        buf: &mut [u8],
+    ) -> Result<(), crate::error::SnapshotError> {
+        use std::os::unix::fs::FileExt;
+        let addr = self.start + page as usize * self.page_size;
+        match mem.read_exact_at(buf, addr as u64) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EFAULT)) => {
+                Err(crate::error::SnapshotError::BeyondEndOfFile { page })
+            }
+            Err(e) => {
+                tracing::warn!(%e, "reading /proc/self/mem failed; copying directly");
+                self.copy_own_page(page, buf);
+                Ok(())
+            }
+        }
+    }
+
     /// Makes the region a fork clone (before it is registered).
     pub(crate) fn make_clone(&mut self, lineage: std::sync::Arc<Lineage>) {
         self.lineage = Some(lineage);

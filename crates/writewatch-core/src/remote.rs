@@ -212,7 +212,7 @@ impl RemotePagemap {
         end: usize,
         mut f: impl FnMut(usize, usize),
     ) -> Result<u64, Errno> {
-        let file = linux_raw_sys::general::PAGE_IS_FILE as u64;
+        let file = pm::PAGE_IS_FILE;
         let q = ScanArgs {
             category_inverted: file,
             category_mask: file | pm::PAGE_IS_PRESENT,

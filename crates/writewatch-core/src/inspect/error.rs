@@ -61,6 +61,22 @@ pub enum InspectError {
         /// The path asked for.
         path: String,
     },
+    /// The process has no user address space: a kernel thread, or a zombie (it exited and
+    /// its parent has not reaped it yet).
+    #[error("process {pid} has no user address space ({why}): only a live user process has pages to inspect")]
+    NoAddressSpace {
+        /// The process.
+        pid: u32,
+        /// `"kernel thread"` or `"zombie: exited, not yet reaped by its parent"`.
+        why: &'static str,
+    },
+    /// The address space the inspector opened is gone while the process still exists: it ran
+    /// `execve` (or exited) during the inspection. Nothing partial is returned.
+    #[error("process {pid} ran execve or exited while it was inspected (the address space that was opened is gone): inspect it again")]
+    AddressSpaceGone {
+        /// The process.
+        pid: u32,
+    },
     /// Reading a `/proc` file failed.
     #[error("reading {path} failed")]
     Read {

@@ -136,7 +136,12 @@ impl Inspector {
         }
         // The maps file first: it tells a missing process from a forbidden one.
         std::fs::File::open(&maps_path).map_err(|e| InspectError::io(id, &maps_path, e))?;
-        let pagemap = Pagemap::open_pid(pid).map_err(|e| InspectError::io(id, &pm_path, e))?;
+        // A process without an address space (kernel thread, zombie) has a maps file but
+        // no pagemap to open (ESRCH).
+        let pagemap = Pagemap::open_pid(pid).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => why_nothing(id),
+            _ => InspectError::io(id, &pm_path, e),
+        })?;
         Ok(Inspector {
             pid: id,
             maps_path,
@@ -155,6 +160,15 @@ impl Inspector {
     /// The process inspected.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The error for an address space that vanished during a walk: the process exited
+    /// (no such process now), or it lives on with another address space (`execve`).
+    fn gone(&self) -> InspectError {
+        match process_state(self.pid) {
+            None => InspectError::NoSuchProcess { pid: self.pid },
+            Some(_) => InspectError::AddressSpaceGone { pid: self.pid },
+        }
     }
 
     /// The process's mappings, as `/proc/PID/maps` lists them now.
@@ -182,6 +196,9 @@ impl Inspector {
             }
         }
         let all = self.mappings()?;
+        if all.is_empty() {
+            return Err(why_nothing(self.pid));
+        }
         let chosen: Vec<(Mapping, usize, usize)> = all
             .into_iter()
             .filter_map(|m| match select {
@@ -221,15 +238,14 @@ impl Inspector {
             let pages = walk::walk(&self.pagemap, &env, m, (*a, *b), &mut bufs).map_err(
                 |(errno, io)| {
                     match errno {
-                        // The process exited (its mm is gone) while we walked it.
-                        Some(nix::errno::Errno::ESRCH) => {
-                            InspectError::NoSuchProcess { pid: self.pid }
-                        }
+                        // The address space walked is gone: exit or execve meanwhile.
+                        Some(nix::errno::Errno::ESRCH) => self.gone(),
                         Some(e) => InspectError::Scan {
                             start: *a,
                             end: *b,
                             errno: Errno::from_raw(e as i32),
                         },
+                        None if io.raw_os_error() == Some(libc::ESRCH) => self.gone(),
                         None => InspectError::io(self.pid, "pagemap", io),
                     }
                 },
@@ -258,4 +274,36 @@ impl Inspector {
             mappings,
         })
     }
+}
+
+/// The error for a process that has no mapping at all: a kernel thread or a zombie has no
+/// user address space; a process that is gone, none; otherwise its address space went away
+/// meanwhile (exit or `execve` in progress).
+fn why_nothing(pid: u32) -> InspectError {
+    match process_state(pid) {
+        None => InspectError::NoSuchProcess { pid },
+        Some((state, flags)) => {
+            const PF_KTHREAD: u64 = 0x0020_0000;
+            let why = if flags & PF_KTHREAD != 0 {
+                "kernel thread"
+            } else if matches!(state, 'Z' | 'X') {
+                "zombie: exited, not yet reaped by its parent"
+            } else {
+                return InspectError::AddressSpaceGone { pid };
+            };
+            InspectError::NoAddressSpace { pid, why }
+        }
+    }
+}
+
+/// State letter and `flags` (fields 3 and 9 of `/proc/PID/stat`), None when the process is
+/// gone. The command name (field 2) may hold spaces and parentheses: fields are counted after
+/// its last `)`.
+fn process_state(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let flags = f.nth(5)?.parse().ok()?;
+    Some((state, flags))
 }

@@ -131,7 +131,10 @@ impl Service {
         if self.backend == Backend::AsyncUffd {
             // The kernel resolved the writes itself: one PAGEMAP_SCAN walk reports and
             // re-protects (atomically per page) every written page.
-            match self.async_harvest(&inner, &mut words) {
+            let harvested = self
+                .async_harvest(&inner, &mut words)
+                .and_then(|n| Ok(n + self.private_file_changes(start, &inner, &mut words)?));
+            match harvested {
                 Ok(n) => scan_ioctls += n,
                 Err(errno) => {
                     inner.dirty.restore(&words);

@@ -65,6 +65,7 @@ use crate::shared::{Shared, POISONED};
 use crate::sys;
 use crate::view::View;
 
+mod cow;
 mod cut;
 mod eager;
 mod events;
@@ -139,6 +140,9 @@ struct Entry {
     /// Adaptive policy: when the open epoch started, and the region's fault count then.
     epoch_t0: Instant,
     faults_at_cut: u64,
+    /// Private file regions on the async backend: the pages copied on write at the last cut
+    /// (one bit per page; see `cow.rs`).
+    copied: Option<Vec<u64>>,
 }
 
 impl Entry {
@@ -155,6 +159,7 @@ impl Entry {
             seq: policy::Sequential::default(),
             epoch_t0: Instant::now(),
             faults_at_cut: 0,
+            copied: None,
         }
     }
 

@@ -33,6 +33,7 @@ pub(crate) mod pm {
     pub(crate) const PAGE_IS_HUGE: u64 = k::PAGE_IS_HUGE as u64;
     pub(crate) const PAGE_IS_SOFT_DIRTY: u64 = k::PAGE_IS_SOFT_DIRTY as u64;
     pub(crate) const PAGE_IS_GUARD: u64 = k::PAGE_IS_GUARD as u64;
+    pub(crate) const PAGE_IS_FILE: u64 = k::PAGE_IS_FILE as u64;
     pub(crate) const PM_SCAN_WP_MATCHING: u64 = k::PM_SCAN_WP_MATCHING as u64;
     pub(crate) const PM_SCAN_CHECK_WPASYNC: u64 = k::PM_SCAN_CHECK_WPASYNC as u64;
 }

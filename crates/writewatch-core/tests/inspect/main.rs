@@ -1,6 +1,7 @@
 //! The page-state inspector (issue 15): its totals agree with `/proc/PID/smaps` (the
 //! independent oracle) on real processes, and the seeds' scenarios read as they should.
 
+mod gone;
 mod scenarios;
 
 use writewatch_core::inspect::{Inspector, MappingPages, PageRuns, Report, Select};

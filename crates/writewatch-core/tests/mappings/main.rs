@@ -5,6 +5,7 @@
 mod common;
 
 mod statics;
+mod truncate;
 
 use std::fs::File;
 use std::path::PathBuf;
