@@ -78,6 +78,14 @@ fn private_file_mapping_pages_copied_file_and_absent() {
         "page 1 untouched: absent"
     );
     assert_eq!(m.totals.anonymous_kb, 8);
+    // No other process maps this file: Private vs Shared is exact here too (file page 3
+    // is mapped once, so private), against smaps.
+    let s = smaps::read(None)
+        .into_iter()
+        .find(|s| s.start == m.start && s.end == m.end)
+        .expect("mapping in smaps");
+    assert_eq!((m.totals.private_kb, m.totals.shared_kb), (12, 0));
+    assert_eq!((s.private(), s.shared()), (12, 0), "smaps agrees");
     assert!(m.written.is_none(), "no async tracker arms this mapping");
     drop(map);
     std::fs::remove_file(&path).unwrap();
