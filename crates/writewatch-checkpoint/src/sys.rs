@@ -105,23 +105,40 @@ impl Drop for AnonMap {
     }
 }
 
-/// `flock` on an open file. Returns `Ok(false)` if it would block.
+/// How long [`flock`] waits for a lock someone else holds before it reports the store as
+/// locked. The holder is not always a real owner. Between `fork` and `exec`, a child of the
+/// process that owns the store holds a copy of its descriptor, and so its `flock`, and the
+/// lock stays taken after the owner closes it. Under load that window lasts milliseconds or
+/// more. A clean-clone CI run got "store is locked" from `writewatch inspect` right after the
+/// test's writer had closed the store, while another test thread was spawning a process.
+pub(crate) const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `flock` on an open file, without blocking for longer than [`LOCK_GRACE`]. Returns
+/// `Ok(false)` if the lock is still held by another open file description after that.
 pub(crate) fn flock(file: &File, exclusive: bool) -> io::Result<bool> {
     let op = if exclusive {
         libc::LOCK_EX
     } else {
         libc::LOCK_SH
     } | libc::LOCK_NB;
-    // SAFETY: plain syscall on a valid fd owned by `file`.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        // SAFETY: plain syscall on a valid fd owned by `file`.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
+        }
     }
 }
 
