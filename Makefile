@@ -44,7 +44,7 @@ demo: setup
 test: setup s3-server
 	$(CARGO) run -q -p writewatch-cli -- probe --require-expected
 	$(CARGO) build -q --workspace --examples   # tests/demo_dir.rs runs target/debug/examples/uffd-demo
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 	$(CARGO) run -q --example kv-checkpoint -- --quick
 	$(CARGO) run -q --example arena-checkpoint -- --quick

@@ -70,11 +70,9 @@ impl ArmBits {
         self.refaults.swap(0, Relaxed)
     }
 
-    /// Words with a bit per page that is armed or hot (not armable), a peek.
-    pub(crate) fn unarmable_words(&self) -> Vec<u64> {
-        let a = self.armed.snapshot();
-        let h = self.hot.snapshot();
-        a.iter().zip(&h).map(|(x, y)| x | y).collect()
+    /// Word `w` with a bit per page that is armed or hot (not armable), a peek.
+    pub(crate) fn unarmable_word(&self, w: usize) -> u64 {
+        self.armed.word(w) | self.hot.word(w)
     }
 
     /// The kernel may have dropped the protection of these pages (REMOVE), or the caller is

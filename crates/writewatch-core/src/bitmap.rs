@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// every word.
 #[derive(Debug)]
 pub(crate) struct AtomicBitmap {
-    words: Box<[AtomicU64]>,
-    summary: Box<[AtomicU64]>,
+    words: crate::sys::ZeroedSlice<AtomicU64>,
+    summary: crate::sys::ZeroedSlice<AtomicU64>,
     /// Set once the words were handed to an external setter: the summary is not complete.
     external: AtomicBool,
     bits: usize,
@@ -166,6 +166,21 @@ impl AtomicBitmap {
                 f(si * 64 + b);
             }
         }
+    }
+
+    /// The non-zero words as `(index, word)`, in index order (peek; the bitmap is
+    /// unchanged). Only the words under set summary bits are read: a sparse bitmap costs its
+    /// set words, and no copy of the whole bitmap is made (one of a 64 GiB region's is 2 MiB
+    /// of fresh, resident memory).
+    pub(crate) fn set_words(&self) -> Vec<(usize, u64)> {
+        let mut out = Vec::new();
+        self.candidates(false, |w| {
+            let v = self.words[w].load(Ordering::Acquire);
+            if v != 0 {
+                out.push((w, v));
+            }
+        });
+        out
     }
 
     /// A copy of the words (peek; the bitmap is unchanged).

@@ -71,7 +71,7 @@ pub(crate) enum Mode {
 /// (`base` = PENDING: a snapshot) starts from zeroed memory: O(1) to create however large
 /// the region, and its untouched pages never cost memory.
 struct States {
-    cells: Box<[AtomicU8]>,
+    cells: crate::sys::ZeroedSlice<AtomicU8>,
     base: u8,
 }
 

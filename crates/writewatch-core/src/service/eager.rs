@@ -45,7 +45,7 @@ pub(super) struct Eager {
     queue: VecDeque<(Instant, u64, u64)>,
     /// In-thread mode (the service thread sees no fault): dirty pages neither armed nor hot
     /// at the last scan; those still so at the next scan, `age` later, are armed.
-    seen: Vec<u64>,
+    seen: std::collections::HashMap<usize, u64>,
     next_scan: Instant,
     in_thread: bool,
     /// Re-arming age: fixed (`eager_reprotect(age)`) or tuned per epoch (`tuned`).
@@ -60,7 +60,7 @@ impl Eager {
         Self {
             bits,
             queue: VecDeque::new(),
-            seen: Vec::new(),
+            seen: std::collections::HashMap::new(),
             next_scan: Instant::now() + age,
             in_thread,
             age,
@@ -250,17 +250,21 @@ impl Service {
         if now < eg.next_scan {
             return Some(eg.next_scan);
         }
-        let dirty = inner.dirty.snapshot();
-        let busy = eg.bits.unarmable_words();
-        eg.seen.resize(dirty.len(), 0);
+        // Only the dirty words are visited, and `seen` holds only non-zero words: a scan of a
+        // huge, sparsely written region touches no memory in proportion to its size (whole
+        // copies of the bitmaps grew a 64 GiB region's resident memory by 10-12 MiB).
+        let dirty = inner.dirty.set_words();
+        let mut last_seen = std::mem::take(&mut eg.seen);
         let mut runs: Vec<(u64, u64)> = Vec::new();
         let mut any = false;
         let mut more = false;
-        for (w, &d) in dirty.iter().enumerate() {
-            let cand = d & !busy.get(w).copied().unwrap_or(0);
+        for &(w, d) in &dirty {
+            let cand = d & !eg.bits.unarmable_word(w);
             any |= cand != 0;
-            let mut old = cand & eg.seen[w];
-            eg.seen[w] = cand;
+            let mut old = cand & last_seen.remove(&w).unwrap_or(0);
+            if cand != 0 {
+                eg.seen.insert(w, cand);
+            }
             while old != 0 {
                 let b = old.trailing_zeros() as u64;
                 old &= old - 1;
@@ -276,6 +280,9 @@ impl Service {
                 }
             }
             if more {
+                // Words not visited keep what they had at the last scan.
+                eg.seen
+                    .extend(last_seen.into_iter().filter(|&(k, _)| k > w));
                 break;
             }
         }

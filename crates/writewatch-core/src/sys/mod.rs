@@ -21,6 +21,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
+use std::ptr::NonNull;
 
 use linux_raw_sys::general as k;
 use nix::errno::Errno;
@@ -130,13 +131,95 @@ impl Addr {
     }
 }
 
-/// `n` zeroed atomics (`AtomicU8`, `AtomicU64`...) from zeroed memory: a large allocation
-/// comes straight from fresh, lazily zero-filled pages, so this is O(1) until the cells are
-/// touched (a snapshot view of a huge sparse region costs nothing for its untouched pages).
-pub(crate) fn zeroed_atomics<T: bytemuck::Zeroable>(n: usize) -> Box<[T]> {
-    bytemuck::allocation::try_zeroed_slice_box(n).unwrap_or_else(|()| {
+/// At or above this many bytes, [`zeroed_atomics`] maps its own memory.
+const OWN_MAPPING_BYTES: usize = 256 << 10;
+
+/// `n` zeroed atomics (`AtomicU8`, `AtomicU64`...) that cost nothing until touched: a large
+/// array is a private anonymous mapping of its own, whose untouched pages are the kernel's
+/// zero page (a snapshot view of a huge sparse region costs nothing for its untouched
+/// pages). The allocator cannot promise that: glibc raises its mmap threshold after a large
+/// block is freed, and its next `calloc` of that size comes from the heap and is cleared with
+/// `memset`, which makes every page resident. Small arrays come from the allocator.
+pub(crate) fn zeroed_atomics<T: bytemuck::Zeroable>(n: usize) -> ZeroedSlice<T> {
+    let bytes = n.saturating_mul(std::mem::size_of::<T>());
+    if bytes >= OWN_MAPPING_BYTES {
+        if let Ok(ptr) = mman::mmap_anonymous(bytes, 0) {
+            return ZeroedSlice {
+                ptr: ptr.cast(),
+                len: n,
+                mapped: true,
+            };
+        }
+    }
+    let b: Box<[T]> = bytemuck::allocation::try_zeroed_slice_box(n).unwrap_or_else(|()| {
         std::alloc::handle_alloc_error(
             std::alloc::Layout::array::<T>(n).unwrap_or(std::alloc::Layout::new::<T>()),
         )
-    })
+    });
+    let len = b.len();
+    // `Box::into_raw` of a boxed slice is never null.
+    let ptr = NonNull::new(Box::into_raw(b).cast::<T>()).unwrap_or(NonNull::dangling());
+    ZeroedSlice {
+        ptr,
+        len,
+        mapped: false,
+    }
+}
+
+/// An owned slice of zero-initialised `T` (see [`zeroed_atomics`]).
+///
+/// Invariants: `ptr` points to `len` initialised `T` (zero is a valid `T`: `Zeroable`),
+/// owned by this value alone; `mapped` says whether they live in a mapping of exactly
+/// `len * size_of::<T>()` bytes (unmapped on drop) or in a `Box<[T]>` (freed as one).
+pub(crate) struct ZeroedSlice<T> {
+    ptr: NonNull<T>,
+    len: usize,
+    mapped: bool,
+}
+
+// SAFETY: the slice is owned (like a `Box<[T]>`): sending it is sound when `T` is Send.
+unsafe impl<T: Send> Send for ZeroedSlice<T> {}
+// SAFETY: shared access only hands out `&[T]`: sound when `T` is Sync, as for `Box<[T]>`.
+unsafe impl<T: Sync> Sync for ZeroedSlice<T> {}
+
+impl<T> std::ops::Deref for ZeroedSlice<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: by the invariants, `ptr` points to `len` initialised `T` owned by `self`,
+        // alive for as long as the borrow of `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> std::fmt::Debug for ZeroedSlice<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZeroedSlice")
+            .field("len", &self.len)
+            .field("mapped", &self.mapped)
+            .finish()
+    }
+}
+
+impl<T> Drop for ZeroedSlice<T> {
+    fn drop(&mut self) {
+        if self.mapped {
+            let bytes = self.len * std::mem::size_of::<T>();
+            // SAFETY: by the invariants the mapping is exactly `bytes` long at `ptr` and
+            // owned by `self`; no borrow of it outlives `self` (`T` here never needs drop:
+            // `Zeroable` atomics).
+            let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), bytes) };
+            if rc != 0 {
+                tracing::warn!("munmap failed: {}", std::io::Error::last_os_error());
+            }
+        } else {
+            // SAFETY: by the invariants `ptr`/`len` came from `Box::into_raw` of a boxed slice
+            // of `len` elements, owned by `self` and not freed before.
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    self.ptr.as_ptr(),
+                    self.len,
+                ))
+            });
+        }
+    }
 }

@@ -121,7 +121,9 @@ pub fn racing_oracle(
         handles.push(std::thread::spawn(move || {
             let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ ((t as u64 + 7) * 0x9E37_79B9));
             let mut log: Vec<(u64, u64, u64)> = Vec::new();
-            while !stop.load(SeqCst) {
+            // At least one write per thread, however late the thread is scheduled (a loaded
+            // CI machine once ran all 20 cuts before any writer wrote: `w > 0` failed).
+            loop {
                 let p = rng.below(pages);
                 let d0 = done.load(SeqCst);
                 touch(&region, p, rng.next());
@@ -129,6 +131,9 @@ pub fn racing_oracle(
                 log.push((p, d0, s1));
                 if log.len() % 64 == 0 {
                     std::thread::yield_now();
+                }
+                if stop.load(SeqCst) {
+                    break;
                 }
             }
             log
