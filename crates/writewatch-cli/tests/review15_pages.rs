@@ -6,23 +6,38 @@ use std::process::{Child, Command, Stdio};
 
 use writewatch_testkit::smaps;
 
-struct Reaped(Child);
+/// A child killed and reaped on drop, with its socket file (if any) removed.
+struct Reaped(Child, Option<std::path::PathBuf>);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let Some(p) = &self.1 {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
 /// redis-server (if installed) or python3, settled, allocating some memory.
 fn target() -> Option<Reaped> {
+    // A unix socket only (no TCP port to collide with), in the test's temporary directory.
+    let sock = std::env::temp_dir().join(format!("review15-redis-{}.sock", std::process::id()));
     let redis = Command::new("redis-server")
-        .args(["--port", "0", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            "0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--unixsocket",
+        ])
+        .arg(&sock)
         .stdout(Stdio::null())
         .spawn();
-    let child = match redis {
-        Ok(c) => c,
+    let (child, sock) = match redis {
+        Ok(c) => (c, Some(sock)),
         Err(_) => Command::new("python3")
             .args([
                 "-c",
@@ -30,10 +45,11 @@ fn target() -> Option<Reaped> {
             ])
             .stdout(Stdio::null())
             .spawn()
-            .ok()?,
+            .ok()
+            .map(|c| (c, None))?,
     };
     std::thread::sleep(std::time::Duration::from_millis(800));
-    Some(Reaped(child))
+    Some(Reaped(child, sock))
 }
 
 /// Every mapping's totals, exact (Private and Shared included), with the target stopped.

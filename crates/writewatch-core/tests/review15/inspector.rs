@@ -168,9 +168,11 @@ fn paged_out_pages_are_swapped_and_agree_with_smaps() {
     assert!(d.is_empty(), "{d:?}");
 }
 
-/// `Select::Path` with the path a user sees in ls for a file that was deleted while mapped
-/// (maps prints `/path (deleted)`).
+/// Finding 9 (low): `Select::Path` (`writewatch pages --mapping`) cannot select the mapping of
+/// a file deleted while mapped, by path or file name: maps prints `/path (deleted)` and the
+/// match is exact; the error says "no mapping of <name>".
 #[test]
+#[ignore = "finding 9: --mapping / Select::Path does not match a deleted file's mapping (maps prints ' (deleted)')"]
 fn select_path_of_a_deleted_file() {
     let (path, f) = data_file(&disk(), "deleted", 4 * 4096);
     let map = Mmap::file(&f, 4 * 4096, false);
@@ -186,4 +188,25 @@ fn select_path_of_a_deleted_file() {
         by_path.as_ref().map(|r| r.mappings.len())
     );
     drop(map);
+    assert!(by_name.is_ok() && by_path.is_ok());
+}
+
+/// Finding 8 (low): `written` ("pages written since the last re-arm") leaves out a page
+/// written and then zapped (`MADV_DONTNEED`) in the open epoch, although the tracker's next
+/// cut reports it: the inspector's `written` is not the next dirty set.
+#[test]
+#[ignore = "finding 8: inspector `written` omits pages written then zapped since the re-arm (the next cut reports them)"]
+fn written_equals_the_next_dirty_set_after_a_zap() {
+    let Some(t) = async_tracker() else { return };
+    let map = Mmap::no_thp(16 * 4096);
+    let region = adopt(&t, &map).unwrap();
+    region.cut().unwrap();
+    common::touch(&region, 1, 1);
+    common::touch(&region, 2, 2);
+    madvise(&map, 2, 1, libc::MADV_DONTNEED).unwrap();
+    let (m, _) = inspect_self(map.as_ptr() as usize, map.len());
+    let written: Vec<u64> = m.written.as_ref().expect("armed").iter().collect();
+    let next = dirty(&region);
+    drop(region);
+    assert_eq!(written, next, "inspector written vs the tracker's next cut");
 }
