@@ -111,3 +111,27 @@ fn shared_tmpfs_cut_and_copy_matches_pread() {
     drop(map);
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Held: the generic dirty suite on `MAP_PRIVATE` and `MAP_SHARED` tmpfs (/dev/shm) file
+/// mappings, async and sync backends.
+#[test]
+fn tmpfs_file_mappings_pass_the_generic_dirty_suite() {
+    for backend in [Backend::AsyncUffd, Backend::SyncUffd] {
+        let Ok(t) = Tracker::builder().backend(backend).build() else {
+            continue;
+        };
+        for shared in [false, true] {
+            let (path, f) = data_file(&shm(), &format!("suite-{backend:?}-{shared}"), 1 << 20);
+            let map = Mmap::file(&f, 1 << 20, shared);
+            let region = std::sync::Arc::new(adopt(&t, &map).unwrap());
+            region.cut().unwrap();
+            common::lockstep_exact(std::sync::Arc::clone(&region), 2, 10, 50, true);
+            let (w, m, o) = common::racing_oracle(std::sync::Arc::clone(&region), 2, 10, true);
+            assert!(w > 0);
+            assert_eq!((m, o), (0, 0), "{backend:?} shared {shared}");
+            drop(region);
+            drop(map);
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+}
