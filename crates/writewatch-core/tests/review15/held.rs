@@ -298,3 +298,48 @@ fn file_region_mremap_move_is_a_typed_invalidation() {
         std::fs::remove_file(&path).unwrap();
     }
 }
+
+/// fallocate(COLLAPSE_RANGE) on ext4 under a private mapping drops the COW copies past the
+/// collapsed offset (truncate_pagecache, even_cows) without a REMOVE event: reported by the
+/// copied-set check, like ftruncate.
+#[test]
+fn private_file_collapse_range_dropped_copies_are_reported() {
+    let Some(t) = async_tracker() else { return };
+    let pages = 16;
+    let (path, f) = data_file(&disk(), "collapse", pages * 4096);
+    let map = Mmap::file(&f, pages * 4096, false);
+    let region = adopt(&t, &map).unwrap();
+    region.cut().unwrap();
+    touch(&region, 6, 66);
+    touch(&region, 9, 99);
+    assert_eq!(dirty(&region), vec![6, 9]);
+    // SAFETY: fallocate on our own file descriptor.
+    let r = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::FALLOC_FL_COLLAPSE_RANGE,
+            4 * 4096,
+            4096,
+        )
+    };
+    if r != 0 {
+        println!(
+            "skipped: COLLAPSE_RANGE: {}",
+            std::io::Error::last_os_error()
+        );
+        drop(region);
+        return;
+    }
+    f.set_len((pages * 4096) as u64).unwrap();
+    let got = dirty(&region);
+    let (w6, w9) = (word(&map, 6), word(&map, 9));
+    println!("after collapse: page 6 = {w6}, page 9 = {w9}, dirty {got:?}");
+    for (p, w, old) in [(6u64, w6, 66), (9, w9, 99)] {
+        if w != old {
+            assert!(got.contains(&p), "page {p} went {old} -> {w}: {got:?}");
+        }
+    }
+    drop(region);
+    drop(map);
+    std::fs::remove_file(&path).unwrap();
+}
