@@ -210,3 +210,43 @@ fn written_equals_the_next_dirty_set_after_a_zap() {
     drop(region);
     assert_eq!(written, next, "inspector written vs the tracker's next cut");
 }
+
+/// Finding 10 (low): the inspector's kind claims shared memory for private mappings named
+/// like shmem: `MAP_PRIVATE` of `/dev/zero` (private anonymous memory) and of a `/dev/shm`
+/// file (a private file mapping with COW copies) are both `Shmem`, so the latter has no
+/// `file_uncopied` / `cow_copied` either.
+#[test]
+#[ignore = "finding 10: inspector kind Shmem for MAP_PRIVATE /dev/zero and MAP_PRIVATE /dev/shm files (no cow_copied / file_uncopied)"]
+fn private_dev_zero_and_private_tmpfs_mappings_are_not_shmem() {
+    let zero = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/zero")
+        .unwrap();
+    let z = Mmap::file(&zero, 2 * 4096, false);
+    z.write_page(0, 1);
+    let (path, f) = data_file(&shm(), "kind", 2 * 4096);
+    let p = Mmap::file(&f, 2 * 4096, false);
+    p.write_page(0, 1);
+    let (mz, dz) = inspect_self(z.as_ptr() as usize, z.len());
+    let (mp, dp) = inspect_self(p.as_ptr() as usize, p.len());
+    std::fs::remove_file(&path).unwrap();
+    assert!(dz.is_empty() && dp.is_empty(), "{dz:?} {dp:?}");
+    println!(
+        "/dev/zero private: {:?}; /dev/shm private: {:?}, cow_copied {:?}",
+        mz.mapping.kind,
+        mp.mapping.kind,
+        mp.cow_copied.as_ref().map(|r| r.pages)
+    );
+    assert_eq!(
+        mz.mapping.kind,
+        MappingKind::Anonymous,
+        "/dev/zero MAP_PRIVATE"
+    );
+    assert_eq!(
+        mp.mapping.kind,
+        MappingKind::FilePrivate,
+        "/dev/shm MAP_PRIVATE"
+    );
+    assert_eq!(mp.cow_copied.map(|r| r.pages), Some(1));
+}
