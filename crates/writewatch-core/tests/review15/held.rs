@@ -176,7 +176,7 @@ fn private_file_truncate_racing_cuts_never_under_reports() {
     let map = Mmap::file(&*f, pages * 4096, false);
     let region = adopt(&t, &map).unwrap();
     region.cut().unwrap();
-    let mut rng = crate::common::Rng(0x15_3);
+    let mut rng = crate::common::Rng(0x153);
     let (mut misses, mut rounds_missing) = (0, 0);
     let rounds = 10;
     let mut cut_ns = 1_000_000u64;

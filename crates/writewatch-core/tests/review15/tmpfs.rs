@@ -85,10 +85,8 @@ fn snapshot_sigbus_child() {
     let region = adopt(&t, &map).unwrap();
     let snap = region.snapshot().unwrap();
     // SAFETY: ftruncate of our own memfd.
-    assert_eq!(
-        unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), 4096) },
-        0
-    );
+    let r = unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), 4096) };
+    assert_eq!(r, 0);
     let mut buf = vec![0u8; 4096];
     let r = snap.read_page(6, &mut buf);
     println!("{r:?}");
