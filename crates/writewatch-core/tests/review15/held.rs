@@ -31,6 +31,19 @@ fn shared_file_write_msync_pageout_before_the_cut_is_reported() {
         }
         msync(&map);
         madvise(&map, 0, 64, libc::MADV_PAGEOUT).unwrap();
+        // Whether the page-out really emptied the written pages' entries (the case the
+        // design's stated gap is about).
+        let present = writewatch_core::inspect::Inspector::open(None)
+            .unwrap()
+            .inspect(&writewatch_core::inspect::Select::Range {
+                start: map.as_ptr() as usize,
+                end: map.as_ptr() as usize + map.len(),
+            })
+            .unwrap()
+            .mappings[0]
+            .present
+            .pages;
+        println!("{dir:?}: {present} pages present after msync + MADV_PAGEOUT");
         let got = dirty(&region);
         assert!(got.contains(&3) && got.contains(&40), "{dir:?}: {got:?}");
         // And the file has the writes (pread oracle).
