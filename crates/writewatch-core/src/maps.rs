@@ -89,6 +89,10 @@ pub(crate) fn classify(v: &Vma) -> Result<RegionKind, String> {
             RegionKind::Anonymous
         });
     }
+    // A private mapping of /dev/zero is anonymous memory (the kernel makes the VMA anonymous).
+    if p.starts_with("/dev/zero") && !v.shared {
+        return Ok(RegionKind::Anonymous);
+    }
     if p.starts_with("[anon_shmem:")
         || p.starts_with("/memfd:")
         || p.starts_with("/dev/zero")

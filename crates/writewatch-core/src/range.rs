@@ -64,6 +64,10 @@ pub(crate) struct RegionInner {
     pub page_size: usize,
     pub page_count: u64,
     pub kind: RegionKind,
+    /// The pages may be copies (COW) of a file's pages that the kernel can drop without a
+    /// write or a `REMOVE` event (`ftruncate`): a private mapping of a regular file or of a
+    /// shmem file (memfd, `/dev/shm`). See `service/cow.rs`.
+    pub cow_file: bool,
     /// Dirty bits of the current (open) epoch. Invariant (sync backend): a page whose bit is
     /// clear is write-protected, so its next write faults before it completes.
     pub dirty: AtomicBitmap,
@@ -105,6 +109,7 @@ impl RegionInner {
             page_size,
             page_count,
             kind,
+            cow_file: kind == RegionKind::FilePrivate,
             dirty: AtomicBitmap::new(page_count as usize),
             epoch: AtomicU64::new(0),
             status: AtomicU8::new(LIVE),

@@ -289,7 +289,10 @@ impl Tracker {
         }
         self.check_not_own_memory(&vmas, start, end)?;
         let map = make().ok_or(MapError::NotMapped { addr: 0 })?;
-        let inner = self.new_inner(map, ps, kind);
+        let private_shmem = vmas
+            .iter()
+            .any(|v| v.end > start && v.start < end && !v.shared);
+        let inner = self.new_inner_cow(map, ps, kind, private_shmem);
         // The region's own state, allocated just now, must not live in the range either.
         let words_addr = inner.dirty.words_addr();
         let own = [
@@ -386,8 +389,21 @@ impl Tracker {
         ps: usize,
         kind: RegionKind,
     ) -> Arc<RegionInner> {
+        self.new_inner_cow(map, ps, kind, false)
+    }
+
+    /// [`new_inner`](Self::new_inner) of memory that may hold COW copies of a shmem file's
+    /// pages (`private_shmem`: a `MAP_PRIVATE` mapping of a memfd or a `/dev/shm` file).
+    pub(crate) fn new_inner_cow(
+        &self,
+        map: sys::Mapping,
+        ps: usize,
+        kind: RegionKind,
+        private_shmem: bool,
+    ) -> Arc<RegionInner> {
         let id = self.shared().next_id.fetch_add(1, Ordering::Relaxed);
         let mut inner = RegionInner::new(id, map, ps, kind);
+        inner.cow_file |= private_shmem && kind == RegionKind::Shmem;
         // Owned private anonymous memory starts empty: it can be armed lazily.
         if let Some(mem) = &self.shared().mem {
             if kind == RegionKind::Anonymous && inner.mapping.owned() {

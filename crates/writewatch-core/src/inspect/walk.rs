@@ -339,7 +339,10 @@ fn finish(acc: Acc, env: &Env, mapping: &Mapping, start: usize, end: usize) -> M
             hugetlb_kb: 0,
         }
     };
-    let private_file = mapping.kind == MappingKind::FilePrivate;
+    // A private mapping of a shmem file (memfd, /dev/shm) holds COW copies too; the inspector
+    // names its kind `Shmem`, as a tracker adopts it.
+    let private_file = mapping.kind == MappingKind::FilePrivate
+        || (mapping.kind == MappingKind::Shmem && mapping.perms.as_bytes().get(3) == Some(&b'p'));
     MappingPages {
         mapping: mapping.clone(),
         start,

@@ -27,13 +27,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use nix::errno::Errno;
 
 use super::Service;
-use crate::range::{RegionInner, RegionKind};
+use crate::range::RegionInner;
 
 impl Service {
-    /// The copied set of a newly registered private file region (`None` for other kinds or
-    /// without `PAGEMAP_SCAN`).
+    /// The copied set of a newly registered region whose pages may be COW copies of a file
+    /// (`RegionInner::cow_file`; `None` for others or without `PAGEMAP_SCAN`).
     pub(super) fn initial_copied(&mut self, inner: &RegionInner) -> Option<Vec<u64>> {
-        if inner.kind != RegionKind::FilePrivate {
+        if !inner.cow_file {
             return None;
         }
         let pm = self.shared.pagemap.as_ref()?;

@@ -144,6 +144,18 @@ impl Service {
                 }
             }
             count = None; // bits were added anywhere: count them all
+        } else if self.backend == Backend::SyncUffd && inner.cow_file {
+            // COW copies the kernel dropped without a fault (service/cow.rs).
+            match self.private_file_changes(start, &inner, &mut words) {
+                Ok(n) => scan_ioctls += n,
+                Err(errno) => {
+                    inner.dirty.restore(&words);
+                    return Err(CutError::Protect {
+                        errno: errno.public(),
+                    });
+                }
+            }
+            count = None;
         }
         let set = match count {
             Some(n) => DirtySet::from_words_counted(inner.page_size, inner.page_count, words, n),

@@ -130,11 +130,7 @@ impl Service {
             });
         }
         self.by_id.insert(inner.id, start);
-        let copied = if self.backend == Backend::AsyncUffd {
-            self.initial_copied(&inner)
-        } else {
-            None
-        };
+        let copied = self.initial_copied(&inner);
         let mut entry = Entry::new(inner);
         entry.copied = copied;
         if entry.inner.lazy.is_some() {

@@ -13,7 +13,6 @@ use writewatch_testkit::run_child;
 /// (shrink then extend) changes the page's content (copy -> zeros) without any report, on
 /// the async and sync backends.
 #[test]
-#[ignore = "finding 1: MAP_PRIVATE of a tmpfs file (classified Shmem): ftruncate drops protected COW copies, not reported (under-report)"]
 fn private_tmpfs_mapping_ftruncate_dropped_copies_are_reported() {
     let mut missed = Vec::new();
     for backend in [Backend::AsyncUffd, Backend::SyncUffd] {
