@@ -89,6 +89,11 @@ pub(crate) struct RegionInner {
     /// copied without faulting (a never-touched page raises a missing fault, which the
     /// service thread, if it were the reader, could not serve). None: eagerly protected.
     pub lazy: Option<std::sync::Arc<std::fs::File>>,
+    /// Adopted memory backed by a file or shmem object that its owner can truncate
+    /// (`ftruncate` of a memfd, a `/dev/shm` or a regular file): `/proc/self/mem`, through
+    /// which live pages are copied, so that a page past the new end of the file is an error
+    /// (`SnapshotError::BeyondEndOfFile`) instead of a `SIGBUS`. None: read directly.
+    pub file_mem: Option<std::sync::Arc<std::fs::File>>,
     /// A fork clone's inheritance (see `fork`): which pages still share the parent's content.
     /// None: not a clone.
     pub lineage: Option<std::sync::Arc<Lineage>>,
@@ -118,6 +123,7 @@ impl RegionInner {
             has_suspect: AtomicBool::new(false),
             counters: RegionCounters::default(),
             lazy: None,
+            file_mem: None,
             lineage: None,
             mapping,
         }
@@ -251,6 +257,23 @@ impl RegionInner {
             out.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
         }
         true
+    }
+
+    /// Copies page `page` as it is now, like [`copy_page`](Self::copy_page), but through
+    /// `file_mem` when the region has one: a page past the end of a truncated file is then
+    /// `BeyondEndOfFile` instead of a `SIGBUS`.
+    pub(crate) fn copy_live(
+        &self,
+        page: u64,
+        buf: &mut [u8],
+    ) -> Result<(), crate::error::SnapshotError> {
+        match &self.file_mem {
+            Some(mem) => self.read_file_page(mem, page, buf),
+            None => {
+                self.copy_page(page, buf);
+                Ok(())
+            }
+        }
     }
 
     /// Reads page `page` of a file-backed region through `mem` (`/proc/self/mem`): a page

@@ -238,31 +238,17 @@ impl Region {
     ) -> Result<Epoch, CutAndCopyError<E>> {
         let epoch = self.cut().map_err(CutAndCopyError::Cut)?;
         let mut buf = vec![0u8; self.inner.page_size];
-        // A file-backed page past the end of a truncated file raises SIGBUS when touched:
-        // such regions are read through /proc/self/mem, which returns an error instead.
-        // (The async backend, the only one that takes file mappings, needs /proc/self/pagemap:
-        // /proc is mounted.)
-        let mem = self
-            .inner
-            .kind
-            .is_file()
-            .then(|| std::fs::File::open("/proc/self/mem"))
-            .and_then(|r| {
-                r.map_err(|e| tracing::warn!(%e, "no /proc/self/mem: copying file pages directly"))
-                    .ok()
-            });
         for page in epoch.dirty().iter() {
             let r = if epoch.view.is_some() {
                 epoch
                     .read_page(page, &mut buf)
                     .map_err(CutAndCopyError::Read)
-            } else if let Some(mem) = &mem {
-                self.inner
-                    .read_file_page(mem, page, &mut buf)
-                    .map_err(CutAndCopyError::Read)
             } else {
-                self.inner.copy_page(page, &mut buf);
-                Ok(())
+                // Through /proc/self/mem for adopted file and shmem memory: a page past the end
+                // of a truncated file is an error, not a SIGBUS.
+                self.inner
+                    .copy_live(page, &mut buf)
+                    .map_err(CutAndCopyError::Read)
             };
             if let Err(e) = r.and_then(|()| sink(page, &buf).map_err(CutAndCopyError::Sink)) {
                 // Nothing is lost: the next cut reports the epoch's pages again.

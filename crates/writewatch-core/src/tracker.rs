@@ -404,6 +404,13 @@ impl Tracker {
         let id = self.shared().next_id.fetch_add(1, Ordering::Relaxed);
         let mut inner = RegionInner::new(id, map, ps, kind);
         inner.cow_file |= private_shmem && kind == RegionKind::Shmem;
+        // Adopted file or shmem memory can be truncated under the region by its owner.
+        if !inner.mapping.owned() && kind != RegionKind::Anonymous {
+            match std::fs::File::open("/proc/self/mem") {
+                Ok(f) => inner.file_mem = Some(Arc::new(f)),
+                Err(e) => tracing::warn!(%e, "no /proc/self/mem: pages of this region are read directly"),
+            }
+        }
         // Owned private anonymous memory starts empty: it can be armed lazily.
         if let Some(mem) = &self.shared().mem {
             if kind == RegionKind::Anonymous && inner.mapping.owned() {

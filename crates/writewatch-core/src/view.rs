@@ -218,7 +218,8 @@ impl View {
                 }
                 let s1 = self.shared.read_seq.load(Ordering::SeqCst);
                 let mut buf = self.shared.budget.alloc(ps);
-                self.region.copy_page(page, &mut buf);
+                // Fails only for a page past the end of a truncated file: its content is gone.
+                let copied = self.region.copy_live(page, &mut buf).is_ok();
                 let s2 = self.shared.read_seq.load(Ordering::SeqCst);
                 if s1 % 2 == 1 || s2 != s1 {
                     // The service thread read (or was processing) non-cooperative events
@@ -233,7 +234,7 @@ impl View {
                     st.store(PENDING, Ordering::Release);
                     return Preserve::Busy;
                 }
-                if !verify(page) {
+                if !copied || !verify(page) {
                     if charged {
                         self.shared.budget.give(ps, &self.shared);
                     }
@@ -392,8 +393,14 @@ impl View {
             return Ok(false);
         }
         let s1 = self.shared.read_seq.load(Ordering::SeqCst);
-        self.region.copy_page(page, out);
+        let copied = self.region.copy_live(page, out);
         drop(gate);
+        if let Err(e) = copied {
+            // Past the end of a truncated file: the content at the cut is gone for good.
+            st.store(LOST, Ordering::Release);
+            self.any_lost.store(true, Ordering::Release);
+            return Err(e);
+        }
         // If the service thread read events during the copy, a REMOVE (madvise) may have been
         // delivered and its zap may have raced with the copy: wait until that batch is
         // processed (it marks such pages LOST and suspect).

@@ -95,7 +95,6 @@ fn snapshot_sigbus_child() {
 /// Finding 2 (sync backend): a safe `Snapshot::read_page` kills the process with SIGBUS when
 /// the adopted memfd shrank after the snapshot.
 #[test]
-#[ignore = "finding 2: Snapshot::read_page of an adopted memfd region after ftruncate shrink raises SIGBUS (safe call crashes)"]
 fn snapshot_read_of_shrunk_memfd_is_an_error_not_sigbus() {
     let st = run_child("tmpfs::snapshot_sigbus_child", SNAPSHOT_CHILD, 60);
     assert_ne!(
@@ -110,7 +109,6 @@ fn snapshot_read_of_shrunk_memfd_is_an_error_not_sigbus() {
 /// adopted shared tmpfs file shrank (the issue-15 fix reads file-backed kinds through
 /// /proc/self/mem, but /dev/shm and memfd regions are `Shmem`).
 #[test]
-#[ignore = "finding 2: cut_and_copy of an adopted /dev/shm (or memfd) region after ftruncate shrink raises SIGBUS (safe call crashes)"]
 fn cut_and_copy_of_shrunk_shmem_is_an_error_not_sigbus() {
     let st = run_child("tmpfs::sigbus_child", SIGBUS_CHILD, 60);
     assert_ne!(
