@@ -206,8 +206,11 @@ impl Inspector {
                 Select::Range { start, end } => (m.end > *start && m.start < *end)
                     .then(|| (m.start.max(*start), m.end.min(*end), m)),
                 Select::Path(p) => {
-                    let name = m.path.rsplit('/').next().unwrap_or("");
-                    (m.path == *p || (!p.contains('/') && name == p)).then_some((m.start, m.end, m))
+                    // maps prints an unlinked file as "/path (deleted)": both forms match.
+                    let path = m.path.strip_suffix(" (deleted)").unwrap_or(&m.path);
+                    let name = path.rsplit('/').next().unwrap_or("");
+                    let hit = !p.is_empty() && (m.path == *p || path == p || (!p.contains('/') && name == p));
+                    hit.then_some((m.start, m.end, m))
                 }
             })
             .map(|(a, b, m)| (m, a, b))

@@ -172,7 +172,6 @@ fn paged_out_pages_are_swapped_and_agree_with_smaps() {
 /// a file deleted while mapped, by path or file name: maps prints `/path (deleted)` and the
 /// match is exact; the error says "no mapping of <name>".
 #[test]
-#[ignore = "finding 9: --mapping / Select::Path does not match a deleted file's mapping (maps prints ' (deleted)')"]
 fn select_path_of_a_deleted_file() {
     let (path, f) = data_file(&disk(), "deleted", 4 * 4096);
     let map = Mmap::file(&f, 4 * 4096, false);
