@@ -240,35 +240,34 @@ mod tests {
     }
 
     #[test]
-    fn set_range_matches_single_sets() {
+    fn range_ops_match_single_bit_ops() {
         for start in 0..140 {
             for count in [0, 1, 2, 63, 64, 65, 127, 128, 129] {
+                let range = start..(start + count).min(200);
                 let a = AtomicBitmap::new(200);
                 let b = AtomicBitmap::new(200);
                 a.set_range(start, count);
-                for i in start..(start + count).min(200) {
+                for i in range.clone() {
                     b.set(i);
                 }
-                assert_eq!(a.snapshot(), b.snapshot(), "start {start} count {count}");
-            }
-        }
-    }
-
-    #[test]
-    fn clear_range_matches_single_takes() {
-        for start in 0..140 {
-            for count in [0, 1, 2, 63, 64, 65, 127, 128, 129] {
-                let a = AtomicBitmap::new(200);
-                let b = AtomicBitmap::new(200);
+                assert_eq!(
+                    a.snapshot(),
+                    b.snapshot(),
+                    "set: start {start} count {count}"
+                );
                 for i in (0..200).step_by(3) {
                     a.set(i);
                     b.set(i);
                 }
                 a.clear_range(start, count);
-                for i in start..(start + count).min(200) {
+                for i in range {
                     b.take(i);
                 }
-                assert_eq!(a.snapshot(), b.snapshot(), "start {start} count {count}");
+                assert_eq!(
+                    a.snapshot(),
+                    b.snapshot(),
+                    "clear: start {start} count {count}"
+                );
             }
         }
     }
