@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use common::{Mmap, RawUffd, Value, PS};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use writewatch::Tracker;
+use writewatch::{Epoch, Region, Tracker};
 
 fn sizes() -> Vec<(&'static str, usize)> {
     let mut v = vec![("256MiB", 256usize << 20), ("1GiB", 1 << 30)];
@@ -43,6 +43,33 @@ fn sizes() -> Vec<(&'static str, usize)> {
 }
 
 const FRACTIONS: [(&str, usize); 3] = [("0.1pct", 1000), ("1pct", 100), ("10pct", 10)];
+
+/// Runs `iters` rounds of: write every `stride`-th page of `region` (not timed), then cut.
+/// Returns the cuts' total wall time; asserts each cut reports exactly the written pages and
+/// hands its epoch to `each` (not timed) before dropping it.
+fn timed_cuts(
+    region: &Region,
+    stride: usize,
+    iters: u64,
+    mut each: impl FnMut(&Epoch),
+) -> Duration {
+    let words = region.as_atomic_u64();
+    let pages = region.len() / PS;
+    let expect = pages.div_ceil(stride);
+    let mut total = Duration::ZERO;
+    for i in 0..iters {
+        for p in (0..pages).step_by(stride) {
+            words[p * (PS / 8) + 1].store(i, Ordering::Relaxed);
+        }
+        let t = Instant::now();
+        let e = region.cut().expect("cut");
+        total += t.elapsed();
+        assert_eq!(e.dirty().len(), expect, "dirty pages reported by the cut");
+        each(&e);
+        drop(e.into_dirty());
+    }
+    total
+}
 
 fn cut(c: &mut Criterion) {
     common::write_meta(
@@ -77,26 +104,15 @@ fn cut(c: &mut Criterion) {
         });
 
         for (fname, stride) in FRACTIONS {
-            let words = region.as_atomic_u64();
             let expect = pages.div_ceil(stride);
             let mut svc = Vec::new();
             let mut ioctls = 0;
             g.bench_function(format!("ww_cut_{fname}"), |b| {
                 b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for i in 0..iters {
-                        for p in (0..pages).step_by(stride) {
-                            words[p * (PS / 8) + 1].store(i, Ordering::Relaxed);
-                        }
-                        let t = Instant::now();
-                        let e = region.cut().expect("cut");
-                        total += t.elapsed();
-                        assert_eq!(e.dirty().len(), expect, "dirty pages reported by the cut");
+                    timed_cuts(&region, stride, iters, |e| {
                         svc.push(e.stats().duration);
                         ioctls = e.stats().protect_ioctls;
-                        drop(e.into_dirty());
-                    }
-                    total
+                    })
                 })
             });
             svc.sort();
@@ -134,23 +150,8 @@ fn cut(c: &mut Criterion) {
         let region = unsafe { tracker.adopt(mem.as_ptr(), len) }.expect("adopt");
         drop(region.cut().expect("first cut").into_dirty());
         for (fname, stride) in FRACTIONS {
-            let words = region.as_atomic_u64();
-            let expect = pages.div_ceil(stride);
             g.bench_function(format!("ww_cut_fixed_{fname}"), |b| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for i in 0..iters {
-                        for p in (0..pages).step_by(stride) {
-                            words[p * (PS / 8) + 1].store(i, Ordering::Relaxed);
-                        }
-                        let t = Instant::now();
-                        let e = region.cut().expect("cut");
-                        total += t.elapsed();
-                        assert_eq!(e.dirty().len(), expect, "dirty pages reported by the cut");
-                        drop(e.into_dirty());
-                    }
-                    total
-                })
+                b.iter_custom(|iters| timed_cuts(&region, stride, iters, |_| {}))
             });
         }
         drop(region);

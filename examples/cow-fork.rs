@@ -46,6 +46,19 @@ fn check(ok: bool, what: &str) -> Result<(), String> {
     }
 }
 
+/// Prints the first byte `origin` and `clone` read after `step`, and checks they are `want`.
+fn check_reads(step: &str, origin: &Region, clone: &Region, want: (u8, u8)) -> Result<(), String> {
+    let got = (byte(origin, 0), byte(clone, 0));
+    println!(
+        "  {step}: origin reads {}, clone reads {}",
+        got.0 as char, got.1 as char
+    );
+    check(
+        got == want,
+        &format!("origin '{}', clone '{}'", want.0 as char, want.1 as char),
+    )
+}
+
 /// The process's resident memory (VmRSS) in KiB.
 fn vm_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -102,26 +115,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     println!("  origin: {}", byte(&origin, 0) as char);
     rss_line("wrote 'a'", &origin, None);
     let clone = origin.fork()?; // vm_remap(..., copy = TRUE, VM_INHERIT_COPY)
-    println!(
-        "  cloned: origin reads {}, clone reads {}",
-        byte(&origin, 0) as char,
-        byte(&clone, 0) as char
-    );
-    check(
-        byte(&origin, 0) == b'a' && byte(&clone, 0) == b'a',
-        "both read 'a'",
-    )?;
+    check_reads("cloned", &origin, &clone, (b'a', b'a'))?;
     rss_line("cloned, both read", &origin, Some(&clone));
     put(&clone, 0, b'b');
-    println!(
-        "  wrote 'b' to the clone: origin reads {}, clone reads {}",
-        byte(&origin, 0) as char,
-        byte(&clone, 0) as char
-    );
-    check(
-        byte(&origin, 0) == b'a' && byte(&clone, 0) == b'b',
-        "origin 'a', clone 'b'",
-    )?;
+    check_reads("wrote 'b' to the clone", &origin, &clone, (b'a', b'b'))?;
     rss_line("clone wrote 'b'", &origin, Some(&clone));
     drop(clone);
     drop(origin);

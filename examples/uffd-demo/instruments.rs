@@ -8,6 +8,7 @@
 //! holds the rest of its batch, a few microseconds, and any preemption meanwhile).
 
 use super::*;
+use writewatch_testkit::{Mmap, PAGE_SIZE};
 
 /// Memory the writers write: the tracked region, or a plain mapping for the baseline.
 pub(super) trait Target: Send + Sync + 'static {
@@ -28,57 +29,17 @@ impl Target for Region {
     }
 }
 
-/// A private anonymous mapping with THP off (like a tracked region), untracked.
-pub(super) struct PlainMap {
-    pub(super) ptr: *mut u8,
-    pub(super) len: usize,
-}
-
-// SAFETY: plain memory, only accessed through atomics.
-unsafe impl Send for PlainMap {}
-// SAFETY: as above.
-unsafe impl Sync for PlainMap {}
-
-impl PlainMap {
-    pub(super) fn new(len: usize) -> std::io::Result<PlainMap> {
-        // SAFETY: a fresh anonymous mapping; arguments are valid.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: our mapping. Best effort, as for tracked regions (4 KiB pages).
-        unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
-        Ok(PlainMap { ptr: p.cast(), len })
-    }
-}
-
-impl Target for PlainMap {
+/// The baseline's memory: a private anonymous mapping with THP off (like a tracked region),
+/// untracked.
+impl Target for Mmap {
     fn words(&self) -> &[AtomicU64] {
-        // SAFETY: the mapping is page-aligned, `len` bytes, alive as long as `self`, and only
-        // accessed through these atomics.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<AtomicU64>(), self.len / 8) }
+        self.as_atomic_u64()
     }
     fn pages(&self) -> u64 {
-        (self.len / 4096) as u64
+        Mmap::pages(self) as u64
     }
     fn page_size(&self) -> usize {
-        4096
-    }
-}
-
-impl Drop for PlainMap {
-    fn drop(&mut self) {
-        // SAFETY: we mapped exactly this range; no writer is left (joined before the drop).
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        PAGE_SIZE
     }
 }
 
@@ -131,7 +92,7 @@ pub(super) fn untracked_baseline(
     pattern: Pattern,
     dur: Duration,
 ) -> std::io::Result<f64> {
-    let mem = Arc::new(PlainMap::new(size)?);
+    let mem = Arc::new(Mmap::no_thp(size));
     let ctl = Arc::new(Control::new());
     let base = Instant::now();
     let handles: Vec<_> = (0..threads)

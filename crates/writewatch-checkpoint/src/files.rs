@@ -1,5 +1,5 @@
 //! Small file-system helpers shared by the writer, the manifest and the restore: temporary
-//! files removed unless kept, unique names, directory `fsync`.
+//! files removed unless kept, unique names, directory `fsync`, lock files.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -82,4 +82,35 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), IoError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .ctx("fsync directory", dir)
+}
+
+/// Opens (creating it with mode 0600 if need be) the lock file `name` in `dir` and takes its
+/// `flock` without blocking: exclusive for writers, shared for readers. A reader that cannot
+/// open the file read-write for a reason `fall_back_to_dir` accepts (a read-only directory,
+/// say) locks the directory itself instead. `Ok(None)`: another holder has the lock.
+pub(crate) fn lock_dir(
+    dir: &Path,
+    name: &str,
+    exclusive: bool,
+    fall_back_to_dir: impl Fn(&io::Error) -> bool,
+) -> Result<Option<File>, IoError> {
+    let path = dir.join(name);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .or_else(|e| {
+            if !exclusive && fall_back_to_dir(&e) {
+                File::open(dir)
+            } else {
+                Err(e)
+            }
+        })
+        .ctx("open lock file", &path)?;
+    Ok(crate::sys::flock(&file, exclusive)
+        .ctx("lock", &path)?
+        .then_some(file))
 }

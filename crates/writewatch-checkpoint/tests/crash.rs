@@ -6,12 +6,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{coalesce, Rng};
+use common::{coalesce, CommittingChild, Rng};
 use writewatch_checkpoint::{SliceSource, Store};
 
 const PS: usize = 4096;
@@ -107,7 +104,6 @@ fn crash_child() {
 fn crash_safety() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
-    let exe = std::env::current_exe().unwrap();
     let mut rng = Rng(1234);
     let mut model = Model::new();
     let mut last_reported: Option<u64> = None;
@@ -115,32 +111,11 @@ fn crash_safety() {
     let start = Instant::now();
     let mut kills_with_progress = 0;
     for iter in 0..100 {
-        let mut child = Command::new(&exe)
-            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &store_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // libtest may print "test crash_child ... " before the first
-                // line without a newline.
-                if let Some((_, e)) = line.rsplit_once("COMMITTED ") {
-                    let _ = tx.send(e.trim().parse::<u64>().unwrap());
-                }
-            }
-        });
+        let child = CommittingChild::spawn("crash_child", (CHILD_ENV, store_dir.as_os_str()));
         // Random instant: from during start-up to well into the write loop.
         std::thread::sleep(Duration::from_micros(rng.below(60_000)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        reader.join().unwrap();
         let before = last_reported;
-        for e in rx.try_iter() {
+        for e in child.kill() {
             assert!(last_reported.is_none_or(|l| e > l), "epochs must increase");
             last_reported = Some(e);
         }

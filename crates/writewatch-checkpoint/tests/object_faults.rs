@@ -7,13 +7,10 @@
 mod common;
 mod s3server;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{coalesce, mutate, Rng};
+use common::{coalesce, mutate, write_epochs, CommittingChild, Rng};
 use s3server::{DroppingProxy, S3Server};
 use writewatch_checkpoint::{
     Corruption, OpenError, RemoteErrorKind, RestoreError, SliceSource, Store, WriteError,
@@ -30,20 +27,7 @@ fn url(prefix: &str) -> String {
 /// A store of three epochs at `prefix`; returns the states.
 fn build(server: &S3Server, prefix: &str) -> Vec<Vec<u8>> {
     let mut store = Store::create_url_with(&url(prefix), &server.options()).unwrap();
-    let mut rng = Rng(99);
-    let mut region = vec![0u8; 64 * PS];
-    let mut states = Vec::new();
-    for e in 0..3u64 {
-        let mut dirty = mutate(&mut rng, &mut region, PS, 20);
-        let src = SliceSource::new(&region, PS).unwrap();
-        if e == 0 {
-            store.write_base(&src).unwrap();
-        } else {
-            store.write_delta(e, &src, &coalesce(&mut dirty)).unwrap();
-        }
-        states.push(region.clone());
-    }
-    states
+    write_epochs(&mut store, 64, PS, 3, 99, |_| 20)
 }
 
 /// The file behind object `name` of `prefix` in the server's data directory.
@@ -193,39 +177,15 @@ fn object_crash_child() {
 fn crash_leaves_the_chain_intact_and_compact_removes_orphans() {
     watchdog(240, "object crash", || {
         let server = S3Server::start();
-        let exe = std::env::current_exe().unwrap();
         let mut rng = Rng(4321);
         let mut last: Option<u64> = None;
         let mut saw_orphans = false;
         let mut region = vec![0u8; 512 * PS];
         for iter in 0..8 {
-            let mut child = Command::new(&exe)
-                .args([
-                    "object_crash_child",
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_ENV, format!("{} crash", server.endpoint()))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let stdout = child.stdout.take().unwrap();
-            let (tx, rx) = mpsc::channel();
-            let reader = std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some((_, e)) = line.rsplit_once("COMMITTED ") {
-                        let _ = tx.send(e.trim().parse::<u64>().unwrap());
-                    }
-                }
-            });
+            let env = format!("{} crash", server.endpoint());
+            let child = CommittingChild::spawn("object_crash_child", (CHILD_ENV, env.as_ref()));
             std::thread::sleep(Duration::from_millis(150 + rng.below(600)));
-            child.kill().unwrap();
-            child.wait().unwrap();
-            reader.join().unwrap();
-            for e in rx.try_iter() {
+            for e in child.kill() {
                 last = Some(e);
             }
             let Ok(store) = Store::open_url_with(&url("crash"), &server.options(), false, false)

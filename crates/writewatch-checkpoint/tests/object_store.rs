@@ -8,7 +8,7 @@ mod s3server;
 
 use std::sync::{Arc, Barrier};
 
-use common::{coalesce, mutate, Rng};
+use common::write_epochs;
 use s3server::S3Server;
 use writewatch_checkpoint::{
     Compression, Geometry, OpenError, RemoteErrorKind, SliceSource, Store, StoreLocation,
@@ -22,22 +22,16 @@ fn url(prefix: &str) -> String {
     format!("s3://bucket/{prefix}")
 }
 
-/// Writes `epochs` epochs of random writes to `store` (base first), returning every state.
-fn write_epochs(store: &mut Store, pages: usize, epochs: u64, seed: u64) -> Vec<Vec<u8>> {
-    let mut rng = Rng(seed);
-    let mut region = vec![0u8; pages * PS];
-    let mut states = Vec::new();
-    for e in 0..epochs {
-        let mut dirty = mutate(&mut rng, &mut region, PS, if e == 0 { pages } else { 40 });
-        let src = SliceSource::new(&region, PS).unwrap();
+/// Writes `epochs` epochs of random writes to `store` (base first: `pages` writes, then 40
+/// an epoch), returning every state.
+fn random_epochs(store: &mut Store, pages: usize, epochs: u64, seed: u64) -> Vec<Vec<u8>> {
+    write_epochs(store, pages, PS, epochs, seed, |e| {
         if e == 0 {
-            store.write_base(&src).unwrap();
+            pages
         } else {
-            store.write_delta(e, &src, &coalesce(&mut dirty)).unwrap();
+            40
         }
-        states.push(region.clone());
-    }
-    states
+    })
 }
 
 #[test]
@@ -59,11 +53,11 @@ fn round_trip_every_epoch_matches_the_local_store() {
             };
             store.set_writer_options(wo.clone());
             // 12 MiB: the base is a multipart upload of three 5 MiB parts.
-            let states = write_epochs(&mut store, 3072, 8, 7 + i as u64);
+            let states = random_epochs(&mut store, 3072, 8, 7 + i as u64);
             let local_dir = tempfile::tempdir().unwrap();
             let mut local = Store::create(local_dir.path()).unwrap();
             local.set_writer_options(wo);
-            let local_states = write_epochs(&mut local, 3072, 8, 7 + i as u64);
+            let local_states = random_epochs(&mut local, 3072, 8, 7 + i as u64);
             assert_eq!(states, local_states);
 
             // Every epoch, through a second, read-only handle.

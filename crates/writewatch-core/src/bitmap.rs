@@ -80,20 +80,9 @@ impl AtomicBitmap {
 
     /// Sets bits `[start, start+count)`.
     pub(crate) fn set_range(&self, start: usize, count: usize) {
-        let end = (start + count).min(self.bits);
-        let mut i = start;
-        while i < end {
-            let w = i / 64;
-            let lo = i % 64;
-            let hi = (end - w * 64).min(64);
-            let mask = if hi - lo == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << (hi - lo)) - 1) << lo
-            };
+        for (w, mask) in self.range_words(start, count) {
             self.words[w].fetch_or(mask, Ordering::AcqRel);
             self.mark(w);
-            i = w * 64 + hi;
         }
     }
 
@@ -108,9 +97,24 @@ impl AtomicBitmap {
 
     /// Clears bits `[start, start+count)` (the summary keeps over-approximating).
     pub(crate) fn clear_range(&self, start: usize, count: usize) {
+        for (w, mask) in self.range_words(start, count) {
+            // Words with none of the bits are not written: a write would commit the lazily
+            // zero-filled page under them (a 64 GiB region's bitmap is 2 MiB of them).
+            if self.words[w].load(Ordering::Acquire) & mask != 0 {
+                self.words[w].fetch_and(!mask, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// The words holding bits `[start, start+count)` (clipped to the bitmap), each with the
+    /// mask of its bits in that range, in order.
+    fn range_words(&self, start: usize, count: usize) -> impl Iterator<Item = (usize, u64)> {
         let end = (start + count).min(self.bits);
         let mut i = start;
-        while i < end {
+        std::iter::from_fn(move || {
+            if i >= end {
+                return None;
+            }
             let w = i / 64;
             let lo = i % 64;
             let hi = (end - w * 64).min(64);
@@ -119,13 +123,9 @@ impl AtomicBitmap {
             } else {
                 ((1u64 << (hi - lo)) - 1) << lo
             };
-            // Words with none of the bits are not written: a write would commit the lazily
-            // zero-filled page under them (a 64 GiB region's bitmap is 2 MiB of them).
-            if self.words[w].load(Ordering::Acquire) & mask != 0 {
-                self.words[w].fetch_and(!mask, Ordering::SeqCst);
-            }
             i = w * 64 + hi;
-        }
+            Some((w, mask))
+        })
     }
 
     /// Clears every bit.
@@ -255,16 +255,34 @@ mod tests {
     }
 
     #[test]
-    fn set_range_matches_single_sets() {
+    fn range_ops_match_single_bit_ops() {
         for start in 0..140 {
             for count in [0, 1, 2, 63, 64, 65, 127, 128, 129] {
+                let range = start..(start + count).min(200);
                 let a = AtomicBitmap::new(200);
                 let b = AtomicBitmap::new(200);
                 a.set_range(start, count);
-                for i in start..(start + count).min(200) {
+                for i in range.clone() {
                     b.set(i);
                 }
-                assert_eq!(a.snapshot(), b.snapshot(), "start {start} count {count}");
+                assert_eq!(
+                    a.snapshot(),
+                    b.snapshot(),
+                    "set: start {start} count {count}"
+                );
+                for i in (0..200).step_by(3) {
+                    a.set(i);
+                    b.set(i);
+                }
+                a.clear_range(start, count);
+                for i in range {
+                    b.take(i);
+                }
+                assert_eq!(
+                    a.snapshot(),
+                    b.snapshot(),
+                    "clear: start {start} count {count}"
+                );
             }
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use writewatch_core::{Region, SnapshotError, Tracker};
+use writewatch_core::{Region, SnapshotError, Tracker, TrackerStats};
 
 const MIB: usize = 1 << 20;
 /// The consistency oracle (tests/common) over `cuts` cuts of a fresh region: asserts 0
@@ -33,6 +33,20 @@ fn oracle_every_cut(
     r.writes
 }
 
+/// [`oracle_every_cut`] over 50 cuts of a 16 MiB region with 4 writers, on a tracker that
+/// re-protects eagerly at age 0 (faults served in the writers' threads if `in_thread`);
+/// asserts the writers made progress and returns the tracker's stats.
+fn oracle_with_eager_reprotect(in_thread: bool) -> TrackerStats {
+    let t = Tracker::builder()
+        .in_thread_faults(in_thread)
+        .eager_reprotect(Duration::ZERO)
+        .build()
+        .unwrap();
+    let writes = oracle_every_cut(&t, 16 * MIB, 4, 50, false);
+    assert!(writes > 5_000, "writers made progress: {writes}");
+    t.stats()
+}
+
 #[test]
 fn consistency_oracle_4_threads_100_cuts() {
     let t = Tracker::builder().build().unwrap();
@@ -44,13 +58,7 @@ fn consistency_oracle_4_threads_100_cuts() {
 fn consistency_oracle_with_eager_reprotect() {
     // Age 0: pages are re-armed whenever the service thread is idle, so most cuts find a mix
     // of armed, re-faulted and fresh pages. The cut must stay a consistent cut.
-    let t = Tracker::builder()
-        .eager_reprotect(std::time::Duration::ZERO)
-        .build()
-        .unwrap();
-    let writes = oracle_every_cut(&t, 16 * MIB, 4, 50, false);
-    assert!(writes > 5_000, "writers made progress: {writes}");
-    let s = t.stats();
+    let s = oracle_with_eager_reprotect(false);
     assert!(
         s.eager_pages > 0 && s.refaults > 0,
         "eager re-protection ran: {s:?}"
@@ -70,14 +78,7 @@ fn consistency_oracle_in_thread_faults() {
 fn consistency_oracle_in_thread_faults_with_eager_reprotect() {
     // Issue 14: in-thread handlers and background re-arming compose. Age 0: the service thread
     // arms pages (armed bit, synchronize, protect) while handlers un-protect others.
-    let t = Tracker::builder()
-        .in_thread_faults(true)
-        .eager_reprotect(std::time::Duration::ZERO)
-        .build()
-        .unwrap();
-    let writes = oracle_every_cut(&t, 16 * MIB, 4, 50, false);
-    assert!(writes > 5_000, "writers made progress: {writes}");
-    let s = t.stats();
+    let s = oracle_with_eager_reprotect(true);
     assert!(
         s.eager_pages > 0,
         "eager re-protection ran beside the handlers: {s:?}"

@@ -2,13 +2,13 @@
 //! one atomic `IMAGE` commit).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::index::{read_image, write_image, ImageError, ImageIndex, ImageRange, IMAGE_NAME};
 use crate::error::{IoContext, IoError};
-use crate::files::TEMP_PREFIX;
+use crate::files::{lock_dir, TEMP_PREFIX};
 use crate::Store;
 
 /// Lock file of an image directory (held exclusively by the writer).
@@ -29,20 +29,8 @@ pub(crate) fn gen_of(name: &str) -> Option<u64> {
 
 /// Takes the image directory's lock (`exclusive` for writers).
 pub(crate) fn lock_image(dir: &Path, exclusive: bool) -> Result<File, ImageError> {
-    let path = dir.join(IMAGE_LOCK);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .or_else(|e| if exclusive { Err(e) } else { File::open(dir) })
-        .ctx("open lock file", &path)?;
-    if !crate::sys::flock(&file, exclusive).ctx("lock", &path)? {
-        return Err(ImageError::Locked(dir.to_path_buf()));
-    }
-    Ok(file)
+    lock_dir(dir, IMAGE_LOCK, exclusive, |_| true)?
+        .ok_or_else(|| ImageError::Locked(dir.to_path_buf()))
 }
 
 /// Writes one dump into an image directory.

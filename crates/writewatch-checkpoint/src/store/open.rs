@@ -1,18 +1,17 @@
 //! Creating and opening a store: the directory, its lock, and the removal of what an
 //! interrupted write left behind.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::backend::{Backend, LocalDir};
 use super::manifest::{read_manifest, MANIFEST_NAME};
 use super::{Leftover, Store};
 use crate::error::{CommitError, IoContext, IoError, OpenError};
-use crate::files::TEMP_PREFIX;
+use crate::files::{lock_dir, TEMP_PREFIX};
 use crate::format::Manifest;
-use crate::sys;
 use crate::writer::WriterOptions;
 
 /// Name of the lock file inside a store directory.
@@ -94,29 +93,10 @@ impl Store {
     }
 
     fn lock(dir: &Path, exclusive: bool) -> Result<File, OpenError> {
-        let path = dir.join(LOCK_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .or_else(|e| {
-                if !exclusive
-                    && (e.kind() == io::ErrorKind::PermissionDenied
-                        || e.raw_os_error() == Some(libc::EROFS))
-                {
-                    File::open(dir)
-                } else {
-                    Err(e)
-                }
-            })
-            .ctx("open lock file", &path)?;
-        if !sys::flock(&file, exclusive).ctx("lock", &path)? {
-            return Err(OpenError::Locked(dir.to_path_buf()));
-        }
-        Ok(file)
+        lock_dir(dir, LOCK_NAME, exclusive, |e| {
+            e.kind() == io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EROFS)
+        })?
+        .ok_or_else(|| OpenError::Locked(dir.to_path_buf()))
     }
 
     fn open_impl(dir: &Path, read_only: bool) -> Result<Store, OpenError> {

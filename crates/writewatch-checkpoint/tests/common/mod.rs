@@ -1,6 +1,13 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use writewatch_checkpoint::{SliceSource, Store};
+
 /// splitmix64 (`next`, `below`, `fill`), from `writewatch-testkit`.
 pub use writewatch_testkit::SplitMix64 as Rng;
 
@@ -57,4 +64,77 @@ pub fn mutate(rng: &mut Rng, region: &mut [u8], page_size: usize, writes: usize)
         }
     }
     dirty
+}
+
+/// Writes epochs `0..epochs` to `store` (the base, then deltas), each `writes(e)` random
+/// writes ([`mutate`], seeded with `seed`) to a region of `pages` pages of `page_size` bytes.
+/// Returns the region's content after every epoch: the oracle the tests restore against.
+pub fn write_epochs(
+    store: &mut Store,
+    pages: usize,
+    page_size: usize,
+    epochs: u64,
+    seed: u64,
+    writes: impl Fn(u64) -> usize,
+) -> Vec<Vec<u8>> {
+    let mut rng = Rng(seed);
+    let mut region = vec![0u8; pages * page_size];
+    let mut states = Vec::new();
+    for e in 0..epochs {
+        let mut dirty = mutate(&mut rng, &mut region, page_size, writes(e));
+        let src = SliceSource::new(&region, page_size).unwrap();
+        if e == 0 {
+            store.write_base(&src).unwrap();
+        } else {
+            store.write_delta(e, &src, &coalesce(&mut dirty)).unwrap();
+        }
+        states.push(region.clone());
+    }
+    states
+}
+
+/// A writer child: this test binary re-executed to run test `test` alone with `env` set,
+/// its stdout read by a thread that passes on the epoch of every `COMMITTED <epoch>` line.
+pub struct CommittingChild {
+    child: Child,
+    reader: JoinHandle<()>,
+    committed: mpsc::Receiver<u64>,
+}
+
+impl CommittingChild {
+    /// Starts the child (stderr discarded).
+    pub fn spawn(test: &str, env: (&str, &std::ffi::OsStr)) -> CommittingChild {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(env.0, env.1)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, committed) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // libtest may print "test <name> ... " before the first line without a
+                // newline.
+                if let Some((_, e)) = line.rsplit_once("COMMITTED ") {
+                    let _ = tx.send(e.trim().parse::<u64>().unwrap());
+                }
+            }
+        });
+        CommittingChild {
+            child,
+            reader,
+            committed,
+        }
+    }
+
+    /// SIGKILLs the child, reaps it, and returns the epochs it reported committed, in order.
+    pub fn kill(mut self) -> Vec<u64> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.reader.join().unwrap();
+        self.committed.try_iter().collect()
+    }
 }

@@ -110,10 +110,7 @@ impl Service {
         let mut buf = std::mem::take(&mut self.page_buf);
         buf.resize(parent.page_size, 0);
         for p in first..=last {
-            let needy: Vec<&Arc<RegionInner>> = kids
-                .iter()
-                .filter(|k| k.lineage.as_ref().is_some_and(|l| !l.owns(p)))
-                .collect();
+            let needy: Vec<&Arc<RegionInner>> = kids.iter().filter(|k| inherits(k, p)).collect();
             if needy.is_empty() {
                 continue;
             }
@@ -255,14 +252,12 @@ impl Service {
                 let mut buf = vec![0u8; inner.page_size];
                 let mut lost = 0u64;
                 for p in first..=last {
-                    let needy: Vec<&Arc<RegionInner>> = kids
-                        .iter()
-                        .filter(|k| k.lineage.as_ref().is_some_and(|l| !l.owns(p)))
-                        .collect();
+                    let needy: Vec<&Arc<RegionInner>> =
+                        kids.iter().filter(|k| inherits(k, p)).collect();
                     if needy.is_empty() {
                         continue;
                     }
-                    let inherited = inner.lineage.as_ref().is_some_and(|l| !l.owns(p));
+                    let inherited = inherits(&inner, p);
                     if inherited {
                         inner.copy_page(p, &mut buf);
                     } else if !inner.copy_own_page(p, &mut buf) && self.may_have_content(key, p) {
@@ -405,4 +400,10 @@ impl Service {
         self.family.0.clear();
         self.family.1.clear();
     }
+}
+
+/// Whether `region` is a clone that still shares page `p` with its parent (it does not own a
+/// copy of its own yet).
+fn inherits(region: &RegionInner, p: u64) -> bool {
+    region.lineage.as_ref().is_some_and(|l| !l.owns(p))
 }

@@ -49,6 +49,11 @@ fn words_of(buf: &[u8]) -> Vec<u64> {
 /// Independent model of the region: one Vec<u64> per page.
 type Model = Vec<Vec<u64>>;
 
+/// The model of a fresh region of `pages` pages (all zero).
+fn zero_model(pages: usize) -> Model {
+    vec![vec![0u64; WPP]; pages]
+}
+
 fn live_page(r: &Region, p: usize) -> Vec<u64> {
     r.as_atomic_u64()[p * WPP..(p + 1) * WPP]
         .iter()
@@ -95,6 +100,15 @@ const CFGS: [Cfg; 8] = [
     Cfg::MergeGap0,
     Cfg::InThreadEager0,
     Cfg::Fixed,
+];
+
+/// The configurations the rollback tests with threads run under (the fuzz runs all of `CFGS`).
+const ROLLBACK_CFGS: [Cfg; 5] = [
+    Cfg::Default,
+    Cfg::InThread,
+    Cfg::Eager0,
+    Cfg::FaultAround,
+    Cfg::InThreadEager0,
 ];
 
 fn builder(c: Cfg) -> TrackerBuilder {
@@ -159,7 +173,7 @@ fn rollback_fuzz(cfg: Cfg, seed: u64, steps: usize) {
     let t = builder(cfg).build().unwrap();
     let r = t.map_anonymous(PAGES * PS).unwrap();
     let mut rng = Rng(seed);
-    let mut m: Model = vec![vec![0u64; WPP]; PAGES];
+    let mut m = zero_model(PAGES);
     let mut snaps: Vec<(Snapshot, Model)> = Vec::new();
     let mut epochs: Vec<(Epoch, Model)> = Vec::new();
     let mut last_cut: Model = m.clone();

@@ -8,18 +8,12 @@ use super::*;
 /// budget is tiny, so rollback's own writes are deferred until the reader frees budget.
 #[test]
 fn rollback_with_concurrent_epoch_reader_and_tiny_budget() {
-    for cfg in [
-        Cfg::Default,
-        Cfg::InThread,
-        Cfg::Eager0,
-        Cfg::FaultAround,
-        Cfg::InThreadEager0,
-    ] {
+    for cfg in ROLLBACK_CFGS {
         watchdog(120, &format!("rollback + saver {cfg:?}"), move || {
             const PAGES: usize = 16;
             let t = builder(cfg).copy_budget(2 * PS).build().unwrap();
             let r = t.map_anonymous(PAGES * PS).unwrap();
-            let mut m: Model = vec![vec![0u64; WPP]; PAGES];
+            let mut m = zero_model(PAGES);
             let mut rng = Rng(0xFEED ^ cfg as u64);
             for p in 0..PAGES {
                 write_word(&r, &mut m, p, 1, 0x1000 + p as u64);
@@ -66,7 +60,7 @@ fn prepare_overwrite_with_views_then_rollback() {
             const PAGES: usize = 32;
             let t = builder(cfg).build().unwrap();
             let r = t.map_anonymous(PAGES * PS).unwrap();
-            let mut m: Model = vec![vec![0u64; WPP]; PAGES];
+            let mut m = zero_model(PAGES);
             for p in 0..PAGES {
                 write_word(&r, &mut m, p, 0, p as u64 + 1);
             }
@@ -125,7 +119,7 @@ fn prepare_overwrite_copy_budget_exhausted() {
                 const PAGES: usize = 16;
                 let t = builder(cfg).copy_budget(2 * PS).build().unwrap();
                 let r = t.map_anonymous(PAGES * PS).unwrap();
-                let mut m: Model = vec![vec![0u64; WPP]; PAGES];
+                let mut m = zero_model(PAGES);
                 for p in 0..PAGES {
                     write_word(&r, &mut m, p, 0, 100 + p as u64);
                 }

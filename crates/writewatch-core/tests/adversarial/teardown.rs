@@ -114,18 +114,12 @@ fn shutdown_with_views_alive() {
 /// later rollback with writers stopped must restore the snapshot exactly.
 #[test]
 fn rollback_racing_a_writer_never_hangs_and_recovers() {
-    for cfg in [
-        Cfg::Default,
-        Cfg::InThread,
-        Cfg::Eager0,
-        Cfg::FaultAround,
-        Cfg::InThreadEager0,
-    ] {
+    for cfg in ROLLBACK_CFGS {
         watchdog(90, &format!("rollback racing writer {cfg:?}"), move || {
             const PAGES: usize = 32;
             let t = builder(cfg).build().unwrap();
             let r = Arc::new(t.map_anonymous(PAGES * PS).unwrap());
-            let mut m: Model = vec![vec![0u64; WPP]; PAGES];
+            let mut m = zero_model(PAGES);
             for p in 0..PAGES {
                 write_word(&r, &mut m, p, 0, 7 + p as u64);
             }
