@@ -21,6 +21,15 @@
 //! Over-report at worst (a copy swapped out between two cuts leaves the set for a while),
 //! never under-report: a page can only re-enter the copied set by a write, which the harvest
 //! reports.
+//!
+//! **Limit (systems with active swap):** a copy that is swapped out at one cut and dropped by
+//! `ftruncate` before the next is not reported. A swapped copy is a swap entry, and the
+//! `ftruncate` leaves a uffd-wp marker in its place. Without `CAP_SYS_ADMIN` (which the raw
+//! pagemap needs to show swap offsets), the two look the same. Counting swap entries as
+//! copies would not help, because the marker that replaces the copy is a swap entry too. It
+//! would also report every read of a protected page. (Review finding 7; the test
+//! `review15::held::private_file_swapped_copy_dropped_by_ftruncate_is_reported` needs a
+//! swapfile.)
 
 use std::sync::atomic::Ordering::Relaxed;
 

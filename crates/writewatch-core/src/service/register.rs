@@ -115,6 +115,18 @@ impl Service {
         if all_dirty {
             inner.dirty.set_range(0, inner.page_count as usize);
         }
+        if self.backend == Backend::SyncUffd {
+            // KSM replaces a merged page's entry with one that has no uffd-wp bit: later
+            // writes would go unseen (sync backend invariant: bit clear => protected). Keep
+            // the range out of KSM (a no-op unless it, or the whole process through
+            // PR_SET_MEMORY_MERGE, was made mergeable; fails harmlessly without CONFIG_KSM).
+            // A range made mergeable again *after* registration is a documented limit.
+            let _ = sys::madvise_nondestructive(
+                Addr(start).ptr().cast(),
+                inner.len,
+                libc::MADV_UNMERGEABLE,
+            );
+        }
         let r = if inner.lazy.is_some() {
             Ok(()) // every page is empty: missing faults guard it
         } else {

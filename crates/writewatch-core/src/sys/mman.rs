@@ -81,9 +81,11 @@ pub(crate) fn madvise_nondestructive(
             | libc::MADV_HUGEPAGE
             | libc::MADV_POPULATE_READ
             | libc::MADV_DONTFORK
+            | libc::MADV_UNMERGEABLE
     ));
     // SAFETY: these advices never change the contents or validity of the range in this
-    // process (MADV_DONTFORK only keeps the range out of future fork children), so no Rust
+    // process (MADV_DONTFORK only keeps the range out of future fork children;
+    // MADV_UNMERGEABLE gives KSM-merged pages private copies of the same bytes), so no Rust
     // reference can observe a difference; the kernel validates the range itself.
     Errno::result(unsafe { libc::madvise(ptr.cast(), len, advice) }).map(drop)
 }

@@ -239,7 +239,7 @@ fn private_file_truncate_racing_cuts_never_under_reports() {
 /// copy, the page's content changes (copy -> zeros) and no later cut reports it. Needs active
 /// swap (a swapfile); passes trivially otherwise (the page-out does nothing).
 #[test]
-#[ignore = "finding 7: private file mapping, COW copy swapped out then dropped by ftruncate: content change never reported (needs active swap)"]
+#[ignore = "finding 7: documented limit (service/cow.rs, design.md 11): a COW copy swapped out at one cut and dropped by ftruncate before the next is not reported (needs active swap)"]
 fn private_file_swapped_copy_dropped_by_ftruncate_is_reported() {
     let Some(t) = async_tracker() else { return };
     let pages = 8;
@@ -362,7 +362,7 @@ fn private_file_collapse_range_dropped_copies_are_reported() {
 /// bit; a later write then breaks COW without a write-protect fault. Needs KSM running
 /// (`echo 1 > /sys/kernel/mm/ksm/run`); skipped when nothing merges within 10 s.
 #[test]
-#[ignore = "finding 12: KSM-merged protected pages lose the uffd-wp bit; later writes are not reported on the sync backend (needs ksmd running)"]
+#[ignore = "finding 12: documented limit (design.md 6): a range made MADV_MERGEABLE after registration loses uffd-wp protection to KSM on the sync backend (the tracker sets MADV_UNMERGEABLE at registration; needs ksmd running)"]
 fn ksm_merged_protected_pages_keep_reporting_writes() {
     let mut missed = Vec::new();
     for backend in [Backend::SyncUffd, Backend::AsyncUffd] {
