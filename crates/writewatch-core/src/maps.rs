@@ -23,6 +23,21 @@ pub(crate) struct Vma {
 }
 
 /// Parses `/proc/self/smaps` text.
+/// `MM:mm` (hex, as maps prints it) as a `dev_t`.
+fn parse_dev(s: &str) -> Option<u64> {
+    let (ma, mi) = s.split_once(':')?;
+    Some(libc::makedev(
+        u32::from_str_radix(ma, 16).ok()?,
+        u32::from_str_radix(mi, 16).ok()?,
+    ))
+}
+
+/// [`sys::hugetlbfs_devs`], probed once per process.
+fn hugetlbfs_devs() -> &'static [u64] {
+    static DEVS: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    DEVS.get_or_init(sys::hugetlbfs_devs)
+}
+
 pub(crate) fn parse_smaps(text: &str) -> Vec<Vma> {
     let mut out: Vec<Vma> = Vec::new();
     for line in text.lines() {
@@ -34,9 +49,14 @@ pub(crate) fn parse_smaps(text: &str) -> Vec<Vma> {
             {
                 let perms = fields.next().unwrap_or("");
                 let _offset = fields.next();
-                let _dev = fields.next();
+                let dev = fields.next().and_then(parse_dev);
                 let _inode = fields.next();
                 let path = fields.collect::<Vec<_>>().join(" ");
+                // Named hugetlb memory (a hugetlbfs file, an MFD_HUGETLB memfd) is hugetlb
+                // by its device; smaps' VmFlags say so too, plain maps text does not.
+                let hugetlb = !path.is_empty()
+                    && !path.starts_with('[')
+                    && dev.is_some_and(|d| hugetlbfs_devs().contains(&d));
                 out.push(Vma {
                     start,
                     end,
@@ -47,7 +67,7 @@ pub(crate) fn parse_smaps(text: &str) -> Vec<Vma> {
                     uffd_wp: false,
                     path,
                     kernel_page_size: 0,
-                    hugetlb: false,
+                    hugetlb,
                 });
                 continue;
             }

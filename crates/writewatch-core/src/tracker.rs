@@ -408,7 +408,9 @@ impl Tracker {
         if !inner.mapping.owned() && kind != RegionKind::Anonymous {
             match std::fs::File::open("/proc/self/mem") {
                 Ok(f) => inner.file_mem = Some(Arc::new(f)),
-                Err(e) => tracing::warn!(%e, "no /proc/self/mem: pages of this region are read directly"),
+                Err(e) => {
+                    tracing::warn!(%e, "no /proc/self/mem: pages of this region are read directly")
+                }
             }
         }
         // Owned private anonymous memory starts empty: it can be armed lazily.

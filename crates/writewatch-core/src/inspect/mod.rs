@@ -209,7 +209,8 @@ impl Inspector {
                     // maps prints an unlinked file as "/path (deleted)": both forms match.
                     let path = m.path.strip_suffix(" (deleted)").unwrap_or(&m.path);
                     let name = path.rsplit('/').next().unwrap_or("");
-                    let hit = !p.is_empty() && (m.path == *p || path == p || (!p.contains('/') && name == p));
+                    let hit = !p.is_empty()
+                        && (m.path == *p || path == p || (!p.contains('/') && name == p));
                     hit.then_some((m.start, m.end, m))
                 }
             })

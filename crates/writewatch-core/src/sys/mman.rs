@@ -97,6 +97,49 @@ pub(crate) fn memfd(name: &str, len: usize) -> Result<OwnedFd, Errno> {
     Ok(fd)
 }
 
+/// The device numbers (`st_dev`) of hugetlbfs on this system: its mounts (from
+/// `/proc/self/mountinfo`) and the kernel's internal mounts that back `MFD_HUGETLB` memfds
+/// (one per huge page size; probed by creating an empty memfd of each). A mapping listed in
+/// `/proc/PID/maps` with one of these devices is hugetlb memory, whatever its name.
+pub(crate) fn hugetlbfs_devs() -> Vec<u64> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let mut devs = Vec::new();
+    let sizes = [0, libc::MFD_HUGE_2MB, libc::MFD_HUGE_1GB];
+    for size in sizes {
+        let flags = MFdFlags::MFD_CLOEXEC
+            | MFdFlags::MFD_HUGETLB
+            | MFdFlags::from_bits_retain(size as libc::c_uint);
+        if let Ok(fd) = memfd_create("writewatch-hugetlb-probe", flags) {
+            if let Ok(st) = nix::sys::stat::fstat(&fd) {
+                devs.push(st.st_dev);
+            }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in text.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            if right.split_whitespace().next() != Some("hugetlbfs") {
+                continue;
+            }
+            let Some((ma, mi)) = left
+                .split_whitespace()
+                .nth(2)
+                .and_then(|d| d.split_once(':'))
+            else {
+                continue;
+            };
+            if let (Ok(ma), Ok(mi)) = (ma.parse::<u32>(), mi.parse::<u32>()) {
+                devs.push(libc::makedev(ma, mi));
+            }
+        }
+    }
+    devs.sort_unstable();
+    devs.dedup();
+    devs
+}
+
 /// A tracked mapping: either created here (and unmapped on drop) or the caller's (adopted,
 /// never unmapped by us).
 ///

@@ -34,7 +34,7 @@ mod uffd;
 pub(crate) mod segv;
 pub(crate) mod sigbus;
 
-pub(crate) use mman::{madvise_nondestructive, mprotect, Atomic8, Mapping};
+pub(crate) use mman::{hugetlbfs_devs, madvise_nondestructive, mprotect, Atomic8, Mapping};
 pub(crate) use pagemap::{
     pagemap_scan, pm, soft_dirty_probe, PageRegion, ScanArgs, EMPTY_PAGE_REGION,
 };

@@ -50,7 +50,6 @@ fn inspect_self(start: usize, len: usize) -> (MappingPages, Vec<String>) {
 /// huge pages are counted as Rss (smaps: Rss 0, `Shared_Hugetlb`). Needs free huge pages
 /// (`echo 4 > /proc/sys/vm/nr_hugepages`); skipped otherwise.
 #[test]
-#[ignore = "finding 4: hugetlb memfd / hugetlbfs file mappings classified Shmem/File by name: Rss and Hugetlb totals disagree with smaps"]
 fn hugetlb_memfd_totals_agree_with_smaps() {
     let name = c"review15-huge";
     // SAFETY: plain system call with a valid C string.
