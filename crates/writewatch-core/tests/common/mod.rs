@@ -427,3 +427,25 @@ impl StampedWriters {
         self.writes()
     }
 }
+
+/// A file of `len` bytes at `dir/writewatch-{name}-{pid}`, pattern-filled (page `p` holds
+/// `p + 1` in every word), opened read-write.
+#[allow(dead_code)]
+pub fn pattern_file(
+    dir: &std::path::Path,
+    name: &str,
+    len: usize,
+) -> (std::path::PathBuf, std::fs::File) {
+    let path = dir.join(format!("writewatch-{name}-{}", std::process::id()));
+    let mut bytes = vec![0u8; len];
+    for (i, w) in bytes.chunks_exact_mut(8).enumerate() {
+        w.copy_from_slice(&((i / 512) as u64 + 1).to_le_bytes());
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    (path, f)
+}

@@ -38,19 +38,8 @@ fn async_tracker() -> Option<Tracker> {
 /// A file of `len` bytes (pattern-filled: page `p` holds `p + 1` in every word) in the test
 /// target's temporary directory, on a regular file system (not tmpfs).
 fn data_file(name: &str, len: usize) -> (PathBuf, File) {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("writewatch-mappings-{name}-{}", std::process::id()));
-    let mut bytes = vec![0u8; len];
-    for (i, w) in bytes.chunks_exact_mut(8).enumerate() {
-        w.copy_from_slice(&((i / 512) as u64 + 1).to_le_bytes());
-    }
-    std::fs::write(&path, &bytes).unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    (path, f)
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    common::pattern_file(&dir, &format!("mappings-{name}"), len)
 }
 
 /// Adopts a file mapping; the region must not outlive `map` (the tests drop it first).

@@ -27,18 +27,7 @@ fn async_tracker() -> Option<Tracker> {
 
 /// A file of `len` bytes under `dir` (page `p` holds `p + 1` in every word).
 fn data_file(dir: &Path, name: &str, len: usize) -> (PathBuf, File) {
-    let path = dir.join(format!("writewatch-review15-{name}-{}", std::process::id()));
-    let mut bytes = vec![0u8; len];
-    for (i, w) in bytes.chunks_exact_mut(8).enumerate() {
-        w.copy_from_slice(&((i / 512) as u64 + 1).to_le_bytes());
-    }
-    std::fs::write(&path, &bytes).unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    (path, f)
+    common::pattern_file(dir, &format!("review15-{name}"), len)
 }
 
 /// A directory on the disk file system (ext4 on the reference machine).

@@ -64,8 +64,15 @@ fn sigbus_child() {
     f.set_len(4096).unwrap();
     std::fs::remove_file(&path).unwrap();
     let r = region.cut_and_copy(|_, _| Ok::<(), std::io::Error>(()));
-    println!("{:?}", r.map(|_| ()));
-    std::process::exit(0);
+    println!("{:?}", r.as_ref().map(|_| ()));
+    // Fixed: the typed error, not SIGBUS (and not Ok with made-up bytes).
+    let typed = matches!(
+        r,
+        Err(writewatch_core::CutAndCopyError::Read(
+            writewatch_core::SnapshotError::BeyondEndOfFile { page: 6 }
+        ))
+    );
+    std::process::exit(if typed { 0 } else { 3 });
 }
 
 const SNAPSHOT_CHILD: &str = "WRITEWATCH_REVIEW15_SNAPSHOT_CHILD";
@@ -89,34 +96,33 @@ fn snapshot_sigbus_child() {
     let mut buf = vec![0u8; 4096];
     let r = snap.read_page(6, &mut buf);
     println!("{r:?}");
-    std::process::exit(0);
+    let typed = r == Err(writewatch_core::SnapshotError::BeyondEndOfFile { page: 6 });
+    std::process::exit(if typed { 0 } else { 3 });
 }
 
-/// Finding 2 (sync backend): a safe `Snapshot::read_page` kills the process with SIGBUS when
-/// the adopted memfd shrank after the snapshot.
+/// Runs a child test and requires it to exit normally with status 0 (no SIGBUS).
+fn child_survives(name: &str, env: &str) {
+    let st = run_child(name, env, 60);
+    assert_ne!(
+        st.signal(),
+        Some(libc::SIGBUS),
+        "the child died of SIGBUS: {st:?}"
+    );
+    assert!(st.success(), "{st:?}");
+}
+
+/// Finding 2 (sync backend): a safe `Snapshot::read_page` killed the process with SIGBUS when
+/// the adopted memfd shrank after the snapshot. Now `BeyondEndOfFile`.
 #[test]
 fn snapshot_read_of_shrunk_memfd_is_an_error_not_sigbus() {
-    let st = run_child("tmpfs::snapshot_sigbus_child", SNAPSHOT_CHILD, 60);
-    assert_ne!(
-        st.signal(),
-        Some(libc::SIGBUS),
-        "the child died of SIGBUS: {st:?}"
-    );
-    assert!(st.success(), "{st:?}");
+    child_survives("tmpfs::snapshot_sigbus_child", SNAPSHOT_CHILD);
 }
 
-/// Finding 2: a safe call (`Region::cut_and_copy`) kills the process with SIGBUS when the
-/// adopted shared tmpfs file shrank (the issue-15 fix reads file-backed kinds through
-/// /proc/self/mem, but /dev/shm and memfd regions are `Shmem`).
+/// Finding 2: a safe call (`Region::cut_and_copy`) killed the process with SIGBUS when the
+/// adopted shared tmpfs file shrank. Now `BeyondEndOfFile`.
 #[test]
 fn cut_and_copy_of_shrunk_shmem_is_an_error_not_sigbus() {
-    let st = run_child("tmpfs::sigbus_child", SIGBUS_CHILD, 60);
-    assert_ne!(
-        st.signal(),
-        Some(libc::SIGBUS),
-        "the child died of SIGBUS: {st:?}"
-    );
-    assert!(st.success(), "{st:?}");
+    child_survives("tmpfs::sigbus_child", SIGBUS_CHILD);
 }
 
 /// Held: a `MAP_SHARED` tmpfs mapping's content after writes via pwrite is what the cut
