@@ -92,6 +92,23 @@ struct Dumper<'p> {
     pool: Vec<Vec<u8>>,
 }
 
+/// The cheap part of `check` (atomics only), also run between chunks: cancelled, `SIGINT`,
+/// or the writer failed.
+fn stop_asked(opts: &DumpOptions, bg: &BgWriter) -> Result<(), DumpError> {
+    let cancelled = opts
+        .cancel
+        .as_ref()
+        .is_some_and(|c| c.load(Ordering::Relaxed));
+    if cancelled || sys::SIGINT_SEEN.load(Ordering::Relaxed) {
+        return Err(DumpError::Interrupted);
+    }
+    if bg.failed() {
+        // Replaced by the writer's own error in `dump_attached`.
+        return Err(DumpError::Invalid(WRITER_FAILED.into()));
+    }
+    Ok(())
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -102,22 +119,24 @@ impl Dumper<'_> {
     }
 
     fn check(&self) -> Result<(), DumpError> {
-        let cancelled = self
-            .opts
-            .cancel
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::Relaxed));
-        if cancelled || sys::SIGINT_SEEN.load(Ordering::Relaxed) {
-            return Err(DumpError::Interrupted);
+        stop_asked(&self.opts, &self.bg)?;
+        if !self.at.alive() {
+            return Err(DumpError::Exited(self.pid()));
+        }
+        self.check_exec()
+    }
+
+    /// The address space the userfaultfd tracks is still the target's: after an `execve`
+    /// the old one is gone, its harvests would report nothing, and the maps are the new
+    /// program's. Checked every round and, with every thread stopped, in the final round.
+    fn check_exec(&self) -> Result<(), DumpError> {
+        if self.at.same_address_space() {
+            return Ok(());
         }
         if !self.at.alive() {
             return Err(DumpError::Exited(self.pid()));
         }
-        if self.bg.failed() {
-            // Replaced by the writer's own error in `dump_attached`.
-            return Err(DumpError::Invalid(WRITER_FAILED.into()));
-        }
-        Ok(())
+        Err(DumpError::Execed(self.pid()))
     }
 
     /// Re-reads maps, drops and adds pieces, harvests: returns the work of the round and
@@ -256,7 +275,7 @@ impl Dumper<'_> {
             let c = match held.as_deref_mut() {
                 Some(held) => {
                     let mut chunks = Vec::new();
-                    let c = read_chunks::<std::convert::Infallible>(
+                    let c = read_chunks::<DumpError>(
                         pid,
                         start,
                         page,
@@ -271,25 +290,27 @@ impl Dumper<'_> {
                     c
                 }
                 None => {
-                    let bg = &self.bg;
+                    let (bg, opts) = (&self.bg, &self.opts);
                     bg.begin(id, start, p.end, pages);
-                    let c = read_chunks::<std::convert::Infallible>(
+                    // A large range takes many chunks: cancellation is honoured between them
+                    // (the open segment is then never committed).
+                    let c = read_chunks::<DumpError>(
                         pid,
                         start,
                         page,
                         &w.runs,
                         &mut alloc,
                         &mut |pages, data| {
+                            stop_asked(opts, bg)?;
                             waited += bg.send_chunk(pages, data);
                             Ok(())
                         },
-                    );
+                    )?;
                     bg.end();
-                    c
+                    Ok(c)
                 }
             };
-            let Ok(c) = c;
-            total.add(c);
+            total.add(c?);
         }
         Ok((total, waited))
     }
@@ -499,6 +520,8 @@ fn run(
     let frozen = Frozen::freeze(pid)?;
     ft.stop_ms = ms(t0.elapsed());
     let threads = frozen.threads();
+    // No execve can happen while every thread is stopped: one before is caught here.
+    d.check_exec()?;
     let (work, new, dropped) = d.plan(false)?;
     ft.maps_ms = ms(d.maps_time);
     ft.harvest_ms = ms(d.harvest_time);
