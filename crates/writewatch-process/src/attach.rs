@@ -275,12 +275,13 @@ fn inject(
     })?;
     b.saved = Some(saved);
     // Opened while the thread is held, like the userfaultfd below: the same address space.
-    let mm_probe =
-        std::fs::File::open(format!("/proc/{pid}/pagemap")).map_err(|source| AttachError::Proc {
+    let mm_probe = std::fs::File::open(format!("/proc/{pid}/pagemap")).map_err(|source| {
+        AttachError::Proc {
             pid,
             what: "pagemap",
             source,
-        })?;
+        }
+    })?;
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
     let mut user_mode_only = false;
     let mut fd = ptrace::remote_syscall(

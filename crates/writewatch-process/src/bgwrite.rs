@@ -102,19 +102,16 @@ impl BgWriter {
         let failed = Arc::new(AtomicBool::new(false));
         let gone = Arc::new(AtomicBool::new(false));
         let times = Arc::new(WriterTimes::default());
-        let (c, f, g, t) = (
-            credits.clone(),
-            failed.clone(),
-            gone.clone(),
-            times.clone(),
-        );
+        let (c, f, g, t) = (credits.clone(), failed.clone(), gone.clone(), times.clone());
         let thread = std::thread::Builder::new()
             .name("ww-dump-writer".into())
             .spawn(move || {
                 let _guard = GoneGuard(g, c.clone());
                 run(writer, page, &rx, &c, &f, &t)
             })
-            .map_err(|e| DumpError::Invalid(format!("cannot start the image writer thread: {e}")))?;
+            .map_err(|e| {
+                DumpError::Invalid(format!("cannot start the image writer thread: {e}"))
+            })?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
@@ -165,7 +162,11 @@ impl BgWriter {
         let t = Instant::now();
         let n = data.len();
         {
-            let mut q = self.credits.queued.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = self
+                .credits
+                .queued
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             while *q > 0 && *q + n > self.bound && !self.gone.load(Ordering::SeqCst) {
                 // Timed: the thread's end is also signalled, this is a second safety net.
                 q = self
@@ -183,7 +184,11 @@ impl BgWriter {
 
     /// Queues a chunk already in memory, whatever the bound.
     pub(crate) fn send_chunk_unbounded(&self, pages: Vec<u64>, data: Vec<u8>) {
-        *self.credits.queued.lock().unwrap_or_else(|e| e.into_inner()) += data.len();
+        *self
+            .credits
+            .queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) += data.len();
         self.send(Msg::Chunk { pages, data });
     }
 
@@ -200,7 +205,9 @@ impl BgWriter {
     pub(crate) fn finish(&mut self) -> Result<ImageWriter, DumpError> {
         drop(self.tx.take());
         let Some(thread) = self.thread.take() else {
-            return Err(DumpError::Invalid("the image writer already finished".into()));
+            return Err(DumpError::Invalid(
+                "the image writer already finished".into(),
+            ));
         };
         match thread.join() {
             Ok((w, None)) => Ok(w),
@@ -309,9 +316,7 @@ fn segment(
                 times
                     .push_ns
                     .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                times
-                    .bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                times.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 release(credits, data.len());
                 r?;
             }

@@ -14,16 +14,16 @@ use std::time::{Duration, Instant};
 
 use writewatch_checkpoint::image::ImageWriter;
 
+use crate::attach::{attach, Attached};
 use crate::bgwrite::{BgWriter, WRITER_FAILED};
 use crate::copy::{normalize, push_run, read_chunks, Copied, CHUNK_PAGES};
 use crate::error::{AttachError, DumpError};
 use crate::freeze::Frozen;
 use crate::maps::read_maps;
 use crate::pieces::{sync, Piece};
+pub use crate::report::{DumpReport, FreezeTimes, RoundReport, Skipped, WriterReport};
 use crate::sys;
 use crate::verify::verify_frozen;
-pub use crate::report::{DumpReport, FreezeTimes, RoundReport, Skipped, WriterReport};
-use crate::attach::{attach, Attached};
 
 /// How a dump runs.
 #[derive(Debug, Clone)]
@@ -334,9 +334,9 @@ impl Dumper<'_> {
         let want = bytes.min(self.opts.final_buffer_bytes as u64) as usize;
         let mut have: usize = self.pool.len() * chunk;
         while have < want {
-            let mut b = Vec::with_capacity(chunk);
-            b.resize(chunk, 0); // written: every page faulted in now, not during the freeze
-            self.pool.push(b);
+            // Non-zero: memset writes every page now (a zeroed allocation would be mapped
+            // lazily and fault during the freeze). Every byte is overwritten by the copy.
+            self.pool.push(vec![1u8; chunk]);
             have += chunk;
         }
     }
@@ -457,11 +457,9 @@ fn dump_attached(
     match run(&mut d, skipped, t_start) {
         Ok(r) => Ok(r),
         // The writer's own error (ENOSPC, EIO...) rather than "the writer failed".
-        Err(DumpError::Invalid(m)) if m == WRITER_FAILED => Err(d
-            .bg
-            .finish()
-            .err()
-            .unwrap_or(DumpError::Invalid(m))),
+        Err(DumpError::Invalid(m)) if m == WRITER_FAILED => {
+            Err(d.bg.finish().err().unwrap_or(DumpError::Invalid(m)))
+        }
         Err(e) => Err(e),
     }
 }

@@ -437,7 +437,10 @@ fn enospc_is_a_typed_error_and_the_previous_commit_survives() {
                 matches!(err, DumpError::Store { .. } | DumpError::Image { .. }),
                 "{err:?}"
             );
-            assert!(has_errno(&err, libc::ENOSPC), "ENOSPC in the chain: {err:?}");
+            assert!(
+                has_errno(&err, libc::ENOSPC),
+                "ENOSPC in the chain: {err:?}"
+            );
             assert!(err.to_string().contains("previous commit"), "{err}");
             assert_eq!(std::fs::read(img.join("IMAGE")).unwrap(), before);
             assert!(verify_image(&img).unwrap().is_ok());
@@ -496,7 +499,11 @@ fn target_forking_during_rounds_parent_image_exact_child_untracked() {
             dump(pid, &img, opts(4), Some(&mut step)).expect("dump")
         };
         assert!(child > 0);
-        assert!(report.verified.as_ref().unwrap().ok, "{:?}", report.verified);
+        assert!(
+            report.verified.as_ref().unwrap().ok,
+            "{:?}",
+            report.verified
+        );
         for _ in 0..200 {
             if t.state() == 'T' {
                 break;

@@ -338,8 +338,8 @@ fn target(pages: usize, churn_on: bool, stay: bool, zap_file: Option<String>) {
 /// until this process dies (`PR_SET_PDEATHSIG`). Returns the child's pid.
 fn fork_scribbler(regions: &[usize], pages: usize) -> i32 {
     let regions: Vec<usize> = regions.to_vec(); // allocated before the fork
-    // SAFETY: the child only does async-signal-safe work (prctl, volatile stores, nanosleep)
-    // and never returns into Rust code that could take a lock held by another thread.
+                                                // SAFETY: the child only does async-signal-safe work (prctl, volatile stores, nanosleep)
+                                                // and never returns into Rust code that could take a lock held by another thread.
     let child = unsafe { libc::fork() };
     assert!(child >= 0, "fork");
     if child > 0 {
