@@ -48,11 +48,13 @@ enum Msg {
     Barrier(SyncSender<()>),
 }
 
-/// Bytes queued and not yet written.
+/// Bytes queued and not yet written; the pause flag.
 #[derive(Default)]
 struct Credits {
     queued: Mutex<usize>,
     freed: Condvar,
+    paused: Mutex<bool>,
+    resumed: Condvar,
 }
 
 /// Cumulative figures of the writer thread.
@@ -182,6 +184,17 @@ impl BgWriter {
         t.elapsed()
     }
 
+    /// Pauses (or resumes) the writing between chunks: the final round pauses it so the
+    /// writer's checksums and writes do not compete for the CPU with the freeze.
+    pub(crate) fn pause(&self, on: bool) {
+        *self
+            .credits
+            .paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = on;
+        self.credits.resumed.notify_all();
+    }
+
     /// Queues a chunk already in memory, whatever the bound.
     pub(crate) fn send_chunk_unbounded(&self, pages: Vec<u64>, data: Vec<u8>) {
         *self
@@ -194,6 +207,7 @@ impl BgWriter {
 
     /// Waits until everything queued so far is written (or the writer failed).
     pub(crate) fn drain(&self) {
+        self.pause(false);
         let (tx, rx) = sync_channel(1);
         self.send(Msg::Barrier(tx));
         // Err: the thread is gone (its sender dropped).
@@ -203,6 +217,7 @@ impl BgWriter {
     /// Ends the thread after everything queued and returns the image writer, or the first
     /// error.
     pub(crate) fn finish(&mut self) -> Result<ImageWriter, DumpError> {
+        self.pause(false);
         drop(self.tx.take());
         let Some(thread) = self.thread.take() else {
             return Err(DumpError::Invalid(
@@ -222,6 +237,7 @@ impl BgWriter {
 
 impl Drop for BgWriter {
     fn drop(&mut self) {
+        self.pause(false);
         drop(self.tx.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -291,6 +307,19 @@ fn run(
 
 type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
+/// Waits while the dump has paused the writer (the final round's freeze). Timed: the pause
+/// lasts one freeze, and `finish` / `drain` / drop lift it.
+fn wait_unpaused(c: &Credits) {
+    let mut p = c.paused.lock().unwrap_or_else(|e| e.into_inner());
+    while *p {
+        p = c
+            .resumed
+            .wait_timeout(p, Duration::from_millis(100))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
 /// Writes one segment: its chunks until `End`, then the commit.
 fn segment(
     writer: &mut ImageWriter,
@@ -308,6 +337,7 @@ fn segment(
     loop {
         match rx.recv() {
             Ok(Msg::Chunk { pages, data }) => {
+                wait_unpaused(credits);
                 let t = Instant::now();
                 let r = pages
                     .iter()

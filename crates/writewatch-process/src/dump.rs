@@ -514,6 +514,7 @@ fn run(
     d.maps_time = Duration::ZERO;
     d.harvest_time = Duration::ZERO;
     let mut ft = FreezeTimes::default();
+    d.bg.pause(true);
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid)?;
     ft.stop_ms = ms(t0.elapsed());
@@ -530,6 +531,9 @@ fn run(
         .sum();
     let hold = d.opts.verify || d.opts.leave_stopped;
     ft.buffered = bytes <= d.opts.final_buffer_bytes as u64;
+    if !ft.buffered {
+        d.bg.pause(false); // the pages stream through it
+    }
     let mut held = Vec::new();
     let (c, _) = d.copy(&work, ft.buffered.then_some(&mut held))?;
     ft.copy_ms = ms(t1.elapsed());
@@ -547,6 +551,7 @@ fn run(
         drop(frozen.take()); // resumes every thread
         ft.resume_ms = ms(t.elapsed());
     }
+    d.bg.pause(false);
     d.send_held(held);
     let t_w = Instant::now();
     let mut writer = d.bg.finish()?;
