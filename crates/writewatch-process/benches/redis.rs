@@ -5,7 +5,7 @@
 //!   same process (every writable page read with the process stopped) and against Redis's
 //!   own fork for `BGSAVE` (`INFO persistence` `latest_fork_usec`);
 //! - Redis SET throughput with tracking on vs off: pairs of equal windows (default 3 pairs of
-//!   10 s, `-- --pairs N --window S`), the order alternating, each "on" window a dump
+//!   20 s, `-- --pairs N --window S`), the order alternating, each "on" window a dump
 //!   running (cancelled at the window's end); the median of the per-pair ratios;
 //! - the first round's copy rate (pages read with `process_vm_readv` and written to the
 //!   image store).
@@ -113,7 +113,7 @@ fn on_window(
     dir: &std::path::Path,
     window: Duration,
     keys: u64,
-) -> (Vec<LoadRun>, Option<Instant>) {
+) -> (Vec<LoadRun>, Option<(Instant, Duration)>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     let cancel = Arc::new(AtomicBool::new(false));
@@ -133,6 +133,7 @@ fn on_window(
         };
         dump(pid, &dir2, opts, Some(&mut progress))
     });
+    let t_window = Instant::now();
     let runs = load_window(window, keys);
     cancel.store(true, Ordering::Relaxed);
     match dumper.join().expect("dumper thread") {
@@ -141,7 +142,7 @@ fn on_window(
     }
     let _ = std::fs::remove_dir_all(dir);
     let t = *r0.lock().unwrap();
-    (runs, t)
+    (runs, t.map(|t| (t, t - t_window)))
 }
 
 /// Throughput with tracking off vs on: `pairs` pairs of equal windows, alternating which
@@ -161,17 +162,17 @@ fn throughput(pid: u32, root: &std::path::Path, pairs: usize, window: Duration, 
         };
         let off = ops_of(&off, None).unwrap_or(f64::NAN);
         let on_all = ops_of(&on, None).unwrap_or(f64::NAN);
-        let on_steady = r0.and_then(|t| ops_of(&on, Some(t)));
+        let on_steady = r0.and_then(|(t, _)| ops_of(&on, Some(t)));
         whole.push(on_all / off);
         if let Some(s) = on_steady {
             steady.push(s / off);
         }
         println!(
-            "  pair {i} ({}): off {off:>8.0} ops/s, on {on_all:>8.0} (ratio {:.3}), on after round 0 {} (round 0 took {})",
+            "  pair {i} ({}): off {off:>8.0} ops/s, on {on_all:>8.0} (ratio {:.3}), on after round 0 {} (round 0 took {} of the window)",
             if i % 2 == 0 { "off, on" } else { "on, off" },
             on_all / off,
             on_steady.map_or("n/a".into(), |s| format!("{s:.0} (ratio {:.3})", s / off)),
-            r0.map_or("the whole window".into(), |_| "part of it".to_string()),
+            r0.map_or("the whole window".into(), |(_, d)| format!("{:.1} s", d.as_secs_f64())),
         );
     }
     println!(
@@ -285,7 +286,7 @@ fn main() {
             .skip_while(|a| a != "--window")
             .nth(1)
             .and_then(|v| v.parse().ok())
-            .unwrap_or(10.0),
+            .unwrap_or(20.0),
     );
     throughput(pid, dir.parent().unwrap(), pairs, window, hot);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -70,6 +70,10 @@ pub(crate) struct WriterTimes {
     pub segments: AtomicU64,
 }
 
+/// Nice levels the writer thread runs below the dump: on a busy machine its checksums and
+/// writes yield to the target being dumped.
+const WRITER_NICE: i32 = 10;
+
 /// The placeholder error `check` returns when the writer failed; replaced by the writer's
 /// own error.
 pub(crate) const WRITER_FAILED: &str = "the image writer failed";
@@ -109,6 +113,8 @@ impl BgWriter {
             .name("ww-dump-writer".into())
             .spawn(move || {
                 let _guard = GoneGuard(g, c.clone());
+                // Background work: the target (and the dump's own rounds) come first.
+                crate::sys::nice_this_thread(WRITER_NICE);
                 run(writer, page, &rx, &c, &f, &t)
             })
             .map_err(|e| {

@@ -56,6 +56,20 @@ pub(crate) fn read_remote(pid: u32, addrs: &[usize], bufs: &mut [&mut [u8]]) -> 
     process_vm_readv(Pid::from_raw(pid as i32), &mut local, &remote).map_err(io::Error::from)
 }
 
+/// Lowers the calling thread's scheduling priority by `inc` nice levels (Linux nice values
+/// are per thread). Best effort: a failure is logged.
+pub(crate) fn nice_this_thread(inc: i32) {
+    // SAFETY: setpriority with integer arguments; `who = 0` is the calling thread on Linux.
+    let r = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        let cur = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, (cur + inc).min(19))
+    };
+    if r != 0 {
+        tracing::debug!("setpriority: {}", io::Error::last_os_error());
+    }
+}
+
 /// Whether a process with this pid exists (`kill(pid, 0)`; `EPERM` means it exists).
 pub(crate) fn process_exists(pid: u32) -> bool {
     match nix::sys::signal::kill(Pid::from_raw(pid as i32), None) {
