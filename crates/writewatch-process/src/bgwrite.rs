@@ -242,7 +242,12 @@ impl BgWriter {
 }
 
 impl Drop for BgWriter {
+    /// Without [`finish`](BgWriter::finish) (the dump failed): the writer discards what is
+    /// still queued instead of writing it (nothing of this dump will be committed).
     fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
         self.pause(false);
         drop(self.tx.take());
         if let Some(t) = self.thread.take() {
@@ -278,7 +283,7 @@ fn run(
             Msg::Barrier(tx) => {
                 let _ = tx.send(());
             }
-            _ if err.is_some() => {}
+            _ if err.is_some() || failed.load(Ordering::Relaxed) => {}
             Msg::Add { id, page_count } => {
                 if let Err(e) = writer.add_range(id, page as u64, page_count) {
                     err = Some(image_err(&writer, e));
@@ -295,7 +300,7 @@ fn run(
                     page_size: page,
                     page_count,
                 };
-                if let Err(e) = segment(&mut writer, id, geo, rx, credits, times) {
+                if let Err(e) = segment(&mut writer, id, geo, rx, credits, times, failed) {
                     err = Some(DumpError::Store {
                         start,
                         end,
@@ -334,6 +339,7 @@ fn segment(
     rx: &Receiver<Msg>,
     credits: &Credits,
     times: &WriterTimes,
+    abandoned: &AtomicBool,
 ) -> Result<(), BoxErr> {
     let store = writer
         .store(id)
@@ -344,6 +350,10 @@ fn segment(
         match rx.recv() {
             Ok(Msg::Chunk { pages, data }) => {
                 wait_unpaused(credits);
+                if abandoned.load(Ordering::Relaxed) {
+                    release(credits, data.len());
+                    return Err("image writer: the dump was abandoned".into());
+                }
                 let t = Instant::now();
                 let r = pages
                     .iter()
