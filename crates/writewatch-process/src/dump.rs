@@ -272,45 +272,34 @@ impl Dumper<'_> {
             let (id, start, pages) = (p.id, p.start, p.pages(page));
             let pool = &mut self.pool;
             let mut alloc = |n: usize| pool.pop().unwrap_or_else(|| Vec::with_capacity(n));
-            let c = match held.as_deref_mut() {
-                Some(held) => {
-                    let mut chunks = Vec::new();
-                    let c = read_chunks::<DumpError>(
-                        pid,
-                        start,
-                        page,
-                        &w.runs,
-                        &mut alloc,
-                        &mut |pages, data| {
-                            chunks.push((pages, data));
-                            Ok(())
-                        },
-                    );
-                    held.push(HeldSegment { idx: w.idx, chunks });
-                    c
-                }
-                None => {
-                    let (bg, opts) = (&self.bg, &self.opts);
-                    bg.begin(id, start, p.end, pages);
-                    // A large range takes many chunks: cancellation is honoured between them
-                    // (the open segment is then never committed).
-                    let c = read_chunks::<DumpError>(
-                        pid,
-                        start,
-                        page,
-                        &w.runs,
-                        &mut alloc,
-                        &mut |pages, data| {
-                            stop_asked(opts, bg)?;
-                            waited += bg.send_chunk(pages, data);
-                            Ok(())
-                        },
-                    )?;
-                    bg.end();
-                    Ok(c)
-                }
-            };
-            total.add(c?);
+            let (bg, opts) = (&self.bg, &self.opts);
+            let mut chunks = Vec::new();
+            if held.is_none() {
+                bg.begin(id, start, p.end, pages);
+            }
+            // A large range takes many chunks: cancellation is honoured between them (an
+            // open segment is then never committed).
+            let c = read_chunks::<DumpError>(
+                pid,
+                start,
+                page,
+                &w.runs,
+                &mut alloc,
+                &mut |pages, data| {
+                    if held.is_some() {
+                        chunks.push((pages, data));
+                    } else {
+                        stop_asked(opts, bg)?;
+                        waited += bg.send_chunk(pages, data);
+                    }
+                    Ok(())
+                },
+            )?;
+            match held.as_deref_mut() {
+                Some(held) => held.push(HeldSegment { idx: w.idx, chunks }),
+                None => bg.end(),
+            }
+            total.add(c);
         }
         Ok((total, waited))
     }
