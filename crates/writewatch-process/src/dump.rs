@@ -92,6 +92,9 @@ struct Dumper<'p> {
     pool: Vec<Vec<u8>>,
 }
 
+/// Nice levels the dump's thread is raised by while the target is stopped (when allowed).
+const FREEZE_BOOST: i32 = 10;
+
 /// The cheap part of `check` (atomics only), also run between chunks: cancelled, `SIGINT`,
 /// or the writer failed.
 fn stop_asked(opts: &DumpOptions, bg: &BgWriter) -> Result<(), DumpError> {
@@ -504,6 +507,9 @@ fn run(
     d.harvest_time = Duration::ZERO;
     let mut ft = FreezeTimes::default();
     d.bg.pause(true);
+    // The target is stopped for as long as this thread takes: on a busy machine, let it
+    // run first (best effort; restored once the target runs again, or on error).
+    let boost = sys::Boost::raise(FREEZE_BOOST);
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid)?;
     ft.stop_ms = ms(t0.elapsed());
@@ -539,6 +545,9 @@ fn run(
         let t = Instant::now();
         drop(frozen.take()); // resumes every thread
         ft.resume_ms = ms(t.elapsed());
+    }
+    if frozen.is_none() {
+        drop(boost);
     }
     d.bg.pause(false);
     d.send_held(held);
