@@ -49,7 +49,7 @@ pub(crate) fn read_chunks<E>(
         let mut data = alloc(*n * page);
         data.truncate(*n * page);
         data.resize(*n * page, 0);
-        let c = fill(pid, base, page, chunk, &mut data);
+        let c = read_into(pid, base, page, chunk, &mut data);
         out.add(c);
         let pages = chunk.iter().flat_map(|&(f, c)| f..f + c).collect();
         chunk.clear();
@@ -74,7 +74,13 @@ pub(crate) fn read_chunks<E>(
 
 /// Reads `runs` into `buf` (their pages back to back). A page the kernel refuses is zeroed
 /// and counted; the read goes on after it.
-fn fill(pid: u32, base: usize, page: usize, runs: &[(u64, u64)], buf: &mut [u8]) -> Copied {
+pub(crate) fn read_into(
+    pid: u32,
+    base: usize,
+    page: usize,
+    runs: &[(u64, u64)],
+    buf: &mut [u8],
+) -> Copied {
     let mut out = Copied::default();
     // Cursor: run `i`, `k` pages into it, `off` bytes into `buf`.
     let (mut i, mut k, mut off) = (0usize, 0u64, 0usize);

@@ -16,7 +16,7 @@ use writewatch_checkpoint::image::ImageWriter;
 
 use crate::attach::{attach, Attached};
 use crate::bgwrite::{BgWriter, WRITER_FAILED};
-use crate::copy::{normalize, push_run, read_chunks, Copied, CHUNK_PAGES};
+use crate::copy::{normalize, push_run, read_chunks, read_into, Copied, CHUNK_PAGES};
 use crate::error::{AttachError, DumpError};
 use crate::freeze::Frozen;
 use crate::maps::read_maps;
@@ -88,8 +88,9 @@ struct Dumper<'p> {
     /// Time in `plan` re-reading maps and registering / harvesting, since the last reset.
     maps_time: Duration,
     harvest_time: Duration,
-    /// Pre-faulted buffers for the final round (filled before the last pre-copy round).
-    pool: Vec<Vec<u8>>,
+    /// The final round's pages, back to back: pre-faulted before the last pre-copy round
+    /// (sized like that round), so the freeze copies into memory already mapped.
+    arena: Vec<u8>,
 }
 
 /// Nice levels the dump's thread is raised by while the target is stopped (when allowed).
@@ -258,9 +259,10 @@ impl Dumper<'_> {
     }
 
     /// Copies the planned runs into memory, chunk by chunk, and queues them for the writer
-    /// thread (waiting while the queue is over its bound); with `held`, keeps them there
-    /// instead (the final round, sent after the resume). Returns what was read and the
-    /// time waited for the writer.
+    /// thread (waiting while the queue is over its bound); with `held` (the final round,
+    /// target stopped), reads them into the arena instead, to be queued after the resume
+    /// ([`send_held`](Self::send_held)). Returns what was read and the time waited for the
+    /// writer.
     fn copy(
         &mut self,
         work: &[Work],
@@ -269,17 +271,33 @@ impl Dumper<'_> {
         let mut total = Copied::default();
         let mut waited = Duration::ZERO;
         let (pid, page) = (self.pid(), self.page);
+        let mut used = 0usize;
         for w in work {
             self.check()?;
             let p = &self.pieces[w.idx];
             let (id, start, pages) = (p.id, p.start, p.pages(page));
-            let pool = &mut self.pool;
-            let mut alloc = |n: usize| pool.pop().unwrap_or_else(|| Vec::with_capacity(n));
-            let (bg, opts) = (&self.bg, &self.opts);
-            let mut chunks = Vec::new();
-            if held.is_none() {
-                bg.begin(id, start, p.end, pages);
+            if let Some(held) = held.as_deref_mut() {
+                let bytes = w.runs.iter().map(|r| r.1 as usize).sum::<usize>() * page;
+                if self.arena.len() < used + bytes {
+                    self.arena.resize(used + bytes, 0); // beyond the estimate
+                }
+                total.add(read_into(
+                    pid,
+                    start,
+                    page,
+                    &w.runs,
+                    &mut self.arena[used..used + bytes],
+                ));
+                held.push(HeldSegment {
+                    idx: w.idx,
+                    runs: w.runs.clone(),
+                    at: used,
+                });
+                used += bytes;
+                continue;
             }
+            let (bg, opts) = (&self.bg, &self.opts);
+            bg.begin(id, start, p.end, pages);
             // A large range takes many chunks: cancellation is honoured between them (an
             // open segment is then never committed).
             let c = read_chunks::<DumpError>(
@@ -287,49 +305,44 @@ impl Dumper<'_> {
                 start,
                 page,
                 &w.runs,
-                &mut alloc,
+                &mut Vec::with_capacity,
                 &mut |pages, data| {
-                    if held.is_some() {
-                        chunks.push((pages, data));
-                    } else {
-                        stop_asked(opts, bg)?;
-                        waited += bg.send_chunk(pages, data);
-                    }
+                    stop_asked(opts, bg)?;
+                    waited += bg.send_chunk(pages, data);
                     Ok(())
                 },
             )?;
-            match held.as_deref_mut() {
-                Some(held) => held.push(HeldSegment { idx: w.idx, chunks }),
-                None => bg.end(),
-            }
+            bg.end();
             total.add(c);
         }
         Ok((total, waited))
     }
 
-    /// Queues the final round's buffered pages for the writer.
-    fn send_held(&self, held: Vec<HeldSegment>) {
+    /// Queues the final round's pages (in the arena) for the writer, in chunks, and frees
+    /// the arena.
+    fn send_held(&mut self, held: Vec<HeldSegment>) {
+        let page = self.page;
         for h in held {
             let p = &self.pieces[h.idx];
-            self.bg.begin(p.id, p.start, p.end, p.pages(self.page));
-            for (pages, data) in h.chunks {
-                self.bg.send_chunk_unbounded(pages, data);
+            self.bg.begin(p.id, p.start, p.end, p.pages(page));
+            let all: Vec<u64> = h.runs.iter().flat_map(|&(f, c)| f..f + c).collect();
+            for (k, pages) in all.chunks(CHUNK_PAGES).enumerate() {
+                let from = h.at + k * CHUNK_PAGES * page;
+                let data = self.arena[from..from + pages.len() * page].to_vec();
+                self.bg.send_chunk_unbounded(pages.to_vec(), data);
             }
             self.bg.end();
         }
+        self.arena = Vec::new();
     }
 
-    /// Fills the pool with pre-faulted chunk buffers worth about `bytes` (at most the final
-    /// buffer): the final round then copies into memory that is already mapped.
+    /// Pre-faults the arena for about `bytes` (at most the final buffer).
     fn prefault(&mut self, bytes: u64) {
-        let chunk = CHUNK_PAGES * self.page;
         let want = bytes.min(self.opts.final_buffer_bytes as u64) as usize;
-        let mut have: usize = self.pool.len() * chunk;
-        while have < want {
+        if self.arena.len() < want {
             // Non-zero: memset writes every page now (a zeroed allocation would be mapped
             // lazily and fault during the freeze). Every byte is overwritten by the copy.
-            self.pool.push(vec![1u8; chunk]);
-            have += chunk;
+            self.arena = vec![1u8; want];
         }
     }
 
@@ -373,10 +386,12 @@ fn reverted_cow_pages(
     Ok(())
 }
 
-/// One range's final-round pages, copied into memory while the target is stopped.
+/// One range's final-round pages, copied into the arena while the target is stopped.
 struct HeldSegment {
     idx: usize,
-    chunks: Vec<(Vec<u64>, Vec<u8>)>,
+    runs: Vec<(u64, u64)>,
+    /// Offset of its first page in the arena.
+    at: usize,
 }
 
 /// Dumps process `pid` into the image directory `dir`: attach, a first full copy, `rounds`
@@ -444,7 +459,7 @@ fn dump_attached(
         untracked: 0,
         maps_time: Duration::ZERO,
         harvest_time: Duration::ZERO,
-        pool: Vec::new(),
+        arena: Vec::new(),
     };
     match run(&mut d, skipped, t_start) {
         Ok(r) => Ok(r),
