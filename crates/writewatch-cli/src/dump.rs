@@ -109,6 +109,11 @@ fn print_report(r: &DumpReport, json: bool) -> u8 {
             "freeze {:.2} ms ({} threads), total {:.0} ms",
             r.freeze_ms, r.threads, r.total_ms
         );
+        let f = &r.freeze_times;
+        println!(
+            "  freeze: stop {:.2} ms, maps {:.2} ms, harvest {:.2} ms, copy {:.2} ms (read {:.2} ms); after it: writes {:.1} ms, commit {:.1} ms",
+            f.stop_ms, f.maps_ms, f.harvest_ms, f.copy_ms, f.read_ms, f.write_ms, f.commit_ms
+        );
         if let Some(v) = &r.verified {
             println!(
                 "verify: {} ({} pages, {} mismatched)",

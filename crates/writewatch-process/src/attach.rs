@@ -20,6 +20,10 @@ pub struct Attached {
     pidfd: OwnedFd,
     uffd: RemoteUffd,
     pagemap: RemotePagemap,
+    /// `/proc/PID/pagemap` opened while the thread was held: bound to the address space the
+    /// userfaultfd acts on. Once that address space is gone (the target called `execve`, or
+    /// exited) reading it fails or returns nothing.
+    mm_probe: std::fs::File,
     user_mode_only: bool,
 }
 
@@ -32,6 +36,15 @@ impl Attached {
     /// The target's userfaultfd (held here; the target's own copy was closed).
     pub fn uffd(&self) -> &RemoteUffd {
         &self.uffd
+    }
+
+    /// Whether the address space tracked since the attach is still the target's (no
+    /// `execve` since; `false` too once the target has exited).
+    pub fn same_address_space(&self) -> bool {
+        use std::os::unix::fs::FileExt;
+        let mut entry = [0u8; 8];
+        // Any address's entry exists while the mm lives (zeros for unmapped addresses).
+        matches!(self.mm_probe.read_at(&mut entry, 0), Ok(8))
     }
 
     /// The target's `/proc/PID/pagemap`.
@@ -261,6 +274,14 @@ fn inject(
         source: Errno::from_raw(e as i32),
     })?;
     b.saved = Some(saved);
+    // Opened while the thread is held, like the userfaultfd below: the same address space.
+    let mm_probe = std::fs::File::open(format!("/proc/{pid}/pagemap")).map_err(|source| {
+        AttachError::Proc {
+            pid,
+            what: "pagemap",
+            source,
+        }
+    })?;
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
     let mut user_mode_only = false;
     let mut fd = ptrace::remote_syscall(
@@ -322,6 +343,7 @@ fn inject(
         pidfd,
         uffd,
         pagemap,
+        mm_probe,
         user_mode_only,
     })
 }

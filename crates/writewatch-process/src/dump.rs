@@ -7,23 +7,23 @@
 //! is its content at the freeze; every page written since is reported by the final harvest,
 //! taken with all threads stopped, and copied before they resume.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use writewatch_checkpoint::image::ImageWriter;
-use writewatch_checkpoint::Geometry;
 
 use crate::attach::{attach, Attached};
-use crate::copy::{copy_runs, normalize, push_run};
+use crate::bgwrite::{BgWriter, WRITER_FAILED};
+use crate::copy::{normalize, push_run, read_chunks, read_into, Copied, CHUNK_PAGES};
 use crate::error::{AttachError, DumpError};
 use crate::freeze::Frozen;
 use crate::maps::read_maps;
 use crate::pieces::{sync, Piece};
+pub use crate::report::{DumpReport, FreezeTimes, RoundReport, Skipped, WriterReport};
 use crate::sys;
-use crate::verify::{verify_frozen, VerifyOutcome};
+use crate::verify::verify_frozen;
 
 /// How a dump runs.
 #[derive(Debug, Clone)]
@@ -41,6 +41,7 @@ pub struct DumpOptions {
     pub verify: bool,
     /// Final-round pages are copied into memory up to this many bytes, so the target can
     /// resume before they are written to disk; beyond it they are written while it is stopped.
+    /// Also the bound of the pages pre-copy rounds queue for the image writer thread.
     pub final_buffer_bytes: usize,
     /// Set to stop the dump at the next check (SIGINT handlers).
     pub cancel: Option<Arc<AtomicBool>>,
@@ -60,81 +61,6 @@ impl Default for DumpOptions {
     }
 }
 
-/// One round's figures.
-#[derive(Debug, Clone, Serialize)]
-pub struct RoundReport {
-    /// Round number (0: the first full copy).
-    pub round: u32,
-    /// Whether this is the final (stopped) round.
-    pub is_final: bool,
-    /// Pages copied.
-    pub pages: u64,
-    /// Bytes copied.
-    pub bytes: u64,
-    /// Pages that could not be read (recorded as zero).
-    pub unreadable_pages: u64,
-    /// Ranges that appeared (copied whole) / disappeared this round.
-    pub new_ranges: usize,
-    /// Ranges dropped (unmapped, moved, replaced).
-    pub dropped_ranges: usize,
-    /// Time to re-read maps, register and harvest.
-    pub harvest_ms: f64,
-    /// Time to copy (and, except in a buffered final round, to write).
-    pub copy_ms: f64,
-    /// Of `copy_ms`, the time spent reading the target's memory (`process_vm_readv`).
-    pub read_ms: f64,
-    /// The whole round.
-    pub ms: f64,
-}
-
-/// A mapping the dump does not track, and why.
-#[derive(Debug, Clone, Serialize)]
-pub struct Skipped {
-    /// First address.
-    pub start: usize,
-    /// End.
-    pub end: usize,
-    /// Path or pseudo-path.
-    pub path: String,
-    /// Why.
-    pub reason: &'static str,
-}
-
-/// What a dump did.
-#[derive(Debug, Clone, Serialize)]
-pub struct DumpReport {
-    /// The target.
-    pub pid: u32,
-    /// The image directory.
-    pub dir: PathBuf,
-    /// The image generation committed.
-    pub generation: u64,
-    /// Ranges in the image.
-    pub ranges: usize,
-    /// Bytes of address space in the image.
-    pub range_bytes: u64,
-    /// Every round, the final one last.
-    pub rounds: Vec<RoundReport>,
-    /// Time the target was stopped for the final round until its pages were copied: what it
-    /// is stopped for without `verify` / `leave_stopped`.
-    pub freeze_ms: f64,
-    /// Time the target was actually held stopped by the dump (includes the write when the
-    /// final round exceeded the buffer, and the verification).
-    pub stopped_ms: f64,
-    /// Threads stopped.
-    pub threads: usize,
-    /// The whole dump.
-    pub total_ms: f64,
-    /// The verification's result, when asked.
-    pub verified: Option<VerifyOutcome>,
-    /// Whether the userfaultfd is `UFFD_USER_MODE_ONLY`.
-    pub user_mode_only: bool,
-    /// Ranges registration refused (copied whole every round instead).
-    pub untracked_ranges: usize,
-    /// Writable-looking mappings not dumped, and why.
-    pub skipped: Vec<Skipped>,
-}
-
 /// Makes `SIGINT` and `SIGTERM` stop a running [`dump`] at its next check (between rounds
 /// and between ranges) with [`DumpError::Interrupted`] instead of killing the process: the
 /// target is resumed and untracked, and the image keeps its previous commit. Without it a
@@ -152,15 +78,39 @@ struct Work {
 
 struct Dumper<'p> {
     at: Attached,
-    writer: ImageWriter,
+    bg: BgWriter,
     pieces: Vec<Piece>,
     next_id: u64,
     page: usize,
     opts: DumpOptions,
     progress: Option<&'p mut dyn FnMut(&RoundReport)>,
     untracked: usize,
-    /// Ranges added whose store is not created yet.
-    pending_stores: Vec<(u64, u64)>,
+    /// Time in `plan` re-reading maps and registering / harvesting, since the last reset.
+    maps_time: Duration,
+    harvest_time: Duration,
+    /// The final round's pages, back to back: pre-faulted before the last pre-copy round
+    /// (sized like that round), so the freeze copies into memory already mapped.
+    arena: Vec<u8>,
+}
+
+/// Nice levels the dump's thread is raised by while the target is stopped (when allowed).
+const FREEZE_BOOST: i32 = 10;
+
+/// The cheap part of `check` (atomics only), also run between chunks: cancelled, `SIGINT`,
+/// or the writer failed.
+fn stop_asked(opts: &DumpOptions, bg: &BgWriter) -> Result<(), DumpError> {
+    let cancelled = opts
+        .cancel
+        .as_ref()
+        .is_some_and(|c| c.load(Ordering::Relaxed));
+    if cancelled || sys::SIGINT_SEEN.load(Ordering::Relaxed) {
+        return Err(DumpError::Interrupted);
+    }
+    if bg.failed() {
+        // Replaced by the writer's own error in `dump_attached`.
+        return Err(DumpError::Invalid(WRITER_FAILED.into()));
+    }
+    Ok(())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -173,25 +123,24 @@ impl Dumper<'_> {
     }
 
     fn check(&self) -> Result<(), DumpError> {
-        let cancelled = self
-            .opts
-            .cancel
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::Relaxed));
-        if cancelled || sys::SIGINT_SEEN.load(Ordering::Relaxed) {
-            return Err(DumpError::Interrupted);
+        stop_asked(&self.opts, &self.bg)?;
+        if !self.at.alive() {
+            return Err(DumpError::Exited(self.pid()));
+        }
+        self.check_exec()
+    }
+
+    /// The address space the userfaultfd tracks is still the target's: after an `execve`
+    /// the old one is gone, its harvests would report nothing, and the maps are the new
+    /// program's. Checked every round and, with every thread stopped, in the final round.
+    fn check_exec(&self) -> Result<(), DumpError> {
+        if self.at.same_address_space() {
+            return Ok(());
         }
         if !self.at.alive() {
             return Err(DumpError::Exited(self.pid()));
         }
-        Ok(())
-    }
-
-    fn image_err(&self, source: writewatch_checkpoint::image::ImageError) -> DumpError {
-        DumpError::Image {
-            dir: self.writer.dir().to_path_buf(),
-            source,
-        }
+        Err(DumpError::Execed(self.pid()))
     }
 
     /// Re-reads maps, drops and adds pieces, harvests: returns the work of the round and
@@ -205,11 +154,12 @@ impl Dumper<'_> {
         let mut runs_by_id: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
         let mut fresh: BTreeSet<u64> = BTreeSet::new();
         for _pass in 0..8 {
+            let t_maps = Instant::now();
             let maps = read_maps(pid).map_err(|_| DumpError::Exited(pid))?;
             let s = sync(&mut self.pieces, &maps, &mut self.next_id);
             dropped += s.dropped.len();
             for id in s.dropped {
-                self.writer.drop_range(id);
+                self.bg.drop_range(id);
                 fresh.remove(&id);
                 runs_by_id.remove(&id);
             }
@@ -236,14 +186,15 @@ impl Dumper<'_> {
                         self.untracked += 1;
                     }
                 }
-                // The store is created later (`ensure_stores`): in the final round, after
-                // the target resumes.
-                self.pending_stores.push((p.id, p.pages(self.page)));
+                // Created by the writer thread, off the round's (and the freeze's) path.
+                self.bg.add_range(p.id, p.pages(self.page));
                 fresh.insert(p.id);
                 new += 1;
                 self.pieces.push(p);
             }
             self.pieces.sort_by_key(|p| p.start);
+            let t_harvest = Instant::now();
+            self.maps_time += t_harvest - t_maps;
             let mut replaced = Vec::new();
             let page = self.page;
             for p in &mut self.pieces {
@@ -281,12 +232,13 @@ impl Dumper<'_> {
                     }
                 }
             }
+            self.harvest_time += t_harvest.elapsed();
             if replaced.is_empty() {
                 break;
             }
             self.pieces.retain(|p| !replaced.contains(&p.id));
             for id in replaced {
-                self.writer.drop_range(id);
+                self.bg.drop_range(id);
                 dropped += 1;
             }
         }
@@ -306,50 +258,92 @@ impl Dumper<'_> {
         Ok((work, new, dropped))
     }
 
-    /// Creates the stores of ranges added since the last call (still present).
-    fn ensure_stores(&mut self) -> Result<(), DumpError> {
-        for (id, pages) in std::mem::take(&mut self.pending_stores) {
-            if self.pieces.iter().any(|p| p.id == id) {
-                if let Err(e) = self.writer.add_range(id, self.page as u64, pages) {
-                    return Err(self.image_err(e));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Copies the planned runs straight into the pieces' stores.
-    fn write(&mut self, work: &[Work]) -> Result<crate::copy::Copied, DumpError> {
-        self.ensure_stores()?;
-        let mut total = crate::copy::Copied::default();
-        let pid = self.pid();
+    /// Copies the planned runs into memory, chunk by chunk, and queues them for the writer
+    /// thread (waiting while the queue is over its bound); with `held` (the final round,
+    /// target stopped), reads them into the arena instead, to be queued after the resume
+    /// ([`send_held`](Self::send_held)). Returns what was read and the time waited for the
+    /// writer.
+    fn copy(
+        &mut self,
+        work: &[Work],
+        mut held: Option<&mut Vec<HeldSegment>>,
+    ) -> Result<(Copied, Duration), DumpError> {
+        let mut total = Copied::default();
+        let mut waited = Duration::ZERO;
+        let (pid, page) = (self.pid(), self.page);
+        let mut used = 0usize;
         for w in work {
             self.check()?;
-            let p = self.pieces[w.idx].clone();
-            let geo = Geometry {
-                page_size: self.page,
-                page_count: p.pages(self.page),
-            };
-            let store_err = |e: Box<dyn std::error::Error + Send + Sync>| DumpError::Store {
-                start: p.start,
-                end: p.end,
-                source: e,
-            };
-            let store = self
-                .writer
-                .store(p.id)
-                .ok_or_else(|| DumpError::Invalid(format!("range {} has no store", p.id)))?;
-            let mut seg = store.begin_next(geo).map_err(|e| store_err(Box::new(e)))?;
-            let c = copy_runs(pid, p.start, self.page, &w.runs, &mut |i, b| {
-                seg.push_page(i, b)
-            })
-            .map_err(|e| store_err(Box::new(e)))?;
-            seg.commit().map_err(|e| store_err(Box::new(e)))?;
-            total.pages += c.pages;
-            total.unreadable += c.unreadable;
-            total.read_ns += c.read_ns;
+            let p = &self.pieces[w.idx];
+            let (id, start, pages) = (p.id, p.start, p.pages(page));
+            if let Some(held) = held.as_deref_mut() {
+                let bytes = w.runs.iter().map(|r| r.1 as usize).sum::<usize>() * page;
+                if self.arena.len() < used + bytes {
+                    self.arena.resize(used + bytes, 0); // beyond the estimate
+                }
+                total.add(read_into(
+                    pid,
+                    start,
+                    page,
+                    &w.runs,
+                    &mut self.arena[used..used + bytes],
+                ));
+                held.push(HeldSegment {
+                    idx: w.idx,
+                    runs: w.runs.clone(),
+                    at: used,
+                });
+                used += bytes;
+                continue;
+            }
+            let (bg, opts) = (&self.bg, &self.opts);
+            bg.begin(id, start, p.end, pages);
+            // A large range takes many chunks: cancellation is honoured between them (an
+            // open segment is then never committed).
+            let c = read_chunks::<DumpError>(
+                pid,
+                start,
+                page,
+                &w.runs,
+                &mut Vec::with_capacity,
+                &mut |pages, data| {
+                    stop_asked(opts, bg)?;
+                    waited += bg.send_chunk(pages, data);
+                    Ok(())
+                },
+            )?;
+            bg.end();
+            total.add(c);
         }
-        Ok(total)
+        Ok((total, waited))
+    }
+
+    /// Queues the final round's pages (in the arena) for the writer, in chunks, and frees
+    /// the arena.
+    fn send_held(&mut self, held: Vec<HeldSegment>) {
+        let page = self.page;
+        for h in held {
+            let p = &self.pieces[h.idx];
+            self.bg.begin(p.id, p.start, p.end, p.pages(page));
+            let all: Vec<u64> = h.runs.iter().flat_map(|&(f, c)| f..f + c).collect();
+            for (k, pages) in all.chunks(CHUNK_PAGES).enumerate() {
+                let from = h.at + k * CHUNK_PAGES * page;
+                let data = self.arena[from..from + pages.len() * page].to_vec();
+                self.bg.send_chunk_unbounded(pages.to_vec(), data);
+            }
+            self.bg.end();
+        }
+        self.arena = Vec::new();
+    }
+
+    /// Pre-faults the arena for about `bytes` (at most the final buffer).
+    fn prefault(&mut self, bytes: u64) {
+        let want = bytes.min(self.opts.final_buffer_bytes as u64) as usize;
+        if self.arena.len() < want {
+            // Non-zero: memset writes every page now (a zeroed allocation would be mapped
+            // lazily and fault during the freeze). Every byte is overwritten by the copy.
+            self.arena = vec![1u8; want];
+        }
     }
 
     fn report(&mut self, r: RoundReport) -> RoundReport {
@@ -392,8 +386,13 @@ fn reverted_cow_pages(
     Ok(())
 }
 
-/// The final round's pages, copied while the target is stopped.
-type Buffered = Vec<(usize, Vec<u64>, Vec<u8>)>;
+/// One range's final-round pages, copied into the arena while the target is stopped.
+struct HeldSegment {
+    idx: usize,
+    runs: Vec<(u64, u64)>,
+    /// Offset of its first page in the arena.
+    at: usize,
+}
 
 /// Dumps process `pid` into the image directory `dir`: attach, a first full copy, `rounds`
 /// pre-copy rounds while it runs, then the final round with every thread stopped. Calls
@@ -448,27 +447,55 @@ fn dump_attached(
             }
         }
     }
+    let bound = opts.final_buffer_bytes;
     let mut d = Dumper {
         at,
-        writer,
+        bg: BgWriter::start(writer, page, bound)?,
         pieces: Vec::new(),
         next_id: 0,
         page,
         opts,
         progress,
         untracked: 0,
-        pending_stores: Vec::new(),
+        maps_time: Duration::ZERO,
+        harvest_time: Duration::ZERO,
+        arena: Vec::new(),
     };
-    let mut rounds = Vec::new();
+    match run(&mut d, skipped, t_start) {
+        Ok(r) => Ok(r),
+        // The writer's own error (ENOSPC, EIO...) rather than "the writer failed".
+        Err(DumpError::Invalid(m)) if m == WRITER_FAILED => {
+            Err(d.bg.finish().err().unwrap_or(DumpError::Invalid(m)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The rounds, the final round and the commit.
+fn run(
+    d: &mut Dumper<'_>,
+    skipped: Vec<Skipped>,
+    t_start: Instant,
+) -> Result<DumpReport, DumpError> {
+    let (pid, page) = (d.pid(), d.page);
+    let mut rounds: Vec<RoundReport> = Vec::new();
     for round in 0..=d.opts.rounds {
         if round > 0 {
             std::thread::sleep(d.opts.interval);
+        }
+        if round > 0 && round == d.opts.rounds {
+            // The last pre-copy round: let the writer catch up first, so this round copies
+            // at memory speed (no wait for the writer) and the final round follows at once:
+            // its dirty set is what the target writes during this short round.
+            d.bg.drain();
+            let last = rounds.last().map_or(0, |r| r.bytes);
+            d.prefault(last);
         }
         d.check()?;
         let t0 = Instant::now();
         let (work, new, dropped) = d.plan(round == 0)?;
         let t1 = Instant::now();
-        let c = d.write(&work)?;
+        let (c, waited) = d.copy(&work, None)?;
         let r = d.report(RoundReport {
             round,
             is_final: false,
@@ -479,6 +506,7 @@ fn dump_attached(
             dropped_ranges: dropped,
             harvest_ms: ms(t1 - t0),
             copy_ms: ms(t1.elapsed()),
+            wait_ms: ms(waited),
             read_ms: c.read_ns as f64 / 1e6,
             ms: ms(t0.elapsed()),
         });
@@ -490,120 +518,85 @@ fn dump_attached(
     }
     // The final round.
     d.check()?;
+    d.maps_time = Duration::ZERO;
+    d.harvest_time = Duration::ZERO;
+    let mut ft = FreezeTimes::default();
+    d.bg.pause(true);
+    // The target is stopped for as long as this thread takes: on a busy machine, let it
+    // run first (best effort; restored once the target runs again, or on error).
+    let boost = sys::Boost::raise(FREEZE_BOOST);
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid)?;
+    ft.stop_ms = ms(t0.elapsed());
     let threads = frozen.threads();
+    // No execve can happen while every thread is stopped: one before is caught here.
+    d.check_exec()?;
     let (work, new, dropped) = d.plan(false)?;
+    ft.maps_ms = ms(d.maps_time);
+    ft.harvest_ms = ms(d.harvest_time);
     let t1 = Instant::now();
     let bytes: u64 = work
         .iter()
         .map(|w| w.runs.iter().map(|r| r.1).sum::<u64>() * page as u64)
         .sum();
-    let mut c = crate::copy::Copied::default();
-    let freeze_ms;
     let hold = d.opts.verify || d.opts.leave_stopped;
-    let held = if bytes <= d.opts.final_buffer_bytes as u64 {
-        let mut buf: Buffered = Vec::new();
-        for w in &work {
-            let p = &d.pieces[w.idx];
-            let n: u64 = w.runs.iter().map(|r| r.1).sum();
-            let mut idx = Vec::with_capacity(n as usize);
-            let mut data = Vec::with_capacity(n as usize * page);
-            let cc =
-                copy_runs::<std::convert::Infallible>(pid, p.start, page, &w.runs, &mut |i, b| {
-                    idx.push(i);
-                    data.extend_from_slice(b);
-                    Ok(())
-                })
-                .unwrap_or_default();
-            c.pages += cc.pages;
-            c.unreadable += cc.unreadable;
-            c.read_ns += cc.read_ns;
-            buf.push((w.idx, idx, data));
+    ft.buffered = bytes <= d.opts.final_buffer_bytes as u64;
+    if !ft.buffered {
+        d.bg.pause(false); // the pages stream through it
+    }
+    let mut held = Vec::new();
+    let (c, _) = d.copy(&work, ft.buffered.then_some(&mut held))?;
+    ft.copy_ms = ms(t1.elapsed());
+    ft.read_ms = c.read_ns as f64 / 1e6;
+    if !ft.buffered {
+        // Streamed through the writer while stopped: wait until it is on disk.
+        let t = Instant::now();
+        d.bg.drain();
+        ft.stopped_write_ms = ms(t.elapsed());
+    }
+    let freeze_ms = ms(t0.elapsed());
+    let mut frozen = Some(frozen);
+    if !hold {
+        let t = Instant::now();
+        drop(frozen.take()); // resumes every thread
+        ft.resume_ms = ms(t.elapsed());
+    }
+    if frozen.is_none() {
+        drop(boost);
+    }
+    d.bg.pause(false);
+    d.send_held(held);
+    let t_w = Instant::now();
+    let mut writer = d.bg.finish()?;
+    ft.write_ms = ms(t_w.elapsed());
+    let t_c = Instant::now();
+    let ranges: Vec<_> = d.pieces.iter().map(Piece::image_range).collect();
+    let index = writer.commit(ranges).map_err(|source| DumpError::Image {
+        dir: writer.dir().to_path_buf(),
+        source,
+    })?;
+    ft.commit_ms = ms(t_c.elapsed());
+    let verified = match (&frozen, d.opts.verify) {
+        (Some(_), true) => {
+            let t = Instant::now();
+            let v = verify_frozen(pid, &mut writer, &index);
+            ft.verify_ms = ms(t.elapsed());
+            Some(v)
         }
-        freeze_ms = ms(t0.elapsed());
-        let frozen_until_written = if hold {
-            Some(frozen)
-        } else {
-            drop(frozen);
-            None
-        };
-        d.ensure_stores()?;
-        for (idx, pages, data) in buf {
-            let p = d.pieces[idx].clone();
-            let geo = Geometry {
-                page_size: page,
-                page_count: p.pages(page),
-            };
-            let store_err = |e: Box<dyn std::error::Error + Send + Sync>| DumpError::Store {
-                start: p.start,
-                end: p.end,
-                source: e,
-            };
-            let store = d
-                .writer
-                .store(p.id)
-                .ok_or_else(|| DumpError::Invalid("no store".into()))?;
-            let mut seg = store.begin_next(geo).map_err(|e| store_err(Box::new(e)))?;
-            for (k, i) in pages.iter().enumerate() {
-                seg.push_page(*i, &data[k * page..(k + 1) * page])
-                    .map_err(|e| store_err(Box::new(e)))?;
-            }
-            seg.commit().map_err(|e| store_err(Box::new(e)))?;
-        }
-        frozen_until_written
-    } else {
-        c = d.write(&work)?;
-        freeze_ms = ms(t0.elapsed());
-        if hold {
-            Some(frozen)
-        } else {
-            drop(frozen);
-            None
-        }
+        _ => None,
     };
-    let held = held.map(|mut f| {
+    let stopped_ms = if let Some(mut f) = frozen {
         if d.opts.leave_stopped {
             f.leave_stopped();
         }
-        f
-    });
-    finish(
-        d,
-        rounds,
-        c,
-        (new, dropped),
-        (t0, t1),
-        freeze_ms,
-        held,
-        threads,
-        t_start,
-        skipped,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    mut d: Dumper<'_>,
-    mut rounds: Vec<RoundReport>,
-    c: crate::copy::Copied,
-    (new, dropped): (usize, usize),
-    (t0, t1): (Instant, Instant),
-    freeze_ms: f64,
-    frozen: Option<Frozen>,
-    threads: usize,
-    t_start: Instant,
-    skipped: Vec<Skipped>,
-) -> Result<DumpReport, DumpError> {
-    let page = d.page;
-    let ranges: Vec<_> = d.pieces.iter().map(Piece::image_range).collect();
-    let index = d.writer.commit(ranges).map_err(|e| d.image_err(e))?;
-    let verified = match (&frozen, d.opts.verify) {
-        (Some(_), true) => Some(verify_frozen(d.pid(), &mut d.writer, &index)),
-        _ => None,
+        let s = ms(t0.elapsed());
+        let t = Instant::now();
+        drop(f); // resumes, or leaves stopped with SIGSTOP
+        ft.resume_ms = ms(t.elapsed());
+        s
+    } else {
+        freeze_ms
     };
-    let stopped_ms = ms(t0.elapsed());
-    drop(frozen); // resumes, or leaves stopped with SIGSTOP
     let r = d.report(RoundReport {
         round: rounds.len() as u32,
         is_final: true,
@@ -613,19 +606,29 @@ fn finish(
         new_ranges: new,
         dropped_ranges: dropped,
         harvest_ms: ms(t1 - t0),
-        copy_ms: freeze_ms - ms(t1 - t0),
-        read_ms: c.read_ns as f64 / 1e6,
+        copy_ms: ft.copy_ms,
+        wait_ms: 0.0,
+        read_ms: ft.read_ms,
         ms: stopped_ms,
     });
     rounds.push(r);
+    let t = &d.bg.times;
+    let writer_report = WriterReport {
+        bytes: t.bytes.load(Ordering::Relaxed),
+        segments: t.segments.load(Ordering::Relaxed),
+        push_ms: t.push_ns.load(Ordering::Relaxed) as f64 / 1e6,
+        commit_ms: t.commit_ns.load(Ordering::Relaxed) as f64 / 1e6,
+    };
     Ok(DumpReport {
-        pid: d.pid(),
-        dir: d.writer.dir().to_path_buf(),
+        pid,
+        dir: writer.dir().to_path_buf(),
         generation: index.generation,
         ranges: index.ranges.len(),
         range_bytes: index.ranges.iter().map(|r| r.len).sum(),
         rounds,
         freeze_ms,
+        freeze_times: ft,
+        writer: writer_report,
         stopped_ms,
         threads,
         total_ms: ms(t_start.elapsed()),

@@ -116,7 +116,7 @@ pub enum DumpError {
     #[error("pid {0} exited during the dump; the image directory keeps its previous commit")]
     Exited(u32),
     /// Writing the image failed (ENOSPC, EIO, ...).
-    #[error("writing the image in {}", dir.display())]
+    #[error("writing the image in {} (it keeps its previous commit)", dir.display())]
     Image {
         /// The image directory.
         dir: PathBuf,
@@ -124,8 +124,8 @@ pub enum DumpError {
         #[source]
         source: writewatch_checkpoint::image::ImageError,
     },
-    /// Writing a range's store failed.
-    #[error("writing range {start:#x}-{end:#x} to its store")]
+    /// Writing a range's store failed (ENOSPC, EIO, ...); the target runs on untracked.
+    #[error("writing range {start:#x}-{end:#x} to its store (the image directory keeps its previous commit; free space or choose another directory)")]
     Store {
         /// The range.
         start: usize,
@@ -159,6 +159,10 @@ pub enum DumpError {
         #[source]
         source: Errno,
     },
+    /// The target called `execve` during the dump: the tracked address space is gone and the
+    /// process runs a new program (untracked: nothing of the dump is left in it).
+    #[error("pid {0} called execve during the dump: it now runs a new program, untracked; the image directory keeps its previous commit (dump again to image the new program)")]
+    Execed(u32),
     /// The dump was interrupted (SIGINT / the cancel flag).
     #[error("dump interrupted; the image directory keeps its previous commit")]
     Interrupted,

@@ -44,6 +44,9 @@ impl Frozen {
             if new.is_empty() {
                 break;
             }
+            // Seize and interrupt every new thread first, then wait for their stops: the
+            // threads stop in parallel instead of one scheduling delay after another.
+            let mut asked = Vec::with_capacity(new.len());
             for tid in new {
                 match ptrace::seize(tid, true) {
                     Ok(()) => {}
@@ -59,6 +62,9 @@ impl Frozen {
                     Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
                     Err(e) => return Err(err("PTRACE_INTERRUPT", e)),
                 }
+                asked.push(tid);
+            }
+            for tid in asked {
                 match ptrace::wait_interrupted(tid, &mut f.pending) {
                     Ok(()) => {}
                     Err(ptrace::InjectFail::Died) => {

@@ -24,19 +24,22 @@
 #![deny(unsafe_code)]
 
 mod attach;
+mod bgwrite;
 mod copy;
 mod dump;
 mod error;
 mod freeze;
 mod maps;
 mod pieces;
+mod report;
 mod spawn;
 mod sys;
 mod verify;
 
 pub use attach::{attach, Attached};
 pub use dump::{
-    catch_sigint, dump, dump_attached_process, DumpOptions, DumpReport, RoundReport, Skipped,
+    catch_sigint, dump, dump_attached_process, DumpOptions, DumpReport, FreezeTimes, RoundReport,
+    Skipped, WriterReport,
 };
 pub use error::{AttachError, DumpError, Errno};
 pub use maps::{parse_maps, read_maps, Mapping};

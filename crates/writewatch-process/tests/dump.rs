@@ -203,31 +203,14 @@ fn bad_input_gets_typed_errors() {
 
 #[test]
 fn sigkill_of_the_dumper_mid_round_leaves_the_target_running_untracked() {
-    if !nix_is_root() {
+    if !common::is_root() {
         eprintln!("skipped: ptrace of a non-child needs root or kernel.yama.ptrace_scope=0");
         return;
     }
     within(Duration::from_secs(240), || {
-        use std::io::BufRead;
         let mut t = Target::start(&["--pages", "256"]);
         let dir = common::tmp();
-        let mut dumper = std::process::Command::new(common::EXE)
-            .args([
-                "dump",
-                &t.pid.to_string(),
-                dir.path().join("img").to_str().unwrap(),
-                "1000",
-                "5",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(dumper.stdout.take().unwrap());
-        let mut line = String::new();
-        while !line.starts_with("round 3") {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "dumper ended early");
-        }
+        let (mut dumper, _out) = common::dumper_at_round(t.pid, &dir.path().join("img"), 3);
         assert!(t.status().uffd_wp_vmas > 0, "tracked while the dumper runs");
         dumper.kill().unwrap(); // SIGKILL
         dumper.wait().unwrap();
@@ -253,13 +236,6 @@ fn sigkill_of_the_dumper_mid_round_leaves_the_target_running_untracked() {
         assert!(read_image(&dir.path().join("img")).is_err());
     })
     .expect("test finished in time");
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
 }
 
 #[test]
@@ -327,7 +303,7 @@ fn corrupt_index_is_a_typed_error_and_the_previous_commit_survives_a_failed_dump
 
 #[test]
 fn sigint_of_the_dumper_is_a_clear_error_and_the_target_runs_on() {
-    if !nix_is_root() {
+    if !common::is_root() {
         eprintln!("skipped: ptrace of a non-child needs root or kernel.yama.ptrace_scope=0");
         return;
     }
@@ -335,23 +311,7 @@ fn sigint_of_the_dumper_is_a_clear_error_and_the_target_runs_on() {
         use std::io::BufRead;
         let mut t = Target::start(&["--pages", "64"]);
         let dir = common::tmp();
-        let mut dumper = std::process::Command::new(common::EXE)
-            .args([
-                "dump",
-                &t.pid.to_string(),
-                dir.path().join("img").to_str().unwrap(),
-                "1000",
-                "5",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(dumper.stdout.take().unwrap());
-        let mut line = String::new();
-        while !line.starts_with("round 2") {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "dumper ended early");
-        }
+        let (mut dumper, out) = common::dumper_at_round(t.pid, &dir.path().join("img"), 2);
         common::unsafe_free_kill(dumper.id(), "INT");
         let mut last = String::new();
         for l in out.lines() {
@@ -418,6 +378,200 @@ fn private_file_pages_zapped_during_rounds() {
             dump_and_check(&t, &dir.path().join(format!("img{i}")), 4);
             t.resume();
         }
+    })
+    .expect("test finished in time");
+}
+
+/// The error chain of `e` holds an OS error `errno`.
+fn has_errno(e: &(dyn std::error::Error + 'static), errno: i32) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            == Some(errno)
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// After a failed dump: the target runs (no thread stopped, progress goes on), untracked,
+/// with its registers and code unchanged.
+fn assert_running_untracked(t: &mut Target) {
+    assert!(!t.any_thread_stopped(), "a thread was left stopped");
+    let s1 = t.status();
+    std::thread::sleep(Duration::from_millis(50));
+    let s2 = t.status();
+    assert!(
+        s2.progress.iter().zip(&s1.progress).all(|(b, a)| b > a),
+        "runs on: {s1:?} {s2:?}"
+    );
+    assert_eq!(s2.uffd_wp_vmas, 0, "nothing registered is left");
+    assert!(s2.regs_ok && s2.code_ok, "{s2:?}");
+}
+
+/// ENOSPC on a tiny tmpfs the test mounts (root only): first with the file system full
+/// before the dump (the rounds' writes fail), then filled during the last pre-copy round
+/// (the last writes fail, possibly after the final round resumed the target). Each time: a
+/// typed error carrying ENOSPC, the previous commit intact byte for byte and sound, the
+/// target running, untracked, no thread left stopped (even with `leave_stopped` asked).
+#[test]
+fn enospc_is_a_typed_error_and_the_previous_commit_survives() {
+    if !common::is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    within(Duration::from_secs(240), || {
+        let mut t = Target::start(&["--pages", "64"]);
+        let dir = tempfile::tempdir().unwrap();
+        let fs = common::Tmpfs::mount(&dir.path().join("mnt"), "32m");
+        let img = fs.dir.join("img");
+        dump_and_check(&t, &img, 1);
+        t.resume();
+        let before = std::fs::read(img.join("IMAGE")).unwrap();
+        let check_failed = |err: DumpError, t: &mut Target| {
+            eprintln!("dump failed as expected: {err:?}");
+            assert!(
+                matches!(err, DumpError::Store { .. } | DumpError::Image { .. }),
+                "{err:?}"
+            );
+            assert!(
+                has_errno(&err, libc::ENOSPC),
+                "ENOSPC in the chain: {err:?}"
+            );
+            assert!(err.to_string().contains("previous commit"), "{err}");
+            assert_eq!(std::fs::read(img.join("IMAGE")).unwrap(), before);
+            assert!(verify_image(&img).unwrap().is_ok());
+            assert_ne!(t.state(), 'T');
+            assert_running_untracked(t);
+        };
+        // Full before the dump.
+        fs.fill("filler");
+        let err = dump(t.pid, &img, opts(2), None).unwrap_err();
+        check_failed(err, &mut t);
+        // Filled during the last pre-copy round (no verify: the final round resumes the
+        // target before its pages are written).
+        std::fs::remove_file(fs.dir.join("filler")).unwrap();
+        let _ = compact_image(&img);
+        let o = DumpOptions {
+            verify: false,
+            leave_stopped: false,
+            ..opts(2)
+        };
+        let mut step = |r: &writewatch_process::RoundReport| {
+            if r.round == 2 {
+                fs.fill("filler");
+            }
+        };
+        let err = dump(t.pid, &img, o, Some(&mut step)).unwrap_err();
+        check_failed(err, &mut t);
+        std::fs::remove_file(fs.dir.join("filler")).unwrap();
+        // With space again, a dump works and compact drops the failed generations.
+        dump_and_check(&t, &img, 1);
+        t.resume();
+        compact_image(&img).unwrap();
+        assert!(verify_image(&img).unwrap().is_ok());
+    })
+    .expect("test finished in time");
+}
+
+/// The target forks during the rounds: the child (which overwrites its copies of the stamp
+/// regions with `u64::MAX`) is not tracked and not dumped; the parent's image still equals
+/// its memory at the freeze, byte for byte, and holds none of the child's writes.
+#[test]
+fn target_forking_during_rounds_parent_image_exact_child_untracked() {
+    within(Duration::from_secs(240), || {
+        let mut t = Target::start(&["--pages", "64"]);
+        let regions = t.status().regions;
+        let dir = common::tmp();
+        let img = dir.path().join("img");
+        let mut child = 0u32;
+        let pid = t.pid;
+        let report = {
+            let mut step = |r: &writewatch_process::RoundReport| {
+                if r.round == 1 {
+                    let reply = t.cmd_reply("fork");
+                    child = reply.strip_prefix("ok ").unwrap().parse().unwrap();
+                }
+            };
+            dump(pid, &img, opts(4), Some(&mut step)).expect("dump")
+        };
+        assert!(child > 0);
+        assert!(
+            report.verified.as_ref().unwrap().ok,
+            "{:?}",
+            report.verified
+        );
+        for _ in 0..200 {
+            if t.state() == 'T' {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let files = check_image(t.pid, &img);
+        check_stamps(&files, &regions, 64);
+        for &r in &regions {
+            let (start, bytes) = files
+                .iter()
+                .find(|(s, b)| *s as usize <= r && r < *s as usize + b.len())
+                .unwrap();
+            let off = r - *start as usize;
+            assert!(
+                bytes[off..off + 64 * 4096]
+                    .chunks(8)
+                    .all(|w| w != u64::MAX.to_le_bytes()),
+                "the child's writes are not the parent's"
+            );
+        }
+        // The child: running, never stopped, nothing registered in it.
+        let smaps = std::fs::read_to_string(format!("/proc/{child}/smaps")).unwrap();
+        assert!(!smaps
+            .lines()
+            .any(|l| l.starts_with("VmFlags:") && l.split_whitespace().any(|f| f == "uw")));
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap();
+        let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+        assert!(state != 'T' && state != 't', "child state {state}");
+        t.resume();
+        assert_running_untracked(&mut t);
+        common::unsafe_free_kill(child, "KILL");
+    })
+    .expect("test finished in time");
+}
+
+/// The target execs during the rounds: a typed error (`Execed`), nothing committed over the
+/// previous image, and the new program runs untracked with nothing of the dump in it (no
+/// registered range, no thread stopped, its own register/code self-check intact), even
+/// with `leave_stopped` asked.
+#[test]
+fn target_execing_during_rounds_is_a_typed_error_and_runs_on() {
+    within(Duration::from_secs(240), || {
+        let mut t = Target::start(&["--pages", "32"]);
+        let dir = common::tmp();
+        let img = dir.path().join("img");
+        dump_and_check(&t, &img, 0);
+        t.resume();
+        let before = std::fs::read(img.join("IMAGE")).unwrap();
+        let pid = t.pid;
+        let err = {
+            let mut step = |r: &writewatch_process::RoundReport| {
+                if r.round == 1 {
+                    t.cmd("exec");
+                    assert_eq!(t.line(), format!("ready {pid}"));
+                }
+            };
+            dump(pid, &img, opts(4), Some(&mut step)).unwrap_err()
+        };
+        assert!(matches!(err, DumpError::Execed(p) if p == pid), "{err:?}");
+        assert!(err.to_string().contains("execve"), "{err}");
+        assert_eq!(std::fs::read(img.join("IMAGE")).unwrap(), before);
+        assert!(verify_image(&img).unwrap().is_ok());
+        assert_ne!(t.state(), 'T');
+        assert_running_untracked(&mut t);
+        // The new program can be dumped.
+        dump_and_check(&t, &dir.path().join("img2"), 1);
+        t.resume();
     })
     .expect("test finished in time");
 }

@@ -10,6 +10,10 @@
 //! `status` on stdin with
 //! `status regs_ok=B code_ok=B uffd_wp_vmas=N progress=P0,P1,P2,P3 regions=A0,A1,A2,A3`.
 //!
+//! Commands on stdin besides `status`: `fork` (a child overwrites its copies of the stamp
+//! regions in a loop; answers `ok CHILD_PID`), `exec` (answers `ok`, then execs itself with
+//! the same `--pages`: the new program prints `ready PID` again).
+//!
 //! `ww-target dump PID DIR ROUNDS INTERVAL_MS`: dumps another process (a dumper the tests
 //! can SIGKILL mid-round).
 
@@ -269,6 +273,24 @@ fn target(pages: usize, churn_on: bool, stay: bool, zap_file: Option<String>) {
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first().copied() {
+            Some("fork") => {
+                println!("ok {}", fork_scribbler(&regions, pages));
+                let _ = std::io::stdout().flush();
+                continue;
+            }
+            Some("exec") => {
+                use std::os::unix::process::CommandExt;
+                println!("ok");
+                let _ = std::io::stdout().flush();
+                // Only returns on failure; the new program prints `ready PID` (same pid).
+                let e = std::process::Command::new("/proc/self/exe")
+                    .args(["--pages", &pages.to_string()])
+                    .exec();
+                panic!("exec: {e}");
+            }
+            _ => {}
+        }
         if let (Some(&cmd), Some(k), Some(base)) = (
             words.first(),
             words.get(1).and_then(|k| k.parse::<usize>().ok()),
@@ -309,6 +331,35 @@ fn target(pages: usize, churn_on: bool, stay: bool, zap_file: Option<String>) {
         loop {
             std::thread::sleep(Duration::from_secs(1));
         }
+    }
+}
+
+/// Forks a child that overwrites its copies of the stamp regions with `u64::MAX` in a loop
+/// until this process dies (`PR_SET_PDEATHSIG`). Returns the child's pid.
+fn fork_scribbler(regions: &[usize], pages: usize) -> i32 {
+    let regions: Vec<usize> = regions.to_vec(); // allocated before the fork
+                                                // SAFETY: the child only does async-signal-safe work (prctl, volatile stores, nanosleep)
+                                                // and never returns into Rust code that could take a lock held by another thread.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork");
+    if child > 0 {
+        return child;
+    }
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 1_000_000,
+    };
+    loop {
+        for &r in &regions {
+            for w in 0..pages * 4096 / 8 {
+                // SAFETY: the child's own copy of a stamp region of `pages` pages.
+                unsafe { (r as *mut u64).add(w).write_volatile(u64::MAX) };
+            }
+        }
+        // SAFETY: a valid timespec; a null remainder is allowed.
+        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
     }
 }
 

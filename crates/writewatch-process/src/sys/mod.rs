@@ -56,6 +56,56 @@ pub(crate) fn read_remote(pid: u32, addrs: &[usize], bufs: &mut [&mut [u8]]) -> 
     process_vm_readv(Pid::from_raw(pid as i32), &mut local, &remote).map_err(io::Error::from)
 }
 
+/// The calling thread's nice value (Linux nice values are per thread).
+fn thread_nice() -> (libc::id_t, i32) {
+    // SAFETY: gettid and getpriority take and return integers.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        (tid, libc::getpriority(libc::PRIO_PROCESS, tid))
+    }
+}
+
+/// Sets the calling thread's nice value; whether it worked.
+fn set_thread_nice(tid: libc::id_t, nice: i32) -> bool {
+    // SAFETY: setpriority with integer arguments, on the calling thread.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice.clamp(-20, 19)) };
+    if r != 0 {
+        tracing::debug!("setpriority({nice}): {}", io::Error::last_os_error());
+    }
+    r == 0
+}
+
+/// Lowers the calling thread's scheduling priority by `inc` nice levels. Best effort.
+pub(crate) fn nice_this_thread(inc: i32) {
+    let (tid, cur) = thread_nice();
+    set_thread_nice(tid, cur + inc);
+}
+
+/// Raises the calling thread's priority by `inc` nice levels while it lives (needs
+/// `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows it; otherwise nothing changes); dropping
+/// it restores the previous value (always allowed).
+pub(crate) struct Boost {
+    tid: libc::id_t,
+    old: i32,
+    raised: bool,
+}
+
+impl Boost {
+    pub(crate) fn raise(inc: i32) -> Boost {
+        let (tid, old) = thread_nice();
+        let raised = set_thread_nice(tid, old - inc);
+        Boost { tid, old, raised }
+    }
+}
+
+impl Drop for Boost {
+    fn drop(&mut self) {
+        if self.raised {
+            set_thread_nice(self.tid, self.old);
+        }
+    }
+}
+
 /// Whether a process with this pid exists (`kill(pid, 0)`; `EPERM` means it exists).
 pub(crate) fn process_exists(pid: u32) -> bool {
     match nix::sys::signal::kill(Pid::from_raw(pid as i32), None) {

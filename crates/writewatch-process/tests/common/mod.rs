@@ -69,12 +69,35 @@ impl Target {
         }
     }
 
-    /// Sends a command (`fw K`, `fz K`) and waits for its `ok`.
+    /// Sends a command (`fw K`, `fz K`, `exec`) and waits for its `ok`.
     pub fn cmd(&mut self, c: &str) {
+        assert_eq!(self.cmd_reply(c), "ok", "{c}");
+    }
+
+    /// Sends a command and returns its answer line (trimmed).
+    pub fn cmd_reply(&mut self, c: &str) -> String {
         writeln!(self.stdin, "{c}").unwrap();
+        self.line()
+    }
+
+    /// The next line the target prints (trimmed), e.g. `ready PID` after an `exec`.
+    pub fn line(&mut self) -> String {
         let mut line = String::new();
         self.out.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ok", "{c}");
+        line.trim().to_string()
+    }
+
+    /// Whether any thread of the target is stopped (`T` or `t` in its task's stat).
+    pub fn any_thread_stopped(&self) -> bool {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid))
+            .unwrap()
+            .flatten()
+            .any(|e| {
+                let s = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                s.rfind(')')
+                    .and_then(|i| s[i + 2..].chars().next())
+                    .is_some_and(|c| c == 'T' || c == 't')
+            })
     }
 
     /// The process state letter from /proc/PID/stat (`T` stopped, `S`/`R` running).
@@ -93,6 +116,84 @@ impl Drop for Target {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Whether the tests run as root (ptrace of a non-child, mounting a tmpfs).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+/// Starts `ww-target dump PID DIR 1000 5` (a dumper the tests signal) and returns it once
+/// it printed `round N` (its stdout reader positioned after that line).
+pub fn dumper_at_round(
+    pid: u32,
+    dir: &std::path::Path,
+    round: u32,
+) -> (Child, BufReader<ChildStdout>) {
+    let mut dumper = Command::new(EXE)
+        .args(["dump", &pid.to_string(), dir.to_str().unwrap(), "1000", "5"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(dumper.stdout.take().unwrap());
+    let mut line = String::new();
+    let want = format!("round {round}");
+    while !line.starts_with(&want) {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "dumper ended early");
+    }
+    (dumper, out)
+}
+
+/// A tmpfs of `size` mounted by the test (root only) on `dir`; unmounted on drop.
+pub struct Tmpfs {
+    pub dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(ok.success(), "mount a tmpfs on {}", dir.display());
+        Tmpfs {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Fills the file system with `name` (ours, inside the mount) until ENOSPC.
+    pub fn fill(&self, name: &str) {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(self.dir.join(name)).unwrap();
+        let block = vec![0xa5u8; 64 << 10];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        let _ = f.write_all(&[0u8; 1]);
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
 
