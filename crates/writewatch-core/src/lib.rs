@@ -36,6 +36,7 @@ mod error;
 mod fork;
 pub mod inspect;
 mod inthread;
+mod lineage;
 mod maps;
 mod pagemap;
 mod pins;

@@ -6,7 +6,7 @@ use std::sync::{Mutex, RwLock};
 
 use crate::bitmap::AtomicBitmap;
 use crate::error::Invalidation;
-use crate::fork::lineage::{Lineage, PageSource};
+use crate::lineage::{Lineage, PageSource};
 use crate::stats::RegionCounters;
 use crate::sys;
 

@@ -66,8 +66,8 @@ impl Default for DumpOptions {
 /// target is resumed and untracked, and the image keeps its previous commit. Without it a
 /// `SIGINT` kills the dumper, which the target also survives (the kernel detaches it and
 /// closes the userfaultfd), silently.
-pub fn catch_sigint() -> Result<(), crate::Errno> {
-    sys::catch_sigint().map_err(|e| crate::Errno::from_raw(e as i32))
+pub fn catch_sigint() -> Result<(), crate::error::Errno> {
+    sys::catch_sigint().map_err(|e| crate::error::Errno::from_raw(e as i32))
 }
 
 /// The plan of one round for one piece.
@@ -363,7 +363,7 @@ fn reverted_cow_pages(
     p: &mut Piece,
     page: usize,
     runs: &mut Vec<(u64, u64)>,
-) -> Result<(), crate::Errno> {
+) -> Result<(), crate::error::Errno> {
     let n = p.pages(page) as usize;
     let mut now = vec![0u64; n.div_ceil(64)];
     pm.anon_present(p.start, p.end, |a, b| {

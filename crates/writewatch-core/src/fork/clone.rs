@@ -3,10 +3,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::lineage::{Lineage, PageSource};
 use crate::backend::Backend;
 use crate::command::{Command, Control};
 use crate::error::{ForkError, MapError, PublicErrno};
+use crate::lineage::{Lineage, PageSource};
 use crate::range::{RegionInner, RegionKind};
 use crate::sys;
 

@@ -16,10 +16,10 @@
 //!   clone page OWNED (its own content, or empty = zeros)   (never goes back)
 //! ```
 //!
-//! Files: `lineage.rs` (the clone's owned bits and parent, and how a shared page is read);
+//! Files: `crate::lineage` (the clone's owned bits and parent, and how a shared page is read;
+//! a module of its own, below `range.rs`, which holds a clone's lineage);
 //! `clone.rs` (creating the clone's mapping and asking the service thread to fork);
 //! the service-thread side is `service/fork.rs`. The design and its proof are in
 //! docs/design.md, section 13.
 
 pub(crate) mod clone;
-pub(crate) mod lineage;
