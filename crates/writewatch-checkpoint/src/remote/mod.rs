@@ -13,6 +13,7 @@
 //! * restores fetch ranges in parallel ([`fetch`]).
 
 pub(crate) mod fetch;
+pub(crate) mod frame;
 pub(crate) mod upload;
 
 use std::io;
@@ -173,9 +174,15 @@ fn build_store(url: &str, o: &RemoteOptions) -> Result<Arc<dyn ObjectStore>, Url
 /// Classifies an `object_store` error and wraps it in an [`io::Error`] carrying a
 /// [`RemoteError`].
 pub(crate) fn to_io(e: object_store::Error) -> io::Error {
+    let (kind, io_kind) = classify(&e);
+    io::Error::new(io_kind, RemoteError::new(kind, e))
+}
+
+/// What kind of failure an `object_store` error is.
+fn classify(e: &object_store::Error) -> (RemoteErrorKind, io::ErrorKind) {
     use object_store::Error as E;
     let text = e.to_string();
-    let (kind, io_kind) = match &e {
+    match e {
         E::NotFound { .. } if text.contains("NoSuchBucket") => {
             (RemoteErrorKind::NoSuchBucket, io::ErrorKind::NotFound)
         }
@@ -220,8 +227,7 @@ pub(crate) fn to_io(e: object_store::Error) -> io::Error {
             (RemoteErrorKind::Transport, io::ErrorKind::ConnectionAborted)
         }
         _ => (RemoteErrorKind::Other, io::ErrorKind::Other),
-    };
-    io::Error::new(io_kind, RemoteError::new(kind, e))
+    }
 }
 
 impl ObjectBackend {
