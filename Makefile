@@ -43,7 +43,7 @@ demo: setup
 # that it does not (so no test can be skipped silently on a capable machine).
 test: setup s3-server
 	$(CARGO) run -q -p writewatch-cli -- probe --require-expected
-	$(CARGO) build -q --workspace --examples   # tests/demo_dir.rs runs target/debug/examples/uffd-demo
+	$(CARGO) build -q --workspace --bins --examples   # tests/demo_dir.rs, demo_s3.rs run target/debug/examples/uffd-demo and target/debug/writewatch
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	$(CARGO) run -q --example kv-checkpoint -- --quick

@@ -1,11 +1,10 @@
-//! Faults on object storage, against a real S3 server (`s3s-fs`, see `s3server/`):
+//! Faults on object storage, against a real S3 server (`s3s-fs`, `writewatch_testkit::s3server`):
 //! corrupted objects are detected on read, a store written by a newer format version is
 //! named, an endpoint that drops connections mid-upload gives a typed error after the
 //! retries with nothing half-visible, and a writer SIGKILLed at random instants leaves the
 //! previous chain intact, with orphans that `verify` lists and `compact` removes.
 
 mod common;
-mod s3server;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -14,10 +13,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{coalesce, mutate, Rng};
-use s3server::{DroppingProxy, S3Server};
 use writewatch_checkpoint::{
     Corruption, OpenError, RemoteErrorKind, RestoreError, SliceSource, Store, WriteError,
 };
+use writewatch_testkit::s3server::{self, DroppingProxy, S3Server};
 use writewatch_testkit::watchdog;
 
 const PS: usize = 4096;
