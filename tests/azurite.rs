@@ -10,9 +10,12 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod demo_support;
+
+use demo_support::{built, demo_args, digest, run};
 use writewatch::checkpoint::{RemoteOptions, SliceSource, Store, WriteError};
 use writewatch_testkit::watchdog;
 
@@ -108,31 +111,8 @@ impl Azurite {
     }
 }
 
-fn built(rel: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().and_then(|d| d.parent()).unwrap().join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: `cargo build --workspace --bins --examples`",
-        p.display()
-    );
-    p
-}
-
-fn run(az: &Azurite, exe: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new(exe);
-    for (k, v) in az.env() {
-        c.env(k, v);
-    }
-    c.args(args).output().expect("run a built binary")
-}
-
-fn digest(image: &[u8]) -> u64 {
-    let crcs: Vec<u8> = image
-        .chunks_exact(4096)
-        .flat_map(|p| crc32c::crc32c(p).to_le_bytes())
-        .collect();
-    u64::from(crc32c::crc32c(&crcs))
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
 }
 
 #[test]
@@ -145,23 +125,11 @@ fn az_store_on_azurite_demo_cli_and_a_stale_writer() {
         let url = "az://ctr/demo";
         let demo = built("examples/uffd-demo");
         let cli = built("writewatch");
-        let demo_args = [
-            "--size",
-            "1M",
-            "--threads",
-            "1",
-            "--epochs",
-            "2",
-            "--epoch-ms",
-            "20",
-            "--no-baseline",
-            "--json",
-            "--dir",
-            url,
-        ];
+        let demo_args = demo_args(url);
+        let env = az.env();
         let mut digests = Vec::new();
         for (i, epochs) in [[0, 1], [2, 3]].iter().enumerate() {
-            let o = run(&az, &demo, &demo_args);
+            let o = run(&demo, &env, &demo_args);
             assert_eq!(o.status.code(), Some(0), "demo run {i}: {o:?}");
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
             assert_eq!(v["verified"], true, "{v}");
@@ -170,16 +138,16 @@ fn az_store_on_azurite_demo_cli_and_a_stale_writer() {
                 digests.push(d.as_u64().unwrap());
             }
         }
-        let o = run(&az, &cli, &["verify", url]);
+        let o = run(&cli, &env, &args(&["verify", url]));
         assert_eq!(o.status.code(), Some(0), "{o:?}");
         let tmp = tempfile::tempdir().unwrap();
         for (epoch, want) in (0u64..4).zip(&digests) {
             let img = tmp.path().join(format!("e{epoch}"));
             let e = epoch.to_string();
             let o = run(
-                &az,
                 &cli,
-                &["restore", url, "--epoch", &e, "--to", img.to_str().unwrap()],
+                &env,
+                &args(&["restore", url, "--epoch", &e, "--to", img.to_str().unwrap()]),
             );
             assert_eq!(o.status.code(), Some(0), "epoch {epoch}: {o:?}");
             assert_eq!(
