@@ -37,6 +37,21 @@ fn build_problem(e: object_store::Error, hint: &str) -> UrlProblem {
     format!("{e} ({hint})")
 }
 
+/// One provider's store: its environment, then [`RemoteOptions::config`], then the URL and
+/// the retry settings; `$hint` says what to set when the build fails.
+macro_rules! build_provider {
+    ($builder:ty, $key:ty, $url:expr, $o:expr, $retry:expr, $hint:expr) => {{
+        let b = configure(<$builder>::from_env(), &$o.config, |b, k: $key, v| {
+            b.with_config(k, v)
+        })?;
+        b.with_url($url)
+            .with_retry($retry)
+            .build()
+            .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            .map_err(|e| build_problem(e, $hint))
+    }};
+}
+
 /// The `object_store` client for `url` (no request is made).
 pub(crate) fn build_store(
     url: &str,
@@ -55,69 +70,39 @@ pub(crate) fn build_store(
         retry_timeout: o.retry_timeout,
     };
     match scheme {
-        "s3" | "s3a" => {
-            use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-            let b = configure(
-                AmazonS3Builder::from_env(),
-                &o.config,
-                |b, k: AmazonS3ConfigKey, v| b.with_config(k, v),
-            )?;
-            b.with_url(url)
-                .with_retry(retry)
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-                .map_err(|e| {
-                    build_problem(
-                        e,
-                        "set AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY",
-                    )
-                })
-        }
+        "s3" | "s3a" => build_provider!(
+            object_store::aws::AmazonS3Builder,
+            object_store::aws::AmazonS3ConfigKey,
+            url,
+            o,
+            retry,
+            "set AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY"
+        ),
         #[cfg(feature = "gcs")]
-        "gs" => {
-            use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
-            let b = configure(
-                GoogleCloudStorageBuilder::from_env(),
-                &o.config,
-                |b, k: GoogleConfigKey, v| b.with_config(k, v),
-            )?;
-            b.with_url(url)
-                .with_retry(retry)
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-                .map_err(|e| {
-                    build_problem(
-                        e,
-                        "set GOOGLE_SERVICE_ACCOUNT (a key file) or GOOGLE_SERVICE_ACCOUNT_KEY \
-                         (its JSON) or GOOGLE_APPLICATION_CREDENTIALS",
-                    )
-                })
-        }
+        "gs" => build_provider!(
+            object_store::gcp::GoogleCloudStorageBuilder,
+            object_store::gcp::GoogleConfigKey,
+            url,
+            o,
+            retry,
+            "set GOOGLE_SERVICE_ACCOUNT (a key file) or GOOGLE_SERVICE_ACCOUNT_KEY \
+                         (its JSON) or GOOGLE_APPLICATION_CREDENTIALS"
+        ),
         #[cfg(not(feature = "gcs"))]
         "gs" => Err(
             "gs:// support is not compiled in: build writewatch-checkpoint with the `gcs` feature"
                 .into(),
         ),
         #[cfg(feature = "azure")]
-        "az" | "abfs" | "abfss" | "azure" => {
-            use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
-            let b = configure(
-                MicrosoftAzureBuilder::from_env(),
-                &o.config,
-                |b, k: AzureConfigKey, v| b.with_config(k, v),
-            )?;
-            b.with_url(url)
-                .with_retry(retry)
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-                .map_err(|e| {
-                    build_problem(
-                        e,
-                        "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or another \
-                         AZURE_STORAGE_* credential); AZURE_STORAGE_ENDPOINT for an emulator",
-                    )
-                })
-        }
+        "az" | "abfs" | "abfss" | "azure" => build_provider!(
+            object_store::azure::MicrosoftAzureBuilder,
+            object_store::azure::AzureConfigKey,
+            url,
+            o,
+            retry,
+            "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or another \
+                         AZURE_STORAGE_* credential); AZURE_STORAGE_ENDPOINT for an emulator"
+        ),
         #[cfg(not(feature = "azure"))]
         "az" | "abfs" | "abfss" | "azure" => Err(
             "az:// support is not compiled in: build writewatch-checkpoint with the `azure` feature"
