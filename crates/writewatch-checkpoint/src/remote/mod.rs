@@ -57,8 +57,11 @@ pub struct RemoteOptions {
     pub initial_backoff: Duration,
     /// Extra `object_store` configuration, applied over the environment: keys as the
     /// provider's builder spells them (`aws_endpoint`, `aws_access_key_id`,
-    /// `aws_secret_access_key`, `aws_region`, `aws_allow_http`, ...). Empty by default: the
-    /// environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...) alone configures the store.
+    /// `aws_secret_access_key`, `aws_region`, `aws_allow_http`, ...; `google_service_account`,
+    /// `google_service_account_key`, ...; `azure_storage_account_name`,
+    /// `azure_storage_account_key`, `azure_storage_endpoint`, ...). Empty by default: the
+    /// environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ..., `GOOGLE_*`, `AZURE_*`) alone
+    /// configures the store.
     pub config: Vec<(String, String)>,
 }
 
