@@ -27,6 +27,16 @@ build: setup
 # and stop themselves. Installed once with cargo (about 8 minutes of compilation on the
 # reference machine), then found on PATH or in ~/.cargo/bin and not rebuilt.
 S3S_FS_VERSION ?= 0.14.1
+# Opt-in (not part of `make test`): az:// against Azurite, the Azure Blob emulator from npm
+# (installed into target/azurite with `@azure/storage-blob`, which creates the container).
+AZURITE_DIR := target/azurite
+.PHONY: azurite-test
+azurite-test:
+	@[ -x $(AZURITE_DIR)/node_modules/.bin/azurite-blob ] || \
+	  npm install --no-audit --no-fund --prefix $(AZURITE_DIR) azurite@3.35.0 @azure/storage-blob@12
+	$(CARGO) build -q --workspace --bins --examples
+	WW_AZURITE_DIR=$(abspath $(AZURITE_DIR)) $(CARGO) test -p writewatch --test azurite -- --ignored
+
 .PHONY: s3-server
 s3-server:
 	@if command -v s3s-fs >/dev/null 2>&1 || [ -x "$$HOME/.cargo/bin/s3s-fs" ]; then \
@@ -43,7 +53,7 @@ demo: setup
 # that it does not (so no test can be skipped silently on a capable machine).
 test: setup s3-server
 	$(CARGO) run -q -p writewatch-cli -- probe --require-expected
-	$(CARGO) build -q --workspace --examples   # tests/demo_dir.rs runs target/debug/examples/uffd-demo
+	$(CARGO) build -q --workspace --bins --examples   # tests/demo_dir.rs, demo_s3.rs run target/debug/examples/uffd-demo and target/debug/writewatch
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 	$(CARGO) run -q --example kv-checkpoint -- --quick

@@ -5,37 +5,18 @@
 //! Runs the example binary that `cargo test` / `cargo build --examples` builds next to the
 //! test binaries (`target/<profile>/examples/uffd-demo`).
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod demo_support;
 
-fn demo_exe() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let p = dir.join("examples").join("uffd-demo");
-    assert!(
-        p.exists(),
-        "{} is missing: build it first with `cargo build --example uffd-demo` (cargo test --all-targets does)",
-        p.display()
-    );
-    p
-}
+use std::process::Output;
+
+use demo_support::{built, demo_args, run};
 
 fn demo(dir: &std::path::Path) -> Output {
-    Command::new(demo_exe())
-        .args([
-            "--size",
-            "1M",
-            "--threads",
-            "1",
-            "--epochs",
-            "2",
-            "--epoch-ms",
-            "20",
-        ])
-        .args(["--json", "--dir"])
-        .arg(dir)
-        .output()
-        .unwrap()
+    run(
+        &built("examples/uffd-demo"),
+        &[],
+        &demo_args(dir.to_str().unwrap()),
+    )
 }
 
 #[test]

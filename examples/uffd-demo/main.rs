@@ -55,6 +55,10 @@ struct DemoJson<'a> {
     epochs: usize,
     /// Store epoch numbers written by this run (a continued store starts past its head).
     store_epochs: &'a [u64],
+    /// Per epoch of `store_epochs`: CRC-32C of the little-endian CRC-32Cs of its pages in
+    /// the reference taken at its cut (empty with `--live-cuts`), to check a restore made
+    /// elsewhere (for example by `writewatch restore`) against the demo's own reference.
+    reference_digests: Vec<u32>,
     resumed_from: Option<u64>,
     region_bytes: usize,
     backend: &'a str,
@@ -253,6 +257,12 @@ fn writer<M: Target>(
         }
     }
     log
+}
+
+/// CRC-32C of a list of page CRCs, as little-endian bytes (the JSON `reference_digests`).
+fn page_crc_digest(crcs: &[u32]) -> u32 {
+    let bytes: Vec<u8> = crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
+    crc32c::crc32c(&bytes)
 }
 
 fn page_crcs(region: &Region) -> Vec<u32> {
@@ -536,6 +546,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             verified,
             epochs: args.epochs,
             store_epochs: &store_epochs,
+            reference_digests: refs.iter().map(|r| page_crc_digest(r)).collect(),
             resumed_from,
             region_bytes: size,
             backend: &backend,

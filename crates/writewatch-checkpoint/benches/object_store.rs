@@ -7,15 +7,12 @@
 //! repetitions (default 3; the median is reported). Without `--bench` (as under `cargo test
 //! --all-targets`) it does nothing.
 
-#[path = "../tests/s3server/mod.rs"]
-mod s3server;
-
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
-use s3server::S3Server;
 use writewatch_checkpoint::{RemoteOptions, SliceSource, Store};
+use writewatch_testkit::s3server::{self, S3Server};
 
 const PS: usize = 4096;
 

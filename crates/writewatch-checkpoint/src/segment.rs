@@ -9,6 +9,7 @@ use crate::error::{CorruptError, Corruption, IoContext, IoError, ReadError};
 use crate::format::{
     decode_frame, decode_index, RunEntry, RunKind, SegmentHeader, HEADER_LEN, RUN_ENTRY_LEN,
 };
+use crate::remote::frame::Prefetched;
 use crate::remote::ObjectBackend;
 use crate::sys;
 
@@ -60,13 +61,18 @@ pub(crate) struct SegmentFile {
     pub(crate) runs: Vec<RunEntry>,
 }
 
+/// Reads `buf.len()` bytes at `off`: from `pre` if it holds them, else from `file`.
 fn read_exact_at(
     file: &SegSrc,
+    pre: Option<&Prefetched>,
     path: &Path,
     buf: &mut [u8],
     off: u64,
     file_len: u64,
 ) -> Result<(), ReadError> {
+    if pre.is_some_and(|p| p.read_at(buf, off)) {
+        return Ok(());
+    }
     file.read_exact_at(buf, off)
         .map_err(|e| read_failure(path, e, off, buf.len() as u64, file_len))
 }
@@ -103,7 +109,7 @@ impl SegmentFile {
         };
         let file_len = file.metadata().ctx("stat", path)?.len();
         let _ = sys::fadvise(&file, 0, 0, sys::Advice::Sequential);
-        Self::from_src(path, SegSrc::File(file), file_len)
+        Self::from_src(path, SegSrc::File(file), file_len, None)
     }
 
     /// Opens and validates a segment stored as object `name` (shown as `path`).
@@ -115,22 +121,44 @@ impl SegmentFile {
         let Some(len) = backend.size(name)? else {
             return Err(CorruptError::new(path, 0, Corruption::Missing).into());
         };
-        Self::from_src(path, SegSrc::Object(backend.clone(), name.to_string()), len)
+        Self::from_src(
+            path,
+            SegSrc::Object(backend.clone(), name.to_string()),
+            len,
+            None,
+        )
     }
 
-    /// Validates a segment from a source of known length.
-    fn from_src(path: &Path, file: SegSrc, file_len: u64) -> Result<SegmentFile, ReadError> {
+    /// [`open_object`](Self::open_object) with the object's size and (some of) its header,
+    /// index and footer bytes already fetched: reads they do not cover are ranged GETs.
+    pub(crate) fn open_object_prefetched(
+        backend: &Arc<ObjectBackend>,
+        name: &str,
+        path: &Path,
+        pre: &Prefetched,
+    ) -> Result<SegmentFile, ReadError> {
+        let src = SegSrc::Object(backend.clone(), name.to_string());
+        Self::from_src(path, src, pre.size, Some(pre))
+    }
+
+    /// Validates a segment from a source of known length (`pre`: bytes already fetched).
+    fn from_src(
+        path: &Path,
+        file: SegSrc,
+        file_len: u64,
+        pre: Option<&Prefetched>,
+    ) -> Result<SegmentFile, ReadError> {
         let mut hbuf = [0u8; HEADER_LEN];
         let hlen = (file_len.min(HEADER_LEN as u64)) as usize;
-        read_exact_at(&file, path, &mut hbuf[..hlen], 0, file_len)?;
+        read_exact_at(&file, pre, path, &mut hbuf[..hlen], 0, file_len)?;
         let (header, footer, footer_crc) =
             decode_frame(path, &hbuf[..hlen], file_len, |off, fbuf| {
-                read_exact_at(&file, path, fbuf, off, file_len)
+                read_exact_at(&file, pre, path, fbuf, off, file_len)
             })?;
         // Size checked against the file length by SegmentFooter::decode.
         let index_len = (footer.run_count * RUN_ENTRY_LEN as u64) as usize;
         let mut index = vec![0u8; index_len];
-        read_exact_at(&file, path, &mut index, footer.index_offset, file_len)?;
+        read_exact_at(&file, pre, path, &mut index, footer.index_offset, file_len)?;
         footer.check_index(path, &index)?;
         let runs = decode_index(path, &index, &header, &footer)?;
         Ok(SegmentFile {
@@ -171,6 +199,7 @@ impl SegmentFile {
         scratch.resize(run.stored_len as usize, 0);
         read_exact_at(
             &self.src,
+            None,
             &self.path,
             scratch,
             run.data_offset,

@@ -1,19 +1,18 @@
-//! Stores on object storage, against a real S3 server (`s3s-fs`, see `s3server/`) on a
+//! Stores on object storage, against a real S3 server (`s3s-fs`, `writewatch_testkit::s3server`) on a
 //! loopback port: round trips of every epoch (oracle: the region copies kept by the test,
 //! and the bytes of a local store written from the same input), compaction and retention,
 //! the two-writers race, and the typed errors of bad locations and credentials.
 
 mod common;
-mod s3server;
 
 use std::sync::{Arc, Barrier};
 
 use common::write_epochs;
-use s3server::S3Server;
 use writewatch_checkpoint::{
     Compression, Geometry, OpenError, RemoteErrorKind, SliceSource, Store, StoreLocation,
     WriteError, WriterOptions,
 };
+use writewatch_testkit::s3server::S3Server;
 use writewatch_testkit::watchdog;
 
 const PS: usize = 4096;

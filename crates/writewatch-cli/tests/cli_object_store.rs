@@ -1,13 +1,10 @@
 //! The `writewatch` binary on a store in object storage (a real `s3s-fs` server on a
 //! loopback port), configured the way users configure it: through the `AWS_*` environment.
 
-#[path = "../../writewatch-checkpoint/tests/s3server/mod.rs"]
-mod s3server;
-
 use std::process::{Command, Output};
 
-use s3server::S3Server;
 use writewatch_checkpoint::{SliceSource, Store};
+use writewatch_testkit::s3server::{self, S3Server};
 
 const PS: usize = 4096;
 

@@ -3,7 +3,8 @@
 //! failures ([`mod@watchdog`]), owned mappings ([`mmap`]), a fork helper ([`fork`]), a
 //! `/proc/PID/smaps` reader and memory figures of ranges ([`smaps`]) and,
 //! with the `parsers` feature, the checkpoint parser harness and its seed inputs
-//! (module `parsers`); with the `checkpoint` feature, small store chains (module `chain`).
+//! (module `parsers`); with the `checkpoint` feature, small store chains (module `chain`);
+//! with the `s3` feature, a local S3 server for object-storage tests (module `s3server`).
 //!
 //! All `unsafe` code lives in the private `sys` module; every public item is safe and sound
 //! whatever the caller does.
@@ -16,6 +17,8 @@ pub mod mmap;
 #[cfg(feature = "parsers")]
 pub mod parsers;
 pub mod rng;
+#[cfg(feature = "s3")]
+pub mod s3server;
 pub mod smaps;
 mod sys;
 pub mod watchdog;

@@ -280,6 +280,18 @@ impl RunEntry {
         out: &'b mut Vec<u8>,
     ) -> Result<&'b [u8], CorruptError> {
         self.check_crc(path, stored)?;
+        self.decode_checked(path, page_size, stored, out)
+    }
+
+    /// [`decode_data`](Self::decode_data) of bytes whose checksum the caller has already
+    /// verified with [`check_crc`](Self::check_crc): decompresses an lz4 run into `out`.
+    pub(crate) fn decode_checked<'b>(
+        &self,
+        path: &Path,
+        page_size: u32,
+        stored: &'b [u8],
+        out: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8], CorruptError> {
         if self.kind != RunKind::Lz4 {
             return Ok(stored);
         }

@@ -1,9 +1,9 @@
 //! Restoring from object storage: the runs a [`Plan`] needs are fetched with ranged
 //! requests (`get_ranges`, which coalesces neighbouring ranges), in batches of about
 //! [`RemoteOptions::fetch_batch`] bytes of one segment, [`RemoteOptions::fetch_concurrency`]
-//! batches in flight on the I/O runtime. Each run's CRC is verified (and lz4 runs
-//! decompressed) as its batch arrives, and the pages are copied straight into the
-//! destination; memory stays about `fetch_batch × fetch_concurrency`.
+//! batches in flight on the I/O runtime. Each run's CRC is verified by the fetching task as
+//! its batch arrives (lz4 runs are then decompressed by the restoring thread), and the
+//! pages are copied straight into the destination; memory stays about `fetch_batch × fetch_concurrency`.
 //!
 //! [`RemoteOptions::fetch_batch`]: crate::RemoteOptions::fetch_batch
 //! [`RemoteOptions::fetch_concurrency`]: crate::RemoteOptions::fetch_concurrency
@@ -16,8 +16,9 @@ use futures_util::StreamExt;
 
 use super::{to_io, ObjectBackend};
 use crate::error::{IoError, ReadError, RestoreError};
+use crate::format::RunEntry;
 use crate::restore::{Piece, Plan};
-use crate::segment::{SegSrc, SegmentFile};
+use crate::segment::{read_failure, SegSrc, SegmentFile};
 
 /// A batch: consecutive jobs (data runs) of one segment and their byte ranges.
 struct Batch {
@@ -55,6 +56,11 @@ fn batches(segs: &[SegmentFile], jobs: &[(usize, usize)], max_bytes: u64) -> Vec
 /// Fetches the data runs `jobs` (`(segment, run)` pairs into `segs`, all objects of
 /// `backend`) with parallel ranged requests, verifies each (CRC, decompression) and calls
 /// `sink(job_index, raw_page_bytes)` in job order.
+///
+/// The CRCs are checked by the fetching tasks on the I/O runtime as each batch arrives
+/// (in parallel with each other and with the calling thread's copying); only checked bytes
+/// are handed back, and lz4 runs are decompressed here, into one reused buffer, just before
+/// `sink` (so memory stays bounded by the stored bytes in flight).
 pub(crate) fn fetch_runs<E: From<ReadError>>(
     backend: &Arc<ObjectBackend>,
     segs: &[SegmentFile],
@@ -65,30 +71,53 @@ pub(crate) fn fetch_runs<E: From<ReadError>>(
     let batches = batches(segs, jobs, o.fetch_batch.max(1 << 20) as u64);
     let rt = backend.runtime();
     let fetches = batches.iter().map(|b| {
+        let seg = &segs[b.seg];
         let store = backend.store.clone();
-        let name = match &segs[b.seg].src {
+        let name = match &seg.src {
             SegSrc::Object(_, name) => name.as_str(),
             SegSrc::File(_) => "",
         };
         let path = backend.path(name);
         let ranges = b.ranges.clone();
-        rt.spawn(async move { store.get_ranges(&path, &ranges).await })
+        let runs: Vec<RunEntry> = b.jobs.clone().map(|j| seg.runs[jobs[j].1]).collect();
+        let (shown, file_len) = (seg.path.clone(), seg.file_len);
+        rt.spawn(async move {
+            let got = store
+                .get_ranges(&path, &ranges)
+                .await
+                .map_err(|e| ReadError::from(IoError::new("read", &shown, to_io(e))))?;
+            if got.len() != runs.len() {
+                let eof = std::io::ErrorKind::UnexpectedEof.into();
+                return Err(ReadError::from(IoError::new("read", &shown, eof)));
+            }
+            for (run, stored) in runs.iter().zip(&got) {
+                if stored.len() as u64 != run.stored_len {
+                    let eof = std::io::ErrorKind::UnexpectedEof.into();
+                    return Err(read_failure(
+                        &shown,
+                        eof,
+                        run.data_offset,
+                        run.stored_len,
+                        file_len,
+                    ));
+                }
+                run.check_crc(&shown, stored)?;
+            }
+            Ok(got)
+        })
     });
     let mut stream = futures_util::stream::iter(fetches).buffered(o.fetch_concurrency.max(1));
     let mut out = Vec::new();
     // The stream is polled inside the runtime, the sink called outside it (it may itself
     // block on the runtime: compaction uploads what it reads). The spawned fetches keep
-    // running on the runtime's workers in between.
+    // running (and checking) on the runtime's workers in between.
     for b in &batches {
         let Some(joined) = backend.block_on(stream.next()) else {
             break;
         };
         let seg: &SegmentFile = &segs[b.seg];
         let got: Vec<Bytes> = match joined {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                return Err(ReadError::from(IoError::new("read", &seg.path, to_io(e))).into())
-            }
+            Ok(r) => r?,
             Err(e) => {
                 return Err(ReadError::from(IoError::new(
                     "read",
@@ -98,15 +127,11 @@ pub(crate) fn fetch_runs<E: From<ReadError>>(
                 .into())
             }
         };
-        for ((job, range), stored) in b.jobs.clone().zip(&b.ranges).zip(&got) {
+        for (job, stored) in b.jobs.clone().zip(&got) {
             let run = &seg.runs[jobs[job].1];
-            if stored.len() as u64 != range.end - range.start {
-                return Err(seg
-                    .run_read_failure(run, std::io::ErrorKind::UnexpectedEof.into())
-                    .into());
-            }
+            // CRC checked by the fetching task above.
             let raw = run
-                .decode_data(&seg.path, seg.header.page_size, stored, &mut out)
+                .decode_checked(&seg.path, seg.header.page_size, stored, &mut out)
                 .map_err(ReadError::from)?;
             sink(job, raw)?;
         }

@@ -13,6 +13,8 @@
 //! * restores fetch ranges in parallel ([`fetch`]).
 
 pub(crate) mod fetch;
+pub(crate) mod frame;
+mod providers;
 pub(crate) mod upload;
 
 use std::io;
@@ -55,8 +57,11 @@ pub struct RemoteOptions {
     pub initial_backoff: Duration,
     /// Extra `object_store` configuration, applied over the environment: keys as the
     /// provider's builder spells them (`aws_endpoint`, `aws_access_key_id`,
-    /// `aws_secret_access_key`, `aws_region`, `aws_allow_http`, ...). Empty by default: the
-    /// environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...) alone configures the store.
+    /// `aws_secret_access_key`, `aws_region`, `aws_allow_http`, ...; `google_service_account`,
+    /// `google_service_account_key`, ...; `azure_storage_account_name`,
+    /// `azure_storage_account_key`, `azure_storage_endpoint`, ...). Empty by default: the
+    /// environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ..., `GOOGLE_*`, `AZURE_*`) alone
+    /// configures the store.
     pub config: Vec<(String, String)>,
 }
 
@@ -98,7 +103,7 @@ impl std::fmt::Debug for ObjectBackend {
 /// Why a URL cannot name a store (becomes [`OpenError::InvalidLocation`](crate::OpenError)).
 pub(crate) type UrlProblem = String;
 
-fn install_crypto() {
+pub(super) fn install_crypto() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Fails only if the process already installed a provider: then that one is used.
@@ -118,64 +123,18 @@ pub(crate) fn split_url(url: &str) -> Result<(&str, &str, &str), UrlProblem> {
     Ok((scheme, bucket, prefix.trim_matches('/')))
 }
 
-fn build_store(url: &str, o: &RemoteOptions) -> Result<Arc<dyn ObjectStore>, UrlProblem> {
-    let (scheme, _, _) = split_url(url)?;
-    let retry = object_store::RetryConfig {
-        backoff: object_store::BackoffConfig {
-            init_backoff: o.initial_backoff,
-            max_backoff: Duration::from_secs(15),
-            base: 2.0,
-        },
-        max_retries: o.max_retries,
-        retry_timeout: o.retry_timeout,
-    };
-    match scheme {
-        "s3" | "s3a" => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env();
-            for (k, v) in &o.config {
-                let key: object_store::aws::AmazonS3ConfigKey =
-                    k.parse().map_err(|e| format!("configuration key {k}: {e}"))?;
-                b = b.with_config(key, v);
-            }
-            b.with_url(url)
-            .with_retry(retry)
-            .build()
-            .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            .map_err(|e| e.to_string())
-        }
-        #[cfg(feature = "gcs")]
-        "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
-            .with_url(url)
-            .with_retry(retry)
-            .build()
-            .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            .map_err(|e| e.to_string()),
-        #[cfg(not(feature = "gcs"))]
-        "gs" => Err("gs:// support is not compiled in: build writewatch-checkpoint with the `gcs` feature".into()),
-        #[cfg(feature = "azure")]
-        "az" | "abfs" | "abfss" | "azure" => object_store::azure::MicrosoftAzureBuilder::from_env()
-            .with_url(url)
-            .with_retry(retry)
-            .build()
-            .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            .map_err(|e| e.to_string()),
-        #[cfg(not(feature = "azure"))]
-        "az" | "abfs" | "abfss" | "azure" => Err(
-            "az:// support is not compiled in: build writewatch-checkpoint with the `azure` feature"
-                .into(),
-        ),
-        other => Err(format!(
-            "unsupported scheme `{other}://` (use a path, file://, s3://, gs:// or az://)"
-        )),
-    }
-}
-
 /// Classifies an `object_store` error and wraps it in an [`io::Error`] carrying a
 /// [`RemoteError`].
 pub(crate) fn to_io(e: object_store::Error) -> io::Error {
+    let (kind, io_kind) = classify(&e);
+    io::Error::new(io_kind, RemoteError::new(kind, e))
+}
+
+/// What kind of failure an `object_store` error is.
+fn classify(e: &object_store::Error) -> (RemoteErrorKind, io::ErrorKind) {
     use object_store::Error as E;
     let text = e.to_string();
-    let (kind, io_kind) = match &e {
+    match e {
         E::NotFound { .. } if text.contains("NoSuchBucket") => {
             (RemoteErrorKind::NoSuchBucket, io::ErrorKind::NotFound)
         }
@@ -220,8 +179,7 @@ pub(crate) fn to_io(e: object_store::Error) -> io::Error {
             (RemoteErrorKind::Transport, io::ErrorKind::ConnectionAborted)
         }
         _ => (RemoteErrorKind::Other, io::ErrorKind::Other),
-    };
-    io::Error::new(io_kind, RemoteError::new(kind, e))
+    }
 }
 
 impl ObjectBackend {
@@ -230,7 +188,7 @@ impl ObjectBackend {
         install_crypto();
         let (_, bucket, prefix) = split_url(url)?;
         let prefix_path = ObjPath::parse(prefix).map_err(|e| format!("bad prefix: {e}"))?;
-        let store = build_store(url, &options)?;
+        let store = providers::build_store(url, &options)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ww-objstore")

@@ -8,6 +8,7 @@ use super::manifest::MANIFEST_NAME;
 use super::Store;
 use crate::error::{CorruptError, Corruption, ReadError, RestoreError};
 use crate::format::{Manifest, ManifestEntry, FLAG_BASE};
+use crate::remote::frame::FrameFetch;
 use crate::restore::Plan;
 use crate::segment::SegmentFile;
 
@@ -38,14 +39,21 @@ impl Store {
                     },
                 )
             })?;
-        entries[base..=idx]
+        let chain = &entries[base..=idx];
+        // On object storage, every segment's header, index and footer in one round trip.
+        let mut fetched = match self.backend.object() {
+            Some(b) => b.prefetch_frames(chain).into_iter().map(Some).collect(),
+            None => Vec::new(),
+        }
+        .into_iter();
+        chain
             .iter()
-            .map(|e| self.open_segment(e).map_err(RestoreError::from))
+            .map(|e| {
+                let pre = fetched.next().flatten();
+                open_segment_with(&self.backend, &self.dir, &self.manifest, e, pre)
+                    .map_err(RestoreError::from)
+            })
             .collect()
-    }
-
-    pub(super) fn open_segment(&self, e: &ManifestEntry) -> Result<SegmentFile, ReadError> {
-        open_segment(&self.backend, &self.dir, &self.manifest, e)
     }
 
     pub(super) fn plan(&self, epoch: u64) -> Result<Plan, RestoreError> {
@@ -61,9 +69,30 @@ pub(super) fn open_segment(
     manifest: &Manifest,
     e: &ManifestEntry,
 ) -> Result<SegmentFile, ReadError> {
+    open_segment_with(backend, dir, manifest, e, None)
+}
+
+/// [`open_segment`], with what [`ObjectBackend::prefetch_frames`] fetched for it, if anything.
+///
+/// [`ObjectBackend::prefetch_frames`]: crate::remote::ObjectBackend::prefetch_frames
+fn open_segment_with(
+    backend: &Backend,
+    dir: &Path,
+    manifest: &Manifest,
+    e: &ManifestEntry,
+    fetched: Option<FrameFetch>,
+) -> Result<SegmentFile, ReadError> {
     let name = e.file_name();
     let path = dir.join(&name);
-    let seg = backend.ops().open_segment(&name, &path)?;
+    let seg = match (backend.object(), fetched) {
+        (Some(b), Some(FrameFetch::Got(pre))) => {
+            SegmentFile::open_object_prefetched(b, &name, &path, &pre)?
+        }
+        (Some(_), Some(FrameFetch::Missing)) => {
+            return Err(CorruptError::new(&path, 0, Corruption::Missing).into())
+        }
+        _ => backend.ops().open_segment(&name, &path)?,
+    };
     let h = &seg.header;
     let mismatch = |field: &'static str, manifest: u64, segment: u64| -> ReadError {
         CorruptError::new(

@@ -1,8 +1,8 @@
-//! A real S3 server for the object-storage tests: `s3s-fs` (installed by `make test`'s
-//! set-up: `cargo install s3s-fs --features binary`), started on a free loopback port with
-//! its data in a temporary directory, and killed when the [`S3Server`] is dropped. Also a
-//! loopback TCP proxy that can drop connections (fault injection).
-#![allow(dead_code)]
+//! A real S3 server for the object-storage tests, benches and the demo test: `s3s-fs`
+//! (installed by `make test`'s set-up, `make s3-server`: `cargo install s3s-fs --features
+//! binary`), started on a free loopback port with its data in a temporary directory, and
+//! killed when the [`S3Server`] is dropped. Also a loopback TCP proxy that can drop
+//! connections ([`DroppingProxy`], fault injection). Feature `s3`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use writewatch_checkpoint::RemoteOptions;
 
+/// The access key id the test server accepts.
 pub const ACCESS_KEY: &str = "wwtestkey";
+/// The secret key the test server accepts.
 pub const SECRET_KEY: &str = "wwtestsecret";
 
 /// Where `s3s-fs` is: on `PATH`, or in `~/.cargo/bin`.
@@ -38,6 +40,7 @@ pub fn s3s_fs_binary() -> PathBuf {
 /// A running `s3s-fs`.
 pub struct S3Server {
     child: Child,
+    /// The loopback port it listens on.
     pub port: u16,
     root: tempfile::TempDir,
 }
@@ -79,6 +82,7 @@ impl S3Server {
         panic!("s3s-fs did not start");
     }
 
+    /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -109,6 +113,7 @@ impl S3Server {
         }
     }
 
+    /// [`options_for`](Self::options_for) this server with the right secret.
     pub fn options(&self) -> RemoteOptions {
         Self::options_for(&self.endpoint(), SECRET_KEY)
     }
@@ -136,13 +141,17 @@ impl Drop for S3Server {
 /// upstream (client to server) in total, every connection is cut (both directions shut
 /// down) as soon as it carries more data: an endpoint that drops connections mid-upload.
 pub struct DroppingProxy {
+    /// The loopback port it listens on.
     pub port: u16,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Bytes that went upstream so far.
     pub forwarded: Arc<AtomicU64>,
 }
 
 impl DroppingProxy {
+    /// Starts a proxy in front of `upstream` (a loopback port) that cuts connections once
+    /// `drop_after` bytes went upstream.
     pub fn start(upstream: u16, drop_after: u64) -> DroppingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -181,6 +190,7 @@ impl DroppingProxy {
         }
     }
 
+    /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -199,9 +209,15 @@ fn pipe(
     let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let up = {
         let (total, stop) = (total.clone(), stop.clone());
-        std::thread::spawn(move || copy(client, server, Some((total, drop_after)), stop))
+        std::thread::Builder::new()
+            .name("ww-test-proxy-up".into())
+            .spawn(move || copy(client, server, Some((total, drop_after)), stop))
+            .unwrap()
     };
-    let down = std::thread::spawn(move || copy(s2, c2, None, stop));
+    let down = std::thread::Builder::new()
+        .name("ww-test-proxy-down".into())
+        .spawn(move || copy(s2, c2, None, stop))
+        .unwrap();
     vec![up, down]
 }
 
