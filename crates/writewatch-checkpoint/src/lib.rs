@@ -39,6 +39,7 @@
 #![deny(unsafe_code)]
 
 mod error;
+mod fetch;
 mod files;
 #[doc(hidden)]
 pub mod format;

@@ -12,7 +12,6 @@
 //!   [`ConflictError`](crate::ConflictError);
 //! * restores fetch ranges in parallel ([`fetch`]).
 
-pub(crate) mod fetch;
 pub(crate) mod frame;
 mod providers;
 pub(crate) mod upload;

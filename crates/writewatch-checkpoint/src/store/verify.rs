@@ -7,9 +7,9 @@ use super::chain::open_segment;
 use super::manifest::MANIFEST_NAME;
 use super::{SegmentInfo, Store, VerifyProblem, VerifyReport};
 use crate::error::{CorruptError, Corruption, IoContext, IoError, ReadError, VerifyError};
+use crate::fetch::fetch_runs;
 use crate::format::RunKind;
 use crate::progress::ProgressTracker;
-use crate::remote::fetch::fetch_runs;
 use crate::sys;
 
 impl Store {

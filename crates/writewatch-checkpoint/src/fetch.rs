@@ -1,4 +1,5 @@
-//! Restoring from object storage: the runs a [`Plan`] needs are fetched with ranged
+//! Restoring from object storage (beside `restore.rs`, whose plans it executes; `remote/` below
+//! it owns the connection): the runs a [`Plan`] needs are fetched with ranged
 //! requests (`get_ranges`, which coalesces neighbouring ranges), in batches of about
 //! [`RemoteOptions::fetch_batch`] bytes of one segment, [`RemoteOptions::fetch_concurrency`]
 //! batches in flight on the I/O runtime. Each run's CRC is verified by the fetching task as
@@ -14,9 +15,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{to_io, ObjectBackend};
 use crate::error::{IoError, ReadError, RestoreError};
 use crate::format::RunEntry;
+use crate::remote::{to_io, ObjectBackend};
 use crate::restore::{Piece, Plan};
 use crate::segment::{read_failure, SegSrc, SegmentFile};
 
