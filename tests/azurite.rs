@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 mod demo_support;
 
-use demo_support::{built, demo_args, digest, run};
+use demo_support::{built, demo_args, restore_each_epoch_matches, run};
 use writewatch::checkpoint::{RemoteOptions, SliceSource, Store, WriteError};
 use writewatch_testkit::watchdog;
 
@@ -140,22 +140,7 @@ fn az_store_on_azurite_demo_cli_and_a_stale_writer() {
         }
         let o = run(&cli, &env, &args(&["verify", url]));
         assert_eq!(o.status.code(), Some(0), "{o:?}");
-        let tmp = tempfile::tempdir().unwrap();
-        for (epoch, want) in (0u64..4).zip(&digests) {
-            let img = tmp.path().join(format!("e{epoch}"));
-            let e = epoch.to_string();
-            let o = run(
-                &cli,
-                &env,
-                &args(&["restore", url, "--epoch", &e, "--to", img.to_str().unwrap()]),
-            );
-            assert_eq!(o.status.code(), Some(0), "epoch {epoch}: {o:?}");
-            assert_eq!(
-                digest(&std::fs::read(&img).unwrap()),
-                *want,
-                "epoch {epoch}"
-            );
-        }
+        restore_each_epoch_matches(&cli, &env, url, &digests, 1 << 20);
 
         // A stale writer, through the library (the builder reads the emulator's URL from
         // the environment: this test is alone in its binary's process).

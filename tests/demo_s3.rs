@@ -13,7 +13,7 @@
 
 mod demo_support;
 
-use demo_support::{built, demo_args, digest, run};
+use demo_support::{built, demo_args, restore_each_epoch_matches, run};
 use writewatch_testkit::s3server::S3Server;
 use writewatch_testkit::watchdog;
 
@@ -59,23 +59,6 @@ fn demo_on_s3_then_cli_verifies_and_restores_every_epoch() {
         assert_eq!(o.status.code(), Some(0), "{o:?}");
         let v = json(&run(&cli, &env, &args(&["--json", "inspect", url])));
         assert_eq!(v["segments"].as_array().map(Vec::len), Some(4), "{v}");
-        let tmp = tempfile::tempdir().unwrap();
-        for (epoch, want) in (0u64..4).zip(&digests) {
-            let img = tmp.path().join(format!("epoch{epoch}"));
-            let e = epoch.to_string();
-            let o = run(
-                &cli,
-                &env,
-                &args(&["restore", url, "--epoch", &e, "--to", img.to_str().unwrap()]),
-            );
-            assert_eq!(o.status.code(), Some(0), "epoch {epoch}: {o:?}");
-            let image = std::fs::read(&img).unwrap();
-            assert_eq!(image.len(), 1 << 20);
-            assert_eq!(
-                digest(&image),
-                *want,
-                "epoch {epoch}: the image restored by the CLI differs from the demo's reference"
-            );
-        }
+        restore_each_epoch_matches(&cli, &env, url, &digests, 1 << 20);
     });
 }

@@ -60,3 +60,33 @@ pub fn digest(image: &[u8]) -> u64 {
         .collect();
     u64::from(crc32c::crc32c(&crcs))
 }
+
+/// `writewatch restore URL --epoch E --to FILE` for every epoch of `digests` (its index),
+/// each image checked against the demo's reference digest of that epoch (and its length).
+#[allow(dead_code)]
+pub fn restore_each_epoch_matches(
+    cli: &Path,
+    env: &[(&str, String)],
+    url: &str,
+    digests: &[u64],
+    image_len: usize,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    for (epoch, want) in digests.iter().enumerate() {
+        let img = tmp.path().join(format!("epoch{epoch}"));
+        let e = epoch.to_string();
+        let a: Vec<String> = ["restore", url, "--epoch", &e, "--to", img.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let o = run(cli, env, &a);
+        assert_eq!(o.status.code(), Some(0), "epoch {epoch}: {o:?}");
+        let image = std::fs::read(&img).unwrap();
+        assert_eq!(image.len(), image_len, "epoch {epoch}");
+        assert_eq!(
+            digest(&image),
+            *want,
+            "epoch {epoch}: the image restored by the CLI differs from the demo's reference"
+        );
+    }
+}

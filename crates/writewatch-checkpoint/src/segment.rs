@@ -205,6 +205,7 @@ impl SegmentFile {
             run.data_offset,
             self.file_len,
         )?;
-        Ok(run.decode_data(&self.path, self.header.page_size, scratch, out)?)
+        run.check_crc(&self.path, scratch)?;
+        Ok(run.decode_checked(&self.path, self.header.page_size, scratch, out)?)
     }
 }

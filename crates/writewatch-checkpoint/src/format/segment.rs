@@ -270,21 +270,9 @@ impl RunEntry {
         expect_crc(path, self.data_offset, "run data", self.crc, computed)
     }
 
-    /// Verifies the run's stored bytes (checksum, and decoding) and returns its page bytes:
-    /// `stored` itself for a raw run, decompressed into `out` for an lz4 run.
-    pub(crate) fn decode_data<'b>(
-        &self,
-        path: &Path,
-        page_size: u32,
-        stored: &'b [u8],
-        out: &'b mut Vec<u8>,
-    ) -> Result<&'b [u8], CorruptError> {
-        self.check_crc(path, stored)?;
-        self.decode_checked(path, page_size, stored, out)
-    }
-
-    /// [`decode_data`](Self::decode_data) of bytes whose checksum the caller has already
-    /// verified with [`check_crc`](Self::check_crc): decompresses an lz4 run into `out`.
+    /// The page bytes of a run whose stored bytes the caller has verified with
+    /// [`check_crc`](Self::check_crc): `stored` itself for a raw run, decompressed into `out`
+    /// (and checked to decode to exactly its pages) for an lz4 run.
     pub(crate) fn decode_checked<'b>(
         &self,
         path: &Path,
@@ -504,7 +492,8 @@ pub fn decode_segment(path: &Path, bytes: &[u8]) -> Result<DecodedSegment, Corru
     let mut out = Vec::new();
     for r in runs.iter().filter(|r| r.kind != RunKind::Zero) {
         let data = &bytes[r.data_offset as usize..(r.data_offset + r.stored_len) as usize];
-        r.decode_data(path, header.page_size, data, &mut out)?;
+        r.check_crc(path, data)?;
+        r.decode_checked(path, header.page_size, data, &mut out)?;
     }
     Ok(DecodedSegment {
         header,
