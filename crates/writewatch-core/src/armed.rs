@@ -112,6 +112,20 @@ impl ArmBits {
         (out, skipped)
     }
 
+    /// The hot pages (written again after being armed in the open epoch), in order, at most
+    /// `limit` of them. Only the non-zero words are visited.
+    pub(crate) fn hot_pages(&self, limit: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (w, mut bits) in self.hot.set_words() {
+            while bits != 0 && out.len() < limit {
+                let b = bits.trailing_zeros() as u64;
+                bits &= bits - 1;
+                out.push(w as u64 * 64 + b);
+            }
+        }
+        out
+    }
+
     /// A cut protected every page: a new epoch starts with nothing armed or hot.
     pub(crate) fn reset(&self) {
         self.armed.clear_all();
@@ -135,7 +149,10 @@ mod tests {
         // armed: 10, 14 (11, 12 refaulted; 13 inside a suspect run is not trusted)
         assert_eq!(skipped, 2);
         assert_eq!(w[0], !(1 << 10) & !(1 << 14));
+        assert_eq!(b.hot_pages(10), vec![11, 12]);
+        assert_eq!(b.hot_pages(1), vec![11]);
         b.reset();
         assert!(b.armable(12) && b.armable(10));
+        assert!(b.hot_pages(10).is_empty());
     }
 }

@@ -176,7 +176,9 @@ impl Service {
                 }
             }
         };
-        // Every page of the region is protected now.
+        // Every page of the region is protected now. Hot pages to re-open once the view
+        // exists (read before the hot bits are reset).
+        let reopen = self.hot_to_reopen(start, &inner, &suspect);
         let tuned = self.eager_of(start).map(|eg| {
             let t = eg.tune();
             eg.reset();
@@ -190,6 +192,9 @@ impl Service {
         } else {
             Some(self.attach_view(start, &inner, Some(&set), Mode::Consume))
         };
+        if self.backend == Backend::SyncUffd {
+            self.reopen(&inner, &reopen);
+        }
         if let Ok(mut h) = inner.counters.history.lock() {
             if h.len() == HISTORY {
                 h.pop_front();

@@ -73,6 +73,7 @@ mod fork;
 mod lazy;
 mod policy;
 mod register;
+mod reopen;
 
 use eager::Eager;
 
@@ -110,6 +111,10 @@ struct Fault {
     missing: bool,
     /// The faulting access was a write.
     write: bool,
+    /// Not a fault: a hot page re-opened after a cut (`service/reopen.rs`), served like a
+    /// write fault but not counted as one, and dropped (not deferred) if the copy budget is
+    /// full.
+    synthetic: bool,
 }
 
 enum Ev {

@@ -57,7 +57,8 @@
 //!   plan; two pages, two writers, arming steps and a cut at any moment. Checked: a store that
 //!   lands finds its page's dirty bit set (or harvested by the running cut). Mutants caught:
 //!   arming without `synchronize`, arming that marks after protecting, fault-around that
-//!   clears only the faulting page's armed bit, a whole-chunk span one page short.
+//!   clears only the faulting page's armed bit, a whole-chunk span one page short, and the
+//!   re-opening of the closed epoch's hot pages after a cut without setting their dirty bit.
 //!
 //! Pure computation: runs under Miri (`make miri`).
 
@@ -266,7 +267,13 @@ fn rearm_holds_in_every_interleaving() {
 #[test]
 fn rearm_mutants_are_caught() {
     use rearm::Mutant::*;
-    for m in [NoSynchronize, ArmAfterProtect, AroundKeepsArmed, SpanShort] {
+    for m in [
+        NoSynchronize,
+        ArmAfterProtect,
+        AroundKeepsArmed,
+        SpanShort,
+        ReopenWithoutDirty,
+    ] {
         let caught = rearm::configs().into_iter().find_map(|(mode, plan)| {
             rearm::explore(mode, plan, Some(m))
                 .1

@@ -1,0 +1,108 @@
+//! Re-opening hot pages after a cut (sync backend, faults served by this thread; on with the
+//! adaptive policy, forced by `TrackerBuilder::reopen_hot`).
+//!
+//! A cut re-protects every page written in the epoch it closes, so the writers' next write to
+//! each of them faults. For the pages that were written *again after background re-arming*
+//! (the hot bits of [`crate::armed::ArmBits`]) that next write is nearly certain and comes at
+//! once: right after a cut the writers used to queue on the hot set, one fault (two
+//! wake-ups) per page, while the service thread drained it page by page.
+//!
+//! ```text
+//!   cut (faults held): harvest, re-protect, new view  --reply-->  caller
+//!        |  hot pages of the closed epoch (not suspect, populated) -> `pending`
+//!        v
+//!   service_pending: each one served exactly as a write fault on it would be:
+//!        copy for every live view that needs it -> dirty bit -> un-protect
+//! ```
+//!
+//! **Why it is safe.** A re-opened page goes through the same steps, in the same order, as a
+//! write fault served right after the cut: the consistency argument of a fault (claims 1 and
+//! 2 of docs/design.md section 4, copy-before-write of section 5, fork privatisation) holds
+//! for it unchanged, and nothing else is skipped. The only difference is that no write may
+//! follow: the page is then reported written in the new epoch although it was not, an
+//! over-report, which the dirty-set contract allows. **Bound**: at most the pages found hot in
+//! the previous epoch, at most [`MAX_REOPEN`] per cut, reported in `PolicyReport::reopened_pages`.
+//!
+//! Not re-opened: pages in suspect runs (a zap may have emptied them: reading an empty page of
+//! a lazily armed region from this thread would wait on itself), never-populated pages of
+//! lazily armed regions, and anything when the copy budget is full (the synthetic fault is
+//! dropped, the page stays protected).
+
+use std::time::Instant;
+
+use super::{Fault, Service};
+use crate::backend::Backend;
+use crate::range::RegionInner;
+
+/// Most pages re-opened per cut (bounds the service thread's work right after a cut).
+pub(super) const MAX_REOPEN: usize = 1 << 16;
+
+impl Service {
+    /// Whether hot pages of regions of this tracker are re-opened after a cut.
+    pub(super) fn reopen_on(&self) -> bool {
+        let c = &self.shared.config;
+        self.backend == Backend::SyncUffd && !c.in_thread && c.reopen_hot.unwrap_or(c.adaptive)
+    }
+
+    /// Called by a cut with faults held, before the armed/hot bits are reset: the region's
+    /// hot pages that may be re-opened once the cut's view exists.
+    pub(super) fn hot_to_reopen(
+        &self,
+        start: usize,
+        inner: &RegionInner,
+        suspect: &[(u64, u64)],
+    ) -> Vec<u64> {
+        if !self.reopen_on() {
+            return Vec::new();
+        }
+        let Some(entry) = self.by_start.get(&start) else {
+            return Vec::new();
+        };
+        let Some(eg) = entry.eager.as_ref() else {
+            return Vec::new();
+        };
+        let mut pages = eg.bits.hot_pages(MAX_REOPEN);
+        pages.retain(|&p| {
+            !suspect.iter().any(|&(a, n)| p >= a && p < a + n)
+                && !inner.is_suspect(p)
+                && entry.populated.as_ref().is_none_or(|pop| pop.contains(p))
+        });
+        pages
+    }
+
+    /// Called by a cut once its view is attached (still before its reply): queues the pages
+    /// as synthetic write faults, served with the faults the cut held.
+    pub(super) fn reopen(&mut self, inner: &RegionInner, pages: &[u64]) {
+        let t = Instant::now();
+        self.pending.extend(pages.iter().map(|&p| Fault {
+            addr: inner.start + p as usize * inner.page_size,
+            tid: 0,
+            t,
+            missing: false,
+            write: true,
+            synthetic: true,
+        }));
+        let on = self.reopen_on();
+        let r = &mut self.policy.report;
+        r.reopened_pages = pages.len() as u64;
+        if r.reopen.chosen != "forced" {
+            r.reopen.chosen = if on {
+                "re-open hot pages after a cut".into()
+            } else {
+                "off".into()
+            };
+            r.reopen.why = if on {
+                format!(
+                    "{} pages written again after re-arming in the closed epoch re-opened (each over-reported in the new epoch if it is not written)",
+                    pages.len()
+                )
+            } else {
+                "adaptive(false), or faults served in the writers' handlers".into()
+            };
+        }
+        if let Ok(mut shared) = self.shared.policy.lock() {
+            shared.reopened_pages = r.reopened_pages;
+            shared.reopen.clone_from(&r.reopen);
+        }
+    }
+}
