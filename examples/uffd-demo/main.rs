@@ -18,8 +18,9 @@
 //! and the summary prints what it chose (`Tracker::stats().policy`); `--fixed` turns it off
 //! (the fixed behaviour before issue 14), for comparison in the same conditions.
 //!
-//! Issue 14 figures: before the tracked run the same writers run for the same duration on an
-//! untracked mapping of the same size (skip with `--no-baseline`); the summary reports
+//! Issue 14 figures: the same writers run for the same total duration on an untracked
+//! mapping of the same size, half before and half after the tracked run (skip with
+//! `--no-baseline`); the summary reports
 //! `writes/s tracked (with checkpointing) / untracked` and the held-writer stall per cut (the
 //! longest timestamped batch of 64 writes of any writer overlapping the cut), p50/p99/max and
 //! over fork(). The demo quiesces its writers around each cut for its reference (so no writer
@@ -146,8 +147,9 @@ struct Args {
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
-    /// Skip the untracked writer baseline (by default the same writers first run for the same
-    /// duration on a plain, untracked mapping of the same size, for the throughput ratio).
+    /// Skip the untracked writer baseline (by default the same writers run for the same total
+    /// duration on a plain, untracked mapping of the same size, half before and half after the
+    /// tracked run, for the throughput ratio).
     #[arg(long)]
     no_baseline: bool,
     /// Cut while the writers run (no quiesce around the cut): shows the held-writer stall of a
@@ -353,20 +355,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Store::create(&dir).map_err(|e| format!("--dir: {e}"))?
     };
 
-    // Issue 14: the same writers on an untracked mapping first, for the throughput ratio.
-    let untracked = if args.no_baseline {
+    // Issue 14: the same writers on an untracked mapping, for the throughput ratio: half of
+    // the baseline before the tracked run and half after it, so that a machine whose load
+    // drifts during the run biases neither side (the baseline is the mean of both halves).
+    let half = Duration::from_millis(args.epoch_ms * args.epochs as u64 / 2);
+    let untracked_before = if args.no_baseline {
         None
     } else {
-        let dur = Duration::from_millis(args.epoch_ms * args.epochs as u64);
         if !args.json {
             eprintln!(
-                "uffd-demo: untracked baseline: {} writers on a plain {} mapping for {:.1} s",
+                "uffd-demo: untracked baseline: {} writers on a plain {} mapping, {:.1} s before and {:.1} s after the tracked run",
                 args.threads,
                 human(size as f64),
-                dur.as_secs_f64()
+                half.as_secs_f64(),
+                half.as_secs_f64()
             );
         }
-        Some(untracked_baseline(size, args.threads, args.pattern, dur)?)
+        Some(untracked_baseline(size, args.threads, args.pattern, half)?)
     };
 
     let mut builder = Tracker::builder()
@@ -497,6 +502,20 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     ctl.stop.store(true, SeqCst);
     let logs: Vec<WriterLog> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     pb.finish_and_clear();
+    let untracked = match untracked_before {
+        Some(before) => {
+            let after = untracked_baseline(size, args.threads, args.pattern, half)?;
+            if !args.json {
+                eprintln!(
+                    "uffd-demo: untracked baseline {:.2} M writes/s before, {:.2} M after the tracked run",
+                    before / 1e6,
+                    after / 1e6
+                );
+            }
+            Some((before + after) / 2.0)
+        }
+        None => None,
+    };
     let stats = tracker.stats();
     let fork = (0..3).map(|_| fork_ms()).fold(f64::MAX, f64::min);
 
@@ -637,5 +656,6 @@ fn policy_lines(p: &writewatch::PolicyReport) -> Vec<String> {
         c("re-protection", &p.reprotect),
         c("fault-around", &p.fault_around),
         c("fault service", &p.in_thread),
+        c("after a cut", &p.reopen),
     ]
 }

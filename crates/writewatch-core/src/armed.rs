@@ -34,6 +34,10 @@ pub(crate) struct ArmBits {
     armed: AtomicBitmap,
     /// Pages written again after being armed in the open epoch: left writable until the cut.
     hot: AtomicBitmap,
+    /// Pages armed by background re-arming in the open epoch (not by a registration or a
+    /// snapshot, which protect pages for other reasons): a hot page that is also here was
+    /// written again after its first write's fault had aged, the evidence re-opening uses.
+    by_rearm: AtomicBitmap,
     pages: u64,
     /// Armed pages written again since the last [`take_refaults`](Self::take_refaults).
     refaults: AtomicU64,
@@ -44,6 +48,7 @@ impl ArmBits {
         Self {
             armed: AtomicBitmap::new(pages as usize),
             hot: AtomicBitmap::new(pages as usize),
+            by_rearm: AtomicBitmap::new(pages as usize),
             pages,
             refaults: AtomicU64::new(0),
         }
@@ -112,11 +117,18 @@ impl ArmBits {
         (out, skipped)
     }
 
-    /// The hot pages (written again after being armed in the open epoch), in order, at most
-    /// `limit` of them. Only the non-zero words are visited.
+    /// Marks pages armed by background re-arming ([`arm`](Self::arm)'s rules apply).
+    pub(crate) fn arm_background(&self, first: u64, count: u64) {
+        self.arm(first, count);
+        self.by_rearm.set_range(first as usize, count as usize);
+    }
+
+    /// The pages written again after background re-arming in the open epoch, in order, at
+    /// most `limit` of them. Only the non-zero words are visited.
     pub(crate) fn hot_pages(&self, limit: usize) -> Vec<u64> {
         let mut out = Vec::new();
-        for (w, mut bits) in self.hot.set_words() {
+        for (w, hot) in self.hot.set_words() {
+            let mut bits = hot & self.by_rearm.word(w);
             while bits != 0 && out.len() < limit {
                 let b = bits.trailing_zeros() as u64;
                 bits &= bits - 1;
@@ -130,6 +142,7 @@ impl ArmBits {
     pub(crate) fn reset(&self) {
         self.armed.clear_all();
         self.hot.clear_all();
+        self.by_rearm.clear_all();
     }
 }
 
@@ -140,11 +153,17 @@ mod tests {
     #[test]
     fn refault_makes_hot_and_unarmable() {
         let b = ArmBits::new(130);
-        b.arm(10, 5);
+        b.arm_background(10, 5);
+        b.arm(20, 1);
+        assert_eq!(
+            b.unprotecting(20, 20),
+            1,
+            "a snapshot's arming, then a write: hot"
+        );
         assert!(!b.armable(12));
         assert_eq!(b.unprotecting(11, 12), 2);
         assert!(!b.armable(12), "hot pages are never re-armed in the epoch");
-        assert!(!b.armable(10) && b.armable(20));
+        assert!(!b.armable(10) && !b.armable(20) && b.armable(21));
         let (w, skipped) = b.unarmed(&[u64::MAX, 0, 0], &[(13, 1)]);
         // armed: 10, 14 (11, 12 refaulted; 13 inside a suspect run is not trusted)
         assert_eq!(skipped, 2);

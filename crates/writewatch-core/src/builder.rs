@@ -254,9 +254,10 @@ impl TrackerBuilder {
     /// right after the cut too; instead of letting the writers fault on each such page one by
     /// one, the service thread serves them at once after the cut returns, exactly as it would
     /// serve their write faults (copied first for every view that needs them, dirty bit
-    /// set, then un-protected). **Over-report**: each re-opened page counts as written in
-    /// the new epoch; at most the pages found hot in the previous epoch (at most 65,536 per
-    /// cut), and [`TrackerStats::policy`](crate::TrackerStats::policy) says how many
+    /// set, then un-protected). Only a stable hot set is re-opened: pages written again after
+    /// re-arming in each of the last two epochs, when there are at least 64 of them.
+    /// **Over-report**: each re-opened page counts as written in the new epoch; at most those
+    /// pages (at most 65,536 per cut), and [`TrackerStats::policy`](crate::TrackerStats::policy) says how many
     /// (`reopened_pages`). `reopen_hot(false)` turns it off.
     ///
     /// ```

@@ -18,10 +18,10 @@ use writewatch_core::Tracker;
 use writewatch_testkit::watchdog;
 
 const PS: usize = 4096;
-const HOT: u64 = 48;
+const HOT: u64 = 96;
 /// Hot pages lie 7 pages apart (separate runs), the rest of the region is cold.
 const STRIDE: u64 = 7;
-const PAGES: u64 = 512;
+const PAGES: u64 = 1024;
 
 /// Runs `cuts` cuts against the writer; returns the pages re-opened over all cuts.
 fn run(reopen: Option<bool>, cuts: usize) -> u64 {

@@ -3,8 +3,10 @@
 //!
 //! A cut re-protects every page written in the epoch it closes, so the writers' next write to
 //! each of them faults. For the pages that were written *again after background re-arming*
-//! (the hot bits of [`crate::armed::ArmBits`]) that next write is nearly certain and comes at
-//! once: right after a cut the writers used to queue on the hot set, one fault (two
+//! (hot bits of [`crate::armed::ArmBits`] on pages armed by re-arming, not by a snapshot or a
+//! registration) that next write is nearly certain and comes at once, when the region has a
+//! stable hot set (at least [`MIN_HOT`] pages hot in both of its last two epochs; only those
+//! are re-opened): right after a cut the writers used to queue on the hot set, one fault (two
 //! wake-ups) per page, while the service thread drained it page by page.
 //!
 //! ```text
@@ -36,6 +38,10 @@ use crate::range::RegionInner;
 
 /// Most pages re-opened per cut (bounds the service thread's work right after a cut).
 pub(super) const MAX_REOPEN: usize = 1 << 16;
+/// Fewest pages hot in both of a region's last two epochs for any to be re-opened: pages a
+/// random writer happened to write twice cost a few faults, and re-opening them would only
+/// over-report; a stable hot set (a loop's working set) pays off.
+pub(super) const MIN_HOT: usize = 64;
 
 impl Service {
     /// Whether hot pages of regions of this tracker are re-opened after a cut.
@@ -47,7 +53,7 @@ impl Service {
     /// Called by a cut with faults held, before the armed/hot bits are reset: the region's
     /// hot pages that may be re-opened once the cut's view exists.
     pub(super) fn hot_to_reopen(
-        &self,
+        &mut self,
         start: usize,
         inner: &RegionInner,
         suspect: &[(u64, u64)],
@@ -55,13 +61,28 @@ impl Service {
         if !self.reopen_on() {
             return Vec::new();
         }
-        let Some(entry) = self.by_start.get(&start) else {
+        let Some(entry) = self.by_start.get_mut(&start) else {
             return Vec::new();
         };
-        let Some(eg) = entry.eager.as_ref() else {
+        let Some(eg) = entry.eager.as_mut() else {
             return Vec::new();
         };
-        let mut pages = eg.bits.hot_pages(MAX_REOPEN);
+        // Hot in this epoch AND the previous one: a stable hot set, not pages a random
+        // writer happened to write twice (both lists are sorted).
+        let hot = eg.bits.hot_pages(MAX_REOPEN);
+        let prev = std::mem::replace(&mut eg.prev_hot, hot);
+        let mut pages = Vec::new();
+        let mut it = prev.iter().peekable();
+        for &p in &eg.prev_hot {
+            while it.next_if(|&&q| q < p).is_some() {}
+            if it.peek() == Some(&&p) {
+                pages.push(p);
+            }
+        }
+        if pages.len() < MIN_HOT {
+            return Vec::new();
+        }
+        let entry = &self.by_start[&start];
         pages.retain(|&p| {
             !suspect.iter().any(|&(a, n)| p >= a && p < a + n)
                 && !inner.is_suspect(p)
