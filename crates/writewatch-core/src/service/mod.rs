@@ -212,6 +212,10 @@ struct Service {
     last_event: Instant,
     /// The adaptive policy's measurements and report.
     policy: policy::Policy,
+    /// Hot pages re-opened by the last cuts, not served yet (`reopen.rs`): served
+    /// `reopen::REOPEN_STEP` at a time after the real faults pending, so a writer's fault never
+    /// waits behind the whole hot set.
+    reopen_q: std::collections::VecDeque<Fault>,
 }
 
 impl Service {
@@ -242,6 +246,7 @@ impl Service {
             family: fork::Family::default(),
             page_buf: Vec::new(),
             last_event: Instant::now(),
+            reopen_q: std::collections::VecDeque::new(),
         }
     }
 
@@ -275,6 +280,9 @@ impl Service {
             }
             if !self.pending.is_empty() {
                 self.service_pending();
+            }
+            if !self.reopen_q.is_empty() {
+                self.reopen_step();
             }
             if !self.deferred.is_empty() {
                 self.retry_deferred(false);
@@ -336,7 +344,7 @@ impl Service {
     /// Blocks until the uffd or the eventfd is readable (not at all if faults are pending),
     /// or until eager re-protection has work due.
     fn wait(&self) -> (bool, bool) {
-        let timeout = if !self.pending.is_empty() {
+        let timeout = if !self.pending.is_empty() || !self.reopen_q.is_empty() {
             Some(TimeSpec::from_duration(Duration::ZERO))
         } else if let Some(due) = self.eager_due {
             // Not before it is due, and not before EAGER_IDLE without events.

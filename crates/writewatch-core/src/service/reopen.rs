@@ -36,6 +36,10 @@ use super::{Fault, Service};
 use crate::backend::Backend;
 use crate::range::RegionInner;
 
+/// Re-opened pages served per turn of the service loop (then the userfaultfd is polled
+/// again, so a writer's fault waits behind at most this many).
+pub(super) const REOPEN_STEP: usize = 32;
+
 /// Most pages re-opened per cut (bounds the service thread's work right after a cut).
 pub(super) const MAX_REOPEN: usize = 1 << 16;
 /// Fewest pages hot in both of a region's last two epochs for any to be re-opened: pages a
@@ -91,11 +95,22 @@ impl Service {
         pages
     }
 
+    /// Serves the next [`REOPEN_STEP`] queued re-opened pages (after the real faults).
+    pub(super) fn reopen_step(&mut self) {
+        let n = self.reopen_q.len().min(REOPEN_STEP);
+        self.pending.extend(self.reopen_q.drain(..n));
+        self.service_pending();
+    }
+
     /// Called by a cut once its view is attached (still before its reply): queues the pages
-    /// as synthetic write faults, served with the faults the cut held.
+    /// as synthetic write faults, served after the faults the cut held, [`REOPEN_STEP`] at a
+    /// time. A page still queued when something else un-protected it (a write fault, the next
+    /// cut's re-open) is served again harmlessly: every un-protect copies for the live views
+    /// first, so a view already holds the copy of a writable page, and un-protecting a
+    /// writable page changes nothing.
     pub(super) fn reopen(&mut self, inner: &RegionInner, pages: &[u64]) {
         let t = Instant::now();
-        self.pending.extend(pages.iter().map(|&p| Fault {
+        self.reopen_q.extend(pages.iter().map(|&p| Fault {
             addr: inner.start + p as usize * inner.page_size,
             tid: 0,
             t,
