@@ -656,6 +656,5 @@ fn policy_lines(p: &writewatch::PolicyReport) -> Vec<String> {
         c("re-protection", &p.reprotect),
         c("fault-around", &p.fault_around),
         c("fault service", &p.in_thread),
-        c("after a cut", &p.reopen),
     ]
 }

@@ -34,10 +34,6 @@ pub(crate) struct ArmBits {
     armed: AtomicBitmap,
     /// Pages written again after being armed in the open epoch: left writable until the cut.
     hot: AtomicBitmap,
-    /// Pages armed by background re-arming in the open epoch (not by a registration or a
-    /// snapshot, which protect pages for other reasons): a hot page that is also here was
-    /// written again after its first write's fault had aged, the evidence re-opening uses.
-    by_rearm: AtomicBitmap,
     pages: u64,
     /// Armed pages written again since the last [`take_refaults`](Self::take_refaults).
     refaults: AtomicU64,
@@ -48,7 +44,6 @@ impl ArmBits {
         Self {
             armed: AtomicBitmap::new(pages as usize),
             hot: AtomicBitmap::new(pages as usize),
-            by_rearm: AtomicBitmap::new(pages as usize),
             pages,
             refaults: AtomicU64::new(0),
         }
@@ -117,32 +112,10 @@ impl ArmBits {
         (out, skipped)
     }
 
-    /// Marks pages armed by background re-arming ([`arm`](Self::arm)'s rules apply).
-    pub(crate) fn arm_background(&self, first: u64, count: u64) {
-        self.arm(first, count);
-        self.by_rearm.set_range(first as usize, count as usize);
-    }
-
-    /// The pages written again after background re-arming in the open epoch, in order, at
-    /// most `limit` of them. Only the non-zero words are visited.
-    pub(crate) fn hot_pages(&self, limit: usize) -> Vec<u64> {
-        let mut out = Vec::new();
-        for (w, hot) in self.hot.set_words() {
-            let mut bits = hot & self.by_rearm.word(w);
-            while bits != 0 && out.len() < limit {
-                let b = bits.trailing_zeros() as u64;
-                bits &= bits - 1;
-                out.push(w as u64 * 64 + b);
-            }
-        }
-        out
-    }
-
     /// A cut protected every page: a new epoch starts with nothing armed or hot.
     pub(crate) fn reset(&self) {
         self.armed.clear_all();
         self.hot.clear_all();
-        self.by_rearm.clear_all();
     }
 }
 
@@ -153,25 +126,16 @@ mod tests {
     #[test]
     fn refault_makes_hot_and_unarmable() {
         let b = ArmBits::new(130);
-        b.arm_background(10, 5);
-        b.arm(20, 1);
-        assert_eq!(
-            b.unprotecting(20, 20),
-            1,
-            "a snapshot's arming, then a write: hot"
-        );
+        b.arm(10, 5);
         assert!(!b.armable(12));
         assert_eq!(b.unprotecting(11, 12), 2);
         assert!(!b.armable(12), "hot pages are never re-armed in the epoch");
-        assert!(!b.armable(10) && !b.armable(20) && b.armable(21));
+        assert!(!b.armable(10) && b.armable(20));
         let (w, skipped) = b.unarmed(&[u64::MAX, 0, 0], &[(13, 1)]);
         // armed: 10, 14 (11, 12 refaulted; 13 inside a suspect run is not trusted)
         assert_eq!(skipped, 2);
         assert_eq!(w[0], !(1 << 10) & !(1 << 14));
-        assert_eq!(b.hot_pages(10), vec![11, 12]);
-        assert_eq!(b.hot_pages(1), vec![11]);
         b.reset();
         assert!(b.armable(12) && b.armable(10));
-        assert!(b.hot_pages(10).is_empty());
     }
 }

@@ -52,7 +52,6 @@ impl Default for TrackerBuilder {
                 adaptive: true,
                 merge_gap_set: false,
                 fault_around_set: false,
-                reopen_hot: None,
             },
             disabled: Vec::new(),
             force_user_mode_only: false,
@@ -245,32 +244,6 @@ impl TrackerBuilder {
     /// ```
     pub fn adaptive(mut self, on: bool) -> Self {
         self.config.adaptive = on;
-        self
-    }
-
-    /// Re-open hot pages right after a cut (sync backend, faults served by the service
-    /// thread; default: on with the [adaptive policy](Self::adaptive)). A page written again
-    /// after background re-arming in the epoch a cut closes will most likely be written
-    /// right after the cut too; instead of letting the writers fault on each such page one by
-    /// one, the service thread serves them at once after the cut returns, exactly as it would
-    /// serve their write faults (copied first for every view that needs them, dirty bit
-    /// set, then un-protected). Only a stable hot set is re-opened: pages written again after
-    /// re-arming in each of the last two epochs, when there are at least 64 of them.
-    /// **Over-report**: each re-opened page counts as written in the new epoch; at most those
-    /// pages (at most 65,536 per cut), and [`TrackerStats::policy`](crate::TrackerStats::policy) says how many
-    /// (`reopened_pages`). `reopen_hot(false)` turns it off.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let tracker = writewatch_core::Tracker::builder().reopen_hot(false).build()?;
-    /// let region = tracker.map_anonymous(64 * 4096)?;
-    /// region.as_atomic_u64()[0].store(1, std::sync::atomic::Ordering::Relaxed);
-    /// assert_eq!(region.cut()?.dirty().len(), 1);
-    /// assert_eq!(tracker.stats().policy.reopen.chosen, "forced");
-    /// # Ok(()) }
-    /// ```
-    pub fn reopen_hot(mut self, on: bool) -> Self {
-        self.config.reopen_hot = Some(on);
         self
     }
 

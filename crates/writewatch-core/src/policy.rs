@@ -38,11 +38,6 @@ pub struct PolicyReport {
     pub fault_around: PolicyChoice,
     /// Regions granted fault-around for their current epoch (last cut's region only).
     pub fault_around_regions: u64,
-    /// Re-opening of hot pages right after a cut (see
-    /// [`TrackerBuilder::reopen_hot`](crate::TrackerBuilder::reopen_hot)).
-    pub reopen: PolicyChoice,
-    /// Pages the last cut re-opened (each counts as written in the new epoch).
-    pub reopened_pages: u64,
     /// Where faults are served.
     pub in_thread: PolicyChoice,
     /// Write faults per second over the epoch the last cut closed.

@@ -38,9 +38,6 @@ pub(crate) struct Config {
     pub adaptive: bool,
     /// Options the user set explicitly (they force the policy's choice).
     pub merge_gap_set: bool,
-    /// Re-open hot pages after a cut (`service::reopen`): `None` = the adaptive policy's
-    /// choice (on), `Some` = forced by `TrackerBuilder::reopen_hot`.
-    pub reopen_hot: Option<bool>,
     pub fault_around_set: bool,
     /// Lazy arming of owned anonymous regions (see `service::lazy`); the builder turns it off
     /// where it does not apply (async and mprotect backends, in-thread faults).

@@ -176,9 +176,7 @@ impl Service {
                 }
             }
         };
-        // Every page of the region is protected now. Hot pages to re-open once the view
-        // exists (read before the hot bits are reset).
-        let reopen = self.hot_to_reopen(start, &inner, &suspect);
+        // Every page of the region is protected now.
         let tuned = self.eager_of(start).map(|eg| {
             let t = eg.tune();
             eg.reset();
@@ -192,9 +190,6 @@ impl Service {
         } else {
             Some(self.attach_view(start, &inner, Some(&set), Mode::Consume))
         };
-        if self.backend == Backend::SyncUffd {
-            self.reopen(&inner, &reopen);
-        }
         if let Ok(mut h) = inner.counters.history.lock() {
             if h.len() == HISTORY {
                 h.pop_front();

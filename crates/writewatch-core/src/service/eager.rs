@@ -53,9 +53,6 @@ pub(super) struct Eager {
     tuned: bool,
     /// Pages armed in the open epoch (for tuning).
     armed_epoch: u64,
-    /// The hot pages (written again after re-arming) of the last closed epoch, sorted
-    /// (`service/reopen.rs` re-opens pages hot in two epochs in a row).
-    pub(super) prev_hot: Vec<u64>,
 }
 
 impl Eager {
@@ -69,7 +66,6 @@ impl Eager {
             age,
             tuned,
             armed_epoch: 0,
-            prev_hot: Vec::new(),
         }
     }
 
@@ -108,13 +104,6 @@ impl Eager {
 
     pub(super) fn arm(&mut self, first: u64, count: u64) {
         self.bits.arm(first, count);
-        self.armed_epoch += count;
-    }
-
-    /// [`arm`](Self::arm) by background re-arming (pages that turn hot after this are the
-    /// ones `service/reopen.rs` re-opens).
-    fn arm_background(&mut self, first: u64, count: u64) {
-        self.bits.arm_background(first, count);
         self.armed_epoch += count;
     }
 
@@ -244,7 +233,7 @@ impl Service {
                 self.shared.counters.eager_ioctls.fetch_add(1, Relaxed);
                 self.shared.counters.eager_pages.fetch_add(n, Relaxed);
                 if let Some(eg) = self.eager_of(key) {
-                    eg.arm_background(a, n);
+                    eg.arm(a, n);
                 }
             }
         }
@@ -298,7 +287,7 @@ impl Service {
             }
         }
         for &(a, n) in &runs {
-            eg.arm_background(a, n);
+            eg.arm(a, n);
         }
         eg.next_scan = if more {
             now

@@ -47,7 +47,6 @@ impl Service {
                             t,
                             missing: kind == userfaultfd::FaultKind::Missing,
                             write: rw == userfaultfd::ReadWrite::Write,
-                            synthetic: false,
                         }),
                         Ok(Event::Remove { start, end }) => {
                             Ev::Remove(start as usize, end as usize)
@@ -206,10 +205,10 @@ impl Service {
         }
         faults.sort_unstable_by_key(|f| f.addr);
         let served_from = Instant::now();
-        let served = faults.iter().filter(|f| !f.synthetic).count();
+        let served = faults.len();
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters;
-        counters.faults.fetch_add(served as u64, Relaxed);
+        counters.faults.fetch_add(faults.len() as u64, Relaxed);
         self.tids.clear();
         let mut i = 0;
         while i < faults.len() {
@@ -221,9 +220,7 @@ impl Service {
                 let page = f.addr & !(ps - 1);
                 let _ = self.u().remove_write_protection(Addr(page).ptr(), ps, true);
                 let _ = self.u().wake(Addr(page).ptr(), ps);
-                if !f.synthetic {
-                    counters.foreign_faults.fetch_add(1, Relaxed);
-                }
+                counters.foreign_faults.fetch_add(1, Relaxed);
                 i += 1;
                 continue;
             };
@@ -247,23 +244,16 @@ impl Service {
             // ahead of it (preserved first for every view that needs them). Forced by
             // `fault_around(n)`, else granted per epoch by the adaptive policy to regions
             // whose faults were sequential.
-            // Re-opened hot pages (`service/reopen.rs`) are no writer's access: they change
-            // neither the sequentiality statistics nor the fault-around stream.
-            let real = faults[i..j].iter().filter(|f| !f.synthetic).count() as u64;
             let in_order = first == entry.next_expected;
-            if real > 0 {
-                entry.seq.faults += 1;
-                entry.seq.in_order += u64::from(in_order);
-            }
+            entry.seq.faults += 1;
+            entry.seq.in_order += u64::from(in_order);
             let cfg = &shared.config;
             let around = if cfg.fault_around_set || !cfg.adaptive {
                 cfg.fault_around
             } else {
                 entry.seq.around
             };
-            if real == 0 {
-                // (Nothing: the page alone, the stream untouched.)
-            } else if around == 0 {
+            if around == 0 {
                 entry.next_expected = last + 1;
             } else {
                 entry.ahead = if in_order {
@@ -300,10 +290,7 @@ impl Service {
                     shared.counters.deferred.fetch_add(1, Relaxed);
                     shared.budget.waiting.store(true, Ordering::SeqCst);
                     self.deferred_gen = gen;
-                    // A re-opened page is dropped instead: it stays protected, and a write
-                    // to it faults as usual.
-                    self.deferred
-                        .extend(faults[i..j].iter().filter(|f| !f.synthetic));
+                    self.deferred.extend_from_slice(&faults[i..j]);
                     i = j;
                     continue;
                 }
@@ -330,15 +317,16 @@ impl Service {
             }
             // Dirty bit BEFORE un-protect: the write may proceed only once it is recorded.
             inner.dirty.set_range(first as usize, count as usize);
-            inner.counters.faults.fetch_add(real, Relaxed);
-            if let Some(f) = faults[i..j].iter().rev().find(|f| !f.synthetic) {
-                inner.counters.last_tid.store(f.tid as u64, Relaxed);
-            }
-            counters.wp_faults.fetch_add(real, Relaxed);
+            inner.counters.faults.fetch_add((j - i) as u64, Relaxed);
+            inner
+                .counters
+                .last_tid
+                .store(faults[j - 1].tid as u64, Relaxed);
+            counters.wp_faults.fetch_add((j - i) as u64, Relaxed);
             let addr = inner.start + first as usize * inner.page_size;
             self.unprotect(addr, count as usize * inner.page_size);
             let done = Instant::now();
-            for f in faults[i..j].iter().filter(|f| !f.synthetic) {
+            for f in &faults[i..j] {
                 counters
                     .service_ns
                     .record(done.duration_since(f.t).as_nanos() as u64);

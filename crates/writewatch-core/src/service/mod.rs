@@ -73,7 +73,6 @@ mod fork;
 mod lazy;
 mod policy;
 mod register;
-mod reopen;
 
 use eager::Eager;
 
@@ -111,10 +110,6 @@ struct Fault {
     missing: bool,
     /// The faulting access was a write.
     write: bool,
-    /// Not a fault: a hot page re-opened after a cut (`service/reopen.rs`), served like a
-    /// write fault but not counted as one, and dropped (not deferred) if the copy budget is
-    /// full.
-    synthetic: bool,
 }
 
 enum Ev {
@@ -212,10 +207,6 @@ struct Service {
     last_event: Instant,
     /// The adaptive policy's measurements and report.
     policy: policy::Policy,
-    /// Hot pages re-opened by the last cuts, not served yet (`reopen.rs`): served
-    /// `reopen::REOPEN_STEP` at a time after the real faults pending, so a writer's fault never
-    /// waits behind the whole hot set.
-    reopen_q: std::collections::VecDeque<Fault>,
 }
 
 impl Service {
@@ -246,7 +237,6 @@ impl Service {
             family: fork::Family::default(),
             page_buf: Vec::new(),
             last_event: Instant::now(),
-            reopen_q: std::collections::VecDeque::new(),
         }
     }
 
@@ -280,9 +270,6 @@ impl Service {
             }
             if !self.pending.is_empty() {
                 self.service_pending();
-            }
-            if !self.reopen_q.is_empty() {
-                self.reopen_step();
             }
             if !self.deferred.is_empty() {
                 self.retry_deferred(false);
@@ -344,7 +331,7 @@ impl Service {
     /// Blocks until the uffd or the eventfd is readable (not at all if faults are pending),
     /// or until eager re-protection has work due.
     fn wait(&self) -> (bool, bool) {
-        let timeout = if !self.pending.is_empty() || !self.reopen_q.is_empty() {
+        let timeout = if !self.pending.is_empty() {
             Some(TimeSpec::from_duration(Duration::ZERO))
         } else if let Some(due) = self.eager_due {
             // Not before it is due, and not before EAGER_IDLE without events.

@@ -170,7 +170,6 @@ impl Policy {
             in_thread: config
                 .in_thread
                 .then(|| "in_thread_faults(true): faults served by the writers".to_string()),
-            reopen: config.reopen_hot.map(|on| format!("reopen_hot({on})")),
         };
         let mut p = Self::new(config.adaptive && sync, forced);
         if !sync {
@@ -184,7 +183,6 @@ impl Policy {
             not(&mut p.report.reprotect);
             not(&mut p.report.fault_around);
             not(&mut p.report.in_thread);
-            not(&mut p.report.reopen);
         }
         p
     }
@@ -232,8 +230,6 @@ impl Policy {
                 fault_around: choice("off until a region writes sequentially", forced.around),
                 fault_around_regions: 0,
                 in_thread: choice("service thread", forced.in_thread),
-                reopen: choice("re-open hot pages after a cut", forced.reopen),
-                reopened_pages: 0,
                 fault_rate: 0.0,
                 service_limit: 0.0,
             },
@@ -340,7 +336,6 @@ pub(super) struct Forced {
     pub merge_gap: Option<String>,
     pub around: Option<String>,
     pub in_thread: Option<String>,
-    pub reopen: Option<String>,
 }
 
 /// Per-region sequentiality of the faults served on the service thread in the open epoch.

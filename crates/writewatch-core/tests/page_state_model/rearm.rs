@@ -1,8 +1,7 @@
 //! Model C: eager re-arming (`service/eager.rs`, `armed.rs`) composed with fault service on
 //! the service thread (with fault-around) or in the writers' `SIGBUS` handlers
 //! (`inthread.rs`), and the adaptive per-chunk re-protection plan of a cut
-//! (`service/policy.rs::plan_chunks`), and the re-opening of the closed epoch's hot pages
-//! after the cut (`service/reopen.rs`, service mode). Two pages, two writers, up to two background arming
+//! (`service/policy.rs::plan_chunks`). Two pages, two writers, up to two background arming
 //! steps at any moment and one cut at any moment.
 //!
 //! Checked at every write that lands (the store finds its page writable): the page's dirty
@@ -42,9 +41,6 @@ pub(super) enum Mutant {
     AroundKeepsArmed,
     /// The whole-chunk plan's span stops one page short of the last dirty run.
     SpanShort,
-    /// Re-opening a hot page after the cut (`service/reopen.rs`) un-protects it without
-    /// setting its dirty bit first.
-    ReopenWithoutDirty,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -87,8 +83,6 @@ struct S {
     armed: [bool; PAGES],
     hot: [bool; PAGES],
     harvested: [bool; PAGES],
-    /// Hot pages of the epoch the cut closed, to re-open (service mode).
-    reopen: [bool; PAGES],
     svc: Svc,
     cutting: bool,
     cuts_left: u8,
@@ -146,22 +140,6 @@ fn successors(mode: Mode, plan: Plan, m: Option<Mutant>, s: &S) -> Vec<(&'static
                 out.push(("svc: cut: cutting = 1, synchronize", n));
             }
             if !in_thread {
-                for p in 0..PAGES {
-                    if s.reopen[p] {
-                        // Served as a write fault on p would be, with no writer waiting.
-                        let mut n = *s;
-                        n.reopen[p] = false;
-                        if n.armed[p] {
-                            n.armed[p] = false;
-                            n.hot[p] = true;
-                        }
-                        if m != Some(Mutant::ReopenWithoutDirty) {
-                            n.dirty[p] = true;
-                        }
-                        n.prot[p] = false;
-                        out.push(("svc: re-open hot page: take armed, dirty, un-protect", n));
-                    }
-                }
                 for p in 0..PAGES {
                     if s.pending[p] {
                         // Serve the fault with fault-around: page p and p+1 (if any).
@@ -239,9 +217,6 @@ fn successors(mode: Mode, plan: Plan, m: Option<Mutant>, s: &S) -> Vec<(&'static
                         (a..end).for_each(|p| n.prot[p] = true);
                     }
                 }
-            }
-            if !in_thread {
-                n.reopen = s.hot;
             }
             n.armed = [false; PAGES];
             n.hot = [false; PAGES];
@@ -354,7 +329,6 @@ pub(super) fn explore(mode: Mode, plan: Plan, m: Option<Mutant>) -> (usize, Opti
         armed: [false; PAGES],
         hot: [false; PAGES],
         harvested: [false; PAGES],
-        reopen: [false; PAGES],
         svc: Svc::Idle,
         cutting: false,
         cuts_left: 1,
