@@ -16,6 +16,8 @@ use crate::sys;
 /// faulting back to back waited ~40 us per fault behind re-arming of its earlier pages, which
 /// doubled the random first-write cost of the defaults under load).
 const EAGER_CHUNK: usize = 4;
+/// Protect calls per re-arming step made between two batches of faults.
+const BETWEEN_FAULTS: usize = 1;
 /// In-thread mode: runs armed per scan (faults do not wait for the service thread there).
 const SCAN_CHUNK: usize = 32;
 /// In-thread mode: the shortest interval between two scans for pages to arm (an age of 0
@@ -169,10 +171,22 @@ impl Service {
     pub(super) fn eager_if_due(&mut self) -> bool {
         match self.eager_due {
             Some(due) if Instant::now() >= due => {
-                self.eager_due = self.eager_step();
+                self.eager_due = self.eager_step(EAGER_CHUNK);
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Between two batches of faults (the service thread is not idle): at most
+    /// [`BETWEEN_FAULTS`] protect call if re-arming is due, so a writer faulting back to back
+    /// waits behind one ioctl at most, and re-arming keeps pace with the faults instead of
+    /// waiting for an idle moment that a tight write loop never leaves.
+    pub(super) fn eager_between_faults(&mut self) {
+        if let Some(due) = self.eager_due {
+            if Instant::now() >= due {
+                self.eager_due = self.eager_step(BETWEEN_FAULTS);
+            }
         }
     }
 
@@ -181,9 +195,9 @@ impl Service {
     /// the chunk limit), None if nothing is queued. Faults read meanwhile (`EAGAIN` pumping)
     /// stay pending until the step returns; a page re-protected here that is written again
     /// simply faults again.
-    pub(super) fn eager_step(&mut self) -> Option<Instant> {
+    pub(super) fn eager_step(&mut self, ioctls: usize) -> Option<Instant> {
         let now = Instant::now();
-        let mut left = EAGER_CHUNK;
+        let mut left = ioctls;
         let mut scan_left = SCAN_CHUNK;
         let mut next: Option<Instant> = None;
         let keys: Vec<(usize, bool)> = self

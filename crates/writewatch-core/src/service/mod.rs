@@ -270,6 +270,9 @@ impl Service {
             }
             if !self.pending.is_empty() {
                 self.service_pending();
+                if self.pending.is_empty() && self.deferred.is_empty() {
+                    self.eager_between_faults();
+                }
             }
             if !self.deferred.is_empty() {
                 self.retry_deferred(false);
