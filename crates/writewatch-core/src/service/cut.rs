@@ -49,18 +49,27 @@ impl Service {
         inner: &RegionInner,
         set: &DirtySet,
     ) -> Result<u64, CutError> {
-        let mut calls = 0;
         if set.is_empty() {
             return Ok(0); // (`runs` would scan every word of a huge, clean region)
         }
+        self.reprotect_run_list(inner, set.runs())
+    }
+
+    /// [`reprotect_runs`](Self::reprotect_runs) of sorted, coalesced runs.
+    pub(super) fn reprotect_run_list(
+        &mut self,
+        inner: &RegionInner,
+        runs: impl Iterator<Item = (u64, u64)>,
+    ) -> Result<u64, CutError> {
+        let mut calls = 0;
         let cfg = &self.shared.config;
         let ranges = if cfg.adaptive && !cfg.merge_gap_set && self.backend == Backend::SyncUffd {
             // Per 2 MiB chunk: one call per run or one over the dirty span, from measured costs.
-            let plan = super::policy::plan_chunks(set.runs(), self.policy.costs.fit());
+            let plan = super::policy::plan_chunks(runs, self.policy.costs.fit());
             self.policy.last_plan = (plan.whole_chunks, plan.run_chunks);
             plan.ranges
         } else {
-            plan_ranges(set.runs(), cfg.merge_gap_pages)
+            plan_ranges(runs, cfg.merge_gap_pages)
         };
         for (first, count) in ranges {
             let addr = inner.start + first as usize * inner.page_size;
@@ -364,9 +373,8 @@ impl Service {
     ) -> Result<(u64, u64), CutError> {
         match self.eager_of(start) {
             Some(eg) => {
-                let (w, skipped) = eg.unarmed(set.words(), suspect);
-                let unarmed = DirtySet::from_words(inner.page_size, inner.page_count, w);
-                Ok((self.reprotect_runs(inner, &unarmed)?, skipped))
+                let (runs, skipped) = eg.unarmed_runs(set.words(), suspect);
+                Ok((self.reprotect_run_list(inner, runs.into_iter())?, skipped))
             }
             None => Ok((self.reprotect_runs(inner, set)?, 0)),
         }

@@ -109,10 +109,13 @@ impl Eager {
         self.armed_epoch += count;
     }
 
-    /// `words` minus the armed pages, trusting no armed bit inside `suspect` runs. Returns
-    /// the masked words and the number of dirty pages skipped.
-    pub(super) fn unarmed(&mut self, words: &[u64], suspect: &[(u64, u64)]) -> (Vec<u64>, u64) {
-        self.bits.unarmed(words, suspect)
+    /// The unarmed dirty runs of `words` ([`ArmBits::unarmed_runs`]).
+    pub(super) fn unarmed_runs(
+        &mut self,
+        words: &[u64],
+        suspect: &[(u64, u64)],
+    ) -> (Vec<(u64, u64)>, u64) {
+        self.bits.unarmed_runs(words, suspect)
     }
 
     /// Closes the epoch's tuning (called by a cut, faults held): adjusts the age from the
