@@ -9,13 +9,15 @@
 //! Feature `s3`.
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use writewatch_checkpoint::RemoteOptions;
+
+use crate::spawn::{free_port, wait_ready};
 
 /// Azurite's documented development account (public, for the emulator only).
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -76,11 +78,7 @@ impl Azurite {
         let dir = azurite_dir();
         let bin = dir.join("node_modules/.bin/azurite-blob");
         for _attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = free_port();
             let mut child = Command::new("sh")
                 .args(["-c", WRAPPER])
                 .arg(&bin)
@@ -91,19 +89,12 @@ impl Azurite {
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
             let stdin = child.stdin.take();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if Self::answers(port) {
-                    return Azurite {
-                        child: Mutex::new((child, stdin)),
-                        port,
-                        dir,
-                    };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken meanwhile: try another
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            if wait_ready(&mut child, port, Duration::from_secs(30), Self::answers) {
+                return Azurite {
+                    child: Mutex::new((child, stdin)),
+                    port,
+                    dir,
+                };
             }
             drop(stdin);
             let _ = child.wait();

@@ -26,6 +26,8 @@ pub mod rng;
 #[cfg(feature = "s3")]
 pub mod s3server;
 pub mod smaps;
+#[cfg(any(feature = "s3", feature = "azurite"))]
+mod spawn;
 mod sys;
 pub mod watchdog;
 
