@@ -4,11 +4,15 @@
 //! `/proc/PID/smaps` reader and memory figures of ranges ([`smaps`]) and,
 //! with the `parsers` feature, the checkpoint parser harness and its seed inputs
 //! (module `parsers`); with the `checkpoint` feature, small store chains (module `chain`);
-//! with the `s3` feature, a local S3 server for object-storage tests (module `s3server`).
+//! with the `s3` feature, a local S3 server for object-storage tests (module `s3server`);
+//! with the `azurite` feature, a local Azure Blob server (module `azurite`); with the
+//! `checkpoint` feature, the two-writers race on object storage (module `race`).
 //!
 //! All `unsafe` code lives in the private `sys` module; every public item is safe and sound
 //! whatever the caller does.
 
+#[cfg(feature = "azurite")]
+pub mod azurite;
 #[cfg(feature = "checkpoint")]
 pub mod chain;
 pub mod exit;
@@ -16,10 +20,14 @@ pub mod fork;
 pub mod mmap;
 #[cfg(feature = "parsers")]
 pub mod parsers;
+#[cfg(feature = "checkpoint")]
+pub mod race;
 pub mod rng;
 #[cfg(feature = "s3")]
 pub mod s3server;
 pub mod smaps;
+#[cfg(any(feature = "s3", feature = "azurite"))]
+mod spawn;
 mod sys;
 pub mod watchdog;
 

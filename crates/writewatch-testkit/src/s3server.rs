@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::spawn::{free_port, wait_ready};
 
 use writewatch_checkpoint::RemoteOptions;
 
@@ -52,11 +54,7 @@ impl S3Server {
         for _attempt in 0..5 {
             let root = tempfile::tempdir().unwrap();
             std::fs::create_dir(root.path().join("bucket")).unwrap();
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = free_port();
             let mut child = Command::new(&bin)
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
@@ -66,15 +64,9 @@ impl S3Server {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return S3Server { child, port, root };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken meanwhile: try another
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            let up = |p| TcpStream::connect(("127.0.0.1", p)).is_ok();
+            if wait_ready(&mut child, port, Duration::from_secs(20), up) {
+                return S3Server { child, port, root };
             }
             let _ = child.kill();
             let _ = child.wait();

@@ -39,21 +39,15 @@ impl Store {
                     },
                 )
             })?;
-        let chain = &entries[base..=idx];
-        // On object storage, every segment's header, index and footer in one round trip.
-        let mut fetched = match self.backend.object() {
-            Some(b) => b.prefetch_frames(chain).into_iter().map(Some).collect(),
-            None => Vec::new(),
-        }
-        .into_iter();
-        chain
-            .iter()
-            .map(|e| {
-                let pre = fetched.next().flatten();
-                open_segment_with(&self.backend, &self.dir, &self.manifest, e, pre)
-                    .map_err(RestoreError::from)
-            })
-            .collect()
+        open_segments(
+            &self.backend,
+            &self.dir,
+            &self.manifest,
+            &entries[base..=idx],
+        )
+        .into_iter()
+        .map(|r| r.map_err(RestoreError::from))
+        .collect()
     }
 
     pub(super) fn plan(&self, epoch: u64) -> Result<Plan, RestoreError> {
@@ -62,17 +56,48 @@ impl Store {
     }
 }
 
-/// Opens a segment and cross-checks it against its manifest entry.
-pub(super) fn open_segment(
+/// Opens the segments of `entries` (a chain: a base and the deltas after it) and
+/// cross-checks each against its manifest entry; one result per entry, in order. On object
+/// storage, every segment's header, index and footer are fetched first, all at once (one
+/// round trip for the chain, [`ObjectBackend::prefetch_frames`]); the decoding and every
+/// check are the same as for a segment opened alone.
+///
+/// [`ObjectBackend::prefetch_frames`]: crate::remote::ObjectBackend::prefetch_frames
+pub(super) fn open_segments(
     backend: &Backend,
     dir: &Path,
     manifest: &Manifest,
-    e: &ManifestEntry,
-) -> Result<SegmentFile, ReadError> {
-    open_segment_with(backend, dir, manifest, e, None)
+    entries: &[ManifestEntry],
+) -> Vec<Result<SegmentFile, ReadError>> {
+    let fetched: Vec<Option<FrameFetch>> = match backend.object() {
+        Some(b) => b.prefetch_frames(entries).into_iter().map(Some).collect(),
+        None => entries.iter().map(|_| None).collect(),
+    };
+    entries
+        .iter()
+        .zip(fetched)
+        .map(|(e, pre)| open_segment_with(backend, dir, manifest, e, pre))
+        .collect()
 }
 
-/// [`open_segment`], with what [`ObjectBackend::prefetch_frames`] fetched for it, if anything.
+/// The chains of `entries` (each a base and the deltas up to the next base), as index
+/// ranges, oldest first. Entries before the first base form a chain of their own (the
+/// cross-checks report it).
+pub(super) fn chains(entries: &[ManifestEntry]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < entries.len() {
+        let end = (start + 1..entries.len())
+            .find(|&i| entries[i].flags & FLAG_BASE != 0)
+            .unwrap_or(entries.len());
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
+/// Opens a segment and cross-checks it against its manifest entry, with what
+/// [`ObjectBackend::prefetch_frames`] fetched for it, if anything.
 ///
 /// [`ObjectBackend::prefetch_frames`]: crate::remote::ObjectBackend::prefetch_frames
 fn open_segment_with(

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 
-use super::chain::open_segment;
+use super::chain::{chains, open_segments};
 use super::manifest::MANIFEST_NAME;
 use super::{SegmentInfo, Store, VerifyProblem, VerifyReport};
 use crate::error::{CorruptError, Corruption, IoContext, IoError, ReadError, VerifyError};
@@ -68,8 +68,13 @@ impl Store {
         let mut prog = ProgressTracker::new(self.progress.as_ref(), total);
         let mut scratch = Vec::new();
         let mut out = Vec::new();
-        for e in &manifest.entries {
-            let seg = match open_segment(&self.backend, &self.dir, &manifest, e) {
+        // Chain by chain: on object storage each chain's segments open in one round trip,
+        // as for a restore (only one chain's indexes are held at a time).
+        let segments = chains(&manifest.entries)
+            .into_iter()
+            .flat_map(|c| open_segments(&self.backend, &self.dir, &manifest, &manifest.entries[c]));
+        for opened in segments {
+            let seg = match opened {
                 Ok(s) => s,
                 Err(err) => {
                     report.problems.push(problem(err));
