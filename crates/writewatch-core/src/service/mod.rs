@@ -269,10 +269,13 @@ impl Service {
                 }
             }
             if !self.pending.is_empty() {
-                self.service_pending();
-                if self.pending.is_empty() && self.deferred.is_empty() {
+                // Re-arming before the batch is served: its writers are blocked in their
+                // faults, so the protect call's TLB flush finds their CPUs idle (no
+                // inter-processor interrupt to wait for, as after the wake-up).
+                if self.deferred.is_empty() {
                     self.eager_between_faults();
                 }
+                self.service_pending();
             }
             if !self.deferred.is_empty() {
                 self.retry_deferred(false);
