@@ -656,5 +656,6 @@ fn policy_lines(p: &writewatch::PolicyReport) -> Vec<String> {
         c("re-protection", &p.reprotect),
         c("fault-around", &p.fault_around),
         c("fault service", &p.in_thread),
+        c("waiting for faults", &p.spin),
     ]
 }

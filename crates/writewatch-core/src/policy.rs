@@ -38,6 +38,11 @@ pub struct PolicyReport {
     pub fault_around: PolicyChoice,
     /// Regions granted fault-around for their current epoch (last cut's region only).
     pub fault_around_regions: u64,
+    /// Spinning after faults instead of blocking (see
+    /// [`TrackerBuilder::spin`](crate::TrackerBuilder::spin)).
+    pub spin: PolicyChoice,
+    /// Share of recent faults that arrived within the spin window of the previous batch.
+    pub spin_hit_rate: f64,
     /// Where faults are served.
     pub in_thread: PolicyChoice,
     /// Write faults per second over the epoch the last cut closed.

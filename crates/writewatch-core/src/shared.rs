@@ -38,6 +38,8 @@ pub(crate) struct Config {
     pub adaptive: bool,
     /// Options the user set explicitly (they force the policy's choice).
     pub merge_gap_set: bool,
+    /// `spin(d)` was called (else the adaptive policy decides).
+    pub spin_set: bool,
     pub fault_around_set: bool,
     /// Lazy arming of owned anonymous regions (see `service::lazy`); the builder turns it off
     /// where it does not apply (async and mprotect backends, in-thread faults).

@@ -249,6 +249,9 @@ impl Service {
     fn run(&mut self) {
         loop {
             let (uffd_ready, wake_ready) = self.wait();
+            if uffd_ready {
+                self.policy.spin.arrived(Instant::now());
+            }
             if wake_ready {
                 let _ = self.shared.wake.read();
                 self.prune_hooks();
@@ -276,6 +279,7 @@ impl Service {
                     self.eager_between_faults();
                 }
                 self.service_pending();
+                self.policy.spin.served(Instant::now());
             }
             if !self.deferred.is_empty() {
                 self.retry_deferred(false);
@@ -284,9 +288,9 @@ impl Service {
                 // Idle for EAGER_IDLE at least (the poll timed out).
                 self.eager_if_due();
             }
-            if self.uffd.is_some() && !self.shared.config.spin.is_zero() && self.deferred.is_empty()
-            {
-                if let Flow::Exit = self.spin_phase() {
+            let spin = self.spin_window();
+            if self.uffd.is_some() && !spin.is_zero() && self.deferred.is_empty() {
+                if let Flow::Exit = self.spin_phase(spin) {
                     return;
                 }
             }
@@ -296,8 +300,7 @@ impl Service {
     /// Busy-polls for `spin` after the last event: non-blocking `read(2)` on the userfaultfd
     /// (no `poll`) and `try_recv` on the command channel (no syscall), so a fault arriving
     /// meanwhile is serviced without the cost of waking this thread. Back to `poll` when idle.
-    fn spin_phase(&mut self) -> Flow {
-        let spin = self.shared.config.spin;
+    fn spin_phase(&mut self, spin: Duration) -> Flow {
         let mut until = Instant::now() + spin;
         loop {
             while let Ok(cmd) = self.rx.try_recv() {
@@ -306,16 +309,41 @@ impl Service {
                 }
             }
             if self.read_batch() > 0 || !self.pending.is_empty() {
+                let now = Instant::now();
+                self.policy.spin.arrived(now);
                 self.service_pending();
+                self.policy.spin.served(Instant::now());
                 until = Instant::now() + spin;
+                if !self.shared.config.spin_set && !self.policy.spin.spin() {
+                    return Flow::Continue; // the adaptive gate closed
+                }
             } else if Instant::now() >= until {
+                self.policy.spin.missed();
                 return Flow::Continue;
             } else if !self.eager_if_due() {
-                std::hint::spin_loop();
+                // (A yield, not a pause: a writer runnable on this CPU gets it at once.)
+                std::thread::yield_now();
             }
             if !self.deferred.is_empty() {
                 return Flow::Continue;
             }
+        }
+    }
+
+    /// How long to spin now: `spin(d)` if set, else the adaptive gate's window (sync backend,
+    /// faults served here, adaptive policy on), else zero.
+    fn spin_window(&self) -> Duration {
+        let c = &self.shared.config;
+        if c.spin_set {
+            c.spin
+        } else if c.adaptive
+            && !c.in_thread
+            && self.backend == Backend::SyncUffd
+            && self.policy.spin.spin()
+        {
+            policy::SPIN_WINDOW
+        } else {
+            Duration::ZERO
         }
     }
 
