@@ -8,8 +8,7 @@
 //! taken with all threads stopped, and copied before they resume.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use writewatch_checkpoint::image::ImageWriter;
@@ -20,55 +19,11 @@ use crate::copy::{normalize, push_run, read_chunks, read_into, Copied, CHUNK_PAG
 use crate::error::{AttachError, DumpError};
 use crate::freeze::Frozen;
 use crate::maps::read_maps;
-use crate::pieces::{sync, Piece};
+use crate::options::{DumpOptions, Priority};
+use crate::pieces::{reverted_cow_pages, sync, Piece};
 pub use crate::report::{DumpReport, FreezeTimes, RoundReport, Skipped, WriterReport};
 use crate::sys;
 use crate::verify::verify_frozen;
-
-/// How a dump runs.
-#[derive(Debug, Clone)]
-pub struct DumpOptions {
-    /// Pre-copy rounds while the target runs (after the first full copy), before the final
-    /// round. 0: the first full copy, then the final round.
-    pub rounds: u32,
-    /// Stop the pre-copy rounds early once a round harvests at most this many pages.
-    pub until_pages: Option<u64>,
-    /// Pause between rounds.
-    pub interval: Duration,
-    /// Leave the target stopped (`SIGSTOP`) after the final round.
-    pub leave_stopped: bool,
-    /// Compare the committed image with the target's memory before resuming it.
-    pub verify: bool,
-    /// Final-round pages are copied into memory up to this many bytes, so the target can
-    /// resume before they are written to disk; beyond it they are written while it is stopped.
-    /// Also the bound of the pages pre-copy rounds queue for the image writer thread.
-    pub final_buffer_bytes: usize,
-    /// Set to stop the dump at the next check (SIGINT handlers).
-    pub cancel: Option<Arc<AtomicBool>>,
-}
-
-impl Default for DumpOptions {
-    fn default() -> Self {
-        Self {
-            rounds: 3,
-            until_pages: None,
-            interval: Duration::from_millis(100),
-            leave_stopped: false,
-            verify: false,
-            final_buffer_bytes: 256 << 20,
-            cancel: None,
-        }
-    }
-}
-
-/// Makes `SIGINT` and `SIGTERM` stop a running [`dump`] at its next check (between rounds
-/// and between ranges) with [`DumpError::Interrupted`] instead of killing the process: the
-/// target is resumed and untracked, and the image keeps its previous commit. Without it a
-/// `SIGINT` kills the dumper, which the target also survives (the kernel detaches it and
-/// closes the userfaultfd), silently.
-pub fn catch_sigint() -> Result<(), crate::error::Errno> {
-    sys::catch_sigint().map_err(|e| crate::error::Errno::from_raw(e as i32))
-}
 
 /// The plan of one round for one piece.
 struct Work {
@@ -76,14 +31,13 @@ struct Work {
     runs: Vec<(u64, u64)>,
 }
 
-struct Dumper<'p> {
+struct Dumper {
     at: Attached,
     bg: BgWriter,
     pieces: Vec<Piece>,
     next_id: u64,
     page: usize,
     opts: DumpOptions,
-    progress: Option<&'p mut dyn FnMut(&RoundReport)>,
     untracked: usize,
     /// Time in `plan` re-reading maps and registering / harvesting, since the last reset.
     maps_time: Duration,
@@ -117,7 +71,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-impl Dumper<'_> {
+impl Dumper {
     fn pid(&self) -> u32 {
         self.at.pid()
     }
@@ -346,44 +300,23 @@ impl Dumper<'_> {
         }
     }
 
-    fn report(&mut self, r: RoundReport) -> RoundReport {
-        if let Some(p) = self.progress.as_mut() {
-            p(&r);
-        }
-        r
+    /// Waits until the image writer has written everything queued (pacing), honouring
+    /// cancellation meanwhile.
+    fn wait_writer(&self) -> Result<(), DumpError> {
+        self.bg.drain_checked(&|| self.check())
     }
-}
 
-/// For a private file piece: re-reads which pages are COW copies (after the harvest, before
-/// the copy), adds to `runs` the pages that were COW copies last time and no longer are
-/// (dropped by `MADV_DONTNEED`: their content reverted to the file's), and remembers the new
-/// set. A COW copy swapped out also leaves the set: reported again, an over-report.
-fn reverted_cow_pages(
-    pm: &writewatch_core::remote::RemotePagemap,
-    p: &mut Piece,
-    page: usize,
-    runs: &mut Vec<(u64, u64)>,
-) -> Result<(), crate::error::Errno> {
-    let n = p.pages(page) as usize;
-    let mut now = vec![0u64; n.div_ceil(64)];
-    pm.anon_present(p.start, p.end, |a, b| {
-        let (a, b) = (a.max(p.start), b.min(p.end));
-        for i in (a - p.start) / page..(b - p.start).div_ceil(page) {
-            now[i / 64] |= 1 << (i % 64);
-        }
-    })?;
-    if let Some(before) = &p.cow {
-        for (w, (&old, &new)) in before.iter().zip(&now).enumerate() {
-            let gone = old & !new;
-            for bit in 0..64 {
-                if gone & (1 << bit) != 0 {
-                    runs.push(((w * 64 + bit) as u64, 1));
-                }
+    /// Sleeps until `until`, checking for cancellation every 50 ms.
+    fn sleep_until(&self, until: Instant) -> Result<(), DumpError> {
+        loop {
+            stop_asked(&self.opts, &self.bg)?;
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
             }
+            std::thread::sleep((until - now).min(Duration::from_millis(50)));
         }
     }
-    p.cow = Some(now);
-    Ok(())
 }
 
 /// One range's final-round pages, copied into the arena while the target is stopped.
@@ -450,18 +383,17 @@ fn dump_attached(
     let bound = opts.final_buffer_bytes;
     let mut d = Dumper {
         at,
-        bg: BgWriter::start(writer, page, bound)?,
+        bg: BgWriter::start(writer, page, bound, opts.priority)?,
         pieces: Vec::new(),
         next_id: 0,
         page,
         opts,
-        progress,
         untracked: 0,
         maps_time: Duration::ZERO,
         harvest_time: Duration::ZERO,
         arena: Vec::new(),
     };
-    match run(&mut d, skipped, t_start) {
+    match run(&mut d, progress, skipped, t_start) {
         Ok(r) => Ok(r),
         // The writer's own error (ENOSPC, EIO...) rather than "the writer failed".
         Err(DumpError::Invalid(m)) if m == WRITER_FAILED => {
@@ -471,23 +403,30 @@ fn dump_attached(
     }
 }
 
-/// The rounds, the final round and the commit.
-fn run(
-    d: &mut Dumper<'_>,
-    skipped: Vec<Skipped>,
-    t_start: Instant,
-) -> Result<DumpReport, DumpError> {
-    let (pid, page) = (d.pid(), d.page);
+/// The pre-copy rounds while the target runs: round 0 copies everything, each later round
+/// what was written since the previous harvest. Paced: a round starts `interval` after the
+/// previous one at the earliest, and only once the image writer has written the previous
+/// rounds (the writer is the slow part; re-reading the hot set faster only costs the target
+/// CPU). Calls `emit` after each round.
+fn precopy(
+    d: &mut Dumper,
+    emit: &mut dyn FnMut(&RoundReport),
+) -> Result<Vec<RoundReport>, DumpError> {
+    let page = d.page;
     let mut rounds: Vec<RoundReport> = Vec::new();
+    let mut last_end = Instant::now();
     for round in 0..=d.opts.rounds {
+        let mut drain_ms = 0.0;
         if round > 0 {
-            std::thread::sleep(d.opts.interval);
+            // The drain also makes the last pre-copy round copy at memory speed (no wait
+            // for the writer), and the final round follows it at once: its dirty set is
+            // what the target writes during this short round.
+            let t = Instant::now();
+            d.wait_writer()?;
+            drain_ms = ms(t.elapsed());
+            d.sleep_until(last_end + d.opts.interval)?;
         }
         if round > 0 && round == d.opts.rounds {
-            // The last pre-copy round: let the writer catch up first, so this round copies
-            // at memory speed (no wait for the writer) and the final round follows at once:
-            // its dirty set is what the target writes during this short round.
-            d.bg.drain();
             let last = rounds.last().map_or(0, |r| r.bytes);
             d.prefault(last);
         }
@@ -496,7 +435,8 @@ fn run(
         let (work, new, dropped) = d.plan(round == 0)?;
         let t1 = Instant::now();
         let (c, waited) = d.copy(&work, None)?;
-        let r = d.report(RoundReport {
+        last_end = Instant::now();
+        let r = RoundReport {
             round,
             is_final: false,
             pages: c.pages,
@@ -508,14 +448,69 @@ fn run(
             copy_ms: ms(t1.elapsed()),
             wait_ms: ms(waited),
             read_ms: c.read_ns as f64 / 1e6,
+            drain_ms,
             ms: ms(t0.elapsed()),
-        });
+        };
+        emit(&r);
         let small = round > 0 && d.opts.until_pages.is_some_and(|n| r.pages <= n);
         rounds.push(r);
         if small {
             break;
         }
     }
+    Ok(rounds)
+}
+
+/// Runs [`precopy`] on the thread `ww-dump-rounds` at `opts.priority` ([`Priority::Normal`]:
+/// on the caller's thread), forwarding the round reports to `progress` on the caller's
+/// thread. Lowered priority cannot be raised back without `CAP_SYS_NICE`, so it is never
+/// applied to the caller's thread, which runs the final round.
+fn precopy_on_worker(
+    d: &mut Dumper,
+    progress: &mut Option<&mut dyn FnMut(&RoundReport)>,
+) -> Result<Vec<RoundReport>, DumpError> {
+    let prio = d.opts.priority;
+    if prio == Priority::Normal {
+        return precopy(d, &mut |r| {
+            if let Some(p) = progress.as_mut() {
+                p(r);
+            }
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<RoundReport>();
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("ww-dump-rounds".into())
+            .spawn_scoped(s, move || {
+                prio.apply_here(false);
+                precopy(d, &mut |r| {
+                    let _ = tx.send(r.clone());
+                })
+            })
+            .map_err(|e| DumpError::Invalid(format!("cannot start the pre-copy thread: {e}")))?;
+        // Ends when the worker ends (its sender dropped), normally or not.
+        for r in rx {
+            if let Some(p) = progress.as_mut() {
+                p(&r);
+            }
+        }
+        worker.join().unwrap_or_else(|_| {
+            Err(DumpError::Invalid(
+                "the pre-copy thread panicked; the target runs untracked".into(),
+            ))
+        })
+    })
+}
+
+/// The rounds, the final round and the commit.
+fn run(
+    d: &mut Dumper,
+    mut progress: Option<&mut dyn FnMut(&RoundReport)>,
+    skipped: Vec<Skipped>,
+    t_start: Instant,
+) -> Result<DumpReport, DumpError> {
+    let (pid, page) = (d.pid(), d.page);
+    let mut rounds = precopy_on_worker(d, &mut progress)?;
     // The final round.
     d.check()?;
     d.maps_time = Duration::ZERO;
@@ -524,6 +519,7 @@ fn run(
     d.bg.pause(true);
     // The target is stopped for as long as this thread takes: on a busy machine, let it
     // run first (best effort; restored once the target runs again, or on error).
+    let caller_nice = sys::this_thread_nice();
     let boost = sys::Boost::raise(FREEZE_BOOST);
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid)?;
@@ -542,7 +538,8 @@ fn run(
     let hold = d.opts.verify || d.opts.leave_stopped;
     ft.buffered = bytes <= d.opts.final_buffer_bytes as u64;
     if !ft.buffered {
-        d.bg.pause(false); // the pages stream through it
+        d.bg.pause(false); // the pages stream through it, while the target is stopped
+        d.bg.raise(caller_nice);
     }
     let mut held = Vec::new();
     let (c, _) = d.copy(&work, ft.buffered.then_some(&mut held))?;
@@ -597,7 +594,7 @@ fn run(
     } else {
         freeze_ms
     };
-    let r = d.report(RoundReport {
+    let r = RoundReport {
         round: rounds.len() as u32,
         is_final: true,
         pages: c.pages,
@@ -609,8 +606,12 @@ fn run(
         copy_ms: ft.copy_ms,
         wait_ms: 0.0,
         read_ms: ft.read_ms,
+        drain_ms: 0.0,
         ms: stopped_ms,
-    });
+    };
+    if let Some(p) = progress.as_mut() {
+        p(&r);
+    }
     rounds.push(r);
     let t = &d.bg.times;
     let writer_report = WriterReport {

@@ -32,6 +32,9 @@ pub struct RoundReport {
     pub wait_ms: f64,
     /// Of `copy_ms`, the time spent reading the target's memory (`process_vm_readv`).
     pub read_ms: f64,
+    /// Before the round (not in `ms`): the time waited for the image writer to write the
+    /// previous rounds (pacing; the interval runs meanwhile).
+    pub drain_ms: f64,
     /// The whole round.
     pub ms: f64,
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{read_mem, Target};
 use writewatch_checkpoint::image::{compact_image, read_image, restore_image, verify_image};
-use writewatch_process::{dump, AttachError, DumpError, DumpOptions};
+use writewatch_process::{dump, AttachError, DumpError, DumpOptions, Priority};
 use writewatch_testkit::watchdog::within;
 
 fn opts(rounds: u32) -> DumpOptions {
@@ -27,7 +27,18 @@ fn opts(rounds: u32) -> DumpOptions {
 /// Dumps `t` (left stopped), then checks every range of the image against /proc/PID/mem.
 /// Returns the restored files (address, bytes).
 fn dump_and_check(t: &Target, dir: &std::path::Path, rounds: u32) -> Vec<(u64, Vec<u8>)> {
-    let report = dump(t.pid, dir, opts(rounds), None).expect("dump");
+    dump_and_check_with(t, dir, opts(rounds), None)
+}
+
+/// [`dump_and_check`] with given options (`leave_stopped` and `verify` set) and progress.
+fn dump_and_check_with(
+    t: &Target,
+    dir: &std::path::Path,
+    o: DumpOptions,
+    progress: Option<&mut dyn FnMut(&writewatch_process::RoundReport)>,
+) -> Vec<(u64, Vec<u8>)> {
+    let rounds = o.rounds;
+    let report = dump(t.pid, dir, o, progress).expect("dump");
     // The SIGSTOP queued before the detach becomes a group stop as the threads resume.
     for _ in 0..200 {
         if t.state() == 'T' {
@@ -572,6 +583,76 @@ fn target_execing_during_rounds_is_a_typed_error_and_runs_on() {
         // The new program can be dumped.
         dump_and_check(&t, &dir.path().join("img2"), 1);
         t.resume();
+    })
+    .expect("test finished in time");
+}
+
+/// (name, nice, scheduling policy) of this process's threads, as the kernel reports them
+/// (`/proc/self/task/*/stat` fields 19 and 41).
+fn thread_sched() -> Vec<(String, i64, i64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue; // exited meanwhile
+        };
+        let (head, rest) = stat.rsplit_once(')').unwrap();
+        let name = head.split_once('(').unwrap().1.to_string();
+        let f: Vec<i64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(-1)).collect();
+        out.push((name, f[16], f[38]));
+    }
+    out
+}
+
+/// The default `Priority::Low` and `Priority::Idle`: the pre-copy rounds run on a thread of
+/// the dump's own (`ww-dump-rounds`) at nice 19 / `SCHED_IDLE`, as the kernel reports it;
+/// the image writer too; the caller's thread keeps its priority and receives the progress
+/// reports; and the image is still the memory at the freeze (oracle: `/proc/PID/mem`).
+#[test]
+fn low_priority_rounds_run_on_their_own_lowered_thread_and_the_image_is_exact() {
+    const SCHED_IDLE: i64 = 5;
+    within(Duration::from_secs(240), || {
+        let mut t = Target::start(&["--pages", "128"]);
+        let regions = t.status().regions;
+        let dir = common::tmp();
+        let me = std::thread::current().id();
+        let nice_before = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        for (k, prio) in [Priority::Low, Priority::Idle].into_iter().enumerate() {
+            let mut seen = Vec::new();
+            let mut on_caller = true;
+            let mut progress = |_: &writewatch_process::RoundReport| {
+                on_caller &= std::thread::current().id() == me;
+                seen.extend(thread_sched());
+            };
+            let o = DumpOptions {
+                rounds: 4,
+                interval: Duration::from_millis(50),
+                priority: prio,
+                ..opts(4)
+            };
+            let img = dir.path().join(format!("img{k}"));
+            let files = dump_and_check_with(&t, &img, o, Some(&mut progress));
+            check_stamps(&files, &regions, 128);
+            t.resume();
+            assert!(on_caller, "progress is called on the caller's thread");
+            let lowered = |name: &str| {
+                seen.iter().any(|(n, nice, policy)| {
+                    n == name
+                        && match prio {
+                            Priority::Idle => *policy == SCHED_IDLE,
+                            _ => *nice == 19,
+                        }
+                })
+            };
+            assert!(lowered("ww-dump-rounds"), "{prio:?}: {seen:?}");
+            assert!(lowered("ww-dump-writer"), "{prio:?}: {seen:?}");
+        }
+        // The caller's thread: same nice value (field 19) and policy (field 41) as before.
+        let now = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let sched = |s: &str| {
+            let f: Vec<String> = s.rsplit_once(')').unwrap().1.split_whitespace().map(String::from).collect();
+            (f[16].clone(), f[38].clone())
+        };
+        assert_eq!(sched(&now), sched(&nice_before));
     })
     .expect("test finished in time");
 }
