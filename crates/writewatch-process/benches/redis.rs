@@ -124,21 +124,24 @@ fn on_window(
     let cancel = Arc::new(AtomicBool::new(false));
     let r0 = Arc::new(Mutex::new(None));
     let (c2, r02, dir2) = (cancel.clone(), r0.clone(), dir.to_path_buf());
-    let dumper = std::thread::Builder::new().name("ww-bench-dump".into()).spawn(move || {
-        let mut progress = |r: &writewatch_process::RoundReport| {
-            if r.round == 0 {
-                *r02.lock().unwrap() = Some(Instant::now());
-            }
-        };
-        let opts = DumpOptions {
-            rounds: 100_000,
-            interval: Duration::from_millis(300),
-            cancel: Some(c2),
-            priority,
-            ..Default::default()
-        };
-        dump(pid, &dir2, opts, Some(&mut progress))
-    }).expect("spawn");
+    let dumper = std::thread::Builder::new()
+        .name("ww-bench-dump".into())
+        .spawn(move || {
+            let mut progress = |r: &writewatch_process::RoundReport| {
+                if r.round == 0 {
+                    *r02.lock().unwrap() = Some(Instant::now());
+                }
+            };
+            let opts = DumpOptions {
+                rounds: 100_000,
+                interval: Duration::from_millis(300),
+                cancel: Some(c2),
+                priority,
+                ..Default::default()
+            };
+            dump(pid, &dir2, opts, Some(&mut progress))
+        })
+        .expect("spawn");
     let t_window = Instant::now();
     let runs = load_window(window, keys);
     let dump_s = thread_cpu("ww-bench-dump") + thread_cpu("ww-dump-rounds");
@@ -174,7 +177,11 @@ fn proc_ticks(who: &str) -> (f64, f64) {
     // Fields after the `(comm)`: index 0 is field 3 (state); utime = field 14.
     let f: Vec<u64> = s
         .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect())
+        .map(|(_, r)| {
+            r.split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect()
+        })
         .unwrap_or_default();
     let g = |i: usize| f.get(i).copied().unwrap_or(0) as f64 / 100.0;
     (g(11) + g(12), g(13) + g(14))
@@ -336,12 +343,15 @@ fn run_window(cond: Cond, pid: u32, dir: &std::path::Path, window: Duration, key
                 stop.store(true, Ordering::Relaxed);
                 (runs, h.join().expect("rearm thread"))
             });
-            w.rearmed_per_pass =
-                passes.iter().sum::<usize>() as f64 / passes.len().max(1) as f64;
+            w.rearmed_per_pass = passes.iter().sum::<usize>() as f64 / passes.len().max(1) as f64;
             (w.runs, w.cpu) = (runs, cpu);
         }
         Cond::Dump | Cond::DumpNormal => {
-            let prio = if cond == Cond::Dump { Priority::Low } else { Priority::Normal };
+            let prio = if cond == Cond::Dump {
+                Priority::Low
+            } else {
+                Priority::Normal
+            };
             let ((runs, r0, dt, wt), cpu) =
                 with_cpu(pid, || on_window(pid, dir, window, keys, prio));
             (w.runs, w.cpu, w.r0) = (runs, cpu, r0);
@@ -356,7 +366,13 @@ fn run_window(cond: Cond, pid: u32, dir: &std::path::Path, window: Duration, key
 /// machine's load spreads over all conditions); each condition's ratio to the untracked
 /// window of its own cycle, the median over cycles, and the CPU each window used.
 fn throughput(pid: u32, root: &std::path::Path, cycles: usize, window: Duration, keys: u64) {
-    let conds = [Cond::Off, Cond::Armed, Cond::Rearm, Cond::DumpNormal, Cond::Dump];
+    let conds = [
+        Cond::Off,
+        Cond::Armed,
+        Cond::Rearm,
+        Cond::DumpNormal,
+        Cond::Dump,
+    ];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     let mut steady: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     let mut cpus: Vec<Vec<Cpu>> = vec![Vec::new(); conds.len()];
@@ -369,7 +385,10 @@ fn throughput(pid: u32, root: &std::path::Path, cycles: usize, window: Duration,
         }
         let got: Vec<Window> = got.into_iter().map(|w| w.expect("window")).collect();
         let off = ops_of(&got[0].runs, None).unwrap_or(f64::NAN);
-        println!("  cycle {i} (order from {}):", conds[i % conds.len()].name());
+        println!(
+            "  cycle {i} (order from {}):",
+            conds[i % conds.len()].name()
+        );
         for (c, w) in conds.iter().zip(&got) {
             let ops = ops_of(&w.runs, None).unwrap_or(f64::NAN);
             let k = *c as usize;
@@ -387,7 +406,10 @@ fn throughput(pid: u32, root: &std::path::Path, cycles: usize, window: Duration,
                 }
                 extra = format!(
                     ", round 0 took {}, after it {}; dump thread {:.2} s, writer {:.2} s CPU",
-                    w.r0.map_or("the whole window".into(), |(_, d)| format!("{:.1} s", d.as_secs_f64())),
+                    w.r0.map_or("the whole window".into(), |(_, d)| format!(
+                        "{:.1} s",
+                        d.as_secs_f64()
+                    )),
                     after.map_or("n/a".into(), |a| format!("{a:.0} (ratio {:.3})", a / off)),
                     w.dump_thread_s,
                     w.writer_thread_s
@@ -583,7 +605,7 @@ fn main() {
     );
     for r in &report.rounds {
         println!(
-            "  round {:>2}{}: {:>8} pages {:>8.1} ms (harvest {:.2} ms, copy {:.1} ms, waiting for the writer {:.1} ms; paced: {:.0} ms waiting for the writer before it)",
+            "  round {:>2}{}: {:>8} pages {:>8.1} ms (harvest {:.2} ms, copy {:.1} ms, waiting for the writer {:.1} ms; paced: {:.0} ms waiting for the writer before it; {} hot pages left out)",
             r.round,
             if r.is_final { " final" } else { "      " },
             r.pages,
@@ -591,7 +613,8 @@ fn main() {
             r.harvest_ms,
             r.copy_ms,
             r.wait_ms,
-            r.drain_ms
+            r.drain_ms,
+            r.hot_pages
         );
     }
     println!(

@@ -113,4 +113,3 @@ impl Default for DumpOptions {
 pub fn catch_sigint() -> Result<(), crate::error::Errno> {
     sys::catch_sigint().map_err(|e| crate::error::Errno::from_raw(e as i32))
 }
-

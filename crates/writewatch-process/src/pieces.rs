@@ -9,6 +9,7 @@
 
 use writewatch_checkpoint::image::{Backing, ImageRange};
 
+use crate::hot::Heat;
 use crate::maps::Mapping;
 
 /// One tracked piece.
@@ -30,6 +31,9 @@ pub(crate) struct Piece {
     /// Private file mappings only: the pages that were COW copies at the last harvest (one
     /// bit per page). One that is no longer a COW copy was zapped and reverted to the file.
     pub cow: Option<Vec<u64>>,
+    /// The pages the pre-copy rounds leave out of their harvests (written again in every
+    /// round) until the last one.
+    pub heat: Heat,
 }
 
 impl Piece {
@@ -127,6 +131,7 @@ pub(crate) fn sync(pieces: &mut Vec<Piece>, maps: &[Mapping], next_id: &mut u64)
                     backing,
                     tracked: true,
                     cow: None,
+                    heat: Heat::default(),
                 });
                 *next_id += 1;
             }

@@ -35,6 +35,9 @@ pub struct RoundReport {
     /// Before the round (not in `ms`): the time waited for the image writer to write the
     /// previous rounds (pacing; the interval runs meanwhile).
     pub drain_ms: f64,
+    /// Pages left out of this round's harvest as hot (written again in every round: neither
+    /// re-protected nor copied until the last pre-copy round, which walks every page).
+    pub hot_pages: u64,
     /// The whole round.
     pub ms: f64,
 }

@@ -597,7 +597,10 @@ fn thread_sched() -> Vec<(String, i64, i64)> {
         };
         let (head, rest) = stat.rsplit_once(')').unwrap();
         let name = head.split_once('(').unwrap().1.to_string();
-        let f: Vec<i64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(-1)).collect();
+        let f: Vec<i64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(-1))
+            .collect();
         out.push((name, f[16], f[38]));
     }
     out
@@ -649,7 +652,13 @@ fn low_priority_rounds_run_on_their_own_lowered_thread_and_the_image_is_exact() 
         // The caller's thread: same nice value (field 19) and policy (field 41) as before.
         let now = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
         let sched = |s: &str| {
-            let f: Vec<String> = s.rsplit_once(')').unwrap().1.split_whitespace().map(String::from).collect();
+            let f: Vec<String> = s
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .map(String::from)
+                .collect();
             (f[16].clone(), f[38].clone())
         };
         assert_eq!(sched(&now), sched(&nice_before));

@@ -96,7 +96,10 @@ pub(crate) fn sched_idle_this_thread() -> bool {
     // (priority 0), read by the kernel during the call only.
     let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
     if r != 0 {
-        tracing::debug!("sched_setscheduler(SCHED_IDLE): {}", io::Error::last_os_error());
+        tracing::debug!(
+            "sched_setscheduler(SCHED_IDLE): {}",
+            io::Error::last_os_error()
+        );
     }
     r == 0
 }
