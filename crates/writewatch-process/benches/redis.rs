@@ -376,6 +376,7 @@ fn throughput(pid: u32, root: &std::path::Path, cycles: usize, window: Duration,
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     let mut steady: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     let mut cpus: Vec<Vec<Cpu>> = vec![Vec::new(); conds.len()];
+    let mut effs: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     for i in 0..cycles {
         let mut got: Vec<Option<Window>> = (0..conds.len()).map(|_| None).collect();
         for k in 0..conds.len() {
@@ -385,6 +386,11 @@ fn throughput(pid: u32, root: &std::path::Path, cycles: usize, window: Duration,
         }
         let got: Vec<Window> = got.into_iter().map(|w| w.expect("window")).collect();
         let off = ops_of(&got[0].runs, None).unwrap_or(f64::NAN);
+        // SETs per CPU-second of redis: what each SET costs redis (write faults included),
+        // whatever share of the CPUs the machine's other load leaves it.
+        let per_cpu =
+            |w: &Window| w.runs.iter().map(|r| r.requests).sum::<u64>() as f64 / w.cpu.target;
+        let off_eff = per_cpu(&got[0]);
         println!(
             "  cycle {i} (order from {}):",
             conds[i % conds.len()].name()
@@ -393,6 +399,7 @@ fn throughput(pid: u32, root: &std::path::Path, cycles: usize, window: Duration,
             let ops = ops_of(&w.runs, None).unwrap_or(f64::NAN);
             let k = *c as usize;
             ratios[k].push(ops / off);
+            effs[k].push(per_cpu(w) / off_eff);
             cpus[k].push(w.cpu);
             let per = |v: f64| v / w.cpu.secs;
             let mut extra = String::new();
@@ -416,9 +423,10 @@ fn throughput(pid: u32, root: &std::path::Path, cycles: usize, window: Duration,
                 );
             }
             println!(
-                "    {:<31} {ops:>8.0} SET/s ratio {:.3}; CPU/s: dumper {:.2}, redis {:.2}, redis-benchmark {:.2}, machine busy {:.2} of 2{extra}",
+                "    {:<31} {ops:>8.0} SET/s ratio {:.3} (per redis CPU-second {:.3}); CPU/s: dumper {:.2}, redis {:.2}, redis-benchmark {:.2}, machine busy {:.2} of 2{extra}",
                 c.name(),
                 ops / off,
+                per_cpu(w) / off_eff,
                 per(w.cpu.dumper),
                 per(w.cpu.target),
                 per(w.cpu.load),
@@ -427,18 +435,19 @@ fn throughput(pid: u32, root: &std::path::Path, cycles: usize, window: Duration,
         }
     }
     println!(
-        "SET ops/s against untracked, median of {cycles} cycles of {:.0} s windows (CPU per second of window, mean: dumper / redis / redis-benchmark / machine busy):",
+        "SET ops/s against untracked, median of {cycles} cycles of {:.0} s windows (range), SETs per redis CPU-second against untracked (median), CPU per second of window (mean: dumper / redis / redis-benchmark / machine busy):",
         window.as_secs_f64()
     );
     for (k, c) in conds.iter().enumerate() {
         let n = cpus[k].len().max(1) as f64;
         let m = |f: fn(&Cpu) -> f64| cpus[k].iter().map(|x| f(x) / x.secs).sum::<f64>() / n;
         println!(
-            "  {:<31} {:.3} (range {:.3}-{:.3})   CPU {:.2} / {:.2} / {:.2} / {:.2}",
+            "  {:<31} {:.3} (range {:.3}-{:.3}), per redis CPU-second {:.3}   CPU {:.2} / {:.2} / {:.2} / {:.2}",
             c.name(),
             median(ratios[k].clone()),
             ratios[k].iter().copied().fold(f64::INFINITY, f64::min),
             ratios[k].iter().copied().fold(0.0, f64::max),
+            median(effs[k].clone()),
             m(|x| x.dumper),
             m(|x| x.target),
             m(|x| x.load),

@@ -665,3 +665,38 @@ fn low_priority_rounds_run_on_their_own_lowered_thread_and_the_image_is_exact() 
     })
     .expect("test finished in time");
 }
+
+/// Hot pages (the stamp pages, rewritten between any two rounds) are left out of the
+/// harvests of the middle pre-copy rounds (neither re-protected nor copied), then the last
+/// pre-copy round walks every page and copies them: the image is still the memory at the
+/// freeze (oracle: `/proc/PID/mem`, stamps whole). Also covers `Priority::Normal` (the
+/// rounds on the caller's thread).
+#[test]
+fn hot_pages_left_out_of_middle_rounds_and_the_image_is_exact() {
+    within(Duration::from_secs(240), || {
+        let mut t = Target::start(&["--pages", "128"]);
+        let regions = t.status().regions;
+        let dir = common::tmp();
+        let mut rounds = Vec::new();
+        let mut progress = |r: &writewatch_process::RoundReport| rounds.push(r.clone());
+        let o = DumpOptions {
+            priority: Priority::Normal,
+            ..opts(6)
+        };
+        let files = dump_and_check_with(&t, &dir.path().join("img"), o, Some(&mut progress));
+        check_stamps(&files, &regions, 128);
+        t.resume();
+        let hot: Vec<u64> = rounds.iter().map(|r| r.hot_pages).collect();
+        // Rounds 1 and 2 find the stamp pages written twice; rounds 3-5 leave them out
+        // (at least most of the 4 x 128); round 6 (the last pre-copy round) and the final
+        // round walk every page.
+        assert!(hot[3..6].iter().all(|&h| h >= 256), "{hot:?}");
+        assert_eq!(hot[6], 0, "{hot:?}");
+        assert!(
+            rounds[6].pages >= hot[5],
+            "the last pre-copy round copies them"
+        );
+        assert!(rounds[7].is_final);
+    })
+    .expect("test finished in time");
+}
