@@ -49,13 +49,29 @@ enum Msg {
     Barrier(SyncSender<()>),
 }
 
-/// Bytes queued and not yet written; the pause flag.
+/// Bytes queued and not yet written; the pause flag; written chunks' buffers for reuse.
 #[derive(Default)]
 struct Credits {
     queued: Mutex<usize>,
     freed: Condvar,
     paused: Mutex<bool>,
     resumed: Condvar,
+    /// Buffers of written chunks, mapped and faulted in already: a round reads into them
+    /// instead of a fresh allocation (whose pages the kernel would zero and fault in again
+    /// for every chunk; 4 MiB each, at most [`POOL`]).
+    pool: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Most buffers kept for reuse.
+const POOL: usize = 16;
+
+impl Credits {
+    fn recycle(&self, data: Vec<u8>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOL {
+            pool.push(data);
+        }
+    }
 }
 
 /// Cumulative figures of the writer thread.
@@ -171,6 +187,16 @@ impl BgWriter {
 
     pub(crate) fn end(&self) {
         self.send(Msg::End);
+    }
+
+    /// A buffer for a chunk of `bytes` bytes: a written chunk's when one is large enough
+    /// (its content is overwritten by the read), else a new one.
+    pub(crate) fn buffer(&self, bytes: usize) -> Vec<u8> {
+        let mut pool = self.credits.pool.lock().unwrap_or_else(|e| e.into_inner());
+        match pool.iter().position(|b| b.capacity() >= bytes) {
+            Some(i) => pool.swap_remove(i),
+            None => Vec::with_capacity(bytes),
+        }
     }
 
     /// Queues a chunk, first waiting while the queued bytes would exceed the bound (unless
@@ -402,6 +428,7 @@ fn segment(
                     .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 times.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 release(credits, data.len());
+                credits.recycle(data);
                 r?;
             }
             Ok(Msg::End) => break,

@@ -272,7 +272,7 @@ impl Dumper {
                 start,
                 page,
                 &w.runs,
-                &mut Vec::with_capacity,
+                &mut |bytes| bg.buffer(bytes),
                 &mut |pages, data| {
                     stop_asked(opts, bg)?;
                     waited += bg.send_chunk(pages, data);
