@@ -614,13 +614,14 @@ fn main() {
     );
     for r in &report.rounds {
         println!(
-            "  round {:>2}{}: {:>8} pages {:>8.1} ms (harvest {:.2} ms, copy {:.1} ms, waiting for the writer {:.1} ms; paced: {:.0} ms waiting for the writer before it; {} hot pages left out)",
+            "  round {:>2}{}: {:>8} pages {:>8.1} ms (harvest {:.2} ms, copy {:.1} ms of which process_vm_readv {:.1} ms, waiting for the writer {:.1} ms; paced: {:.0} ms waiting for the writer before it; {} hot pages left out)",
             r.round,
             if r.is_final { " final" } else { "      " },
             r.pages,
             r.ms,
             r.harvest_ms,
             r.copy_ms,
+            r.read_ms,
             r.wait_ms,
             r.drain_ms,
             r.hot_pages

@@ -58,17 +58,17 @@ struct Credits {
     resumed: Condvar,
     /// Buffers of written chunks, mapped and faulted in already: a round reads into them
     /// instead of a fresh allocation (whose pages the kernel would zero and fault in again
-    /// for every chunk; 4 MiB each, at most [`POOL`]).
+    /// for every chunk; one chunk each, at most the bound's worth).
     pool: Mutex<Vec<Vec<u8>>>,
+    /// Bytes of one chunk's buffer; most buffers kept.
+    chunk: usize,
+    pool_cap: usize,
 }
-
-/// Most buffers kept for reuse.
-const POOL: usize = 16;
 
 impl Credits {
     fn recycle(&self, data: Vec<u8>) {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < POOL {
+        if pool.len() < self.pool_cap && data.capacity() >= self.chunk {
             pool.push(data);
         }
     }
@@ -126,7 +126,12 @@ impl BgWriter {
         prio: Priority,
     ) -> Result<Self, DumpError> {
         let (tx, rx) = sync_channel::<Msg>(4096);
-        let credits = Arc::new(Credits::default());
+        let chunk = crate::copy::CHUNK_PAGES * page;
+        let credits = Arc::new(Credits {
+            chunk,
+            pool_cap: (bound / chunk).max(1),
+            ..Credits::default()
+        });
         let failed = Arc::new(AtomicBool::new(false));
         let gone = Arc::new(AtomicBool::new(false));
         let times = Arc::new(WriterTimes::default());
@@ -195,8 +200,23 @@ impl BgWriter {
         let mut pool = self.credits.pool.lock().unwrap_or_else(|e| e.into_inner());
         match pool.iter().position(|b| b.capacity() >= bytes) {
             Some(i) => pool.swap_remove(i),
-            None => Vec::with_capacity(bytes),
+            // A whole chunk's capacity (only what is read is touched), so it can be reused.
+            None => Vec::with_capacity(bytes.max(self.credits.chunk)),
         }
+    }
+
+    /// Fills the pool with buffers already faulted in for about `bytes` of chunks (at most
+    /// the bound): the last pre-copy round reads into them without page faults.
+    pub(crate) fn prefill(&self, bytes: usize) {
+        let c = &self.credits;
+        let want = bytes.min(self.bound).div_ceil(c.chunk).min(c.pool_cap);
+        let have = c.pool.lock().unwrap_or_else(|e| e.into_inner()).len();
+        // Non-zero: memset writes every page now. Every byte is overwritten by a read.
+        let fresh: Vec<Vec<u8>> = (have..want).map(|_| vec![1u8; c.chunk]).collect();
+        c.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(fresh);
     }
 
     /// Queues a chunk, first waiting while the queued bytes would exceed the bound (unless

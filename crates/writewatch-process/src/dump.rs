@@ -134,6 +134,8 @@ fn one_round(d: &mut Dumper, pace: &mut Pace, is_last: bool) -> Result<RoundRepo
         let hot: u64 = d.pieces.iter().map(|p| p.heat.hot_pages()).sum();
         let last = pace.rounds.last().map_or(0, |r| r.bytes);
         d.prefault(last + hot * page as u64);
+        // This round's chunk buffers too (it copies the hot set: about as much).
+        d.bg.prefill((last + hot * page as u64) as usize);
     }
     d.check()?;
     let t0 = Instant::now();
