@@ -81,6 +81,21 @@ pub(crate) fn nice_this_thread(inc: i32) {
     set_thread_nice(tid, cur + inc);
 }
 
+/// CPU time the calling thread has used, nanoseconds (`CLOCK_THREAD_CPUTIME_ID`; 0 if the
+/// clock is unavailable).
+pub(crate) fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec the kernel writes during the call only.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The calling thread's id.
 pub(crate) fn gettid() -> i32 {
     // SAFETY: gettid takes nothing and returns an integer.
