@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use writewatch_checkpoint::image;
-use writewatch_process::{DumpOptions, DumpReport, RoundReport};
+use writewatch_process::{DumpOptions, DumpReport, Priority, RoundReport};
 
 use crate::{chain, print_json, Failure, EXIT_CORRUPT, EXIT_OTHER};
 
@@ -33,6 +33,21 @@ pub(crate) struct DumpArgs {
     /// Compare the committed image with the target's memory before resuming it.
     #[arg(long)]
     verify: bool,
+    /// CPU priority of the pre-copy rounds and the image writer while the target runs:
+    /// `low` (nice 19, the default), `idle` (SCHED_IDLE) or `normal`.
+    #[arg(long, value_enum, default_value_t = PriorityArg::Low)]
+    priority: PriorityArg,
+}
+
+/// `--priority` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum PriorityArg {
+    /// The dumper's own priority (the image writer 10 nice levels below).
+    Normal,
+    /// nice 19.
+    Low,
+    /// SCHED_IDLE.
+    Idle,
 }
 
 impl DumpArgs {
@@ -44,6 +59,11 @@ impl DumpArgs {
             interval: Duration::from_millis(self.interval),
             leave_stopped: self.leave_stopped,
             verify: self.verify,
+            priority: match self.priority {
+                PriorityArg::Normal => Priority::Normal,
+                PriorityArg::Low => Priority::Low,
+                PriorityArg::Idle => Priority::Idle,
+            },
             ..Default::default()
         }
     }

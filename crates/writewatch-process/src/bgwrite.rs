@@ -15,7 +15,7 @@
 //! [`BgWriter::finish`] with the [`ImageWriter`]; the dump checks [`BgWriter::failed`]
 //! between ranges and rounds so it stops early.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -25,6 +25,7 @@ use writewatch_checkpoint::image::ImageWriter;
 use writewatch_checkpoint::Geometry;
 
 use crate::error::DumpError;
+use crate::options::Priority;
 
 /// What the writer is told, in order.
 enum Msg {
@@ -48,13 +49,29 @@ enum Msg {
     Barrier(SyncSender<()>),
 }
 
-/// Bytes queued and not yet written; the pause flag.
+/// Bytes queued and not yet written; the pause flag; written chunks' buffers for reuse.
 #[derive(Default)]
 struct Credits {
     queued: Mutex<usize>,
     freed: Condvar,
     paused: Mutex<bool>,
     resumed: Condvar,
+    /// Buffers of written chunks, mapped and faulted in already: a round reads into them
+    /// instead of a fresh allocation (whose pages the kernel would zero and fault in again
+    /// for every chunk; one chunk each, at most the bound's worth).
+    pool: Mutex<Vec<Vec<u8>>>,
+    /// Bytes of one chunk's buffer; most buffers kept.
+    chunk: usize,
+    pool_cap: usize,
+}
+
+impl Credits {
+    fn recycle(&self, data: Vec<u8>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < self.pool_cap && data.capacity() >= self.chunk {
+            pool.push(data);
+        }
+    }
 }
 
 /// Cumulative figures of the writer thread.
@@ -70,10 +87,6 @@ pub(crate) struct WriterTimes {
     pub segments: AtomicU64,
 }
 
-/// Nice levels the writer thread runs below the dump: on a busy machine its checksums and
-/// writes yield to the target being dumped.
-const WRITER_NICE: i32 = 10;
-
 /// The placeholder error `check` returns when the writer failed; replaced by the writer's
 /// own error.
 pub(crate) const WRITER_FAILED: &str = "the image writer failed";
@@ -88,6 +101,8 @@ pub(crate) struct BgWriter {
     gone: Arc<AtomicBool>,
     pub times: Arc<WriterTimes>,
     bound: usize,
+    /// The writer thread's id (0 until it started).
+    tid: Arc<AtomicI32>,
 }
 
 /// Sets `gone` and wakes waiting senders when the writer thread ends, even by a panic.
@@ -102,19 +117,33 @@ impl Drop for GoneGuard {
 
 impl BgWriter {
     /// Starts the writer thread, which owns `writer` until [`finish`](Self::finish).
-    pub(crate) fn start(writer: ImageWriter, page: usize, bound: usize) -> Result<Self, DumpError> {
+    /// Its CPU priority is `prio`'s (for background work: the target and the rounds come
+    /// first).
+    pub(crate) fn start(
+        writer: ImageWriter,
+        page: usize,
+        bound: usize,
+        prio: Priority,
+    ) -> Result<Self, DumpError> {
         let (tx, rx) = sync_channel::<Msg>(4096);
-        let credits = Arc::new(Credits::default());
+        let chunk = crate::copy::CHUNK_PAGES * page;
+        let credits = Arc::new(Credits {
+            chunk,
+            pool_cap: (bound / chunk).max(1),
+            ..Credits::default()
+        });
         let failed = Arc::new(AtomicBool::new(false));
         let gone = Arc::new(AtomicBool::new(false));
         let times = Arc::new(WriterTimes::default());
+        let tid = Arc::new(AtomicI32::new(0));
         let (c, f, g, t) = (credits.clone(), failed.clone(), gone.clone(), times.clone());
+        let tid2 = tid.clone();
         let thread = std::thread::Builder::new()
             .name("ww-dump-writer".into())
             .spawn(move || {
                 let _guard = GoneGuard(g, c.clone());
-                // Background work: the target (and the dump's own rounds) come first.
-                crate::sys::nice_this_thread(WRITER_NICE);
+                tid2.store(crate::sys::gettid(), Ordering::SeqCst);
+                prio.apply_here(true);
                 run(writer, page, &rx, &c, &f, &t)
             })
             .map_err(|e| {
@@ -128,6 +157,7 @@ impl BgWriter {
             gone,
             times,
             bound: bound.max(1),
+            tid,
         })
     }
 
@@ -162,6 +192,31 @@ impl BgWriter {
 
     pub(crate) fn end(&self) {
         self.send(Msg::End);
+    }
+
+    /// A buffer for a chunk of `bytes` bytes: a written chunk's when one is large enough
+    /// (its content is overwritten by the read), else a new one.
+    pub(crate) fn buffer(&self, bytes: usize) -> Vec<u8> {
+        let mut pool = self.credits.pool.lock().unwrap_or_else(|e| e.into_inner());
+        match pool.iter().position(|b| b.capacity() >= bytes) {
+            Some(i) => pool.swap_remove(i),
+            // A whole chunk's capacity (only what is read is touched), so it can be reused.
+            None => Vec::with_capacity(bytes.max(self.credits.chunk)),
+        }
+    }
+
+    /// Fills the pool with buffers already faulted in for about `bytes` of chunks (at most
+    /// the bound): the last pre-copy round reads into them without page faults.
+    pub(crate) fn prefill(&self, bytes: usize) {
+        let c = &self.credits;
+        let want = bytes.min(self.bound).div_ceil(c.chunk).min(c.pool_cap);
+        let have = c.pool.lock().unwrap_or_else(|e| e.into_inner()).len();
+        // Non-zero: memset writes every page now. Every byte is overwritten by a read.
+        let fresh: Vec<Vec<u8>> = (have..want).map(|_| vec![1u8; c.chunk]).collect();
+        c.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(fresh);
     }
 
     /// Queues a chunk, first waiting while the queued bytes would exceed the bound (unless
@@ -218,6 +273,35 @@ impl BgWriter {
         self.send(Msg::Barrier(tx));
         // Err: the thread is gone (its sender dropped).
         let _ = rx.recv();
+    }
+
+    /// Like [`drain`](Self::drain), but calls `check` every 50 ms meanwhile and returns its
+    /// error (cancellation, target gone) without waiting further.
+    pub(crate) fn drain_checked(
+        &self,
+        check: &dyn Fn() -> Result<(), DumpError>,
+    ) -> Result<(), DumpError> {
+        use std::sync::mpsc::RecvTimeoutError;
+        self.pause(false);
+        let (tx, rx) = sync_channel(1);
+        self.send(Msg::Barrier(tx));
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                // Disconnected: the thread is gone; `check` / `finish` say why.
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return check(),
+                Err(RecvTimeoutError::Timeout) => check()?,
+            }
+        }
+    }
+
+    /// Best effort: gives the writer thread an ordinary priority at nice `nice` (the
+    /// final round's unbuffered writes, while the target is stopped). Needs
+    /// `CAP_SYS_NICE` when it raises the priority; otherwise the writer stays where it is.
+    pub(crate) fn raise(&self, nice: i32) {
+        let tid = self.tid.load(Ordering::SeqCst);
+        if tid > 0 && !crate::sys::restore_thread(tid, nice) {
+            tracing::debug!("the image writer keeps its low priority during the freeze");
+        }
     }
 
     /// Ends the thread after everything queued and returns the image writer, or the first
@@ -364,6 +448,7 @@ fn segment(
                     .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 times.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 release(credits, data.len());
+                credits.recycle(data);
                 r?;
             }
             Ok(Msg::End) => break,

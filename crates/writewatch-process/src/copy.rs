@@ -17,6 +17,9 @@ pub(crate) struct Copied {
     pub unreadable: u64,
     /// Time spent in `process_vm_readv` (the read side of the copy), nanoseconds.
     pub read_ns: u64,
+    /// CPU time of the reading thread in `process_vm_readv`, nanoseconds (without the time
+    /// it waited for a CPU: what the copy costs, whatever its priority).
+    pub read_cpu_ns: u64,
 }
 
 impl Copied {
@@ -24,6 +27,7 @@ impl Copied {
         self.pages += o.pages;
         self.unreadable += o.unreadable;
         self.read_ns += o.read_ns;
+        self.read_cpu_ns += o.read_cpu_ns;
     }
 }
 
@@ -100,9 +104,10 @@ pub(crate) fn read_into(
             slices.push(a);
             rest = b;
         }
-        let t = std::time::Instant::now();
+        let (t, cpu) = (std::time::Instant::now(), sys::thread_cpu_ns());
         let got = sys::read_remote(pid, &addrs, &mut slices).unwrap_or(0);
         out.read_ns += t.elapsed().as_nanos() as u64;
+        out.read_cpu_ns += sys::thread_cpu_ns().saturating_sub(cpu);
         let mut done = (got / page) as u64;
         let bad = got < want;
         if bad {

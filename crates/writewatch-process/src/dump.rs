@@ -8,391 +8,25 @@
 //! taken with all threads stopped, and copied before they resume.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use writewatch_checkpoint::image::ImageWriter;
 
 use crate::attach::{attach, Attached};
 use crate::bgwrite::{BgWriter, WRITER_FAILED};
-use crate::copy::{normalize, push_run, read_chunks, read_into, Copied, CHUNK_PAGES};
-use crate::error::{AttachError, DumpError};
+use crate::dumper::{ms, Dumper};
+use crate::error::DumpError;
 use crate::freeze::Frozen;
 use crate::maps::read_maps;
-use crate::pieces::{sync, Piece};
+use crate::options::{DumpOptions, Priority};
+use crate::pieces::Piece;
 pub use crate::report::{DumpReport, FreezeTimes, RoundReport, Skipped, WriterReport};
 use crate::sys;
 use crate::verify::verify_frozen;
 
-/// How a dump runs.
-#[derive(Debug, Clone)]
-pub struct DumpOptions {
-    /// Pre-copy rounds while the target runs (after the first full copy), before the final
-    /// round. 0: the first full copy, then the final round.
-    pub rounds: u32,
-    /// Stop the pre-copy rounds early once a round harvests at most this many pages.
-    pub until_pages: Option<u64>,
-    /// Pause between rounds.
-    pub interval: Duration,
-    /// Leave the target stopped (`SIGSTOP`) after the final round.
-    pub leave_stopped: bool,
-    /// Compare the committed image with the target's memory before resuming it.
-    pub verify: bool,
-    /// Final-round pages are copied into memory up to this many bytes, so the target can
-    /// resume before they are written to disk; beyond it they are written while it is stopped.
-    /// Also the bound of the pages pre-copy rounds queue for the image writer thread.
-    pub final_buffer_bytes: usize,
-    /// Set to stop the dump at the next check (SIGINT handlers).
-    pub cancel: Option<Arc<AtomicBool>>,
-}
-
-impl Default for DumpOptions {
-    fn default() -> Self {
-        Self {
-            rounds: 3,
-            until_pages: None,
-            interval: Duration::from_millis(100),
-            leave_stopped: false,
-            verify: false,
-            final_buffer_bytes: 256 << 20,
-            cancel: None,
-        }
-    }
-}
-
-/// Makes `SIGINT` and `SIGTERM` stop a running [`dump`] at its next check (between rounds
-/// and between ranges) with [`DumpError::Interrupted`] instead of killing the process: the
-/// target is resumed and untracked, and the image keeps its previous commit. Without it a
-/// `SIGINT` kills the dumper, which the target also survives (the kernel detaches it and
-/// closes the userfaultfd), silently.
-pub fn catch_sigint() -> Result<(), crate::error::Errno> {
-    sys::catch_sigint().map_err(|e| crate::error::Errno::from_raw(e as i32))
-}
-
-/// The plan of one round for one piece.
-struct Work {
-    idx: usize,
-    runs: Vec<(u64, u64)>,
-}
-
-struct Dumper<'p> {
-    at: Attached,
-    bg: BgWriter,
-    pieces: Vec<Piece>,
-    next_id: u64,
-    page: usize,
-    opts: DumpOptions,
-    progress: Option<&'p mut dyn FnMut(&RoundReport)>,
-    untracked: usize,
-    /// Time in `plan` re-reading maps and registering / harvesting, since the last reset.
-    maps_time: Duration,
-    harvest_time: Duration,
-    /// The final round's pages, back to back: pre-faulted before the last pre-copy round
-    /// (sized like that round), so the freeze copies into memory already mapped.
-    arena: Vec<u8>,
-}
-
 /// Nice levels the dump's thread is raised by while the target is stopped (when allowed).
 const FREEZE_BOOST: i32 = 10;
-
-/// The cheap part of `check` (atomics only), also run between chunks: cancelled, `SIGINT`,
-/// or the writer failed.
-fn stop_asked(opts: &DumpOptions, bg: &BgWriter) -> Result<(), DumpError> {
-    let cancelled = opts
-        .cancel
-        .as_ref()
-        .is_some_and(|c| c.load(Ordering::Relaxed));
-    if cancelled || sys::SIGINT_SEEN.load(Ordering::Relaxed) {
-        return Err(DumpError::Interrupted);
-    }
-    if bg.failed() {
-        // Replaced by the writer's own error in `dump_attached`.
-        return Err(DumpError::Invalid(WRITER_FAILED.into()));
-    }
-    Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-impl Dumper<'_> {
-    fn pid(&self) -> u32 {
-        self.at.pid()
-    }
-
-    fn check(&self) -> Result<(), DumpError> {
-        stop_asked(&self.opts, &self.bg)?;
-        if !self.at.alive() {
-            return Err(DumpError::Exited(self.pid()));
-        }
-        self.check_exec()
-    }
-
-    /// The address space the userfaultfd tracks is still the target's: after an `execve`
-    /// the old one is gone, its harvests would report nothing, and the maps are the new
-    /// program's. Checked every round and, with every thread stopped, in the final round.
-    fn check_exec(&self) -> Result<(), DumpError> {
-        if self.at.same_address_space() {
-            return Ok(());
-        }
-        if !self.at.alive() {
-            return Err(DumpError::Exited(self.pid()));
-        }
-        Err(DumpError::Execed(self.pid()))
-    }
-
-    /// Re-reads maps, drops and adds pieces, harvests: returns the work of the round and
-    /// (new, dropped) counts. A harvest that finds a piece's mapping replaced (`EPERM` from
-    /// `PM_SCAN_CHECK_WPASYNC`: the VMA there is not ours any more) drops the piece and
-    /// re-reads the maps to add what replaced it.
-    fn plan(&mut self, first: bool) -> Result<(Vec<Work>, usize, usize), DumpError> {
-        use std::collections::{BTreeMap, BTreeSet};
-        let pid = self.pid();
-        let (mut new, mut dropped) = (0, 0);
-        let mut runs_by_id: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
-        let mut fresh: BTreeSet<u64> = BTreeSet::new();
-        for _pass in 0..8 {
-            let t_maps = Instant::now();
-            let maps = read_maps(pid).map_err(|_| DumpError::Exited(pid))?;
-            let s = sync(&mut self.pieces, &maps, &mut self.next_id);
-            dropped += s.dropped.len();
-            for id in s.dropped {
-                self.bg.drop_range(id);
-                fresh.remove(&id);
-                runs_by_id.remove(&id);
-            }
-            for mut p in s.added {
-                match self.at.uffd().register_wp(p.start, p.end - p.start) {
-                    Ok(()) => {}
-                    Err(e) if e.raw() == libc::EBUSY && first => {
-                        return Err(AttachError::AlreadyTracked {
-                            pid,
-                            start: p.start,
-                            end: p.end,
-                        }
-                        .into())
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            pid,
-                            "range {:#x}-{:#x} {}: not registered ({e}); copied whole every round",
-                            p.start,
-                            p.end,
-                            p.perms
-                        );
-                        p.tracked = false;
-                        self.untracked += 1;
-                    }
-                }
-                // Created by the writer thread, off the round's (and the freeze's) path.
-                self.bg.add_range(p.id, p.pages(self.page));
-                fresh.insert(p.id);
-                new += 1;
-                self.pieces.push(p);
-            }
-            self.pieces.sort_by_key(|p| p.start);
-            let t_harvest = Instant::now();
-            self.maps_time += t_harvest - t_maps;
-            let mut replaced = Vec::new();
-            let page = self.page;
-            for p in &mut self.pieces {
-                if !p.tracked || runs_by_id.contains_key(&p.id) {
-                    continue;
-                }
-                let is_fresh = fresh.contains(&p.id);
-                let mut runs = Vec::new();
-                let r = if is_fresh {
-                    Ok(0)
-                } else {
-                    self.at.pagemap().harvest(p.start, p.end, |a, b| {
-                        push_run(&mut runs, p.start, page, a.max(p.start), b.min(p.end));
-                    })
-                };
-                let r = r.and_then(|n| {
-                    if p.private_file() {
-                        reverted_cow_pages(self.at.pagemap(), p, page, &mut runs)?;
-                    }
-                    Ok(n)
-                });
-                match r {
-                    Ok(_) if is_fresh => {}
-                    Ok(_) => {
-                        runs_by_id.insert(p.id, runs);
-                    }
-                    Err(e) if e.raw() == libc::EPERM => replaced.push(p.id),
-                    Err(source) => {
-                        return Err(DumpError::Scan {
-                            pid,
-                            start: p.start,
-                            end: p.end,
-                            source,
-                        })
-                    }
-                }
-            }
-            self.harvest_time += t_harvest.elapsed();
-            if replaced.is_empty() {
-                break;
-            }
-            self.pieces.retain(|p| !replaced.contains(&p.id));
-            for id in replaced {
-                self.bg.drop_range(id);
-                dropped += 1;
-            }
-        }
-        let mut work = Vec::new();
-        for (idx, p) in self.pieces.iter().enumerate() {
-            let runs = if fresh.contains(&p.id) || !p.tracked {
-                vec![(0, p.pages(self.page))]
-            } else {
-                let mut r = runs_by_id.remove(&p.id).unwrap_or_default();
-                normalize(&mut r);
-                r
-            };
-            if !runs.is_empty() {
-                work.push(Work { idx, runs });
-            }
-        }
-        Ok((work, new, dropped))
-    }
-
-    /// Copies the planned runs into memory, chunk by chunk, and queues them for the writer
-    /// thread (waiting while the queue is over its bound); with `held` (the final round,
-    /// target stopped), reads them into the arena instead, to be queued after the resume
-    /// ([`send_held`](Self::send_held)). Returns what was read and the time waited for the
-    /// writer.
-    fn copy(
-        &mut self,
-        work: &[Work],
-        mut held: Option<&mut Vec<HeldSegment>>,
-    ) -> Result<(Copied, Duration), DumpError> {
-        let mut total = Copied::default();
-        let mut waited = Duration::ZERO;
-        let (pid, page) = (self.pid(), self.page);
-        let mut used = 0usize;
-        for w in work {
-            self.check()?;
-            let p = &self.pieces[w.idx];
-            let (id, start, pages) = (p.id, p.start, p.pages(page));
-            if let Some(held) = held.as_deref_mut() {
-                let bytes = w.runs.iter().map(|r| r.1 as usize).sum::<usize>() * page;
-                if self.arena.len() < used + bytes {
-                    self.arena.resize(used + bytes, 0); // beyond the estimate
-                }
-                total.add(read_into(
-                    pid,
-                    start,
-                    page,
-                    &w.runs,
-                    &mut self.arena[used..used + bytes],
-                ));
-                held.push(HeldSegment {
-                    idx: w.idx,
-                    runs: w.runs.clone(),
-                    at: used,
-                });
-                used += bytes;
-                continue;
-            }
-            let (bg, opts) = (&self.bg, &self.opts);
-            bg.begin(id, start, p.end, pages);
-            // A large range takes many chunks: cancellation is honoured between them (an
-            // open segment is then never committed).
-            let c = read_chunks::<DumpError>(
-                pid,
-                start,
-                page,
-                &w.runs,
-                &mut Vec::with_capacity,
-                &mut |pages, data| {
-                    stop_asked(opts, bg)?;
-                    waited += bg.send_chunk(pages, data);
-                    Ok(())
-                },
-            )?;
-            bg.end();
-            total.add(c);
-        }
-        Ok((total, waited))
-    }
-
-    /// Queues the final round's pages (in the arena) for the writer, in chunks, and frees
-    /// the arena.
-    fn send_held(&mut self, held: Vec<HeldSegment>) {
-        let page = self.page;
-        for h in held {
-            let p = &self.pieces[h.idx];
-            self.bg.begin(p.id, p.start, p.end, p.pages(page));
-            let all: Vec<u64> = h.runs.iter().flat_map(|&(f, c)| f..f + c).collect();
-            for (k, pages) in all.chunks(CHUNK_PAGES).enumerate() {
-                let from = h.at + k * CHUNK_PAGES * page;
-                let data = self.arena[from..from + pages.len() * page].to_vec();
-                self.bg.send_chunk_unbounded(pages.to_vec(), data);
-            }
-            self.bg.end();
-        }
-        self.arena = Vec::new();
-    }
-
-    /// Pre-faults the arena for about `bytes` (at most the final buffer).
-    fn prefault(&mut self, bytes: u64) {
-        let want = bytes.min(self.opts.final_buffer_bytes as u64) as usize;
-        if self.arena.len() < want {
-            // Non-zero: memset writes every page now (a zeroed allocation would be mapped
-            // lazily and fault during the freeze). Every byte is overwritten by the copy.
-            self.arena = vec![1u8; want];
-        }
-    }
-
-    fn report(&mut self, r: RoundReport) -> RoundReport {
-        if let Some(p) = self.progress.as_mut() {
-            p(&r);
-        }
-        r
-    }
-}
-
-/// For a private file piece: re-reads which pages are COW copies (after the harvest, before
-/// the copy), adds to `runs` the pages that were COW copies last time and no longer are
-/// (dropped by `MADV_DONTNEED`: their content reverted to the file's), and remembers the new
-/// set. A COW copy swapped out also leaves the set: reported again, an over-report.
-fn reverted_cow_pages(
-    pm: &writewatch_core::remote::RemotePagemap,
-    p: &mut Piece,
-    page: usize,
-    runs: &mut Vec<(u64, u64)>,
-) -> Result<(), crate::error::Errno> {
-    let n = p.pages(page) as usize;
-    let mut now = vec![0u64; n.div_ceil(64)];
-    pm.anon_present(p.start, p.end, |a, b| {
-        let (a, b) = (a.max(p.start), b.min(p.end));
-        for i in (a - p.start) / page..(b - p.start).div_ceil(page) {
-            now[i / 64] |= 1 << (i % 64);
-        }
-    })?;
-    if let Some(before) = &p.cow {
-        for (w, (&old, &new)) in before.iter().zip(&now).enumerate() {
-            let gone = old & !new;
-            for bit in 0..64 {
-                if gone & (1 << bit) != 0 {
-                    runs.push(((w * 64 + bit) as u64, 1));
-                }
-            }
-        }
-    }
-    p.cow = Some(now);
-    Ok(())
-}
-
-/// One range's final-round pages, copied into the arena while the target is stopped.
-struct HeldSegment {
-    idx: usize,
-    runs: Vec<(u64, u64)>,
-    /// Offset of its first page in the arena.
-    at: usize,
-}
 
 /// Dumps process `pid` into the image directory `dir`: attach, a first full copy, `rounds`
 /// pre-copy rounds while it runs, then the final round with every thread stopped. Calls
@@ -450,18 +84,17 @@ fn dump_attached(
     let bound = opts.final_buffer_bytes;
     let mut d = Dumper {
         at,
-        bg: BgWriter::start(writer, page, bound)?,
+        bg: BgWriter::start(writer, page, bound, opts.priority)?,
         pieces: Vec::new(),
         next_id: 0,
         page,
         opts,
-        progress,
         untracked: 0,
         maps_time: Duration::ZERO,
         harvest_time: Duration::ZERO,
         arena: Vec::new(),
     };
-    match run(&mut d, skipped, t_start) {
+    match run(&mut d, progress, skipped, t_start) {
         Ok(r) => Ok(r),
         // The writer's own error (ENOSPC, EIO...) rather than "the writer failed".
         Err(DumpError::Invalid(m)) if m == WRITER_FAILED => {
@@ -471,51 +104,153 @@ fn dump_attached(
     }
 }
 
+/// Where the pre-copy rounds are: the rounds so far, when the last one ended, and whether
+/// the last pre-copy round (walking every page) is still due.
+struct Pace {
+    rounds: Vec<RoundReport>,
+    last_end: Instant,
+    last_due: bool,
+}
+
+/// One pre-copy round: paced (it starts `interval` after the previous one at the earliest,
+/// and only once the image writer has written the previous rounds: the writer is the slow
+/// part, and re-reading the hot set faster only costs the target CPU and write faults),
+/// harvest (leaving hot pages out unless `is_last`), copy, queue for the writer.
+fn one_round(d: &mut Dumper, pace: &mut Pace, is_last: bool) -> Result<RoundReport, DumpError> {
+    let page = d.page;
+    let round = pace.rounds.len() as u32;
+    let mut drain_ms = 0.0;
+    if round > 0 {
+        // The drain also makes the last pre-copy round copy at memory speed (no wait for
+        // the writer), and the final round follows it at once: its dirty set is what the
+        // target writes during this short round.
+        let t = Instant::now();
+        d.wait_writer()?;
+        drain_ms = ms(t.elapsed());
+        d.sleep_until(pace.last_end + d.opts.interval)?;
+    }
+    if is_last {
+        // Sized like the hot set plus the previous round: what this round copies.
+        let hot: u64 = d.pieces.iter().map(|p| p.heat.hot_pages()).sum();
+        let last = pace.rounds.last().map_or(0, |r| r.bytes);
+        d.prefault(last + hot * page as u64);
+        // This round's chunk buffers too (it copies the hot set: about as much).
+        d.bg.prefill((last + hot * page as u64) as usize);
+    }
+    d.check()?;
+    let t0 = Instant::now();
+    let (work, new, dropped) = d.plan(round == 0, round > 0 && !is_last)?;
+    let hot_pages = d.pieces.iter().map(|p| p.heat.hot_pages()).sum();
+    let t1 = Instant::now();
+    let (c, waited) = d.copy(&work, None)?;
+    pace.last_end = Instant::now();
+    let r = RoundReport {
+        round,
+        is_final: false,
+        pages: c.pages,
+        bytes: c.pages * page as u64,
+        unreadable_pages: c.unreadable,
+        new_ranges: new,
+        dropped_ranges: dropped,
+        harvest_ms: ms(t1 - t0),
+        copy_ms: ms(t1.elapsed()),
+        wait_ms: ms(waited),
+        read_ms: c.read_ns as f64 / 1e6,
+        read_cpu_ms: c.read_cpu_ns as f64 / 1e6,
+        drain_ms,
+        hot_pages,
+        ms: ms(t0.elapsed()),
+    };
+    pace.rounds.push(r.clone());
+    Ok(r)
+}
+
+/// The pre-copy rounds while the target runs but the last: round 0 copies everything,
+/// each later round what was written since the previous harvest, hot pages left out. Stops
+/// with `last_due` when the last pre-copy round (which walks every page, then the final
+/// round follows at once) is due: after `rounds` rounds, or earlier when `until_pages` is
+/// reached while hot pages were left out. Calls `emit` after each round.
+fn precopy(d: &mut Dumper, emit: &mut dyn FnMut(&RoundReport)) -> Result<Pace, DumpError> {
+    let mut pace = Pace {
+        rounds: Vec::new(),
+        last_end: Instant::now(),
+        last_due: false,
+    };
+    loop {
+        let round = pace.rounds.len() as u32;
+        if round > 0 && round == d.opts.rounds {
+            pace.last_due = true;
+            return Ok(pace);
+        }
+        let r = one_round(d, &mut pace, false)?;
+        emit(&r);
+        let small = round > 0 && d.opts.until_pages.is_some_and(|n| r.pages <= n);
+        if round == d.opts.rounds || small {
+            pace.last_due = small && r.hot_pages > 0;
+            return Ok(pace);
+        }
+    }
+}
+
+/// Runs [`precopy`] on the thread `ww-dump-rounds` at `opts.priority` ([`Priority::Normal`]:
+/// on the caller's thread), forwarding the round reports to `progress` on the caller's
+/// thread. Lowered priority cannot be raised back without `CAP_SYS_NICE`, so it is never
+/// applied to the caller's thread, which runs the final round.
+fn precopy_on_worker(
+    d: &mut Dumper,
+    progress: &mut Option<&mut dyn FnMut(&RoundReport)>,
+) -> Result<Pace, DumpError> {
+    let prio = d.opts.priority;
+    if prio == Priority::Normal {
+        return precopy(d, &mut |r| {
+            if let Some(p) = progress.as_mut() {
+                p(r);
+            }
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<RoundReport>();
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("ww-dump-rounds".into())
+            .spawn_scoped(s, move || {
+                prio.apply_here(false);
+                precopy(d, &mut |r| {
+                    let _ = tx.send(r.clone());
+                })
+            })
+            .map_err(|e| DumpError::Invalid(format!("cannot start the pre-copy thread: {e}")))?;
+        // Ends when the worker ends (its sender dropped), normally or not.
+        for r in rx {
+            if let Some(p) = progress.as_mut() {
+                p(&r);
+            }
+        }
+        worker.join().unwrap_or_else(|_| {
+            Err(DumpError::Invalid(
+                "the pre-copy thread panicked; the target runs untracked".into(),
+            ))
+        })
+    })
+}
+
 /// The rounds, the final round and the commit.
 fn run(
-    d: &mut Dumper<'_>,
+    d: &mut Dumper,
+    mut progress: Option<&mut dyn FnMut(&RoundReport)>,
     skipped: Vec<Skipped>,
     t_start: Instant,
 ) -> Result<DumpReport, DumpError> {
     let (pid, page) = (d.pid(), d.page);
-    let mut rounds: Vec<RoundReport> = Vec::new();
-    for round in 0..=d.opts.rounds {
-        if round > 0 {
-            std::thread::sleep(d.opts.interval);
-        }
-        if round > 0 && round == d.opts.rounds {
-            // The last pre-copy round: let the writer catch up first, so this round copies
-            // at memory speed (no wait for the writer) and the final round follows at once:
-            // its dirty set is what the target writes during this short round.
-            d.bg.drain();
-            let last = rounds.last().map_or(0, |r| r.bytes);
-            d.prefault(last);
-        }
-        d.check()?;
-        let t0 = Instant::now();
-        let (work, new, dropped) = d.plan(round == 0)?;
-        let t1 = Instant::now();
-        let (c, waited) = d.copy(&work, None)?;
-        let r = d.report(RoundReport {
-            round,
-            is_final: false,
-            pages: c.pages,
-            bytes: c.pages * page as u64,
-            unreadable_pages: c.unreadable,
-            new_ranges: new,
-            dropped_ranges: dropped,
-            harvest_ms: ms(t1 - t0),
-            copy_ms: ms(t1.elapsed()),
-            wait_ms: ms(waited),
-            read_ms: c.read_ns as f64 / 1e6,
-            ms: ms(t0.elapsed()),
-        });
-        let small = round > 0 && d.opts.until_pages.is_some_and(|n| r.pages <= n);
-        rounds.push(r);
-        if small {
-            break;
+    let mut pace = precopy_on_worker(d, &mut progress)?;
+    if pace.last_due {
+        // On this thread, at the caller's priority: the final round's dirty set is what
+        // the target writes while this round runs, so it must not wait for a CPU.
+        let r = one_round(d, &mut pace, true)?;
+        if let Some(p) = progress.as_mut() {
+            p(&r);
         }
     }
+    let mut rounds = pace.rounds;
     // The final round.
     d.check()?;
     d.maps_time = Duration::ZERO;
@@ -524,6 +259,7 @@ fn run(
     d.bg.pause(true);
     // The target is stopped for as long as this thread takes: on a busy machine, let it
     // run first (best effort; restored once the target runs again, or on error).
+    let caller_nice = sys::this_thread_nice();
     let boost = sys::Boost::raise(FREEZE_BOOST);
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid)?;
@@ -531,7 +267,7 @@ fn run(
     let threads = frozen.threads();
     // No execve can happen while every thread is stopped: one before is caught here.
     d.check_exec()?;
-    let (work, new, dropped) = d.plan(false)?;
+    let (work, new, dropped) = d.plan(false, false)?;
     ft.maps_ms = ms(d.maps_time);
     ft.harvest_ms = ms(d.harvest_time);
     let t1 = Instant::now();
@@ -542,7 +278,8 @@ fn run(
     let hold = d.opts.verify || d.opts.leave_stopped;
     ft.buffered = bytes <= d.opts.final_buffer_bytes as u64;
     if !ft.buffered {
-        d.bg.pause(false); // the pages stream through it
+        d.bg.pause(false); // the pages stream through it, while the target is stopped
+        d.bg.raise(caller_nice);
     }
     let mut held = Vec::new();
     let (c, _) = d.copy(&work, ft.buffered.then_some(&mut held))?;
@@ -597,7 +334,7 @@ fn run(
     } else {
         freeze_ms
     };
-    let r = d.report(RoundReport {
+    let r = RoundReport {
         round: rounds.len() as u32,
         is_final: true,
         pages: c.pages,
@@ -609,8 +346,14 @@ fn run(
         copy_ms: ft.copy_ms,
         wait_ms: 0.0,
         read_ms: ft.read_ms,
+        read_cpu_ms: c.read_cpu_ns as f64 / 1e6,
+        drain_ms: 0.0,
+        hot_pages: 0,
         ms: stopped_ms,
-    });
+    };
+    if let Some(p) = progress.as_mut() {
+        p(&r);
+    }
     rounds.push(r);
     let t = &d.bg.times;
     let writer_report = WriterReport {

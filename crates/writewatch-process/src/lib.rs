@@ -27,9 +27,12 @@ mod attach;
 mod bgwrite;
 mod copy;
 mod dump;
+mod dumper;
 mod error;
 mod freeze;
+mod hot;
 mod maps;
+mod options;
 mod pieces;
 mod report;
 mod spawn;
@@ -38,10 +41,10 @@ mod verify;
 
 pub use attach::{attach, Attached};
 pub use dump::{
-    catch_sigint, dump, dump_attached_process, DumpOptions, DumpReport, FreezeTimes, RoundReport,
-    Skipped, WriterReport,
+    dump, dump_attached_process, DumpReport, FreezeTimes, RoundReport, Skipped, WriterReport,
 };
 pub use error::{AttachError, DumpError, Errno};
 pub use maps::{parse_maps, read_maps, Mapping};
+pub use options::{catch_sigint, DumpOptions, Priority};
 pub use spawn::{spawn_tracked, SpawnError, Spawned};
 pub use verify::VerifyOutcome;

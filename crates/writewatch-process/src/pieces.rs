@@ -9,6 +9,7 @@
 
 use writewatch_checkpoint::image::{Backing, ImageRange};
 
+use crate::hot::Heat;
 use crate::maps::Mapping;
 
 /// One tracked piece.
@@ -30,6 +31,9 @@ pub(crate) struct Piece {
     /// Private file mappings only: the pages that were COW copies at the last harvest (one
     /// bit per page). One that is no longer a COW copy was zapped and reverted to the file.
     pub cow: Option<Vec<u64>>,
+    /// The pages the pre-copy rounds leave out of their harvests (written again in every
+    /// round) until the last one.
+    pub heat: Heat,
 }
 
 impl Piece {
@@ -127,6 +131,7 @@ pub(crate) fn sync(pieces: &mut Vec<Piece>, maps: &[Mapping], next_id: &mut u64)
                     backing,
                     tracked: true,
                     cow: None,
+                    heat: Heat::default(),
                 });
                 *next_id += 1;
             }
@@ -134,6 +139,38 @@ pub(crate) fn sync(pieces: &mut Vec<Piece>, maps: &[Mapping], next_id: &mut u64)
         }
     }
     out
+}
+
+/// For a private file piece: re-reads which pages are COW copies (after the harvest, before
+/// the copy), adds to `runs` the pages that were COW copies last time and no longer are
+/// (dropped by `MADV_DONTNEED`: their content reverted to the file's), and remembers the new
+/// set. A COW copy swapped out also leaves the set: reported again, an over-report.
+pub(crate) fn reverted_cow_pages(
+    pm: &writewatch_core::remote::RemotePagemap,
+    p: &mut Piece,
+    page: usize,
+    runs: &mut Vec<(u64, u64)>,
+) -> Result<(), crate::error::Errno> {
+    let n = p.pages(page) as usize;
+    let mut now = vec![0u64; n.div_ceil(64)];
+    pm.anon_present(p.start, p.end, |a, b| {
+        let (a, b) = (a.max(p.start), b.min(p.end));
+        for i in (a - p.start) / page..(b - p.start).div_ceil(page) {
+            now[i / 64] |= 1 << (i % 64);
+        }
+    })?;
+    if let Some(before) = &p.cow {
+        for (w, (&old, &new)) in before.iter().zip(&now).enumerate() {
+            let gone = old & !new;
+            for bit in 0..64 {
+                if gone & (1 << bit) != 0 {
+                    runs.push(((w * 64 + bit) as u64, 1));
+                }
+            }
+        }
+    }
+    p.cow = Some(now);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -32,6 +32,16 @@ pub struct RoundReport {
     pub wait_ms: f64,
     /// Of `copy_ms`, the time spent reading the target's memory (`process_vm_readv`).
     pub read_ms: f64,
+    /// Of `read_ms`, the CPU time the reading thread used (the rest it waited for a CPU:
+    /// the pre-copy rounds run at a low priority by default). `bytes / read_cpu_ms` is the
+    /// copy rate from memory.
+    pub read_cpu_ms: f64,
+    /// Before the round (not in `ms`): the time waited for the image writer to write the
+    /// previous rounds (pacing; the interval runs meanwhile).
+    pub drain_ms: f64,
+    /// Pages left out of this round's harvest as hot (written again in every round: neither
+    /// re-protected nor copied until the last pre-copy round, which walks every page).
+    pub hot_pages: u64,
     /// The whole round.
     pub ms: f64,
 }

@@ -81,6 +81,69 @@ pub(crate) fn nice_this_thread(inc: i32) {
     set_thread_nice(tid, cur + inc);
 }
 
+/// CPU time the calling thread has used, nanoseconds (`CLOCK_THREAD_CPUTIME_ID`; 0 if the
+/// clock is unavailable).
+pub(crate) fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec the kernel writes during the call only.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The calling thread's id.
+pub(crate) fn gettid() -> i32 {
+    // SAFETY: gettid takes nothing and returns an integer.
+    unsafe { libc::gettid() }
+}
+
+/// Puts the calling thread in `SCHED_IDLE` (it runs only when nothing else of its
+/// scheduling group wants the CPU). Whether it worked. An unprivileged thread cannot leave
+/// `SCHED_IDLE` again: call it on a thread of the dump's own.
+pub(crate) fn sched_idle_this_thread() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_IDLE
+    // (priority 0), read by the kernel during the call only.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if r != 0 {
+        tracing::debug!(
+            "sched_setscheduler(SCHED_IDLE): {}",
+            io::Error::last_os_error()
+        );
+    }
+    r == 0
+}
+
+/// Sets the calling thread's nice value to `nice` (only ever lowering it: a higher value
+/// than the current one). Best effort.
+pub(crate) fn nice_this_thread_to(nice: i32) {
+    let (tid, cur) = thread_nice();
+    if nice > cur {
+        set_thread_nice(tid, nice);
+    }
+}
+
+/// Best effort: makes thread `tid` of this process an ordinary `SCHED_OTHER` thread at nice
+/// `nice` again (needs `CAP_SYS_NICE` when that raises its priority; otherwise nothing
+/// changes). Whether it worked.
+pub(crate) fn restore_thread(tid: i32, nice: i32) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `tid` is a thread id (a wrong one fails with ESRCH); `param` is read by the
+    // kernel during the call only.
+    let policy = unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) };
+    policy == 0 && set_thread_nice(tid as libc::id_t, nice)
+}
+
+/// The calling thread's nice value.
+pub(crate) fn this_thread_nice() -> i32 {
+    thread_nice().1
+}
+
 /// Raises the calling thread's priority by `inc` nice levels while it lives (needs
 /// `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows it; otherwise nothing changes); dropping
 /// it restores the previous value (always allowed).

@@ -1,6 +1,8 @@
 //! The helper target process, driven over its stdin/stdout.
 #![allow(dead_code)]
 
+pub mod check;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
