@@ -32,8 +32,12 @@ use crate::bitmap::AtomicBitmap;
 pub(crate) struct ArmBits {
     /// Dirty pages re-protected ahead of the cut in the open epoch.
     armed: AtomicBitmap,
-    /// Pages written again after being armed in the open epoch: left writable until the cut.
+    /// Pages never armed in the open epoch (left writable until the cut once written): those
+    /// written again after being armed in it, and those carried over from the previous epoch
+    /// (see [`reset`](Self::reset)).
     hot: AtomicBitmap,
+    /// Pages written again after being armed in the open epoch (the evidence carried over).
+    refaulted: AtomicBitmap,
     pages: u64,
     /// Armed pages written again since the last [`take_refaults`](Self::take_refaults).
     refaults: AtomicU64,
@@ -44,6 +48,7 @@ impl ArmBits {
         Self {
             armed: AtomicBitmap::new(pages as usize),
             hot: AtomicBitmap::new(pages as usize),
+            refaulted: AtomicBitmap::new(pages as usize),
             pages,
             refaults: AtomicU64::new(0),
         }
@@ -56,6 +61,7 @@ impl ArmBits {
         for p in first..=last.min(self.pages.saturating_sub(1)) {
             if self.armed.take(p as usize) {
                 self.hot.set(p as usize);
+                self.refaulted.set(p as usize);
                 refaults += 1;
             }
         }
@@ -133,10 +139,30 @@ impl ArmBits {
         (runs, skipped)
     }
 
-    /// A cut protected every page: a new epoch starts with nothing armed or hot.
-    pub(crate) fn reset(&self) {
+    /// A cut protected every page and harvested `dirty` (the closed epoch's dirty words): a
+    /// new epoch starts with nothing armed, and hot = the pages that re-faulted in the closed
+    /// epoch, plus the pages that were hot in it and written again (dirty): a page written in
+    /// every epoch is re-armed (and re-faults) once, not once per epoch. A hot page that is
+    /// not written in an epoch becomes armable again in the next one. Hot pages only ever
+    /// decide what is *not* armed early; the cut protects them anyway, so this changes costs,
+    /// never what a cut reports. Only non-zero words are visited.
+    pub(crate) fn reset(&self, dirty: &[u64]) {
+        let mut next: Vec<(usize, u64)> = self.refaulted.set_words();
+        for (w, h) in self.hot.set_words() {
+            let keep = h & dirty.get(w).copied().unwrap_or(0);
+            if keep != 0 {
+                match next.binary_search_by_key(&w, |&(k, _)| k) {
+                    Ok(i) => next[i].1 |= keep,
+                    Err(i) => next.insert(i, (w, keep)),
+                }
+            }
+        }
         self.armed.clear_all();
         self.hot.clear_all();
+        self.refaulted.clear_all();
+        for (w, bits) in next {
+            self.hot.or_word(w, bits);
+        }
     }
 }
 
@@ -156,7 +182,13 @@ mod tests {
         // armed: 10, 14 (11, 12 refaulted; 13 inside a suspect run is not trusted)
         assert_eq!(skipped, 2);
         assert_eq!(runs, vec![(0, 10), (11, 3), (15, 49), (191, 2)]);
-        b.reset();
-        assert!(b.armable(12) && b.armable(10));
+        // 11, 12 re-faulted: hot in the next epoch too; 10 and 14 were armed, not hot.
+        b.reset(&[1 << 11]);
+        assert!(!b.armable(11) && !b.armable(12) && b.armable(10) && b.armable(14));
+        // 11 written in that epoch (dirty), 12 not: only 11 stays hot.
+        b.reset(&[(1 << 11) | (1 << 20)]);
+        assert!(!b.armable(11) && b.armable(12) && b.armable(20));
+        b.reset(&[0]);
+        assert!(b.armable(11) && b.armable(12) && b.armable(10));
     }
 }

@@ -86,6 +86,14 @@ impl AtomicBitmap {
         }
     }
 
+    /// ORs `bits` into word `w` (ignored past the end).
+    pub(crate) fn or_word(&self, w: usize, bits: u64) {
+        if bits != 0 && w < self.words.len() {
+            self.words[w].fetch_or(bits, Ordering::AcqRel);
+            self.mark(w);
+        }
+    }
+
     /// Clears bit `i`; returns whether it was set.
     pub(crate) fn take(&self, i: usize) -> bool {
         if i >= self.bits {

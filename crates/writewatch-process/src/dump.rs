@@ -145,21 +145,13 @@ fn one_round(d: &mut Dumper, pace: &mut Pace, is_last: bool) -> Result<RoundRepo
     let (c, waited) = d.copy(&work, None)?;
     pace.last_end = Instant::now();
     let r = RoundReport {
-        round,
-        is_final: false,
-        pages: c.pages,
-        bytes: c.pages * page as u64,
-        unreadable_pages: c.unreadable,
-        new_ranges: new,
-        dropped_ranges: dropped,
-        harvest_ms: ms(t1 - t0),
         copy_ms: ms(t1.elapsed()),
         wait_ms: ms(waited),
         read_ms: c.read_ns as f64 / 1e6,
-        read_cpu_ms: c.read_cpu_ns as f64 / 1e6,
         drain_ms,
         hot_pages,
         ms: ms(t0.elapsed()),
+        ..round_report(round, false, &c, page, (new, dropped), ms(t1 - t0))
     };
     pace.rounds.push(r.clone());
     Ok(r)
@@ -335,21 +327,17 @@ fn run(
         freeze_ms
     };
     let r = RoundReport {
-        round: rounds.len() as u32,
-        is_final: true,
-        pages: c.pages,
-        bytes: c.pages * page as u64,
-        unreadable_pages: c.unreadable,
-        new_ranges: new,
-        dropped_ranges: dropped,
-        harvest_ms: ms(t1 - t0),
         copy_ms: ft.copy_ms,
-        wait_ms: 0.0,
         read_ms: ft.read_ms,
-        read_cpu_ms: c.read_cpu_ns as f64 / 1e6,
-        drain_ms: 0.0,
-        hot_pages: 0,
         ms: stopped_ms,
+        ..round_report(
+            rounds.len() as u32,
+            true,
+            &c,
+            page,
+            (new, dropped),
+            ms(t1 - t0),
+        )
     };
     if let Some(p) = progress.as_mut() {
         p(&r);
@@ -380,4 +368,33 @@ fn run(
         untracked_ranges: d.untracked,
         skipped,
     })
+}
+
+/// The fields of a round's report that come from its copy and its maps re-read (the caller
+/// fills in its times).
+fn round_report(
+    round: u32,
+    is_final: bool,
+    c: &crate::copy::Copied,
+    page: usize,
+    (new_ranges, dropped_ranges): (usize, usize),
+    harvest_ms: f64,
+) -> RoundReport {
+    RoundReport {
+        round,
+        is_final,
+        pages: c.pages,
+        bytes: c.pages * page as u64,
+        unreadable_pages: c.unreadable,
+        new_ranges,
+        dropped_ranges,
+        harvest_ms,
+        copy_ms: 0.0,
+        wait_ms: 0.0,
+        read_ms: 0.0,
+        read_cpu_ms: c.read_cpu_ns as f64 / 1e6,
+        drain_ms: 0.0,
+        hot_pages: 0,
+        ms: 0.0,
+    }
 }

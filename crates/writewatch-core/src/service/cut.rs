@@ -188,7 +188,7 @@ impl Service {
         // Every page of the region is protected now.
         let tuned = self.eager_of(start).map(|eg| {
             let t = eg.tune();
-            eg.reset();
+            eg.reset(set.words());
             t
         });
         self.close_policy_epoch(start, &inner, tuned);

@@ -151,8 +151,8 @@ impl Eager {
     }
 
     /// A cut protected every page: a new epoch starts with nothing armed.
-    pub(super) fn reset(&mut self) {
-        self.bits.reset();
+    pub(super) fn reset(&mut self, dirty: &[u64]) {
+        self.bits.reset(dirty);
         self.queue.clear();
         self.seen.clear();
     }
