@@ -28,11 +28,12 @@ const MIN_SCAN: Duration = Duration::from_micros(200);
 /// bits ([`ArmBits`]) are shared with the region's `SIGBUS` hook in in-thread mode.
 ///
 /// ```text
-///   written page (fault served: dirty, writable) --age elapsed, idle--> ARMED (dirty,
+///   written page (fault served: dirty, writable) --age elapsed-------> ARMED (dirty,
 ///        ^                                                                 protected)
 ///        |                                                                   |
-///        +---- written again: one more fault, HOT (writable until the cut) <-+
-///   cut: re-protects dirty pages that are not ARMED; every page is protected; all cleared
+///        +---- written again: one more fault, HOT (never re-armed while written) <-+
+///   cut: re-protects dirty pages that are not ARMED; every page is protected; armed bits
+///        cleared; HOT kept for pages that re-faulted or were HOT and written (ArmBits::reset)
 /// ```
 ///
 /// Invariant E1: an armed page is write-protected (see `crate::armed` for the proof with
