@@ -147,20 +147,18 @@ impl ArmBits {
     /// decide what is *not* armed early; the cut protects them anyway, so this changes costs,
     /// never what a cut reports. Only non-zero words are visited.
     pub(crate) fn reset(&self, dirty: &[u64]) {
-        let mut next: Vec<(usize, u64)> = self.refaulted.set_words();
-        for (w, h) in self.hot.set_words() {
-            let keep = h & dirty.get(w).copied().unwrap_or(0);
-            if keep != 0 {
-                match next.binary_search_by_key(&w, |&(k, _)| k) {
-                    Ok(i) => next[i].1 |= keep,
-                    Err(i) => next.insert(i, (w, keep)),
-                }
-            }
-        }
+        let refaulted = self.refaulted.set_words();
+        let kept: Vec<(usize, u64)> = self
+            .hot
+            .set_words()
+            .into_iter()
+            .map(|(w, h)| (w, h & dirty.get(w).copied().unwrap_or(0)))
+            .filter(|&(_, k)| k != 0)
+            .collect();
         self.armed.clear_all();
         self.hot.clear_all();
         self.refaulted.clear_all();
-        for (w, bits) in next {
+        for (w, bits) in refaulted.into_iter().chain(kept) {
             self.hot.or_word(w, bits);
         }
     }

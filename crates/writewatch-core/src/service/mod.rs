@@ -248,6 +248,14 @@ impl Service {
 
     fn run(&mut self) {
         loop {
+            if !self.deferred.is_empty() {
+                // The last look at the budget before blocking: a reader that freed budget
+                // after the deferring attempt read the generation, but before that attempt
+                // raised `waiting`, kicked nobody (the no-lost-wake-up argument of
+                // `retry_deferred` needs this check on every path to `wait`, the spin
+                // phase's deferral return included).
+                self.retry_deferred(false);
+            }
             let (uffd_ready, wake_ready) = self.wait();
             if uffd_ready {
                 self.policy.spin.arrived(Instant::now());
@@ -311,6 +319,9 @@ impl Service {
             if self.read_batch() > 0 || !self.pending.is_empty() {
                 let now = Instant::now();
                 self.policy.spin.arrived(now);
+                if self.deferred.is_empty() {
+                    self.eager_between_faults();
+                }
                 self.service_pending();
                 self.policy.spin.served(Instant::now());
                 until = Instant::now() + spin;
@@ -320,8 +331,9 @@ impl Service {
             } else if Instant::now() >= until {
                 self.policy.spin.missed();
                 return Flow::Continue;
-            } else if !self.eager_if_due() {
-                // (A yield, not a pause: a writer runnable on this CPU gets it at once.)
+            } else if Instant::now() < self.last_event + EAGER_IDLE || !self.eager_if_due() {
+                // (Full re-arming steps only after EAGER_IDLE without events, as when
+                // blocked. A yield, not a pause: a writer runnable on this CPU gets it.)
                 std::thread::yield_now();
             }
             if !self.deferred.is_empty() {

@@ -48,6 +48,10 @@ pub(super) enum Mutant {
     WakeBeforeBump,
     /// The service thread loads the generation after the failed `try_take`.
     LateGen,
+    /// The service thread blocks without `retry_deferred(false)` after recording the
+    /// deferral (the adaptive spin phase's deferral return did, found by review in issue 14;
+    /// `Service::run` now retries before every `wait`).
+    NoRetryBeforeBlock,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -119,7 +123,11 @@ fn successors(plan: &[Free], m: Option<Mutant>, s: &S) -> Vec<(&'static str, S)>
         }
         Svc::Record => {
             n.deferred = if old { s.used } else { s.g };
-            n.svc = Svc::Retry;
+            n.svc = if m == Some(Mutant::NoRetryBeforeBlock) {
+                Svc::Poll
+            } else {
+                Svc::Retry
+            };
             Some(if old {
                 "svc: deferred_used = used"
             } else {

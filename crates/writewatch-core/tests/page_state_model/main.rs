@@ -171,7 +171,7 @@ fn budget_wakeup_holds_in_every_interleaving() {
 #[test]
 fn budget_wakeup_mutants_are_caught() {
     use budget_wakeup::Mutant::*;
-    for m in [Old, WakeBeforeBump, LateGen] {
+    for m in [Old, WakeBeforeBump, LateGen, NoRetryBeforeBlock] {
         let caught = budget_wakeup::plans()
             .iter()
             .find_map(|p| budget_wakeup::explore(p, Some(m)).1.map(|b| (p.clone(), b)));
