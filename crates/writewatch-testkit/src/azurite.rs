@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use writewatch_checkpoint::RemoteOptions;
 
-use crate::spawn::{free_port, wait_ready};
+use crate::spawn::{free_port, spawn_quiet, wait_ready};
 
 /// Azurite's documented development account (public, for the emulator only).
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -79,15 +79,14 @@ impl Azurite {
         let bin = dir.join("node_modules/.bin/azurite-blob");
         for _attempt in 0..5 {
             let port = free_port();
-            let mut child = Command::new("sh")
-                .args(["-c", WRAPPER])
-                .arg(&bin)
-                .arg(port.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            let mut child = spawn_quiet(
+                Command::new("sh")
+                    .args(["-c", WRAPPER])
+                    .arg(&bin)
+                    .arg(port.to_string()),
+                Stdio::piped(),
+                &bin,
+            );
             let stdin = child.stdin.take();
             if wait_ready(&mut child, port, Duration::from_secs(30), Self::answers) {
                 return Azurite {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::spawn::{free_port, wait_ready};
+use crate::spawn::{free_port, spawn_quiet, wait_ready};
 
 use writewatch_checkpoint::RemoteOptions;
 
@@ -55,15 +55,14 @@ impl S3Server {
             let root = tempfile::tempdir().unwrap();
             std::fs::create_dir(root.path().join("bucket")).unwrap();
             let port = free_port();
-            let mut child = Command::new(&bin)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                .arg(root.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            let mut child = spawn_quiet(
+                Command::new(&bin)
+                    .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                    .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+                    .arg(root.path()),
+                Stdio::null(),
+                &bin,
+            );
             let up = |p| TcpStream::connect(("127.0.0.1", p)).is_ok();
             if wait_ready(&mut child, port, Duration::from_secs(20), up) {
                 return S3Server { child, port, root };

@@ -2,7 +2,8 @@
 //! until a started server answers there.
 
 use std::net::TcpListener;
-use std::process::Child;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A loopback port that was free a moment ago (bound, then released: a server started on it
@@ -33,4 +34,14 @@ pub(crate) fn wait_ready(
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// Spawns `cmd` with its output discarded and `stdin` as given; panics naming `bin` if it
+/// cannot start.
+pub(crate) fn spawn_quiet(cmd: &mut Command, stdin: Stdio, bin: &Path) -> Child {
+    cmd.stdin(stdin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()))
 }

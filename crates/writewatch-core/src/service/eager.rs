@@ -242,6 +242,14 @@ impl Service {
             eg.queue.pop_front();
             let runs = eg.armable(first, count, |p| inner.dirty.get(p as usize));
             for (a, n) in runs {
+                if *left == 0 {
+                    // The step's budget is spent: the rest of this entry waits for the next
+                    // step (its armable runs are recomputed then).
+                    if let Some(eg) = self.eager_of(key) {
+                        eg.queue.push_front((t, a, first + count - a));
+                    }
+                    return Some(now);
+                }
                 let addr = inner.start + a as usize * inner.page_size;
                 if self.protect(addr, n as usize * inner.page_size).is_err() {
                     // Not armed: the cut re-protects it (or reports the error).
