@@ -73,7 +73,7 @@ test: setup s3-server azurite
 	$(CARGO) run -q --example fuzz-reset -- --quick
 	$(CARGO) run -q --example dirty-rate -- --quick
 	$(CARGO) run -q --example cow-fork -- --quick
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps -q
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --lib -q   # --lib: the CLI binary `writewatch` and the facade library share a doc directory (rustdoc output collision, a race)
 
 doc: setup
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
