@@ -140,3 +140,77 @@ fn madvise_then_write_in_a_lazy_region() {
         assert_eq!(v, want, "page {p} as at the snapshot");
     }
 }
+
+/// A first write to an empty page (a fresh lazily armed page, or a fork clone's shared page)
+/// costs one missing fault and one writable install: no un-protect ioctl (before: a protected
+/// install, then an un-protect). The content is checked against plain values, a snapshot taken
+/// before the writes still reads the pages as they were (zeros; inherited values), and the
+/// dirty set is exact.
+#[test]
+fn first_write_to_an_empty_page_is_one_install_and_keeps_views_exact() {
+    watchdog(60, "first write installs writable", || {
+        let t = Tracker::builder().build().unwrap();
+        let pages = 64usize;
+        let a = t.map_anonymous(pages * PS).unwrap();
+        let w = a.as_atomic_u64();
+        let snap = a.snapshot().unwrap();
+        let s0 = t.stats();
+        // Every other page, so no two writes fall into one fault-around run.
+        for p in (0..pages).step_by(2) {
+            w[p * (PS / 8)].store(1000 + p as u64, SeqCst);
+        }
+        let s1 = t.stats();
+        assert_eq!(s1.missing_faults - s0.missing_faults, pages as u64 / 2);
+        assert_eq!(
+            s1.unprotect_ioctls - s0.unprotect_ioctls,
+            0,
+            "a first write to an empty page should be served by one writable install"
+        );
+        let mut buf = vec![0u8; PS];
+        for p in 0..pages {
+            let want = if p % 2 == 0 { 1000 + p as u64 } else { 0 };
+            assert_eq!(w[p * (PS / 8)].load(SeqCst), want, "live page {p}");
+            snap.read_page(p as u64, &mut buf).unwrap();
+            assert!(buf.iter().all(|&b| b == 0), "snapshot page {p} changed");
+        }
+        drop(snap);
+        let e = a.cut().unwrap();
+        let want: Vec<u64> = (0..pages as u64).step_by(2).collect();
+        assert_eq!(e.dirty().iter().collect::<Vec<_>>(), want);
+        drop(e);
+
+        // A clone: its pages are shared (empty) until its first access.
+        let b = a.fork().unwrap();
+        let v = b.as_atomic_u64();
+        let snap = b.snapshot().unwrap();
+        let s0 = t.stats();
+        for p in (0..pages).step_by(2) {
+            v[p * (PS / 8) + 1].store(7, SeqCst);
+        }
+        let s1 = t.stats();
+        assert_eq!(s1.missing_faults - s0.missing_faults, pages as u64 / 2);
+        assert_eq!(s1.unprotect_ioctls - s0.unprotect_ioctls, 0);
+        for p in 0..pages {
+            let base = if p % 2 == 0 { 1000 + p as u64 } else { 0 };
+            assert_eq!(
+                v[p * (PS / 8)].load(SeqCst),
+                base,
+                "clone page {p} lost its inherited word"
+            );
+            let second = if p % 2 == 0 { 7 } else { 0 };
+            assert_eq!(v[p * (PS / 8) + 1].load(SeqCst), second, "clone page {p}");
+            assert_eq!(
+                w[p * (PS / 8) + 1].load(SeqCst),
+                0,
+                "origin page {p} saw the clone's write"
+            );
+            snap.read_page(p as u64, &mut buf).unwrap();
+            let got = u64::from_ne_bytes(buf[..8].try_into().unwrap());
+            assert_eq!(got, base, "clone snapshot page {p}");
+            assert!(
+                buf[8..16].iter().all(|&x| x == 0),
+                "clone snapshot page {p} saw the write"
+            );
+        }
+    });
+}

@@ -47,6 +47,7 @@ impl Service {
                             t,
                             missing: kind == userfaultfd::FaultKind::Missing,
                             write: rw == userfaultfd::ReadWrite::Write,
+                            install: false,
                         }),
                         Ok(Event::Remove { start, end }) => {
                             Ev::Remove(start as usize, end as usize)
@@ -324,7 +325,24 @@ impl Service {
                 .store(faults[j - 1].tid as u64, Relaxed);
             counters.wp_faults.fetch_add((j - i) as u64, Relaxed);
             let addr = inner.start + first as usize * inner.page_size;
-            self.unprotect(addr, count as usize * inner.page_size);
+            // Missing write faults: their pages get their content writable now, after the
+            // dirty bit and the views' copies (lazy.rs). A one-page run is then done (the
+            // install woke its writers); a longer one is un-protected and woken as a whole.
+            let mut woken = false;
+            if faults[i..j].iter().any(|f| f.install) {
+                let single = count == 1;
+                let installs: Vec<usize> = faults[i..j]
+                    .iter()
+                    .filter(|f| f.install)
+                    .map(|f| f.addr)
+                    .collect();
+                for a in installs {
+                    woken |= self.install_for_write(&inner, a, single) && single;
+                }
+            }
+            if !woken {
+                self.unprotect(addr, count as usize * inner.page_size);
+            }
             let done = Instant::now();
             for f in &faults[i..j] {
                 counters

@@ -8,19 +8,22 @@
 //! ```text
 //!   empty page (never touched, or zapped) --read: MISSING--> a zeroed page is installed
 //!                                                            write-protected (one ioctl)
-//!                                         --write: MISSING--> the same, then the write is
-//!                                                            served as a write-protect fault
-//!                                                            (copy for views, dirty bit,
-//!                                                            un-protect, wake)
+//!                                         --write: MISSING--> served as a write-protect fault
+//!                                                            (copy for views, dirty bit), whose
+//!                                                            un-protect step installs the page
+//!                                                            WRITABLE and wakes (one ioctl)
 //!   protected page --write: WP fault--> the usual path
 //! ```
 //!
 //! Invariants (sync backend, faults served by the service thread):
 //! - **No access escapes both fault kinds**: an empty entry (or a `uffd-wp` marker, in a
 //!   missing-mode range) raises MISSING; a page gets content only through `UFFDIO_COPY` with
-//!   `MODE_WP`, which installs page and protection in one step, or through
-//!   `prepare_overwrite`, which sets every dirty bit first. So a present page without the
-//!   `uffd-wp` bit exists only after a served write (dirty bit set first).
+//!   `MODE_WP`, which installs page and protection in one step, through a writable
+//!   `UFFDIO_COPY` at the un-protect step of a served write fault (`install_for_write`:
+//!   dirty bit and views' copies first, exactly as before an un-protect; the page was empty
+//!   until then, so every access to it faulted), or through `prepare_overwrite`, which sets
+//!   every dirty bit first. So a present page without the `uffd-wp` bit exists only after a
+//!   served write (dirty bit set first).
 //! - **`populated` over-approximates the pages with content**: set right after a page gets
 //!   content through us, with no event read in between (a REMOVE read while an install
 //!   waits on `EAGAIN` forgets its range, and must not forget a page that gets content after
@@ -128,10 +131,25 @@ impl Service {
                 let _ = self.u().wake(Addr(page_addr).ptr(), ps);
                 continue;
             };
+            if f.write {
+                // Installed writable at the un-protect step of `service_pending`, after the
+                // dirty bit and the views' copies: the page stays empty (every access to it
+                // faults) until then.
+                self.shared
+                    .counters
+                    .missing_faults
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                rest.push(Fault {
+                    missing: false,
+                    install: true,
+                    ..f
+                });
+                continue;
+            }
             let entry = self.by_start.get_mut(&key).expect("a live key");
             if entry.inner.lineage.is_some() {
                 // A fork clone: its page's content is inherited (see service/fork.rs).
-                let r = self.serve_missing_clone(key, page_addr, !f.write);
+                let r = self.serve_missing_clone(key, page_addr, true);
                 if r.is_ok() {
                     self.shared
                         .counters
@@ -139,10 +157,6 @@ impl Service {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 match r {
-                    Ok(()) if f.write => rest.push(Fault {
-                        missing: false,
-                        ..f
-                    }),
                     Ok(()) => {}
                     Err(e) => {
                         tracing::warn!(addr = format_args!("{page_addr:#x}"), %e, "installing a clone page failed");
@@ -152,12 +166,8 @@ impl Service {
                 continue;
             }
             let p = entry.inner.page_of(f.addr);
-            let n = if f.write {
-                1
-            } else {
-                READ_AHEAD.min(entry.inner.page_count - p)
-            };
-            let r = self.install_zero(page_addr, n as usize * ps, !f.write);
+            let n = READ_AHEAD.min(entry.inner.page_count - p);
+            let r = self.install_zero(page_addr, n as usize * ps, true);
             // Recorded after the install, with no event read in between: a REMOVE read while
             // the install waited (`EAGAIN`) forgets the range's pages, and must not forget
             // these, which got content after it.
@@ -179,16 +189,59 @@ impl Service {
                 .counters
                 .missing_faults
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if f.write {
-                rest.push(Fault {
-                    missing: false,
-                    ..f
-                });
-            } else {
-                let _ = self.u().wake(Addr(page_addr).ptr(), ps);
-            }
+            let _ = self.u().wake(Addr(page_addr).ptr(), ps);
         }
         rest
+    }
+
+    /// The un-protect step of a missing write fault (`service_pending`, after the dirty bit
+    /// and the views' copies): installs the page's content (zeros, or a clone's inherited
+    /// page) **writable**, waking its writers if `wake`, and records it populated (and owned,
+    /// for a clone). True if it installed the page. False if the page already has content
+    /// (`EEXIST`: a read fault or a clone privatisation installed it, protected, meanwhile) or
+    /// the install failed: the caller then un-protects and wakes, and a writer whose page is
+    /// still empty faults again (its dirty bit stays set: an over-report at most).
+    pub(super) fn install_for_write(
+        &mut self,
+        inner: &crate::range::RegionInner,
+        addr: usize,
+        wake: bool,
+    ) -> bool {
+        let ps = inner.page_size;
+        let page_addr = addr & !(ps - 1);
+        let p = inner.page_of(page_addr);
+        let mut buf = std::mem::take(&mut self.page_buf);
+        buf.resize(ps, 0);
+        if inner.lineage.is_some() {
+            inner.copy_page(p, &mut buf);
+        } else {
+            buf.fill(0);
+        }
+        let fd = self.u().as_raw_fd();
+        let r = sys::install_page(fd, page_addr, &buf, false, wake);
+        self.page_buf = buf;
+        match r {
+            Ok(()) => {
+                if let Some(pop) = self
+                    .by_start
+                    .get_mut(&inner.start)
+                    .and_then(|e| e.populated.as_mut())
+                {
+                    pop.set(p);
+                }
+                if let Some(l) = &inner.lineage {
+                    l.own(p);
+                }
+                true
+            }
+            Err(Errno::EEXIST) => false,
+            Err(e) => {
+                // EAGAIN (an event is pending) or the range went away: the caller's
+                // un-protect reads the event and wakes; the writer retries.
+                tracing::debug!(addr = format_args!("{page_addr:#x}"), %e, "writable install failed; waking");
+                false
+            }
+        }
     }
 
     /// `UFFDIO_COPY` of zeroed, write-protected pages to `[addr, addr+len)`, from `addr` up

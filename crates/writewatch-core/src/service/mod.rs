@@ -110,6 +110,10 @@ struct Fault {
     missing: bool,
     /// The faulting access was a write.
     write: bool,
+    /// A missing write fault turned into a write-protect fault by `serve_missing`: its page is
+    /// still empty, and the un-protect step installs its content *writable* (one
+    /// `UFFDIO_COPY` instead of a protected install plus an un-protect; lazy.rs).
+    install: bool,
 }
 
 enum Ev {
