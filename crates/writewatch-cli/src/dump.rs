@@ -34,8 +34,8 @@ pub(crate) struct DumpArgs {
     #[arg(long)]
     verify: bool,
     /// CPU priority of the pre-copy rounds and the image writer while the target runs:
-    /// `low` (nice 19, the default), `idle` (SCHED_IDLE) or `normal`.
-    #[arg(long, value_enum, default_value_t = PriorityArg::Low)]
+    /// `idle` (SCHED_IDLE, the default), `low` (nice 19) or `normal`.
+    #[arg(long, value_enum, default_value_t = PriorityArg::Idle)]
     priority: PriorityArg,
 }
 

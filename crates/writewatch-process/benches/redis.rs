@@ -4,12 +4,14 @@
 //! - the final freeze of an incremental pre-copy dump, against a full stop-and-copy of the
 //!   same process (every writable page read with the process stopped) and against Redis's
 //!   own fork for `BGSAVE` (`INFO persistence` `latest_fork_usec`);
-//! - Redis SET throughput with tracking on vs off, split: cycles of four equal windows
+//! - Redis SET throughput with tracking on vs off, split: cycles of equal windows
 //!   (default 3 cycles of 20 s, `-- --cycles N --window S`), the order rotating: untracked;
 //!   attached with every range write-protected and nothing else; the same plus a harvest
 //!   (re-protection) every 300 ms without copying; a whole dump (cancelled at the window's
-//!   end) with `Priority::Normal`; the same with the default `Priority::Low`. Each against the untracked window of its cycle (median over cycles), with the
-//!   CPU the dumper, redis and redis-benchmark used in each window;
+//!   end) with `Priority::Normal`; the same with `Priority::Low`; the same with the default
+//!   `Priority::Idle` (`-- --conds off,low,idle` picks conditions; untracked first). Each
+//!   against the untracked window of its cycle (median over cycles), with the CPU the
+//!   dumper, redis and redis-benchmark used in each window;
 //! - the first round's copy rate (pages read with `process_vm_readv` and written to the
 //!   image store).
 //!
@@ -267,8 +269,10 @@ enum Cond {
     /// window's end, with `Priority::Normal` (the rounds at the dump's priority, the writer
     /// 10 nice levels below: the code before priorities and pacing, but paced).
     DumpNormal,
-    /// The same with the default `Priority::Low` (rounds and writer at nice 19).
+    /// The same with `Priority::Low` (rounds and writer at nice 19).
     Dump,
+    /// The same with the default `Priority::Idle` (rounds and writer `SCHED_IDLE`).
+    DumpIdle,
 }
 
 impl Cond {
@@ -279,7 +283,21 @@ impl Cond {
             Cond::Rearm => "harvest every 300 ms, no copy",
             Cond::DumpNormal => "full dump, Priority::Normal",
             Cond::Dump => "full dump, Priority::Low",
+            Cond::DumpIdle => "full dump, Priority::Idle",
         }
+    }
+
+    /// The condition named `s` on the command line (`--conds off,low,idle`).
+    fn parse(s: &str) -> Option<Cond> {
+        Some(match s {
+            "off" => Cond::Off,
+            "armed" => Cond::Armed,
+            "rearm" => Cond::Rearm,
+            "normal" => Cond::DumpNormal,
+            "low" => Cond::Dump,
+            "idle" => Cond::DumpIdle,
+            _ => return None,
+        })
     }
 }
 
@@ -346,11 +364,11 @@ fn run_window(cond: Cond, pid: u32, dir: &std::path::Path, window: Duration, key
             w.rearmed_per_pass = passes.iter().sum::<usize>() as f64 / passes.len().max(1) as f64;
             (w.runs, w.cpu) = (runs, cpu);
         }
-        Cond::Dump | Cond::DumpNormal => {
-            let prio = if cond == Cond::Dump {
-                Priority::Low
-            } else {
-                Priority::Normal
+        Cond::Dump | Cond::DumpNormal | Cond::DumpIdle => {
+            let prio = match cond {
+                Cond::Dump => Priority::Low,
+                Cond::DumpIdle => Priority::Idle,
+                _ => Priority::Normal,
             };
             let ((runs, r0, dt, wt), cpu) =
                 with_cpu(pid, || on_window(pid, dir, window, keys, prio));
@@ -365,14 +383,18 @@ fn run_window(cond: Cond, pid: u32, dir: &std::path::Path, window: Duration, key
 /// one window per [`Cond`], the order rotating from cycle to cycle (so a drift of the
 /// machine's load spreads over all conditions); each condition's ratio to the untracked
 /// window of its own cycle, the median over cycles, and the CPU each window used.
-fn throughput(pid: u32, root: &std::path::Path, cycles: usize, window: Duration, keys: u64) {
-    let conds = [
-        Cond::Off,
-        Cond::Armed,
-        Cond::Rearm,
-        Cond::DumpNormal,
-        Cond::Dump,
-    ];
+fn throughput(
+    pid: u32,
+    root: &std::path::Path,
+    (cycles, window): (usize, Duration),
+    keys: u64,
+    conds: &[Cond],
+) {
+    assert_eq!(
+        conds.first(),
+        Some(&Cond::Off),
+        "the untracked window comes first"
+    );
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     let mut steady: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     let mut cpus: Vec<Vec<Cpu>> = vec![Vec::new(); conds.len()];
@@ -395,9 +417,8 @@ fn throughput(pid: u32, root: &std::path::Path, cycles: usize, window: Duration,
             "  cycle {i} (order from {}):",
             conds[i % conds.len()].name()
         );
-        for (c, w) in conds.iter().zip(&got) {
+        for (k, (c, w)) in conds.iter().zip(&got).enumerate() {
             let ops = ops_of(&w.runs, None).unwrap_or(f64::NAN);
-            let k = *c as usize;
             ratios[k].push(ops / off);
             effs[k].push(per_cpu(w) / off_eff);
             cpus[k].push(w.cpu);
@@ -406,7 +427,7 @@ fn throughput(pid: u32, root: &std::path::Path, cycles: usize, window: Duration,
             if *c == Cond::Rearm {
                 extra = format!(", {:.0} pages re-armed per harvest", w.rearmed_per_pass);
             }
-            if matches!(c, Cond::Dump | Cond::DumpNormal) {
+            if matches!(c, Cond::Dump | Cond::DumpNormal | Cond::DumpIdle) {
                 let after = w.r0.and_then(|(t, _)| ops_of(&w.runs, Some(t)));
                 if let Some(a) = after {
                     steady[k].push(a / off);
@@ -454,8 +475,11 @@ fn throughput(pid: u32, root: &std::path::Path, cycles: usize, window: Duration,
             cpus[k].iter().map(|x| x.machine_busy).sum::<f64>() / n,
         );
     }
-    for c in [Cond::DumpNormal, Cond::Dump] {
-        let s = &steady[c as usize];
+    for (k, c) in conds.iter().enumerate() {
+        if !matches!(c, Cond::Dump | Cond::DumpNormal | Cond::DumpIdle) {
+            continue;
+        }
+        let s = &steady[k];
         println!(
             "  {}, after round 0: {}",
             c.name(),
@@ -569,7 +593,31 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(20.0),
     );
-    throughput(pid, dir.parent().unwrap(), cycles, window, hot);
+    // `--conds off,low,idle`: the conditions measured (the untracked window first); default
+    // all of them.
+    let conds: Vec<Cond> = std::env::args()
+        .skip_while(|a| a != "--conds")
+        .nth(1)
+        .map(|v| {
+            v.split(',')
+                .map(|c| {
+                    Cond::parse(c).unwrap_or_else(|| {
+                        panic!("--conds: unknown {c:?} (off, armed, rearm, normal, low, idle)")
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| {
+            vec![
+                Cond::Off,
+                Cond::Armed,
+                Cond::Rearm,
+                Cond::DumpNormal,
+                Cond::Dump,
+                Cond::DumpIdle,
+            ]
+        });
+    throughput(pid, dir.parent().unwrap(), (cycles, window), hot, &conds);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let load = std::thread::spawn(move || {
@@ -665,7 +713,7 @@ fn main() {
         w.bytes as f64 / ((w.push_ms + w.commit_ms) / 1e3) / 1e9
     );
     println!(
-        "round 0 copy rate     {:>9.2} GB/s read from memory per CPU-second of process_vm_readv ({:.0} ms CPU); {:.2} GB/s wall clock ({} pages, {:.0} ms in process_vm_readv, waiting for a CPU included: the rounds run at nice 19); {:.2} GB/s for the round ({:.0} ms, {:.0} ms of it waiting for the writer)",
+        "round 0 copy rate     {:>9.2} GB/s read from memory per CPU-second of process_vm_readv ({:.0} ms CPU); {:.2} GB/s wall clock ({} pages, {:.0} ms in process_vm_readv, waiting for a CPU included: the rounds run at the dump's priority); {:.2} GB/s for the round ({:.0} ms, {:.0} ms of it waiting for the writer)",
         r0.bytes as f64 / (r0.read_cpu_ms / 1e3) / 1e9,
         r0.read_cpu_ms,
         r0.bytes as f64 / (r0.read_ms / 1e3) / 1e9,

@@ -24,7 +24,7 @@ use crate::sys;
 /// ```
 /// use writewatch_process::{DumpOptions, Priority};
 /// let opts = DumpOptions { priority: Priority::Idle, ..Default::default() };
-/// assert_eq!(DumpOptions::default().priority, Priority::Low);
+/// assert_eq!(DumpOptions::default().priority, Priority::Idle);
 /// # let _ = opts;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,14 +32,17 @@ pub enum Priority {
     /// Pre-copy rounds at the caller's priority (on the caller's thread), the image writer
     /// 10 nice levels below: the behaviour before priorities were added.
     Normal,
-    /// nice 19 for the pre-copy rounds and the image writer (the default): on a busy
-    /// machine they take about 1.5 % of a CPU from each runnable nice-0 thread of their
-    /// group, and whatever is idle.
-    #[default]
+    /// nice 19 for the pre-copy rounds and the image writer: on a busy machine they take
+    /// about 1.5 % of a CPU from each runnable nice-0 thread of their group, and whatever
+    /// is idle.
     Low,
-    /// `SCHED_IDLE` for the pre-copy rounds and the image writer: they run when a CPU would
-    /// otherwise idle. On a saturated machine the rounds (and the dump) may take much
-    /// longer. Falls back to nice 19 where `SCHED_IDLE` is refused.
+    /// `SCHED_IDLE` for the pre-copy rounds and the image writer (the default): they run
+    /// when a CPU would otherwise idle, and a waking thread of the target preempts them at
+    /// once (Redis under SET load kept 0.92 of its untracked throughput with it, 0.87 with
+    /// `Low`, in one interleaved run on the reference machine: docs/benchmarks.md). On a saturated machine the rounds (and the dump) may take much
+    /// longer; `Low` or `Normal` bound that. Falls back to nice 19 where `SCHED_IDLE` is
+    /// refused.
+    #[default]
     Idle,
 }
 
@@ -85,7 +88,7 @@ pub struct DumpOptions {
     pub final_buffer_bytes: usize,
     /// Set to stop the dump at the next check (SIGINT handlers).
     pub cancel: Option<Arc<AtomicBool>>,
-    /// CPU priority of the pre-copy rounds and the image writer thread ([`Priority::Low`]
+    /// CPU priority of the pre-copy rounds and the image writer thread ([`Priority::Idle`]
     /// by default).
     pub priority: Priority,
 }

@@ -32,7 +32,7 @@ fn thread_sched() -> Vec<(String, i64, i64)> {
     out
 }
 
-/// The default `Priority::Low` and `Priority::Idle`: the pre-copy rounds run on a thread of
+/// `Priority::Low` and the default `Priority::Idle`: the pre-copy rounds run on a thread of
 /// the dump's own (`ww-dump-rounds`) at nice 19 / `SCHED_IDLE`, as the kernel reports it;
 /// the image writer too; the caller's thread keeps its priority and receives the progress
 /// reports; and the image is still the memory at the freeze (oracle: `/proc/PID/mem`).
