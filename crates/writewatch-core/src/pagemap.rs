@@ -176,9 +176,9 @@ impl Pagemap {
         Ok(ioctls)
     }
 
-    /// Whether any page of `[start, end)` has a present or swapped entry (content, or a
-    /// protection marker): false once a `madvise` zap of the whole range is done.
-    pub(crate) fn has_content(&self, start: usize, end: usize) -> Result<bool, Errno> {
+    /// The address of the first page of `[start, end)` that has a present or swapped entry,
+    /// if any (a zap in progress moves it up; `MADV_FREE` leaves it where it is).
+    pub(crate) fn first_content(&self, start: usize, end: usize) -> Result<Option<usize>, Errno> {
         let mut out = [sys::EMPTY_PAGE_REGION; 1];
         let args = ScanArgs {
             start,
@@ -188,7 +188,7 @@ impl Pagemap {
             ..Default::default()
         };
         let (n, _) = sys::pagemap_scan(self.file.as_raw_fd(), &args, &mut out)?;
-        Ok(n > 0)
+        Ok((n > 0).then_some(out[0].start as usize))
     }
 
     /// Whether the page at `start` (`page_size` long) is still write-protected (present with

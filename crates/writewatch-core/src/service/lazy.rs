@@ -41,6 +41,19 @@
 //!   cut, and zeros are its content there. (Without the wait, a view could take a page that a
 //!   late zap then empties and a later write fills: that write would be copied as the page's
 //!   content at the cut.)
+//! - **`MADV_FREE` sends the same REMOVE, and no zap follows**: the pages stay present until
+//!   the kernel discards them, at any later time, without an event. The wait stops once the
+//!   first page with content has not moved for `ZAP_STILL` (a zap clears pages in address
+//!   order as soon as its thread runs), or after `ZAP_WAIT`; the pages from there on stay
+//!   populated and become **suspect**, as zapped pages of an eagerly protected region: every
+//!   cut and snapshot re-checks them with `PAGEMAP_SCAN` (an emptied page is dirty), a view
+//!   verifies a suspect page before copying it (an emptied page is LOST: `Discarded`, never
+//!   zeros), and a missing fault on a populated page (its content vanished) sets its dirty bit
+//!   and marks it LOST for the views. Before (2026-11-30), `MADV_FREE` stalled every fault
+//!   for the 2 s bound and the range was then taken as empty: a discard in a later epoch was
+//!   not reported, and a snapshot read the discarded pages as zeros
+//!   (`misbehaviour::madvise_free_in_a_lazy_region_is_not_a_stall_and_a_later_discard_is_reported`,
+//!   `misbehaviour::snapshot_after_madvise_free_then_discard_is_never_silently_wrong`).
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
@@ -53,6 +66,11 @@ use crate::sys::{self, Addr};
 
 /// How long `on_remove_lazy` waits for a zap to finish before it gives up (and logs).
 const ZAP_WAIT: Duration = Duration::from_secs(2);
+/// How long the first page with content may stay where it is before `on_remove_lazy` takes
+/// the range for a `MADV_FREE` (no zap coming) instead of a zap that has not started yet. A
+/// zap clears pages in address order from the start of the range, within microseconds once
+/// its thread runs; before, a `MADV_FREE` stalled every fault for `ZAP_WAIT`.
+const ZAP_STILL: Duration = Duration::from_millis(5);
 /// Pages per entry of [`Populated`].
 const SPAN: u64 = 512;
 /// A read of an empty page installs up to this many zeroed, protected pages from it on
@@ -166,7 +184,22 @@ impl Service {
                 continue;
             }
             let p = entry.inner.page_of(f.addr);
-            let n = READ_AHEAD.min(entry.inner.page_count - p);
+            let mut n = READ_AHEAD.min(entry.inner.page_count - p);
+            if let Some(pop) = entry.populated.as_ref() {
+                if (p..p + n).any(|q| pop.contains(q)) {
+                    n = 1; // no read-ahead over pages that may have content
+                }
+                if pop.contains(p) {
+                    // A missing fault on a page we gave content: the kernel emptied it
+                    // without a zap we waited for (MADV_FREE, then reclaim; its range is
+                    // suspect). Its content changed (to zeros): dirty, and LOST for the views
+                    // that still needed its earlier content.
+                    entry.inner.dirty.set_range(p as usize, 1);
+                    for v in entry.live_views() {
+                        v.mark_lost(p);
+                    }
+                }
+            }
             let r = self.install_zero(page_addr, n as usize * ps, true);
             // Recorded after the install, with no event read in between: a REMOVE read while
             // the install waited (`EAGAIN`) forgets the range's pages, and must not forget
@@ -318,32 +351,61 @@ impl Service {
                 }
             }
         }
-        self.wait_for_zap(s, e);
-        if let Some(pop) = self
-            .by_start
-            .get_mut(&key)
-            .and_then(|e| e.populated.as_mut())
-        {
-            pop.clear(first, last);
+        // Pages from `still` on may keep their content (MADV_FREE, or a zap that did not
+        // finish in time) and lose it later without any event: they stay populated, and
+        // become suspect like the zapped pages of an eagerly protected region, so every cut
+        // and snapshot re-checks them (an emptied page is reported dirty, and is LOST for a
+        // view that needs its earlier content), never taken as known-zero.
+        let still = self.wait_for_zap(s, e).map(|a| inner.page_of(a.max(s)));
+        let clear_to = still
+            .map_or(Some(last), |p| p.checked_sub(1))
+            .filter(|&l| l >= first);
+        if let Some(p) = still {
+            inner.add_suspect(p, last - p + 1);
+        }
+        if let (Some(l), Some(pop)) = (
+            clear_to,
+            self.by_start
+                .get_mut(&key)
+                .and_then(|e| e.populated.as_mut()),
+        ) {
+            pop.clear(first, l);
         }
     }
 
     /// Waits until the kernel's zap of `[start, end)` is done (no present or swapped entry
-    /// left). No fault is served meanwhile, so nothing in the range gets content again.
-    fn wait_for_zap(&self, start: usize, end: usize) {
-        let Some(pm) = &self.shared.pagemap else {
-            return;
-        };
+    /// left): `None`. No fault is served meanwhile, so nothing in the range gets content
+    /// again. `Some(address of the first page still with content)` if that page stayed for
+    /// `ZAP_STILL` (`MADV_FREE`: no zap is coming) or the wait took `ZAP_WAIT`.
+    fn wait_for_zap(&self, start: usize, end: usize) -> Option<usize> {
+        let pm = self.shared.pagemap.as_ref()?;
         let t0 = Instant::now();
+        let (mut seen, mut since) = (None, t0);
         let mut spins = 0u32;
-        while pm.has_content(start, end).unwrap_or(false) {
-            if t0.elapsed() > ZAP_WAIT {
+        loop {
+            let Ok(Some(at)) = pm.first_content(start, end) else {
+                return None;
+            };
+            let now = Instant::now();
+            if seen != Some(at) {
+                (seen, since) = (Some(at), now);
+            } else if now.duration_since(since) > ZAP_STILL {
+                // MADV_FREE (its REMOVE looks like DONTNEED's): nothing is zapped now; the
+                // kernel may discard the pages at any later time, without an event.
+                tracing::debug!(
+                    start = format_args!("{start:#x}"),
+                    end = format_args!("{end:#x}"),
+                    "pages stay present after a REMOVE (MADV_FREE?): treated as suspect"
+                );
+                return Some(at);
+            }
+            if now.duration_since(t0) > ZAP_WAIT {
                 tracing::warn!(
                     start = format_args!("{start:#x}"),
                     end = format_args!("{end:#x}"),
-                    "a madvise zap did not finish in time; continuing"
+                    "a madvise zap did not finish in time; the rest of the range is suspect"
                 );
-                return;
+                return Some(at);
             }
             spins += 1;
             if spins < 16 {
