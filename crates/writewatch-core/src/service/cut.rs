@@ -449,10 +449,29 @@ impl Service {
             return 0;
         };
         let base = (inner.start, inner.page_size);
+        let mut changed = Vec::new();
         let r = pm.unprotected(base, start, end, &mut self.scan_out, |pages| {
-            let (pa, pb) = pages.into_inner();
-            inner.dirty.set_range(pa as usize, (pb - pa + 1) as usize);
+            changed.push(pages.into_inner());
         });
+        // Pages changed behind our back (written without a fault, or emptied): dirty, and
+        // LOST for every view that still needs their earlier content (a PRESERVED page keeps
+        // its copy). In a lazily armed region an empty page that never got content from us
+        // (not populated) is zero and unchanged: neither.
+        let (views, populated) = match self.by_start.get_mut(&inner.start) {
+            Some(e) => (e.live_views(), e.populated.as_ref()),
+            None => (Vec::new(), None),
+        };
+        for (pa, pb) in changed {
+            for p in pa..=pb {
+                if populated.is_some_and(|pop| !pop.contains(p)) {
+                    continue;
+                }
+                inner.dirty.set_range(p as usize, 1);
+                for v in &views {
+                    v.mark_lost(p);
+                }
+            }
+        }
         match r {
             Ok(n) => {
                 self.shared.counters.scan_ioctls.fetch_add(n, Relaxed);

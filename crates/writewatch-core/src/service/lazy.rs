@@ -44,12 +44,15 @@
 //! - **`MADV_FREE` sends the same REMOVE, and no zap follows**: the pages stay present until
 //!   the kernel discards them, at any later time, without an event. The wait stops once the
 //!   first page with content has not moved for `ZAP_STILL` (a zap clears pages in address
-//!   order as soon as its thread runs), or after `ZAP_WAIT`; the pages from there on stay
-//!   populated and become **suspect**, as zapped pages of an eagerly protected region: every
-//!   cut and snapshot re-checks them with `PAGEMAP_SCAN` (an emptied page is dirty), a view
-//!   verifies a suspect page before copying it (an emptied page is LOST: `Discarded`, never
-//!   zeros), and a missing fault on a populated page (its content vanished) sets its dirty bit
-//!   and marks it LOST for the views. Before (2026-11-30), `MADV_FREE` stalled every fault
+//!   order as soon as its thread runs), or after `ZAP_WAIT`; then the whole range stays
+//!   populated and becomes **suspect**, as zapped pages of an eagerly protected region: every
+//!   cut and snapshot re-checks it with `PAGEMAP_SCAN` (a populated page found emptied, or
+//!   writable, is dirty and LOST for the views that still need it: `cut.rs`
+//!   `mark_unprotected`), a view verifies a suspect page before copying it (an emptied page
+//!   is LOST: `Discarded`, never zeros), and a missing fault on a populated page that
+//!   `PAGEMAP_SCAN` finds empty sets its dirty bit and marks it LOST before anything is
+//!   installed there (`lost_if_emptied`, clones included). A slow `MADV_DONTNEED` zap taken
+//!   for a `MADV_FREE` costs over-reports and `Discarded` pages, never wrong data. Before (2026-11-30), `MADV_FREE` stalled every fault
 //!   for the 2 s bound and the range was then taken as empty: a discard in a later epoch was
 //!   not reported, and a snapshot read the discarded pages as zeros
 //!   (`misbehaviour::madvise_free_in_a_lazy_region_is_not_a_stall_and_a_later_discard_is_reported`,
@@ -70,7 +73,7 @@ const ZAP_WAIT: Duration = Duration::from_secs(2);
 /// the range for a `MADV_FREE` (no zap coming) instead of a zap that has not started yet. A
 /// zap clears pages in address order from the start of the range, within microseconds once
 /// its thread runs; before, a `MADV_FREE` stalled every fault for `ZAP_WAIT`.
-const ZAP_STILL: Duration = Duration::from_millis(5);
+const ZAP_STILL: Duration = Duration::from_millis(2);
 /// Pages per entry of [`Populated`].
 const SPAN: u64 = 512;
 /// A read of an empty page installs up to this many zeroed, protected pages from it on
@@ -149,6 +152,7 @@ impl Service {
                 let _ = self.u().wake(Addr(page_addr).ptr(), ps);
                 continue;
             };
+            self.lost_if_emptied(key, page_addr);
             if f.write {
                 // Installed writable at the un-protect step of `service_pending`, after the
                 // dirty bit and the views' copies: the page stays empty (every access to it
@@ -189,16 +193,6 @@ impl Service {
                 if (p..p + n).any(|q| pop.contains(q)) {
                     n = 1; // no read-ahead over pages that may have content
                 }
-                if pop.contains(p) {
-                    // A missing fault on a page we gave content: the kernel emptied it
-                    // without a zap we waited for (MADV_FREE, then reclaim; its range is
-                    // suspect). Its content changed (to zeros): dirty, and LOST for the views
-                    // that still needed its earlier content.
-                    entry.inner.dirty.set_range(p as usize, 1);
-                    for v in entry.live_views() {
-                        v.mark_lost(p);
-                    }
-                }
             }
             let r = self.install_zero(page_addr, n as usize * ps, true);
             // Recorded after the install, with no event read in between: a REMOVE read while
@@ -225,6 +219,37 @@ impl Service {
             let _ = self.u().wake(Addr(page_addr).ptr(), ps);
         }
         rest
+    }
+
+    /// A missing fault on a page that `populated` says got content from us: if the page is
+    /// empty now, the kernel emptied it without a zap we waited for (`MADV_FREE` and then
+    /// reclaim, or a zap that outlasted `wait_for_zap`; its range is suspect). Its content
+    /// changed to zeros: its dirty bit is set, and it is LOST for the views that still needed
+    /// its earlier content, before anything is installed there. (Checked with
+    /// `PAGEMAP_SCAN`: `populated` over-approximates, and the page may have been filled by
+    /// this thread since the fault was raised, e.g. by another fault's read-ahead; nothing
+    /// else can fill it before this thread does.)
+    fn lost_if_emptied(&mut self, key: usize, page_addr: usize) {
+        let Some(entry) = self.by_start.get_mut(&key) else {
+            return;
+        };
+        let p = entry.inner.page_of(page_addr);
+        if !entry.populated.as_ref().is_some_and(|pop| pop.contains(p)) {
+            return;
+        }
+        let ps = entry.inner.page_size;
+        let empty = match self.shared.pagemap.as_ref() {
+            Some(pm) => pm
+                .first_content(page_addr, page_addr + ps)
+                .map_or(true, |c| c.is_none()),
+            None => true,
+        };
+        if empty {
+            entry.inner.dirty.set_range(p as usize, 1);
+            for v in entry.live_views() {
+                v.mark_lost(p);
+            }
+        }
     }
 
     /// The un-protect step of a missing write fault (`service_pending`, after the dirty bit
@@ -351,25 +376,21 @@ impl Service {
                 }
             }
         }
-        // Pages from `still` on may keep their content (MADV_FREE, or a zap that did not
-        // finish in time) and lose it later without any event: they stay populated, and
-        // become suspect like the zapped pages of an eagerly protected region, so every cut
-        // and snapshot re-checks them (an emptied page is reported dirty, and is LOST for a
-        // view that needs its earlier content), never taken as known-zero.
-        let still = self.wait_for_zap(s, e).map(|a| inner.page_of(a.max(s)));
-        let clear_to = still
-            .map_or(Some(last), |p| p.checked_sub(1))
-            .filter(|&l| l >= first);
-        if let Some(p) = still {
-            inner.add_suspect(p, last - p + 1);
-        }
-        if let (Some(l), Some(pop)) = (
-            clear_to,
-            self.by_start
-                .get_mut(&key)
-                .and_then(|e| e.populated.as_mut()),
-        ) {
-            pop.clear(first, l);
+        // If pages stay present (MADV_FREE, or a zap that did not finish in time) they may
+        // lose their content later without any event: the range stays populated and becomes
+        // suspect like the zapped pages of an eagerly protected region, so every cut and
+        // snapshot re-checks it (an emptied page is reported dirty and is LOST for the views
+        // that need its earlier content), never taken as known-zero.
+        if self.wait_for_zap(s, e).is_some() {
+            // The whole range, not only from the first page still present: a zap that
+            // started late may still empty pages before it (review of 2026-11-30).
+            inner.add_suspect(first, last - first + 1);
+        } else if let Some(pop) = self
+            .by_start
+            .get_mut(&key)
+            .and_then(|e| e.populated.as_mut())
+        {
+            pop.clear(first, last);
         }
     }
 
@@ -378,13 +399,17 @@ impl Service {
     /// again. `Some(address of the first page still with content)` if that page stayed for
     /// `ZAP_STILL` (`MADV_FREE`: no zap is coming) or the wait took `ZAP_WAIT`.
     fn wait_for_zap(&self, start: usize, end: usize) -> Option<usize> {
-        let pm = self.shared.pagemap.as_ref()?;
+        let Some(pm) = self.shared.pagemap.as_ref() else {
+            return Some(start);
+        };
         let t0 = Instant::now();
         let (mut seen, mut since) = (None, t0);
         let mut spins = 0u32;
         loop {
-            let Ok(Some(at)) = pm.first_content(start, end) else {
-                return None;
+            let at = match pm.first_content(start, end) {
+                Ok(Some(at)) => at,
+                Ok(None) => return None,
+                Err(_) => return Some(start), // unknown: the whole range is suspect
             };
             let now = Instant::now();
             if seen != Some(at) {
