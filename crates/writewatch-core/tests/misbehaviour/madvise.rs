@@ -170,30 +170,7 @@ fn madvise_free_in_a_lazy_region_is_not_a_stall_and_a_later_discard_is_reported(
     let e = region.cut().unwrap();
     assert!(e.dirty().contains(3));
     drop(e);
-    // SAFETY: no other thread writes the region in this test.
-    let before = unsafe { region.as_slice() }.to_vec();
-    // SAFETY: as above. Lazily freed clean pages are discarded, as memory pressure would.
-    let r = unsafe { libc::madvise(region.as_ptr().cast(), 64 * PS, libc::MADV_PAGEOUT) };
-    assert_eq!(r, 0);
-    // SAFETY: as above.
-    let after = unsafe { region.as_slice() }.to_vec();
-    let changed: Vec<u64> = (0..64u64)
-        .filter(|&p| {
-            let r = p as usize * PS..(p as usize + 1) * PS;
-            before[r.clone()] != after[r]
-        })
-        .collect();
-    let d: BTreeSet<u64> = region.cut().unwrap().dirty().iter().collect();
-    println!(
-        "MADV_FREE then a later discard: {} pages changed, {} reported",
-        changed.len(),
-        d.len()
-    );
-    let missed: Vec<&u64> = changed.iter().filter(|p| !d.contains(p)).collect();
-    assert!(
-        missed.is_empty(),
-        "discarded in a later epoch, not reported: {missed:?}"
-    );
+    discard_is_reported(&region, "lazy region");
     // Writes are still tracked exactly afterwards.
     touch(&region, 7, 9);
     touch(&region, 40, 9);
@@ -306,30 +283,7 @@ fn madvise_free_on_a_fork_clone_then_a_later_discard_is_reported() {
     let r = unsafe { libc::madvise(clone.as_ptr().cast(), 64 * PS, libc::MADV_FREE) };
     assert_eq!(r, 0);
     drop(clone.cut().unwrap());
-    // SAFETY: as above.
-    let before = unsafe { clone.as_slice() }.to_vec();
-    // SAFETY: as above.
-    let r = unsafe { libc::madvise(clone.as_ptr().cast(), 64 * PS, libc::MADV_PAGEOUT) };
-    assert_eq!(r, 0);
-    // SAFETY: as above (reads fault the emptied pages back in).
-    let after = unsafe { clone.as_slice() }.to_vec();
-    let changed: Vec<u64> = (0..64u64)
-        .filter(|&p| {
-            let r = p as usize * PS..(p as usize + 1) * PS;
-            before[r.clone()] != after[r]
-        })
-        .collect();
-    let d: BTreeSet<u64> = clone.cut().unwrap().dirty().iter().collect();
-    println!(
-        "clone: {} pages changed by the discard, {} reported",
-        changed.len(),
-        d.len()
-    );
-    let missed: Vec<&u64> = changed.iter().filter(|p| !d.contains(p)).collect();
-    assert!(
-        missed.is_empty(),
-        "clone pages discarded, not reported: {missed:?}"
-    );
+    discard_is_reported(&clone, "fork clone");
     // The origin is untouched.
     for pg in 0..64u64 {
         assert_eq!(
@@ -337,4 +291,34 @@ fn madvise_free_on_a_fork_clone_then_a_later_discard_is_reported() {
             0x10 + pg
         );
     }
+}
+
+/// Discards the lazily freed pages of `region` (64 pages, no other writer) with MADV_PAGEOUT,
+/// as memory pressure would, in a new epoch, and checks that the next cut reports every page
+/// whose content changed (oracle: the content before and after).
+fn discard_is_reported(region: &writewatch_core::Region, what: &str) {
+    // SAFETY: no other thread writes the region in these tests.
+    let before = unsafe { region.as_slice() }.to_vec();
+    // SAFETY: the whole region; no references into it are held.
+    let r = unsafe { libc::madvise(region.as_ptr().cast(), 64 * PS, libc::MADV_PAGEOUT) };
+    assert_eq!(r, 0);
+    // SAFETY: as above (the reads fault the emptied pages back in).
+    let after = unsafe { region.as_slice() }.to_vec();
+    let changed: Vec<u64> = (0..64u64)
+        .filter(|&p| {
+            let r = p as usize * PS..(p as usize + 1) * PS;
+            before[r.clone()] != after[r]
+        })
+        .collect();
+    let d: BTreeSet<u64> = region.cut().unwrap().dirty().iter().collect();
+    println!(
+        "{what}: {} pages changed by a later discard, {} reported",
+        changed.len(),
+        d.len()
+    );
+    let missed: Vec<&u64> = changed.iter().filter(|p| !d.contains(p)).collect();
+    assert!(
+        missed.is_empty(),
+        "{what}: discarded in a later epoch, not reported: {missed:?}"
+    );
 }
