@@ -246,8 +246,7 @@ impl Service {
             // `fault_around(n)`, else granted per epoch by the adaptive policy to regions
             // whose faults were sequential.
             let in_order = first == entry.next_expected;
-            entry.seq.faults += 1;
-            entry.seq.in_order += u64::from(in_order);
+            entry.seq.note(in_order);
             let cfg = &shared.config;
             let around = if cfg.fault_around_set || !cfg.adaptive {
                 cfg.fault_around
@@ -329,7 +328,12 @@ impl Service {
             // dirty bit and the views' copies (lazy.rs). A one-page run is then done (the
             // install woke its writers); a longer one is un-protected and woken as a whole.
             let mut woken = false;
-            if faults[i..j].iter().any(|f| f.install) {
+            if count > 1 && entry_is_plain_lazy(&self.by_start, key) {
+                // Fault-around in a lazily armed region: its empty pages are installed too
+                // (zeros, writable; dirty bits and views' copies are done above), so a writer
+                // filling fresh memory in order takes one fault per run, not one per page.
+                self.install_zeros_writable(&inner, first, last);
+            } else if faults[i..j].iter().any(|f| f.install) {
                 let single = count == 1;
                 let installs: Vec<usize> = faults[i..j]
                     .iter()
@@ -432,4 +436,15 @@ impl Service {
             std::thread::yield_now();
         }
     }
+}
+
+/// Whether the region at `key` is lazily armed and not a fork clone (its empty pages are
+/// zeros; a clone's are inherited).
+fn entry_is_plain_lazy(
+    by_start: &std::collections::BTreeMap<usize, super::Entry>,
+    key: usize,
+) -> bool {
+    by_start
+        .get(&key)
+        .is_some_and(|e| e.populated.is_some() && e.inner.lineage.is_none())
 }

@@ -252,6 +252,67 @@ impl Service {
         }
     }
 
+    /// Fault-around in a plain lazily armed region (`service_pending`, after the run's dirty
+    /// bits and views' copies, before its un-protect): every empty page of `first..=last` gets
+    /// a zeroed page, writable, without waking anyone (the un-protect wakes). Pages with
+    /// content are skipped (the un-protect handles them); a page left empty (an install
+    /// refused) faults later. `populated` records exactly the pages installed: a populated
+    /// page found empty later is taken for lost content (`lost_if_emptied`).
+    pub(super) fn install_zeros_writable(
+        &mut self,
+        inner: &crate::range::RegionInner,
+        first: u64,
+        last: u64,
+    ) {
+        let ps = inner.page_size;
+        let len = (last - first + 1) as usize * ps;
+        if self.zeros.len() < len {
+            self.zeros = vec![0u8; len];
+        }
+        // Only pages `populated` does not hold: those are empty for certain (it
+        // over-approximates), so a run of populated pages costs no ioctl here.
+        let Some(empty) = self
+            .by_start
+            .get(&inner.start)
+            .and_then(|e| e.populated.as_ref())
+            .map(|pop| {
+                let mut runs: Vec<(u64, u64)> = Vec::new();
+                for q in (first..=last).filter(|&q| !pop.contains(q)) {
+                    crate::dirty::add_run(&mut runs, q, 1);
+                }
+                runs
+            })
+        else {
+            return;
+        };
+        let fd = self.u().as_raw_fd();
+        for (a, n) in empty {
+            let addr = inner.start + a as usize * ps;
+            let (done, r) = sys::copy_zero_pages_counted(
+                fd,
+                addr,
+                &self.zeros[..n as usize * ps],
+                false,
+                false,
+            );
+            let pages = (done / ps) as u64;
+            if let Some(pop) = self
+                .by_start
+                .get_mut(&inner.start)
+                .and_then(|e| e.populated.as_mut())
+            {
+                for q in a..a + pages {
+                    pop.set(q);
+                }
+            }
+            if r.is_err() && pages < n {
+                // An event is pending (or the range went away): the rest stays empty and
+                // faults later.
+                break;
+            }
+        }
+    }
+
     /// The un-protect step of a missing write fault (`service_pending`, after the dirty bit
     /// and the views' copies): installs the page's content (zeros, or a clone's inherited
     /// page) **writable**, waking its writers if `wake`, and records it populated (and owned,

@@ -12,8 +12,9 @@
 //!   re-armed in the last epoch were written again (each such write is one more fault),
 //!   halved when fewer than 1 in 20 were, between 0.5 ms and 1 s. Hot pages are never
 //!   re-armed. Forced by `eager_reprotect(age)`.
-//! - **fault-around** for a region whose last epoch's faults were at least 90 % sequential
-//!   (and at least 64 of them): up to [`ADAPTIVE_AROUND`] pages, granted by doubling only after the
+//! - **fault-around** for a region whose last epoch's faults, or the open epoch's so far,
+//!   were at least 90 % sequential (and at least 64 of them): up to [`ADAPTIVE_AROUND`] pages
+//!   (in a lazily armed region the run's empty pages are installed too), granted by doubling only after the
 //!   writer proved it walks in order, so the over-report is at most `min(15, pages the
 //!   stream wrote)` per sequential stream and epoch. Forced by `fault_around(n)`.
 //! - **in-thread handling**: needs `UFFD_FEATURE_SIGBUS` when the userfaultfd is opened, so it
@@ -433,9 +434,25 @@ pub(super) struct Sequential {
 }
 
 impl Sequential {
+    /// Whether the faults counted so far were sequential: at least 64, at least 90 % in order.
+    fn sequential(&self) -> bool {
+        self.faults >= 64 && self.in_order * 10 >= self.faults * 9
+    }
+
+    /// Counts one served fault (run). Grants fault-around for the rest of the open epoch as
+    /// soon as its faults so far are sequential (a writer filling fresh memory gets it in
+    /// its first epoch, not only from the next one).
+    pub(super) fn note(&mut self, in_order: bool) {
+        self.faults += 1;
+        self.in_order += u64::from(in_order);
+        if self.around == 0 && self.sequential() {
+            self.around = ADAPTIVE_AROUND;
+        }
+    }
+
     /// Closes an epoch: grants fault-around for the next one if this one was sequential.
     pub(super) fn close_epoch(&mut self) {
-        self.around = if self.faults >= 64 && self.in_order * 10 >= self.faults * 9 {
+        self.around = if self.sequential() {
             ADAPTIVE_AROUND
         } else {
             0
@@ -559,5 +576,22 @@ mod tests {
         s.in_order = 50;
         s.close_epoch();
         assert_eq!(s.around, 0);
+    }
+
+    #[test]
+    fn a_sequential_writer_gets_fault_around_within_its_first_epoch() {
+        let mut s = Sequential::default();
+        for k in 0..63 {
+            s.note(k > 0);
+            assert_eq!(s.around, 0, "not before 64 faults");
+        }
+        s.note(true);
+        assert_eq!(s.around, ADAPTIVE_AROUND);
+        // A random writer never gets it.
+        let mut r = Sequential::default();
+        for k in 0..1000 {
+            r.note(k % 3 == 0);
+        }
+        assert_eq!(r.around, 0);
     }
 }

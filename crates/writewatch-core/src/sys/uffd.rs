@@ -127,6 +127,38 @@ pub(crate) fn copy_zero_page(
     install_page(fd, addr, zeros, wp, wake)
 }
 
+/// [`copy_zero_page`] that also says how many bytes it installed before it stopped (a
+/// partial copy ends at the first page with content, `EEXIST` on the next call, or at a
+/// pending non-cooperative event): the count is exact, whatever the result.
+pub(crate) fn copy_zero_pages_counted(
+    fd: RawFd,
+    addr: usize,
+    zeros: &[u8],
+    wp: bool,
+    wake: bool,
+) -> (usize, Result<(), Errno>) {
+    debug_assert!(zeros.iter().all(|&b| b == 0));
+    let mut mode = 0u64;
+    if wp {
+        mode |= u64::from(k::UFFDIO_COPY_MODE_WP);
+    }
+    if !wake {
+        mode |= u64::from(k::UFFDIO_COPY_MODE_DONTWAKE);
+    }
+    let mut arg = k::uffdio_copy {
+        dst: addr as u64,
+        src: zeros.as_ptr() as u64,
+        len: zeros.len() as u64,
+        mode,
+        copy: 0,
+    };
+    // SAFETY: as `install_page`: UFFDIO_COPY reads `arg` and `zeros.len()` bytes of `zeros`,
+    // and fills only empty entries of the registered range at `addr`, which no access can
+    // have observed; an empty anonymous page already reads as zeros.
+    let r = unsafe { uffd_ioctl(fd, linux_raw_sys::ioctl::UFFDIO_COPY, &mut arg) };
+    (usize::try_from(arg.copy).unwrap_or(0), r)
+}
+
 /// `UFFDIO_COPY` of `src` (whole pages) into the empty pages at `addr` of a range registered
 /// in missing mode with the userfaultfd `fd` (a lazily armed region, or a fork clone),
 /// write-protected in the same step if `wp`, waking the faulting threads if `wake`. `EEXIST`
