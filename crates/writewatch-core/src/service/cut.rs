@@ -344,10 +344,8 @@ impl Service {
             if inner.lazy.is_some() {
                 // Empty pages would each take a missing fault: give them the zero page now
                 // (written pages then copy it on write, at memory speed).
-                self.zero_fill(start, inner.len)
-                    .map_err(|errno| CutError::Protect {
-                        errno: errno.public(),
-                    })?;
+                // Every page counts as populated even if the fill fails partway: pages that
+                // got the zero page are present and writable (review of 2026-11-30).
                 if let Some(c) = self
                     .by_start
                     .get_mut(&start)
@@ -355,6 +353,10 @@ impl Service {
                 {
                     c.set_all(inner.page_count);
                 }
+                self.zero_fill(start, inner.len)
+                    .map_err(|errno| CutError::Protect {
+                        errno: errno.public(),
+                    })?;
             }
             self.unprotect(start, inner.len);
         }

@@ -255,6 +255,7 @@ impl Service {
             };
             if around == 0 {
                 entry.next_expected = last + 1;
+                entry.ahead = 0; // a later grant ramps up from 1 again (over-report bound)
             } else {
                 entry.ahead = if in_order {
                     (entry.ahead * 2).clamp(1, around)
@@ -275,7 +276,15 @@ impl Service {
             let views = entry.live_views();
             if !views.is_empty() {
                 let gen = shared.budget.gen.load(Ordering::SeqCst);
-                let verify = |p: u64| !inner.is_suspect(p) || shared.verify_protected(&inner, p);
+                // A suspect page must still be protected, except an empty page of a lazily
+                // armed region that never got content from us (not populated): it is zero, as
+                // at the cut (the rule `mark_unprotected` uses).
+                let populated = entry.populated.as_ref();
+                let verify = |p: u64| {
+                    !inner.is_suspect(p)
+                        || populated.is_some_and(|pop| !pop.contains(p))
+                        || shared.verify_protected(&inner, p)
+                };
                 let mut ok = true;
                 'pages: for p in first..=last {
                     for v in &views {
@@ -333,6 +342,18 @@ impl Service {
                 // (zeros, writable; dirty bits and views' copies are done above), so a writer
                 // filling fresh memory in order takes one fault per run, not one per page.
                 self.install_zeros_writable(&inner, first, last);
+                // A faulting page `populated` holds was skipped there: it may be empty (its
+                // content lost), and the writer would only fault on it again.
+                let installs: Vec<usize> = faults[i..j]
+                    .iter()
+                    .filter(|f| f.install)
+                    .map(|f| f.addr)
+                    .collect();
+                for a in installs {
+                    if self.may_have_content(key, inner.page_of(a)) {
+                        self.install_for_write(&inner, a, false);
+                    }
+                }
             } else if faults[i..j].iter().any(|f| f.install) {
                 let single = count == 1;
                 let installs: Vec<usize> = faults[i..j]

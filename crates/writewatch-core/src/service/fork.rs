@@ -290,7 +290,7 @@ impl Service {
     }
 
     /// Whether page `p` of the lazily armed region at `key` may have had content.
-    fn may_have_content(&self, key: usize, p: u64) -> bool {
+    pub(super) fn may_have_content(&self, key: usize, p: u64) -> bool {
         self.by_start
             .get(&key)
             .and_then(|e| e.populated.as_ref())

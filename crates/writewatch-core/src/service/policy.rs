@@ -441,12 +441,17 @@ impl Sequential {
 
     /// Counts one served fault (run). Grants fault-around for the rest of the open epoch as
     /// soon as its faults so far are sequential (a writer filling fresh memory gets it in
-    /// its first epoch, not only from the next one).
+    /// its first epoch, not only from the next one), and takes it back once they are not
+    /// (a region written at random gains nothing from it, only over-reports).
     pub(super) fn note(&mut self, in_order: bool) {
         self.faults += 1;
         self.in_order += u64::from(in_order);
-        if self.around == 0 && self.sequential() {
-            self.around = ADAPTIVE_AROUND;
+        if self.faults >= 64 {
+            self.around = if self.sequential() {
+                ADAPTIVE_AROUND
+            } else {
+                0
+            };
         }
     }
 
@@ -587,11 +592,15 @@ mod tests {
         }
         s.note(true);
         assert_eq!(s.around, ADAPTIVE_AROUND);
-        // A random writer never gets it.
+        // A random writer never gets it, and a writer that turns random loses it.
         let mut r = Sequential::default();
         for k in 0..1000 {
             r.note(k % 3 == 0);
         }
         assert_eq!(r.around, 0);
+        for _ in 0..200 {
+            s.note(false);
+        }
+        assert_eq!(s.around, 0);
     }
 }
