@@ -344,11 +344,7 @@ impl Service {
                 self.install_zeros_writable(&inner, first, last);
                 // A faulting page `populated` holds was skipped there: it may be empty (its
                 // content lost), and the writer would only fault on it again.
-                let installs: Vec<usize> = faults[i..j]
-                    .iter()
-                    .filter(|f| f.install)
-                    .map(|f| f.addr)
-                    .collect();
+                let installs = install_addrs(&faults[i..j]);
                 for a in installs {
                     if self.may_have_content(key, inner.page_of(a)) {
                         self.install_for_write(&inner, a, false);
@@ -356,11 +352,7 @@ impl Service {
                 }
             } else if faults[i..j].iter().any(|f| f.install) {
                 let single = count == 1;
-                let installs: Vec<usize> = faults[i..j]
-                    .iter()
-                    .filter(|f| f.install)
-                    .map(|f| f.addr)
-                    .collect();
+                let installs = install_addrs(&faults[i..j]);
                 for a in installs {
                     woken |= self.install_for_write(&inner, a, single) && single;
                 }
@@ -468,4 +460,13 @@ fn entry_is_plain_lazy(
     by_start
         .get(&key)
         .is_some_and(|e| e.populated.is_some() && e.inner.lineage.is_none())
+}
+
+/// The addresses of the missing write faults among `faults` (their pages get installed).
+fn install_addrs(faults: &[super::Fault]) -> Vec<usize> {
+    faults
+        .iter()
+        .filter(|f| f.install)
+        .map(|f| f.addr)
+        .collect()
 }

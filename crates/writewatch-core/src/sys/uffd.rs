@@ -138,25 +138,8 @@ pub(crate) fn copy_zero_pages_counted(
     wake: bool,
 ) -> (usize, Result<(), Errno>) {
     debug_assert!(zeros.iter().all(|&b| b == 0));
-    let mut mode = 0u64;
-    if wp {
-        mode |= u64::from(k::UFFDIO_COPY_MODE_WP);
-    }
-    if !wake {
-        mode |= u64::from(k::UFFDIO_COPY_MODE_DONTWAKE);
-    }
-    let mut arg = k::uffdio_copy {
-        dst: addr as u64,
-        src: zeros.as_ptr() as u64,
-        len: zeros.len() as u64,
-        mode,
-        copy: 0,
-    };
-    // SAFETY: as `install_page`: UFFDIO_COPY reads `arg` and `zeros.len()` bytes of `zeros`,
-    // and fills only empty entries of the registered range at `addr`, which no access can
-    // have observed; an empty anonymous page already reads as zeros.
-    let r = unsafe { uffd_ioctl(fd, linux_raw_sys::ioctl::UFFDIO_COPY, &mut arg) };
-    (usize::try_from(arg.copy).unwrap_or(0), r)
+    // (An empty anonymous page already reads as zeros: `install_page`'s contract.)
+    copy_counted(fd, addr, zeros, wp, wake)
 }
 
 /// `UFFDIO_COPY` of `src` (whole pages) into the empty pages at `addr` of a range registered
@@ -177,6 +160,17 @@ pub(crate) fn install_page(
     wp: bool,
     wake: bool,
 ) -> Result<(), Errno> {
+    copy_counted(fd, addr, src, wp, wake).1
+}
+
+/// [`install_page`], also returning the bytes installed (`uffdio_copy.copy`; 0 when negative).
+fn copy_counted(
+    fd: RawFd,
+    addr: usize,
+    src: &[u8],
+    wp: bool,
+    wake: bool,
+) -> (usize, Result<(), Errno>) {
     let mut mode = 0u64;
     if wp {
         mode |= u64::from(k::UFFDIO_COPY_MODE_WP);
@@ -194,6 +188,7 @@ pub(crate) fn install_page(
     // SAFETY: UFFDIO_COPY reads `arg` on our stack and `src.len()` bytes from `src` (a live
     // slice), and fills only empty page-table entries (or uffd-wp markers) of the registered
     // range at `addr` with new pages holding those bytes (EEXIST otherwise). No access can have
-    // observed those entries empty (see above), so no Rust object sees a byte change.
-    unsafe { uffd_ioctl(fd, linux_raw_sys::ioctl::UFFDIO_COPY, &mut arg) }
+    // observed those entries empty (see `install_page`), so no Rust object sees a byte change.
+    let r = unsafe { uffd_ioctl(fd, linux_raw_sys::ioctl::UFFDIO_COPY, &mut arg) };
+    (usize::try_from(arg.copy).unwrap_or(0), r)
 }
