@@ -315,7 +315,10 @@ impl Region {
     /// pages the application touched since the last one, however long the snapshot lives
     /// (the fuzzing reset: one snapshot, then scribble / rollback in a loop). The caller must
     /// quiesce the region's writers for the duration (concurrent writes would be overwritten
-    /// or interleave). The snapshot stays valid: roll back as often as needed.
+    /// or interleave). The snapshot stays valid: roll back as often as needed. "The pages
+    /// touched" may include a few untouched ones: with adaptive fault-around (granted to a
+    /// region written in order), up to 15 pages after a sequential stream per epoch, the
+    /// over-report bound of dirty sets (`TrackerBuilder::adaptive`).
     ///
     /// Errors: [`SnapshotError::Discarded`] if the application `madvise`d away a page's
     /// content at the snapshot before it was preserved. Nothing is rewritten then, and the
