@@ -151,14 +151,7 @@ fn madvise_free_discard_check() -> (usize, usize) {
 #[test]
 fn madvise_free_in_a_lazy_region_is_not_a_stall_and_a_later_discard_is_reported() {
     let t = sync_tracker();
-    let region = t.map_anonymous(64 * PS).unwrap();
-    for pg in 0..64 {
-        touch(&region, pg, 0xA0 + pg);
-    }
-    drop(region.cut().unwrap());
-    // SAFETY: the whole region; no references into it are held.
-    let r = unsafe { libc::madvise(region.as_ptr().cast(), 64 * PS, libc::MADV_FREE) };
-    assert_eq!(r, 0);
+    let region = stamped_then_freed(&t);
     let t0 = std::time::Instant::now();
     touch(&region, 3, 1);
     let stalled = t0.elapsed();
@@ -190,14 +183,7 @@ fn snapshot_after_madvise_free_then_discard_is_never_silently_wrong() {
     // finding: they read as zeros then).
     for cut_between in [false, true] {
         let t = sync_tracker();
-        let region = t.map_anonymous(64 * PS).unwrap();
-        for pg in 0..64 {
-            touch(&region, pg, 0xA0 + pg);
-        }
-        drop(region.cut().unwrap());
-        // SAFETY: the whole region; no references into it are held.
-        let r = unsafe { libc::madvise(region.as_ptr().cast(), 64 * PS, libc::MADV_FREE) };
-        assert_eq!(r, 0);
+        let region = stamped_then_freed(&t);
         touch(&region, 3, 1);
         let snap = region.snapshot().unwrap();
         // SAFETY: as above.
@@ -321,4 +307,18 @@ fn discard_is_reported(region: &writewatch_core::Region, what: &str) {
         missed.is_empty(),
         "{what}: discarded in a later epoch, not reported: {missed:?}"
     );
+}
+
+/// A lazily armed region of 64 pages, page `p` stamped `0xA0 + p`, cut, then `MADV_FREE`d
+/// whole (the pages stay present until the kernel discards them).
+fn stamped_then_freed(t: &writewatch_core::Tracker) -> writewatch_core::Region {
+    let region = t.map_anonymous(64 * PS).unwrap();
+    for pg in 0..64 {
+        touch(&region, pg, 0xA0 + pg);
+    }
+    drop(region.cut().unwrap());
+    // SAFETY: the whole region; no references into it are held.
+    let r = unsafe { libc::madvise(region.as_ptr().cast(), 64 * PS, libc::MADV_FREE) };
+    assert_eq!(r, 0);
+    region
 }
