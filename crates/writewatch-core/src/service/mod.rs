@@ -139,6 +139,10 @@ struct Entry {
     hook: Option<(Arc<Hook>, usize)>,
     /// Lazily armed regions: the pages that may have content.
     populated: Option<lazy::Populated>,
+    /// Lazily armed regions, read faults: the page after the last read-ahead, and its size
+    /// (doubles while reads follow on, up to `lazy::READ_AHEAD_MAX`).
+    read_next: u64,
+    read_ahead: u64,
     /// Adaptive policy: sequentiality of this epoch's faults and the fault-around granted.
     seq: policy::Sequential,
     /// Adaptive policy: when the open epoch started, and the region's fault count then.
@@ -160,6 +164,8 @@ impl Entry {
             eager: None,
             hook: None,
             populated: None,
+            read_next: u64::MAX,
+            read_ahead: 0,
             seq: policy::Sequential::default(),
             epoch_t0: Instant::now(),
             faults_at_cut: 0,

@@ -39,8 +39,8 @@ pub(crate) use pagemap::{
     pagemap_scan, pm, soft_dirty_probe, PageRegion, ScanArgs, EMPTY_PAGE_REGION,
 };
 pub(crate) use uffd::{
-    copy_zero_page, copy_zero_pages_counted, install_page, uffd_from_fd, uffdio_api,
-    userfaultfd_dev, userfaultfd_syscall, zeropage, UffdRef,
+    copy_zero_pages_counted, install_page, uffd_from_fd, uffdio_api, userfaultfd_dev,
+    userfaultfd_syscall, zeropage, UffdRef,
 };
 
 // Compile-time checks: the ABI this crate relies on, cross-checked between linux-raw-sys and the

@@ -109,27 +109,10 @@ pub(crate) fn zeropage(uffd: &userfaultfd::Uffd, addr: usize, len: usize) -> Res
     unsafe { uffd.zeropage(Addr(addr).ptr(), len, false) }.map_err(|e| super::errno_of(&e))
 }
 
-/// `UFFDIO_COPY` of `zeros` (whole pages of zeros) to `addr` (page-aligned, in a range
-/// registered in missing mode with the userfaultfd `fd`), write-protected in the same step if
-/// `wp`, waking the faulting threads if `wake`. `EEXIST` if the first page has content
-/// already; `EAGAIN` if a later one stopped the copy (or a non-cooperative event is pending).
-/// Each page is installed with its protection atomically: no thread can write it in between.
-pub(crate) fn copy_zero_page(
-    fd: RawFd,
-    addr: usize,
-    zeros: &[u8],
-    wp: bool,
-    wake: bool,
-) -> Result<(), Errno> {
-    debug_assert!(zeros.iter().all(|&b| b == 0));
-    // (An empty anonymous page already reads as zeros: no byte any Rust object can observe
-    // changes, which is `install_page`'s contract.)
-    install_page(fd, addr, zeros, wp, wake)
-}
-
-/// [`copy_zero_page`] that also says how many bytes it installed before it stopped (a
-/// partial copy ends at the first page with content, `EEXIST` on the next call, or at a
-/// pending non-cooperative event): the count is exact, whatever the result.
+/// `UFFDIO_COPY` of `zeros` (whole pages of zeros, [`install_page`]) that also says how many
+/// bytes it installed before it stopped (a partial copy ends at the first page with content,
+/// `EEXIST` on the next call, or at a pending non-cooperative event): the count is exact,
+/// whatever the result. With `wp`, each page is installed with its protection atomically.
 pub(crate) fn copy_zero_pages_counted(
     fd: RawFd,
     addr: usize,
