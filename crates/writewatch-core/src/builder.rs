@@ -127,7 +127,7 @@ impl TrackerBuilder {
     /// `max_pages` following pages (doubling per consecutive fault, like readahead), copying
     /// them first if a snapshot needs them. Those pages count as written in the current epoch:
     /// an over-report of at most `max_pages - 1` pages per fault. Setting it (0 = off) forces
-    /// this choice; by default the [adaptive policy](Self::adaptive) grants up to 16 pages to
+    /// this choice; by default the [adaptive policy](Self::adaptive) grants up to 128 pages to
     /// regions whose faults were sequential in the previous epoch.
     pub fn fault_around(mut self, max_pages: u64) -> Self {
         self.config.fault_around = max_pages.min(1024);
@@ -226,7 +226,7 @@ impl TrackerBuilder {
     /// sequentiality) and picks, per region and epoch: background re-arming of written pages
     /// with an age it tunes (never re-arming pages written again after re-arming), one
     /// re-protect call per dirty run or one per 2 MiB chunk at a cut, and fault-around for
-    /// sequential writers (over-report at most `min(15, pages the stream wrote)` per
+    /// sequential writers (over-report at most `min(127, pages the stream wrote)` per
     /// sequential stream and epoch). [`TrackerStats::policy`](crate::TrackerStats::policy)
     /// says what it chose and why. Each of [`eager_reprotect`](Self::eager_reprotect),
     /// [`merge_gap_pages`](Self::merge_gap_pages) and [`fault_around`](Self::fault_around)

@@ -317,7 +317,7 @@ impl Region {
     /// quiesce the region's writers for the duration (concurrent writes would be overwritten
     /// or interleave). The snapshot stays valid: roll back as often as needed. "The pages
     /// touched" may include a few untouched ones: with adaptive fault-around (granted to a
-    /// region written in order), up to 15 pages after a sequential stream per epoch, the
+    /// region written in order), up to 127 pages after a sequential stream per epoch, the
     /// over-report bound of dirty sets (`TrackerBuilder::adaptive`).
     ///
     /// Errors: [`SnapshotError::Discarded`] if the application `madvise`d away a page's
