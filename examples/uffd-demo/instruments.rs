@@ -50,7 +50,22 @@ impl Control {
             pause: AtomicBool::new(false),
             paused: AtomicUsize::new(0),
             writes: AtomicU64::new(0),
+            gate: Default::default(),
         }
+    }
+
+    /// Lets paused writers go on.
+    pub(super) fn resume(&self) {
+        let _g = self.gate.0.lock().unwrap();
+        self.pause.store(false, SeqCst);
+        self.gate.1.notify_all();
+    }
+
+    /// Stops the writers (paused ones included).
+    pub(super) fn finish(&self) {
+        let _g = self.gate.0.lock().unwrap();
+        self.stop.store(true, SeqCst);
+        self.gate.1.notify_all();
     }
 }
 
@@ -105,7 +120,7 @@ pub(super) fn untracked_baseline(
         })
         .collect();
     std::thread::sleep(dur);
-    ctl.stop.store(true, SeqCst);
+    ctl.finish();
     let logs: Vec<WriterLog> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     Ok(writes_per_s(&logs))
 }

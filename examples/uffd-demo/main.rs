@@ -193,6 +193,10 @@ struct Control {
     pause: AtomicBool,
     paused: AtomicUsize,
     writes: AtomicU64,
+    /// Paused writers sleep on this (not in a polling loop: a writer waking every 100 us
+    /// made its vCPU a TLB-flush target of every protect call of the cut, which then cost
+    /// ~25 us each instead of ~1.5 us; see docs/benchmarks.md, "What a TLB flush costs").
+    gate: (std::sync::Mutex<()>, std::sync::Condvar),
 }
 
 /// Writes in batches of `BATCH` stores; each batch is timestamped (two `Instant::now()` per
@@ -224,9 +228,11 @@ fn writer<M: Target>(
     while !ctl.stop.load(SeqCst) {
         if ctl.pause.load(SeqCst) {
             ctl.paused.fetch_add(1, SeqCst);
+            let mut g = ctl.gate.0.lock().unwrap();
             while ctl.pause.load(SeqCst) && !ctl.stop.load(SeqCst) {
-                std::thread::sleep(Duration::from_micros(100));
+                g = ctl.gate.1.wait(g).unwrap();
             }
+            drop(g);
             ctl.paused.fetch_sub(1, SeqCst);
             continue;
         }
@@ -476,7 +482,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             if quiesce {
                 refs.push(page_crcs(&region));
             }
-            ctl.pause.store(false, SeqCst);
+            ctl.resume();
             // Stream the epoch while the writers run again: pages are read as at the cut.
             let t_ck = Instant::now();
             let info = save_epoch(&mut store, &epoch)?;
@@ -488,7 +494,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let t_ck = Instant::now();
             let (epoch, info) = cut_and_save_epoch(&mut store, &region)?;
             ckpt_secs += t_ck.elapsed().as_secs_f64();
-            ctl.pause.store(false, SeqCst);
+            ctl.resume();
             (epoch, info)
         };
         store_epochs.push(info.epoch);
@@ -499,7 +505,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         pb.inc(1);
         let _ = k;
     }
-    ctl.stop.store(true, SeqCst);
+    ctl.finish();
     let logs: Vec<WriterLog> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     pb.finish_and_clear();
     let untracked = match untracked_before {
