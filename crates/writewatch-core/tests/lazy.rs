@@ -263,7 +263,7 @@ fn madvised_never_touched_page_stays_known_zero_for_a_snapshot() {
 
 /// A writer filling a fresh region in order (the first thing most programs do with a new
 /// arena): once its faults prove sequential (64, within the first epoch) the adaptive
-/// fault-around grows to 16 pages and the run's empty pages are installed with it, so it
+/// fault-around grows to 128 pages and the run's empty pages are installed with it, so it
 /// takes about one fault per 16 pages instead of one per page (before: one missing fault per
 /// page). Oracles: plain values, a snapshot taken before the fill (every page zero), and the
 /// dirty set (every written page; at most 127 beyond the stream, the stated bound).
@@ -382,5 +382,35 @@ fn a_sequential_first_read_grows_its_read_ahead() {
             "{faults} missing faults reading {pages} fresh pages in order"
         );
         assert!(region.cut().unwrap().dirty().is_empty());
+    });
+}
+
+/// The fault-around run-ahead does not outlive its epoch: a stream that ramped up to the
+/// largest run in one epoch and writes a single page in the next, exactly where the last run
+/// ended, gets that page reported, not a whole run after it. Before the fix (found by review,
+/// 2026-12-01) the run-ahead carried over the cut, so that one write un-protected (and
+/// reported) 127 pages it never wrote: the stated bound, `min(127, pages the stream wrote)`
+/// per epoch, would have been 1. Oracle: the page numbers written.
+#[test]
+fn fault_around_does_not_carry_over_a_cut() {
+    watchdog(60, "fault-around across a cut", || {
+        let t = Tracker::builder().build().unwrap();
+        let pages = 8192usize;
+        let region = t.map_anonymous(pages * PS).unwrap();
+        let w = region.as_atomic_u64();
+        for p in 0..4000usize {
+            w[p * (PS / 8)].store(p as u64 + 1, SeqCst);
+        }
+        let d: Vec<u64> = region.cut().unwrap().dirty().iter().collect();
+        let next = d.last().copied().unwrap() + 1;
+        assert!(next >= 4000 && (next as usize) < pages - 256, "{next}");
+        w[next as usize * (PS / 8)].store(7, SeqCst);
+        let d: Vec<u64> = region.cut().unwrap().dirty().iter().collect();
+        assert!(
+            d.len() <= 2 && d.contains(&next),
+            "one page written after the cut, {} reported: {:?}..",
+            d.len(),
+            &d[..d.len().min(4)]
+        );
     });
 }

@@ -79,10 +79,12 @@ const SPAN: u64 = 512;
 /// A read of an empty page installs up to this many zeroed, protected pages from it on
 /// (readers of fresh memory take one fault per 64 KiB, not per page).
 const READ_AHEAD: u64 = 16;
-/// A read fault that lands within `READ_AHEAD` pages after the previous read-ahead doubles it,
-/// up to this many pages (1 MiB): a reader going through fresh memory in order takes one fault
-/// per MiB. Bound on what it costs: at most `READ_AHEAD_MAX - 1` pages per region allocated
-/// and never read (zeros; no content changes, nothing is reported dirty).
+/// A read fault on the page right after the previous read-ahead (or after pages with content
+/// that follow it, which the reader read without faulting) doubles it, up to this many pages
+/// (1 MiB): a reader going through fresh memory in order takes one fault per MiB. What it
+/// costs: a reader in order that stops gets at most `READ_AHEAD_MAX - 1` pages allocated and
+/// never read; any other reader gets `READ_AHEAD` per fault, as before (zeros: no content
+/// changes, nothing is reported dirty).
 const READ_AHEAD_MAX: u64 = 256;
 
 /// The runs a read fault on the empty page `p` installs (zeroed, protected): `p` itself, and
@@ -92,6 +94,9 @@ const READ_AHEAD_MAX: u64 = 256;
 /// cut it to the faulting page alone, so reading a region whose every few pages had been
 /// written took a service round trip per page (1 GiB, 10 % written at random: 10.7 s).
 fn read_ahead_runs(pop: Option<&Populated>, p: u64, n: u64) -> Vec<(u64, u64)> {
+    /// At most this many `UFFDIO_COPY` calls per read fault (a window alternating between
+    /// pages with and without content would otherwise take one call per page).
+    const MAX_RUNS: usize = 16;
     let mut runs: Vec<(u64, u64)> = vec![(p, 1)];
     // A populated `p` (emptied since, or filled meanwhile) stays a run of its own.
     let mut open = !pop.is_some_and(|pop| pop.contains(p));
@@ -99,8 +104,10 @@ fn read_ahead_runs(pop: Option<&Populated>, p: u64, n: u64) -> Vec<(u64, u64)> {
         if pop.is_some_and(|pop| pop.contains(q)) {
             continue;
         }
+        let n_runs = runs.len();
         match runs.last_mut() {
             Some((a, k)) if open && *a + *k == q => *k += 1,
+            _ if n_runs == MAX_RUNS => break,
             _ => runs.push((q, 1)),
         }
         open = true;
@@ -216,7 +223,14 @@ impl Service {
                 continue;
             }
             let p = entry.inner.page_of(f.addr);
-            let follows = p >= entry.read_next && p - entry.read_next < READ_AHEAD;
+            // The reader follows on if it read every page between the previous read-ahead and
+            // this fault without faulting: they all have content (a strided reader does not).
+            let follows = p >= entry.read_next
+                && p - entry.read_next < READ_AHEAD
+                && entry
+                    .populated
+                    .as_ref()
+                    .is_some_and(|pop| (entry.read_next..p).all(|q| pop.contains(q)));
             entry.read_ahead = if follows {
                 (entry.read_ahead * 2).clamp(READ_AHEAD, READ_AHEAD_MAX)
             } else {
@@ -243,10 +257,12 @@ impl Service {
                         pop.set(q);
                     }
                 }
+                let failed = one.is_err();
                 if i == 0 {
                     r = one;
-                } else if one.is_err() {
-                    break; // read-ahead only: those pages fault later
+                }
+                if failed {
+                    break; // later runs are read-ahead only: their pages fault later
                 }
             }
             if let Err(e) = r {
@@ -405,18 +421,19 @@ impl Service {
         }
     }
 
-    /// `UFFDIO_COPY` of zeroed, write-protected pages to `[addr, addr+len)`, from `addr` up
-    /// to the first page that has content (`EEXIST` on the first page: fine). The page at
-    /// `addr` is installed (or had content) on success. Reads (and holds) events on `EAGAIN`
-    /// (which also reports a partial copy: the retry then stops at `EEXIST`).
+    /// `UFFDIO_COPY` of zeroed, write-protected pages to every empty page of
+    /// `[addr, addr+len)`; pages that have content are skipped (`EEXIST`). On success every
+    /// page of the range has content. Reads (and holds) events on `EAGAIN`, then starts over
+    /// from `addr`: a REMOVE read meanwhile may have emptied pages this call had installed and
+    /// not yet recorded in `populated` (so it did not mark them), which are filled again.
+    /// The caller records the whole range in `populated`, also on error (over-approximation).
+
     fn install_zero(&mut self, addr: usize, len: usize, wake: bool) -> Result<(), Errno> {
         let fd = self.u().as_raw_fd();
         if self.zeros.len() < len {
             self.zeros = vec![0u8; len];
         }
-        // Progress is counted exactly: a copy cut short by a pending event (`EAGAIN`) goes on
-        // from where it stopped, and a page found with content (`EEXIST`) is skipped, not the
-        // rest of the range (the caller records every page of it as populated).
+        // A page found with content (`EEXIST`) is skipped, not the rest of the range.
         let ps = sys::base_page_size();
         let mut done = 0;
         for attempt in 0..100_000 {
@@ -434,7 +451,10 @@ impl Service {
             match r {
                 Ok(()) => {}
                 Err(Errno::EEXIST) => done += ps,
-                Err(Errno::EAGAIN) if attempt < 99_999 => self.pump(),
+                Err(Errno::EAGAIN) if attempt < 99_999 => {
+                    self.pump();
+                    done = 0;
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -347,6 +347,11 @@ impl Service {
         e.faults_at_cut = faults;
         let (seq_faults, seq_in_order) = (e.seq.faults, e.seq.in_order);
         e.seq.close_epoch();
+        // The run-ahead restarts with the epoch: the over-report bound is per epoch, and a
+        // run-ahead carried over let one write right after the cut un-protect (and report) a
+        // whole run of pages never written in the new epoch (found by review, 2026-12-01).
+        e.ahead = 0;
+        e.next_expected = u64::MAX;
         let granted = e.seq.around;
         let p = &mut self.policy;
         let (ioctl, pte) = p.costs.fit();

@@ -322,3 +322,77 @@ fn stamped_then_freed(t: &writewatch_core::Tracker) -> writewatch_core::Region {
     assert_eq!(r, 0);
     region
 }
+
+/// `prepare_overwrite` on a lazily armed region while another thread `madvise`s part of it
+/// away: the zero fill stops (`EAGAIN`) while the REMOVE is pending, the service thread handles
+/// the REMOVE (which forgets the range's pages) and the fill goes on, mapping pages of that
+/// range again. Those pages have content from then on and must be known to have it: before
+/// the fix (found by review, 2026-12-01) they were not, so a later `MADV_DONTNEED` of them was
+/// not reported and a snapshot taken before it read zeros instead of the data written.
+/// Oracles: the values written, and a dirty set and snapshot checked against them. (One
+/// `madvise` per round, started at a varying moment, so that no later zap empties the pages
+/// again before the check.)
+#[test]
+fn prepare_overwrite_racing_madvise_keeps_every_page_known() {
+    const PAGES: usize = 4096;
+    let mut rng = Rng(29);
+    for round in 0..200u64 {
+        let t = writewatch_core::Tracker::builder().build().unwrap();
+        let region = Arc::new(t.map_anonymous(PAGES * PS).unwrap());
+        let addr = region.as_ptr() as usize;
+        let go = Arc::new(std::sync::Barrier::new(2));
+        let delay = std::time::Duration::from_nanos(rng.below(60_000));
+        let zap = {
+            let go = Arc::clone(&go);
+            std::thread::spawn(move || {
+                go.wait();
+                let t0 = std::time::Instant::now();
+                while t0.elapsed() < delay {
+                    std::hint::spin_loop();
+                }
+                // SAFETY: the upper half of the region, which outlives this thread (joined
+                // below); no references into it are held while the thread runs.
+                unsafe {
+                    libc::madvise(
+                        (addr + PAGES / 2 * PS) as *mut libc::c_void,
+                        PAGES / 2 * PS,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+            })
+        };
+        go.wait();
+        let r = region.prepare_overwrite();
+        zap.join().unwrap();
+        r.unwrap();
+        for p in 0..PAGES {
+            touch(&region, p as u64, round * 10_000 + p as u64 + 1);
+        }
+        drop(region.cut().unwrap());
+        let snap = region.snapshot().unwrap();
+        // SAFETY: as above, on this thread.
+        let r = unsafe {
+            libc::madvise(
+                region.as_ptr().add(PAGES / 2 * PS).cast(),
+                PAGES / 2 * PS,
+                libc::MADV_DONTNEED,
+            )
+        };
+        assert_eq!(r, 0);
+        let d = region.cut().unwrap();
+        let mut buf = vec![0u8; PS];
+        for p in PAGES / 2..PAGES {
+            assert!(
+                d.dirty().contains(p as u64),
+                "round {round}: page {p} was emptied by madvise but is not reported"
+            );
+            if snap.read_page(p as u64, &mut buf).is_ok() {
+                assert_eq!(
+                    u64::from_ne_bytes(buf[..8].try_into().unwrap()),
+                    round * 10_000 + p as u64 + 1,
+                    "round {round}: snapshot page {p}"
+                );
+            }
+        }
+    }
+}
