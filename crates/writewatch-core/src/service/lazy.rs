@@ -427,7 +427,6 @@ impl Service {
     /// from `addr`: a REMOVE read meanwhile may have emptied pages this call had installed and
     /// not yet recorded in `populated` (so it did not mark them), which are filled again.
     /// The caller records the whole range in `populated`, also on error (over-approximation).
-
     fn install_zero(&mut self, addr: usize, len: usize, wake: bool) -> Result<(), Errno> {
         let fd = self.u().as_raw_fd();
         if self.zeros.len() < len {
