@@ -227,7 +227,8 @@ impl TrackerBuilder {
     /// with an age it tunes (never re-arming pages written again after re-arming), one
     /// re-protect call per dirty run or one per 2 MiB chunk at a cut, and fault-around for
     /// sequential writers (over-report at most `min(127, pages the stream wrote)` per
-    /// sequential stream and epoch). [`TrackerStats::policy`](crate::TrackerStats::policy)
+    /// sequential stream and epoch for a stream that writes the pages it walks through, and
+    /// at most 127 pages per in-order fault in any case). [`TrackerStats::policy`](crate::TrackerStats::policy)
     /// says what it chose and why. Each of [`eager_reprotect`](Self::eager_reprotect),
     /// [`merge_gap_pages`](Self::merge_gap_pages) and [`fault_around`](Self::fault_around)
     /// forces its own choice; `adaptive(false)` gives the fixed behaviour of earlier versions

@@ -353,21 +353,12 @@ impl Service {
                 {
                     c.set_all(inner.page_count);
                 }
-                let filled = self.zero_fill(start, inner.len);
-                // Again after the fill: a REMOVE read while it waited (`EAGAIN`) forgot the
-                // pages of its range, and the rest of the fill gave them the zero page (found
-                // by review, 2026-12-01: such a page, written and madvised later, went
-                // unreported and a snapshot read zeros for it).
-                if let Some(c) = self
-                    .by_start
-                    .get_mut(&start)
-                    .and_then(|e| e.populated.as_mut())
-                {
-                    c.set_all(inner.page_count);
-                }
-                filled.map_err(|errno| CutError::Protect {
-                    errno: errno.public(),
-                })?;
+                // (A REMOVE read while the fill waits forgets pages of its range: `zero_fill`
+                // records again the pages it has yet to fill.)
+                self.zero_fill(start, inner.len)
+                    .map_err(|errno| CutError::Protect {
+                        errno: errno.public(),
+                    })?;
             }
             self.unprotect(start, inner.len);
         }

@@ -16,7 +16,8 @@
 //!   were at least 90 % sequential (and at least 64 of them): up to [`ADAPTIVE_AROUND`] pages
 //!   (in a lazily armed region the run's empty pages are installed too), granted by doubling only after the
 //!   writer proved it walks in order, so the over-report is at most `min(127, pages the
-//!   stream wrote)` per sequential stream and epoch. Forced by `fault_around(n)`.
+//!   stream wrote)` per sequential stream and epoch for a stream that writes what it walks
+//!   through (127 per in-order fault at worst; docs/design.md section 10). Forced by `fault_around(n)`.
 //! - **in-thread handling**: needs `UFFD_FEATURE_SIGBUS` when the userfaultfd is opened, so it
 //!   cannot be switched on at run time; the report says when the fault rate came within 80 %
 //!   of the service thread's measured limit (then `in_thread_faults(true)` is the fix).

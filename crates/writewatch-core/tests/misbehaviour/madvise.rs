@@ -334,6 +334,14 @@ fn stamped_then_freed(t: &writewatch_core::Tracker) -> writewatch_core::Region {
 /// again before the check.)
 #[test]
 fn prepare_overwrite_racing_madvise_keeps_every_page_known() {
+    watchdog(
+        300,
+        "prepare_overwrite racing madvise",
+        prepare_overwrite_racing_madvise,
+    );
+}
+
+fn prepare_overwrite_racing_madvise() {
     const PAGES: usize = 4096;
     let mut rng = Rng(29);
     for round in 0..200u64 {
