@@ -388,7 +388,7 @@ fn a_sequential_first_read_grows_its_read_ahead() {
 /// The fault-around run-ahead does not outlive its epoch: a stream that ramped up to the
 /// largest run in one epoch and writes a single page in the next, exactly where the last run
 /// ended, gets that page reported, not a whole run after it. Before the fix (found by review,
-/// 2026-12-01) the run-ahead carried over the cut, so that one write un-protected (and
+/// 2026-11-30) the run-ahead carried over the cut, so that one write un-protected (and
 /// reported) 127 pages it never wrote: the stated bound, `min(127, pages the stream wrote)`
 /// per epoch, would have been 1. Oracle: the page numbers written.
 #[test]

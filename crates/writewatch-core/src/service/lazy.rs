@@ -90,7 +90,7 @@ const READ_AHEAD_MAX: u64 = 256;
 /// The runs a read fault on the empty page `p` installs (zeroed, protected): `p` itself, and
 /// of the `n - 1` pages after it, those `populated` does not hold (empty for certain: it
 /// over-approximates, and only the service thread fills a page). A page that may have content
-/// is skipped, not the whole read-ahead: before 2026-12-01 one populated page in the window
+/// is skipped, not the whole read-ahead: before 2026-11-30 one populated page in the window
 /// cut it to the faulting page alone, so reading a region whose every few pages had been
 /// written took a service round trip per page (1 GiB, 10 % written at random: 10.7 s).
 fn read_ahead_runs(pop: Option<&Populated>, p: u64, n: u64) -> Vec<(u64, u64)> {
@@ -466,7 +466,7 @@ impl Service {
     /// recorded in `populated`: a write that lands on such a zero page before the next cut is
     /// reported by those bits). Reads (and holds) events on `EAGAIN`; a REMOVE handled then
     /// forgets the pages of its range, so the pages still to be filled, `[cur, end)`, are
-    /// recorded again before the fill goes on (review of 2026-12-01: they were not, so such a
+    /// recorded again before the fill goes on (review of 2026-11-30: they were not, so such a
     /// page, written and madvised later, went unreported and a snapshot read zeros). Pages
     /// the REMOVE emptied before `cur` stay empty and unrecorded: their content is zero.
     pub(super) fn zero_fill(&mut self, addr: usize, len: usize) -> Result<(), Errno> {

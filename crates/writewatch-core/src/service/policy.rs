@@ -39,7 +39,7 @@ pub(super) const CHUNK: u64 = 512;
 /// (30-55 us on the reference machine, where an idle vCPU halts at once), so a sequential
 /// writer's cost per page is about `round trip / run + copy + un-protect`: first write during
 /// a snapshot, in order, measured against the kernel's fork COW fault in the same run: 16
-/// pages 1.70x, 64 pages 0.96x, 128 pages 0.64x (2026-12-01). The over-report bound grows
+/// pages 1.70x, 64 pages 0.96x, 128 pages 0.64x (2026-11-30). The over-report bound grows
 /// with it: `min(ADAPTIVE_AROUND - 1, pages the stream wrote)` per stream and epoch.
 pub(super) const ADAPTIVE_AROUND: u64 = 128;
 /// First age of eager re-arming, and its bounds.
@@ -350,7 +350,7 @@ impl Service {
         e.seq.close_epoch();
         // The run-ahead restarts with the epoch: the over-report bound is per epoch, and a
         // run-ahead carried over let one write right after the cut un-protect (and report) a
-        // whole run of pages never written in the new epoch (found by review, 2026-12-01).
+        // whole run of pages never written in the new epoch (found by review, 2026-11-30).
         e.ahead = 0;
         e.next_expected = u64::MAX;
         let granted = e.seq.around;

@@ -327,7 +327,7 @@ fn stamped_then_freed(t: &writewatch_core::Tracker) -> writewatch_core::Region {
 /// away: the zero fill stops (`EAGAIN`) while the REMOVE is pending, the service thread handles
 /// the REMOVE (which forgets the range's pages) and the fill goes on, mapping pages of that
 /// range again. Those pages have content from then on and must be known to have it: before
-/// the fix (found by review, 2026-12-01) they were not, so a later `MADV_DONTNEED` of them was
+/// the fix (found by review, 2026-11-30) they were not, so a later `MADV_DONTNEED` of them was
 /// not reported and a snapshot taken before it read zeros instead of the data written.
 /// Oracles: the values written, and a dirty set and snapshot checked against them. (One
 /// `madvise` per round, started at a varying moment, so that no later zap empties the pages
