@@ -414,3 +414,48 @@ fn fault_around_does_not_carry_over_a_cut() {
         );
     });
 }
+
+/// What read-ahead may allocate, as documented (docs/design.md 6b): a reader in order that
+/// stops leaves at most 255 pages installed beyond what it read, and a strided reader (every
+/// 20th page) at most 16 pages per read fault: its faults do not follow on, so its read-ahead
+/// does not double (a first version doubled for it: up to 64 pages per fault). Oracle:
+/// resident pages of the region from `/proc/self/pagemap`, the tracker's fault count.
+#[test]
+fn read_ahead_allocates_within_its_stated_bounds() {
+    watchdog(60, "read-ahead bounds", || {
+        let t = Tracker::builder().build().unwrap();
+        let pages = 16384usize;
+        let region = t.map_anonymous(pages * PS).unwrap();
+        let w = region.as_atomic_u64();
+        let read = 1000usize;
+        for p in 0..read {
+            assert_eq!(w[p * (PS / 8)].load(SeqCst), 0);
+        }
+        let resident = writewatch_testkit::resident_of(region.as_ptr() as usize, pages * PS);
+        assert!(
+            resident >= (read * PS) as u64 && resident <= ((read + 255) * PS) as u64,
+            "{} pages resident after reading {read} in order",
+            resident / PS as u64
+        );
+        let strided = t.map_anonymous(pages * PS).unwrap();
+        let w = strided.as_atomic_u64();
+        let f0 = t.stats().missing_faults;
+        for p in (0..pages).step_by(20) {
+            assert_eq!(w[p * (PS / 8)].load(SeqCst), 0);
+        }
+        let faults = t.stats().missing_faults - f0;
+        let reads = (0..pages).step_by(20).count() as u64;
+        // Every strided read is a fault of its own (the last one may be counted just after
+        // its reader was woken, hence the 1).
+        assert!(
+            faults + 1 >= reads,
+            "{faults} read faults for {reads} strided reads: the read-ahead grew for a reader that does not follow on"
+        );
+        let resident = writewatch_testkit::resident_of(strided.as_ptr() as usize, pages * PS);
+        assert!(
+            resident <= reads * 16 * PS as u64,
+            "{} pages resident after {reads} strided reads (bound 16 per read fault)",
+            resident / PS as u64
+        );
+    });
+}
