@@ -404,3 +404,89 @@ fn prepare_overwrite_racing_madvise() {
         }
     }
 }
+
+/// Readers going through a default (lazily armed) region in order, so that read-ahead
+/// installs zeros ahead of them, while the main thread writes random pages and another thread
+/// `madvise(MADV_DONTNEED)`s random ranges. Oracle, per round, on the content itself: every
+/// page whose bytes changed between two quiet moments is in the next cut's dirty set, and a
+/// snapshot taken at the first moment reads each page as it was then, or says `Discarded`;
+/// never other bytes.
+#[test]
+fn read_ahead_racing_writes_and_madvise_is_never_silently_wrong() {
+    watchdog(300, "read-ahead racing madvise", || {
+        const PAGES: usize = 1024;
+        let t = writewatch_core::Tracker::builder().build().unwrap();
+        let region = Arc::new(t.map_anonymous(PAGES * PS).unwrap());
+        let mut rng = Rng(41);
+        drop(region.cut().unwrap());
+        for round in 0..30u64 {
+            // SAFETY: quiet: no other thread touches the region now.
+            let before = unsafe { region.as_slice() }.to_vec();
+            let snap = region.snapshot().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let reader = {
+                let (r, stop) = (Arc::clone(&region), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let w = r.as_atomic_u64();
+                    let mut sum = 0u64;
+                    while !stop.load(SeqCst) {
+                        for p in 0..PAGES {
+                            sum = sum.wrapping_add(w[p * (PS / 8) + 5].load(SeqCst));
+                        }
+                    }
+                    sum
+                })
+            };
+            let zapper = {
+                let (r, stop) = (Arc::clone(&region), Arc::clone(&stop));
+                let seed = rng.below(u64::MAX);
+                std::thread::spawn(move || {
+                    let mut rng = Rng(seed);
+                    while !stop.load(SeqCst) {
+                        let first = rng.below(PAGES as u64 - 16) as usize;
+                        let n = 1 + rng.below(16) as usize;
+                        // SAFETY: pages of the region (alive: `r`); no references into them.
+                        let rc = unsafe {
+                            libc::madvise(
+                                r.as_ptr().add(first * PS).cast(),
+                                n * PS,
+                                libc::MADV_DONTNEED,
+                            )
+                        };
+                        assert_eq!(rc, 0);
+                        std::thread::sleep(Duration::from_micros(300));
+                    }
+                })
+            };
+            for _ in 0..200 {
+                touch(
+                    &region,
+                    rng.below(PAGES as u64),
+                    round * 1000 + 1 + rng.below(999),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            stop.store(true, SeqCst);
+            reader.join().unwrap();
+            zapper.join().unwrap();
+            // SAFETY: quiet again.
+            let after = unsafe { region.as_slice() }.to_vec();
+            let d = region.cut().unwrap();
+            let mut buf = vec![0u8; PS];
+            for p in 0..PAGES {
+                let (b, a) = (&before[p * PS..][..PS], &after[p * PS..][..PS]);
+                if b != a {
+                    assert!(
+                        d.dirty().contains(p as u64),
+                        "round {round}: page {p} changed but is not reported"
+                    );
+                }
+                match snap.read_page(p as u64, &mut buf) {
+                    Ok(_) => assert_eq!(&buf[..], b, "round {round}: snapshot page {p}"),
+                    Err(SnapshotError::Discarded { .. }) => {}
+                    Err(e) => panic!("round {round}: snapshot page {p}: {e}"),
+                }
+            }
+        }
+    });
+}
