@@ -22,15 +22,7 @@ fn madvise_dontneed_while_writers_run_never_under_reports() {
             drop(e);
             let first = rng.below(250) as usize;
             let n = 1 + rng.below(6) as usize;
-            // SAFETY: a page range of the region; no references into it are held.
-            let r = unsafe {
-                libc::madvise(
-                    region.as_ptr().add(first * PS).cast(),
-                    n * PS,
-                    libc::MADV_DONTNEED,
-                )
-            };
-            assert_eq!(r, 0);
+            dontneed(&region, first, n);
             for _ in 0..10 {
                 touch(&region, rng.below(256), round + 5);
             }
@@ -347,26 +339,17 @@ fn prepare_overwrite_racing_madvise() {
     for round in 0..200u64 {
         let t = writewatch_core::Tracker::builder().build().unwrap();
         let region = Arc::new(t.map_anonymous(PAGES * PS).unwrap());
-        let addr = region.as_ptr() as usize;
         let go = Arc::new(std::sync::Barrier::new(2));
         let delay = std::time::Duration::from_nanos(rng.below(60_000));
         let zap = {
-            let go = Arc::clone(&go);
+            let (go, r) = (Arc::clone(&go), Arc::clone(&region));
             std::thread::spawn(move || {
                 go.wait();
                 let t0 = std::time::Instant::now();
                 while t0.elapsed() < delay {
                     std::hint::spin_loop();
                 }
-                // SAFETY: the upper half of the region, which outlives this thread (joined
-                // below); no references into it are held while the thread runs.
-                unsafe {
-                    libc::madvise(
-                        (addr + PAGES / 2 * PS) as *mut libc::c_void,
-                        PAGES / 2 * PS,
-                        libc::MADV_DONTNEED,
-                    )
-                };
+                dontneed(&r, PAGES / 2, PAGES / 2);
             })
         };
         go.wait();
@@ -378,15 +361,7 @@ fn prepare_overwrite_racing_madvise() {
         }
         drop(region.cut().unwrap());
         let snap = region.snapshot().unwrap();
-        // SAFETY: as above, on this thread.
-        let r = unsafe {
-            libc::madvise(
-                region.as_ptr().add(PAGES / 2 * PS).cast(),
-                PAGES / 2 * PS,
-                libc::MADV_DONTNEED,
-            )
-        };
-        assert_eq!(r, 0);
+        dontneed(&region, PAGES / 2, PAGES / 2);
         let d = region.cut().unwrap();
         let mut buf = vec![0u8; PS];
         for p in PAGES / 2..PAGES {
@@ -445,15 +420,7 @@ fn read_ahead_racing_writes_and_madvise_is_never_silently_wrong() {
                     while !stop.load(SeqCst) {
                         let first = rng.below(PAGES as u64 - 16) as usize;
                         let n = 1 + rng.below(16) as usize;
-                        // SAFETY: pages of the region (alive: `r`); no references into them.
-                        let rc = unsafe {
-                            libc::madvise(
-                                r.as_ptr().add(first * PS).cast(),
-                                n * PS,
-                                libc::MADV_DONTNEED,
-                            )
-                        };
-                        assert_eq!(rc, 0);
+                        dontneed(&r, first, n);
                         std::thread::sleep(Duration::from_micros(300));
                     }
                 })
@@ -489,4 +456,19 @@ fn read_ahead_racing_writes_and_madvise_is_never_silently_wrong() {
             }
         }
     });
+}
+
+/// `madvise(MADV_DONTNEED)` of `n` pages of `region` from page `first` (asserted to succeed).
+fn dontneed(region: &writewatch_core::Region, first: usize, n: usize) {
+    assert!(first + n <= region.page_count() as usize);
+    // SAFETY: a page range inside the region, which `region` keeps mapped; the tests hold no
+    // references into its memory (they access it through atomics and copies only).
+    let rc = unsafe {
+        libc::madvise(
+            region.as_ptr().add(first * PS).cast(),
+            n * PS,
+            libc::MADV_DONTNEED,
+        )
+    };
+    assert_eq!(rc, 0);
 }
