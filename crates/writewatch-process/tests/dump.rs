@@ -28,7 +28,7 @@ fn stamped_pages_from_4_threads_image_equals_memory_at_freeze() {
         t.resume();
         let s1 = t.status();
         std::thread::sleep(Duration::from_millis(50));
-        let s2 = t.status();
+        let s2 = t.status_untracked();
         assert!(
             s2.progress.iter().zip(&s1.progress).all(|(b, a)| b > a),
             "{s1:?} {s2:?}"
@@ -56,7 +56,7 @@ fn mmap_munmap_mremap_during_rounds() {
         let report_files = dump_and_check(&t, &img, 5);
         check_stamps(&report_files, &regions, 64);
         t.resume();
-        assert_eq!(t.status().uffd_wp_vmas, 0);
+        assert_eq!(t.status_untracked().uffd_wp_vmas, 0);
     })
     .expect("test finished in time");
 }
@@ -84,7 +84,7 @@ fn attach_twice_second_gets_a_clear_error() {
         );
         assert_ne!(t.state(), 'T', "not left stopped");
         drop(first);
-        let s = t.status();
+        let s = t.status_untracked();
         assert_eq!(s.uffd_wp_vmas, 0);
         assert!(s.regs_ok && s.code_ok);
         // Once the first tracker is gone, a dump works.
@@ -114,7 +114,7 @@ fn bad_input_gets_typed_errors() {
     assert!(dir.path().join("someone-elses-file").exists());
     assert_ne!(t.state(), 'T');
     assert_eq!(
-        t.status().uffd_wp_vmas,
+        t.status_untracked().uffd_wp_vmas,
         0,
         "the failed dump left nothing registered"
     );
@@ -242,7 +242,7 @@ fn sigint_of_the_dumper_is_a_clear_error_and_the_target_runs_on() {
             read_image(&dir.path().join("img")).is_err(),
             "nothing committed"
         );
-        let s = t.status();
+        let s = t.status_untracked();
         assert_eq!(s.uffd_wp_vmas, 0);
         assert!(s.regs_ok && s.code_ok);
         assert_ne!(t.state(), 'T');
@@ -322,7 +322,7 @@ fn assert_running_untracked(t: &mut Target) {
     assert!(!t.any_thread_stopped(), "a thread was left stopped");
     let s1 = t.status();
     std::thread::sleep(Duration::from_millis(50));
-    let s2 = t.status();
+    let s2 = t.status_untracked();
     assert!(
         s2.progress.iter().zip(&s1.progress).all(|(b, a)| b > a),
         "runs on: {s1:?} {s2:?}"
