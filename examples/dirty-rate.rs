@@ -4,8 +4,10 @@
 //!
 //! Oracle: each writer cycles through its own pages, so a page is written at most once per
 //! lap. If every lap takes longer than the longest epoch, no page can be written twice within
-//! one epoch, and the pages reported over all epochs must equal the writes exactly; otherwise
-//! (an overloaded machine) they must lie between `writes - repeats` and `writes`. Exits 1 if not.
+//! one epoch, and the pages reported over all epochs must equal the writes, plus at most one
+//! per writer and cut (a write whose fault raced a cut's walk is reported on both sides);
+//! otherwise (an overloaded machine) they must lie between `writes - repeats` and that upper
+//! end. Exits 1 if not.
 //!
 //! ```text
 //! cargo run --release --example dirty-rate                  # 64 MiB, 2 writers, 5 s
@@ -174,15 +176,24 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         cuts + 1,
         cut_time / cuts.max(1) as u32,
     );
+    // A write whose fault is resolved just before a cut's walk and whose store lands just
+    // after it (the walk re-protected the page in between, so the store faults again) is
+    // reported on both sides of that cut: at most one such write per writer per cut, an
+    // over-report the contract allows (seen once in a clean-clone CI run, 2026-11-30: 40,711
+    // reported for 40,710 writes). An under-report is never allowed.
+    let straddling = (cuts + 1) * args.writers as u64;
     let exact = min_lap.is_none_or(|l| l > longest_epoch);
     if exact {
-        if reported != writes {
-            return Err(format!("the monitor reported {reported} dirty pages, the writers wrote {writes} (no page could be written twice in one epoch: they must be equal)").into());
+        if reported < writes || reported > writes + straddling {
+            return Err(format!("the monitor reported {reported} dirty pages, the writers wrote {writes} (no page could be written twice in one epoch: expected {writes}..={}, the upper end for writes straddling a cut)", writes + straddling).into());
         }
-        println!("dirty-rate: OK (exact: every write reported once)");
+        println!(
+            "dirty-rate: OK (exact: every write reported; {} reported twice across a cut)",
+            reported - writes
+        );
     } else {
-        if reported > writes || reported < writes - repeats {
-            return Err(format!("the monitor reported {reported} dirty pages; the writers wrote {writes}, {repeats} of them repeats: expected {}..={writes}", writes - repeats).into());
+        if reported > writes + straddling || reported < writes - repeats {
+            return Err(format!("the monitor reported {reported} dirty pages; the writers wrote {writes}, {repeats} of them repeats: expected {}..={}", writes - repeats, writes + straddling).into());
         }
         println!("dirty-rate: OK (bounded: a lap was shorter than an epoch, repeats may merge)");
     }
